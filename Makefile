@@ -1,0 +1,38 @@
+# Two commands for everyone:
+#   make run    - set up, build (or reuse) the demo model and index, serve http://localhost:8000
+#   make check  - set up, then ruff, mypy and the whole test suite
+VENV ?= .venv
+PYTHON ?= python3.11
+FAISS_EXTRA ?= cpu
+
+.PHONY: run check install lint typecheck test benchmark clean-demo
+
+$(VENV)/.installed: pyproject.toml scripts/bootstrap
+	VENV=$(VENV) PYTHON=$(PYTHON) FAISS_EXTRA=$(FAISS_EXTRA) scripts/bootstrap
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/histosearch demo
+
+check: install
+	VENV=$(VENV) scripts/check
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+typecheck: install
+	$(VENV)/bin/mypy
+
+test: install
+	$(VENV)/bin/pytest
+
+benchmark: install
+	$(VENV)/bin/python -m benchmarks.retrieval
+	$(VENV)/bin/python -m benchmarks.index_scale
+	$(VENV)/bin/python -m benchmarks.encoding
+	$(VENV)/bin/python -m benchmarks.service_load
+
+clean-demo:
+	rm -rf var/demo
