@@ -39,7 +39,9 @@ def convert(source_root: Path, target_root: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     parser.add_argument("source", type=Path, help="the kather2016-texture-240 folder")
     parser.add_argument("target", type=Path, help="where to write the demo archive")
     args = parser.parse_args()

@@ -1,0 +1,83 @@
+"""The compose file is valid against the compose specification and wires the parts as documented."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def compose_schema() -> dict[str, Any]:
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema: dict[str, Any] = json.loads(vendor.joinpath("compose-spec.json").read_text())
+    return schema
+
+
+def test_compose_file_validates_against_the_compose_specification(compose, compose_schema):
+    jsonschema.validate(compose, compose_schema)
+
+
+def test_schema_check_rejects_a_misspelt_service_key(compose, compose_schema):
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["service"]["prots"] = ["8000:8000"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, compose_schema)
+
+
+def test_service_starts_only_after_the_indexer_job_succeeds(compose):
+    depends = compose["services"]["service"]["depends_on"]
+    assert depends["indexer"]["condition"] == "service_completed_successfully"
+    gpu_depends = compose["services"]["service-gpu"]["depends_on"]
+    assert gpu_depends["indexer-gpu"]["condition"] == "service_completed_successfully"
+
+
+def test_service_publishes_port_8000_and_is_health_checked_on_ready(compose):
+    service = compose["services"]["service"]
+    assert any(str(port).endswith(":8000") for port in service["ports"])
+    assert any("/ready" in part for part in service["healthcheck"]["test"])
+
+
+def test_indexer_and_service_share_the_named_data_volume(compose):
+    assert "histosearch-data" in compose["volumes"]
+    for name in ("indexer", "service"):
+        assert "histosearch-data:/data" in compose["services"][name]["volumes"]
+
+
+def test_api_key_comes_from_an_env_file_that_is_never_committed(compose):
+    env_files = compose["services"]["service"]["env_file"]
+    paths = {entry["path"]: entry["required"] for entry in env_files}
+    assert paths[".env"] is False
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert ".env" in ignored
+    shared_settings = (ROOT / "docker" / "histosearch.env").read_text().splitlines()
+    assert not [line for line in shared_settings if line.startswith("HISTOSEARCH_API_KEY=")]
+
+
+def test_gpu_services_sit_behind_the_gpu_profile_and_reserve_a_gpu(compose):
+    for name in ("indexer-gpu", "service-gpu"):
+        service = compose["services"][name]
+        assert service["profiles"] == ["gpu"]
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    assert compose["services"]["indexer-gpu"]["build"]["target"] == "gpu"
+
+
+def test_every_compose_command_is_a_verb_the_entrypoint_knows(compose):
+    entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
+    for service in compose["services"].values():
+        verb = service["command"][0]
+        assert f"    {verb})" in entrypoint, f"docker/entrypoint.sh does not handle {verb!r}"
