@@ -1,0 +1,137 @@
+"""The FastAPI application factory: ``uvicorn --factory service.app:create_app``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+from fastapi import FastAPI, Request, Response
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from service.engine import SearchEngine
+from service.errors import install_error_handlers
+from service.routes import images, search, system
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(str(resources.files("service") / "static"))
+
+# Multipart framing (boundaries, part headers, form fields) on top of the file bytes themselves.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+# The page loads only its own files; thumbnails of query images are shown from blob: URLs.
+_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
+    "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def load_engine(settings: Settings) -> SearchEngine:
+    """Open the index and the model it was built with (blocking; run once at start-up)."""
+    from indexer.store import ArchiveIndex
+    from model import load_checkpoint, select_device
+
+    index = ArchiveIndex.open(settings.index_dir)
+    device = select_device(settings.device)
+    model = load_checkpoint(
+        settings.index_dir / "model.pt", expected_card=index.card, map_location=device
+    )
+    logger.info(
+        "loaded index %s (%d items, %d-bit codes) and model %s on %s",
+        settings.index_dir,
+        len(index),
+        model.card.bits,
+        model.card.backbone,
+        device,
+    )
+    return SearchEngine(
+        model,
+        index,
+        device,
+        workers=settings.workers,
+        max_pending=settings.max_pending,
+        max_image_pixels=settings.max_image_pixels,
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    app.state.stopping = False
+    app.state.engine = await run_in_threadpool(load_engine, settings)
+    try:
+        yield
+    finally:
+        app.state.stopping = True
+        engine: SearchEngine = app.state.engine
+        app.state.engine = None
+        await run_in_threadpool(engine.close)
+        logger.info("index closed")
+
+
+async def _security_headers(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    response = await call_next(request)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+    if not request.url.path.startswith(("/docs", "/redoc")):
+        # Swagger UI loads its assets from a CDN, so the strict policy would break /docs.
+        response.headers.setdefault("Content-Security-Policy", _CONTENT_SECURITY_POLICY)
+    return response
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app; settings come from ``HISTOSEARCH_*`` variables unless given."""
+    settings = settings or Settings()  # type: ignore[call-arg]  # index_dir comes from the env
+    logging.getLogger("service").setLevel(settings.log_level)
+    app = FastAPI(
+        title="histosearch",
+        summary="Content-based retrieval for H&E histopathology images.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = None
+    install_error_handlers(app, settings.max_upload_bytes)
+    app.middleware("http")(_security_headers)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
+    _include_routers(app, settings)
+    _serve_page(app)
+    return app
+
+
+def _include_routers(app: FastAPI, settings: Settings) -> None:
+    # Bodies are capped while they stream in, before any multipart parsing spools them to disk.
+    single_file = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
+    many_files = settings.max_upload_bytes * settings.max_files_per_request
+    app.include_router(system.router)
+    app.include_router(
+        search.router, max_body_size=single_file, form_limits={"max_files": 1, "max_fields": 16}
+    )
+    app.include_router(
+        images.router,
+        max_body_size=many_files + MULTIPART_OVERHEAD_BYTES,
+        form_limits={"max_files": settings.max_files_per_request, "max_fields": 16},
+    )
+
+
+def _serve_page(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,47 @@
+"""Typed dependencies: routes ask for what they need and tests can override any of it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from service.auth import check_bearer_key
+from service.engine import SearchEngine
+from service.errors import ServiceError
+from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="The key from HISTOSEARCH_API_KEY(_FILE).")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)]
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_engine(request: Request) -> SearchEngine:
+    engine: SearchEngine | None = getattr(request.app.state, "engine", None)
+    if engine is None:
+        raise ServiceError(503, "not_ready", "the model and index are not loaded yet")
+    return engine
+
+
+EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+
+
+def require_write_key(settings: SettingsDep, credentials: Credentials) -> None:
+    check_bearer_key(settings.resolved_api_key, credentials)
+
+
+def require_read_key(settings: SettingsDep, credentials: Credentials) -> None:
+    if settings.require_key_for_search:
+        check_bearer_key(settings.resolved_api_key, credentials)
+
+
+WriteAccess = Depends(require_write_key)
+ReadAccess = Depends(require_read_key)

@@ -1,0 +1,181 @@
+"""The work behind the routes: decode, embed and search or add, off the event loop.
+
+Routes stay thin: they parse the request, hand raw bytes to :class:`SearchEngine`, and turn its
+results into response schemas. All CPU work runs in one bounded thread pool so that the event loop
+keeps answering /health and new connections while searches saturate the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from indexer.store import AddOutcome, ArchiveIndex, Hit, NewItem, SearchFilters
+from model import ModelCard, SPQModel, preprocess
+from service.errors import ServiceError
+from service.imaging import DecodedImage, decode_upload, make_thumbnail
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Images embedded per forward pass when indexing: large enough to amortise the per-call overhead,
+# small enough to bound memory on a CPU-only host.
+EMBED_BATCH = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """One uploaded file, already read within the byte limit."""
+
+    filename: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ItemFields:
+    """Client-supplied metadata for new items (metadata only: never used as a path)."""
+
+    label: str | None = None
+    group: str | None = None
+    dataset: str | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchOutcome:
+    query: DecodedImage
+    hits: list[Hit]
+    decode_ms: float
+    embed_ms: float
+    search_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class AddedUpload:
+    upload: Upload
+    decoded: DecodedImage
+    outcome: AddOutcome
+
+
+def _elapsed_ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+class SearchEngine:
+    """The loaded model and index, and the bounded pool that runs blocking work on them."""
+
+    def __init__(
+        self,
+        model: SPQModel,
+        index: ArchiveIndex,
+        device: torch.device,
+        *,
+        workers: int,
+        max_pending: int,
+        max_image_pixels: int,
+    ) -> None:
+        self.model = model.eval().to(device)
+        self.index = index
+        self.device = device
+        self.max_image_pixels = max_image_pixels
+        self._max_pending = max_pending
+        self._pending = 0
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histosearch")
+
+    @property
+    def card(self) -> ModelCard:
+        return self.model.card
+
+    async def offload(self, function: Callable[[], T]) -> T:
+        """Run ``function`` in the pool; refuse at once (503) when too many requests already wait.
+
+        The counter is only touched on the event loop thread, so it needs no lock.
+        """
+        if self._pending >= self._max_pending:
+            raise ServiceError(
+                503,
+                "server_busy",
+                f"{self._pending} requests are already waiting; retry shortly",
+                headers={"Retry-After": "1"},
+            )
+        self._pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._executor, function)
+        finally:
+            self._pending -= 1
+
+    def decode(self, upload: Upload) -> DecodedImage:
+        return decode_upload(
+            upload.data, max_pixels=self.max_image_pixels, filename=upload.filename
+        )
+
+    def embed(self, images: Sequence[DecodedImage]) -> np.ndarray:
+        """(N, D) float32 continuous descriptors; the queries are never quantised."""
+        chunks = []
+        for start in range(0, len(images), EMBED_BATCH):
+            batch = [image.rgb for image in images[start : start + EMBED_BATCH]]
+            tensor = preprocess(batch, self.card).to(self.device)
+            with torch.inference_mode():
+                chunks.append(self.model.encode(tensor).float().cpu().numpy())
+        return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+
+    def search_upload(self, upload: Upload, k: int, filters: SearchFilters | None) -> SearchOutcome:
+        """Decode, embed and search one query image (blocking: call through :meth:`offload`)."""
+        start = time.perf_counter()
+        query = self.decode(upload)
+        decode_ms = _elapsed_ms(start)
+        start = time.perf_counter()
+        descriptor = self.embed([query])
+        embed_ms = _elapsed_ms(start)
+        start = time.perf_counter()
+        hits = self.index.search(descriptor, k, filters)[0]
+        search_ms = _elapsed_ms(start)
+        return SearchOutcome(query, hits, decode_ms, embed_ms, search_ms)
+
+    def add_uploads(self, uploads: Sequence[Upload], fields: ItemFields) -> list[AddedUpload]:
+        """Decode every upload first (one bad file refuses the whole request), then embed and add.
+
+        Returns once the store reports the additions durable.
+        """
+        decoded = [self.decode(upload) for upload in uploads]
+        descriptors = self.embed(decoded)
+        records = [_new_item(image, fields) for image in decoded]
+        outcomes = self.index.add(descriptors, records)
+        new = sum(outcome.duplicate_of is None for outcome in outcomes)
+        logger.info("indexed %d upload(s): %d new", len(uploads), new)
+        return [
+            AddedUpload(upload, image, outcome)
+            for upload, image, outcome in zip(uploads, decoded, outcomes, strict=True)
+        ]
+
+    def remove(self, item_id: int) -> bool:
+        return self.index.remove([item_id]) > 0
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.index.close()
+
+
+def _new_item(image: DecodedImage, fields: ItemFields) -> NewItem:
+    width, height = image.size
+    return NewItem(
+        source=fields.source,
+        label=fields.label,
+        group=fields.group,
+        dataset=fields.dataset,
+        tile=None,
+        source_size=(width, height),
+        content_hash=image.content_hash,
+        thumbnail=make_thumbnail(image.rgb),
+        extra={"format": image.original_format, "mode": image.original_mode},
+    )

@@ -1,0 +1,76 @@
+"""POST /search: the most similar archive items to one uploaded image."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from indexer.store import Hit, SearchFilters
+from service.deps import EngineDep, ReadAccess, SettingsDep
+from service.engine import SearchOutcome
+from service.errors import ServiceError
+from service.routes.images import item_metadata
+from service.routes.uploads import read_upload
+from service.schemas import ErrorResponse, QueryImage, SearchHit, SearchResponse, Timings
+
+router = APIRouter(tags=["search"])
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 503)
+}
+
+
+@router.post("/search", response_model=SearchResponse, responses=_ERRORS, dependencies=[ReadAccess])
+async def search(
+    engine: EngineDep,
+    settings: SettingsDep,
+    image: Annotated[UploadFile, File(description="The query image (JPEG, PNG, TIFF, ...).")],
+    k: Annotated[int, Form(ge=1, description="How many results (at most HISTOSEARCH_MAX_K).")] = 10,
+    label: Annotated[str | None, Form(description="Only items with this label.")] = None,
+    dataset: Annotated[str | None, Form(description="Only items from this dataset.")] = None,
+    exclude_group: Annotated[
+        str | None, Form(description="Leave out items of this group (e.g. the query's patient).")
+    ] = None,
+) -> SearchResponse:
+    if k > settings.max_k:
+        raise ServiceError(422, "k_too_large", f"k={k} exceeds the limit of {settings.max_k}")
+    upload = await read_upload(image, settings.max_upload_bytes)
+    filters = _filters(label, dataset, exclude_group)
+    outcome = await engine.offload(lambda: engine.search_upload(upload, k, filters))
+    return _response(k, outcome)
+
+
+def _filters(
+    label: str | None, dataset: str | None, exclude_group: str | None
+) -> SearchFilters | None:
+    # Blank form fields (an empty <select> in a browser) mean "no filter".
+    label, dataset, exclude_group = (value or None for value in (label, dataset, exclude_group))
+    if label is None and dataset is None and exclude_group is None:
+        return None
+    return SearchFilters(label=label, dataset=dataset, exclude_group=exclude_group)
+
+
+def _hit(rank: int, hit: Hit) -> SearchHit:
+    metadata = item_metadata(hit.record)
+    return SearchHit(**metadata.model_dump(), score=hit.score, rank=rank)
+
+
+def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
+    width, height = outcome.query.size
+    return SearchResponse(
+        k=k,
+        results=[_hit(rank, hit) for rank, hit in enumerate(outcome.hits, start=1)],
+        query=QueryImage(
+            width=width,
+            height=height,
+            format=outcome.query.original_format,
+            mode=outcome.query.original_mode,
+        ),
+        timings=Timings(
+            decode_ms=round(outcome.decode_ms, 3),
+            embed_ms=round(outcome.embed_ms, 3),
+            search_ms=round(outcome.search_ms, 3),
+            total_ms=round(outcome.decode_ms + outcome.embed_ms + outcome.search_ms, 3),
+        ),
+    )

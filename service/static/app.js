@@ -1,0 +1,287 @@
+// The search page: one query image, a grid of the most similar archive tiles, details on click.
+// Plain browser JavaScript with no build step and nothing loaded from elsewhere.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const KEY_STORAGE = "histosearch.apiKey";
+
+const state = { file: null, previewUrl: null, blobUrls: [] };
+
+function apiKey() {
+  return $("key-input").value.trim();
+}
+
+function authHeaders() {
+  const key = apiKey();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function showError(message) {
+  const box = $("error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function errorMessage(response) {
+  // Every API error is JSON {code, detail}; anything else (a proxy page) is summarised by status.
+  try {
+    const body = await response.json();
+    if (body && body.detail) return body.detail;
+  } catch (_) {
+    /* not JSON */
+  }
+  return `The server answered ${response.status} ${response.statusText}.`;
+}
+
+// Thumbnails are plain <img> links unless the server wants a key even for reads: then they are
+// fetched with the key and shown from blob: URLs.
+async function setImage(img, url) {
+  if (!apiKey()) {
+    img.src = url;
+    return;
+  }
+  const response = await fetch(url, { headers: authHeaders() });
+  if (!response.ok) return;
+  const blobUrl = URL.createObjectURL(await response.blob());
+  state.blobUrls.push(blobUrl);
+  img.src = blobUrl;
+}
+
+function releaseBlobUrls() {
+  state.blobUrls.forEach((url) => URL.revokeObjectURL(url));
+  state.blobUrls = [];
+}
+
+function chooseFile(file) {
+  if (!file) return;
+  showError("");
+  state.file = file;
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(file);
+  const preview = $("query-preview");
+  // Browsers cannot draw TIFF: keep the file name visible and let the server decode it.
+  preview.onerror = () => {
+    preview.hidden = true;
+    $("drop-hint").hidden = false;
+    $("drop-hint").textContent = file.name;
+  };
+  preview.src = state.previewUrl;
+  preview.hidden = false;
+  $("drop-hint").hidden = true;
+  $("query-info").textContent = `${file.name} · ${formatBytes(file.size)}`;
+  $("search-button").disabled = false;
+  search();
+}
+
+function formatBytes(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function searchForm() {
+  const form = new FormData();
+  form.append("image", state.file, state.file.name);
+  form.append("k", $("k-input").value || "12");
+  const label = $("label-input").value.trim();
+  const group = $("group-input").value.trim();
+  if (label) form.append("label", label);
+  if (group) form.append("exclude_group", group);
+  return form;
+}
+
+async function search() {
+  if (!state.file) return;
+  showError("");
+  $("status").textContent = "Searching…";
+  $("search-button").disabled = true;
+  try {
+    const response = await fetch("/search", {
+      method: "POST",
+      body: searchForm(),
+      headers: authHeaders(),
+    });
+    if (!response.ok) {
+      showError(await errorMessage(response));
+      $("status").textContent = "No results.";
+      $("results").replaceChildren();
+      return;
+    }
+    renderResults(await response.json());
+  } catch (error) {
+    showError(`The server could not be reached (${error.message}).`);
+    $("status").textContent = "";
+  } finally {
+    $("search-button").disabled = false;
+  }
+}
+
+function renderResults(body) {
+  releaseBlobUrls();
+  const t = body.timings;
+  const q = body.query;
+  $("query-info").textContent =
+    `${state.file.name} · ${q.width}×${q.height} ${q.format} (${q.mode})`;
+  $("status").textContent = body.results.length
+    ? `${body.results.length} results · decode ${t.decode_ms.toFixed(1)} ms · ` +
+      `embed ${t.embed_ms.toFixed(1)} ms · search ${t.search_ms.toFixed(1)} ms`
+    : "No archive items match these filters.";
+  $("results").replaceChildren(...body.results.map(resultCard));
+  rememberLabels(body.results);
+}
+
+function resultCard(hit) {
+  const item = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "hit";
+  button.dataset.id = hit.id;
+  button.title = hit.source || `item ${hit.id}`;
+  const img = document.createElement("img");
+  img.alt = `${hit.label || "unlabelled"} tile ${hit.id}`;
+  img.loading = "lazy";
+  setImage(img, hit.thumbnail_url);
+  const caption = document.createElement("span");
+  caption.className = "caption";
+  caption.append(
+    textSpan("rank", `#${hit.rank}`),
+    textSpan("label", hit.label || "—"),
+    textSpan("score", hit.score.toFixed(3)),
+    textSpan("source", shortSource(hit.source)),
+  );
+  button.append(img, caption);
+  button.addEventListener("click", () => showDetail(hit));
+  item.append(button);
+  return item;
+}
+
+function textSpan(className, text) {
+  const span = document.createElement("span");
+  span.className = className;
+  span.textContent = text;
+  return span;
+}
+
+function shortSource(source) {
+  if (!source) return "";
+  const parts = source.split(/[\\/]/);
+  return parts[parts.length - 1];
+}
+
+function rememberLabels(results) {
+  const list = $("known-labels");
+  const known = new Set([...list.options].map((option) => option.value));
+  results
+    .map((hit) => hit.label)
+    .filter((label) => label && !known.has(label))
+    .forEach((label) => {
+      known.add(label);
+      const option = document.createElement("option");
+      option.value = label;
+      list.append(option);
+    });
+}
+
+function showDetail(hit) {
+  setImage($("detail-thumb"), hit.thumbnail_url);
+  $("detail-title").textContent = `#${hit.rank} · ${hit.label || "unlabelled"} · score ${hit.score.toFixed(3)}`;
+  drawPosition(hit);
+  const fields = [
+    ["id", hit.id],
+    ["label", hit.label],
+    ["group", hit.group],
+    ["dataset", hit.dataset],
+    ["source", hit.source],
+    ["added", hit.added_at ? new Date(hit.added_at).toLocaleString() : null],
+  ];
+  $("detail-fields").replaceChildren(
+    ...fields
+      .filter(([, value]) => value !== null && value !== undefined && value !== "")
+      .flatMap(([name, value]) => [textElement("dt", name), textElement("dd", String(value))]),
+  );
+  $("detail").showModal();
+}
+
+function textElement(tag, text) {
+  const element = document.createElement(tag);
+  element.textContent = text;
+  return element;
+}
+
+// The source image itself is not stored, so its outline is drawn to scale and the tile is placed
+// on it where it was cut from.
+function drawPosition(hit) {
+  const map = $("source-map");
+  const box = $("tile-box");
+  const size = hit.source_size;
+  const tile = hit.tile || (size ? { x: 0, y: 0, width: size.width, height: size.height } : null);
+  if (!size || !tile) {
+    map.hidden = true;
+    $("position-text").textContent = "The source image size is not recorded for this item.";
+    return;
+  }
+  map.hidden = false;
+  const maxSide = 260;
+  const scale = Math.min(maxSide / size.width, maxSide / size.height);
+  map.style.width = `${Math.max(8, size.width * scale)}px`;
+  map.style.height = `${Math.max(8, size.height * scale)}px`;
+  box.style.left = `${tile.x * scale}px`;
+  box.style.top = `${tile.y * scale}px`;
+  box.style.width = `${Math.max(3, tile.width * scale)}px`;
+  box.style.height = `${Math.max(3, tile.height * scale)}px`;
+  box.style.backgroundImage = `url("${$("detail-thumb").src || hit.thumbnail_url}")`;
+  $("detail-thumb").onload = () => {
+    box.style.backgroundImage = `url("${$("detail-thumb").src}")`;
+  };
+  $("position-text").textContent = hit.tile
+    ? `Tile ${tile.width}×${tile.height} at (${tile.x}, ${tile.y}) in a ` +
+      `${size.width}×${size.height} source image.`
+    : `Whole image, ${size.width}×${size.height}.`;
+}
+
+async function loadStats() {
+  try {
+    const response = await fetch("/stats");
+    if (!response.ok) return;
+    const stats = await response.json();
+    $("archive-stats").textContent =
+      `${stats.items.toLocaleString()} tiles · ${stats.bits}-bit codes · ${stats.model_card.backbone}`;
+    $("k-input").max = String(stats.max_k || 100);
+  } catch (_) {
+    /* the page still works without the numbers */
+  }
+}
+
+function wireDropZone() {
+  const zone = $("drop-zone");
+  ["dragenter", "dragover"].forEach((name) =>
+    zone.addEventListener(name, (event) => {
+      event.preventDefault();
+      zone.classList.add("dragging");
+    }),
+  );
+  ["dragleave", "drop"].forEach((name) =>
+    zone.addEventListener(name, () => zone.classList.remove("dragging")),
+  );
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    chooseFile(event.dataTransfer.files[0]);
+  });
+  $("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
+}
+
+function wireKeyField() {
+  const input = $("key-input");
+  input.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  input.addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, input.value.trim()));
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  wireDropZone();
+  wireKeyField();
+  $("search-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    search();
+  });
+  loadStats();
+});
