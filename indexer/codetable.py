@@ -1,0 +1,305 @@
+"""The in-memory searchable part of an index: every item's code, id and filter columns.
+
+Items live at positions 0..n-1 in increasing id order (ids come from SQLite's AUTOINCREMENT and are
+never reused), so an id is found by binary search and no id-to-position map costs memory.
+
+Searching asks FAISS for a shortlist and re-ranks it with exact ADC in numpy:
+- FastScan (K=16) scores with 8-bit quantised lookup tables, so its order and scores are
+  approximate; the exact re-rank makes the returned scores the model's own ADC scores.
+- FastScan cannot remove ids and takes no ID selector, so removed items are tombstones and filters
+  are masks, both applied to the shortlist (which is grown until k items survive). `compact()`
+  drops tombstones for good. When a filter leaves few items, scanning them exactly is cheaper.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from indexer.pq import (
+    CodeArray,
+    FloatArray,
+    IdArray,
+    adc_scores,
+    decode,
+    lookup_tables,
+    normalise_subvectors,
+    pack_codes,
+    scan_index,
+)
+
+BoolArray = npt.NDArray[np.bool_]
+TermArray = npt.NDArray[np.int32]
+
+_Element = TypeVar("_Element", bound=np.generic)
+
+NO_TERM = -1
+# Extra shortlist entries beyond k that absorb FastScan's table-quantisation error before the
+# exact re-rank; measured on seeded vectors (tests/indexer/test_codetable.py).
+RERANK_MARGIN = 16
+# A filter leaving at most this many items is answered by scanning them exactly in numpy.
+EXACT_SCAN_LIMIT = 16_384
+# Vectors decoded per FAISS add call, to bound the float copy of large appends.
+_ADD_CHUNK = 65_536
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """Per-item filter terms (ids into the metadata's vocabulary, `NO_TERM` when unset)."""
+
+    labels: TermArray
+    datasets: TermArray
+    groups: TermArray
+
+    @staticmethod
+    def empty() -> Columns:
+        return Columns(*(np.empty(0, dtype=np.int32) for _ in range(3)))
+
+
+@dataclass(frozen=True, slots=True)
+class TermFilter:
+    """Which items a search may return, as vocabulary ids (None: no constraint)."""
+
+    label: int | None = None
+    dataset: int | None = None
+    exclude_group: int | None = None
+
+
+class CodeTable:
+    """Codes, ids, filter columns and tombstones of the items, with the FAISS scan index."""
+
+    def __init__(self, codebooks: FloatArray) -> None:
+        self.codebooks = codebooks
+        self.num_codebooks, self.codebook_size, _ = codebooks.shape
+        self._size = 0
+        self._codes: CodeArray = np.empty((0, self.num_codebooks), dtype=np.uint8)
+        self._ids: IdArray = np.empty(0, dtype=np.int64)
+        self._terms = Columns.empty()
+        self._alive: BoolArray = np.empty(0, dtype=bool)
+        self._removed = 0
+        self._scan = scan_index(codebooks, np.empty((0, 1), dtype=np.uint8))
+
+    # ---- size and contents -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return self._size - self._removed
+
+    @property
+    def tombstones(self) -> int:
+        return self._removed
+
+    @property
+    def last_id(self) -> int:
+        return int(self._ids[self._size - 1]) if self._size else 0
+
+    def live_arrays(self) -> tuple[IdArray, CodeArray, Columns]:
+        """Ids, codes and columns of the live items (copies), in id order."""
+        keep = self._alive[: self._size]
+        terms = self._terms
+        return (
+            self._ids[: self._size][keep].copy(),
+            self._codes[: self._size][keep].copy(),
+            Columns(
+                terms.labels[: self._size][keep].copy(),
+                terms.datasets[: self._size][keep].copy(),
+                terms.groups[: self._size][keep].copy(),
+            ),
+        )
+
+    def position_of(self, item_ids: npt.ArrayLike) -> npt.NDArray[np.intp]:
+        """Positions of the given ids, -1 for ids absent or removed."""
+        wanted = np.asarray(item_ids, dtype=np.int64).ravel()
+        ids = self._ids[: self._size]
+        positions = np.searchsorted(ids, wanted)
+        inside = positions < self._size
+        found = np.zeros(wanted.shape, dtype=bool)
+        found[inside] = ids[positions[inside]] == wanted[inside]
+        found[found] = self._alive[positions[found]]
+        return np.where(found, positions, -1)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the arrays and the FAISS scan index (capacity included)."""
+        arrays = (self._codes, self._ids, self._alive, *self._column_arrays())
+        scan: Any = faiss.downcast_index(self._scan)
+        return sum(a.nbytes for a in arrays) + int(scan.codes.size())
+
+    def _column_arrays(self) -> tuple[TermArray, TermArray, TermArray]:
+        return self._terms.labels, self._terms.datasets, self._terms.groups
+
+    # ---- changes -------------------------------------------------------------------------------
+
+    def append(self, codes: CodeArray, ids: IdArray, terms: Columns) -> None:
+        """Add items whose ids are all larger than every id already held."""
+        count = len(ids)
+        if count == 0:
+            return
+        if (self._size and int(ids[0]) <= self.last_id) or np.any(np.diff(ids) <= 0):
+            raise ValueError("ids must be appended in increasing order")
+        self._reserve(self._size + count)
+        end = self._size + count
+        self._codes[self._size : end] = codes
+        self._ids[self._size : end] = ids
+        for target, source in zip(self._column_arrays(), _arrays_of(terms), strict=True):
+            target[self._size : end] = source
+        self._alive[self._size : end] = True
+        for start in range(0, count, _ADD_CHUNK):
+            # FAISS re-encodes the codewords to exactly the codes they came from.
+            self._scan.add(decode(codes[start : start + _ADD_CHUNK], self.codebooks))
+        self._size = end
+
+    def remove(self, item_ids: npt.ArrayLike) -> int:
+        """Tombstone the given ids; returns how many live items were removed."""
+        positions = self.position_of(item_ids)
+        positions = np.unique(positions[positions >= 0])
+        self._alive[positions] = False
+        self._removed += len(positions)
+        return len(positions)
+
+    def compact(self) -> None:
+        """Drop tombstones and rebuild the scan index from the remaining codes."""
+        if not self._removed:
+            return
+        ids, codes, terms = self.live_arrays()
+        self.reset(codes, ids, terms)
+
+    def reset(self, codes: CodeArray, ids: IdArray, terms: Columns) -> None:
+        """Replace the contents in one bulk build (used on load and by `compact`)."""
+        self._size = len(ids)
+        self._codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        self._ids = np.ascontiguousarray(ids, dtype=np.int64)
+        self._terms = Columns(*(np.ascontiguousarray(a, dtype=np.int32) for a in _arrays_of(terms)))
+        self._alive = np.ones(self._size, dtype=bool)
+        self._removed = 0
+        self._scan = scan_index(self.codebooks, pack_codes(self._codes, self.codebook_size))
+
+    def _reserve(self, needed: int) -> None:
+        capacity = len(self._ids)
+        if needed <= capacity:
+            return
+        # Grow by half so that repeated small adds stay amortised O(1) without doubling memory.
+        new_capacity = max(needed, capacity + capacity // 2, 1024)
+        self._codes = _grown(self._codes, new_capacity)
+        self._ids = _grown(self._ids, new_capacity)
+        self._alive = _grown(self._alive, new_capacity)
+        self._terms = Columns(*(_grown(a, new_capacity) for a in self._column_arrays()))
+
+    # ---- search --------------------------------------------------------------------------------
+
+    def eligible(self, term_filter: TermFilter | None) -> BoolArray | None:
+        """Mask of the items a search may return; None when every position is allowed."""
+        constrained = term_filter is not None and any(
+            value is not None
+            for value in (term_filter.label, term_filter.dataset, term_filter.exclude_group)
+        )
+        if not constrained and not self._removed:
+            return None
+        mask = self._alive[: self._size].copy()
+        if term_filter is not None:
+            terms, n = self._terms, self._size
+            if term_filter.label is not None:
+                mask &= terms.labels[:n] == term_filter.label
+            if term_filter.dataset is not None:
+                mask &= terms.datasets[:n] == term_filter.dataset
+            if term_filter.exclude_group is not None:
+                mask &= terms.groups[:n] != term_filter.exclude_group
+        return mask
+
+    def search(
+        self, queries: npt.NDArray[np.floating], k: int, eligible: BoolArray | None = None
+    ) -> tuple[FloatArray, IdArray]:
+        """Top-k exact ADC scores and ids per query, best first, ties broken by smaller id.
+
+        Rows hold fewer than k results (score -inf, id -1) only when fewer items are eligible.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        tables = lookup_tables(queries, self.codebooks)
+        available = self._size if eligible is None else int(np.count_nonzero(eligible))
+        scores = np.full((len(tables), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(tables), k), -1, dtype=np.int64)
+        found = min(k, available)
+        if found == 0:
+            return scores, ids
+        if eligible is not None and available <= EXACT_SCAN_LIMIT:
+            top_scores, top_positions = self._exact_scan(tables, np.flatnonzero(eligible), found)
+        else:
+            top_scores, top_positions = self._shortlist_and_rerank(
+                tables, queries, found, available, eligible
+            )
+        scores[:, :found] = top_scores
+        ids[:, :found] = self._ids[top_positions]
+        return scores, ids
+
+    def _exact_scan(
+        self, tables: FloatArray, positions: npt.NDArray[np.intp], found: int
+    ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+        all_scores = adc_scores(tables, self._codes[positions])
+        candidates = np.broadcast_to(positions, all_scores.shape)
+        return _best_first(all_scores, candidates, found)
+
+    def _shortlist_and_rerank(
+        self,
+        tables: FloatArray,
+        queries: npt.NDArray[np.floating],
+        found: int,
+        available: int,
+        eligible: BoolArray | None,
+    ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+        unit = normalise_subvectors(queries, self.num_codebooks)
+        fraction = available / self._size
+        fetch = min(self._size, math.ceil((found + RERANK_MARGIN) / fraction))
+        while True:
+            _, candidates = self._scan.search(unit, fetch)
+            valid = candidates >= 0
+            if eligible is not None:
+                valid &= eligible[np.where(valid, candidates, 0)]
+            if fetch == self._size or valid.sum(axis=1).min() >= found:
+                break
+            fetch = min(self._size, fetch * 4)
+        exact = _gathered_adc(tables, self._codes, np.where(valid, candidates, 0))
+        exact[~valid] = -np.inf
+        return _best_first(exact, np.where(valid, candidates, self._size), found)
+
+
+def _gathered_adc(
+    tables: FloatArray, codes: CodeArray, candidates: npt.NDArray[np.int64]
+) -> FloatArray:
+    """(Q, F) exact ADC of each query's own candidate list (same summation order as adc_scores)."""
+    selected = codes[candidates]  # (Q, F, M)
+    scores = np.zeros(candidates.shape, dtype=np.float32)
+    for subspace in range(tables.shape[1]):
+        scores += np.take_along_axis(tables[:, subspace, :], selected[:, :, subspace], axis=1)
+    return scores
+
+
+def _best_first(
+    scores: FloatArray, positions: npt.NDArray[np.integer], found: int
+) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """The `found` best (score desc, position asc) of each row."""
+    if scores.shape[1] > 4 * found:
+        # Keep every entry tied with the k-th best so the tie-break below stays exact.
+        kth = -np.partition(-scores, found - 1, axis=1)[:, found - 1 : found]
+        keep_width = int((scores >= kth).sum(axis=1).max())
+        order = np.argpartition(-scores, keep_width - 1, axis=1)[:, :keep_width]
+        scores = np.take_along_axis(scores, order, axis=1)
+        positions = np.take_along_axis(np.asarray(positions), order, axis=1)
+    order = np.lexsort((positions, -scores), axis=1)[:, :found]
+    return (
+        np.take_along_axis(scores, order, axis=1),
+        np.take_along_axis(np.asarray(positions), order, axis=1).astype(np.intp),
+    )
+
+
+def _arrays_of(terms: Columns) -> tuple[TermArray, TermArray, TermArray]:
+    return terms.labels, terms.datasets, terms.groups
+
+
+def _grown(array: npt.NDArray[_Element], capacity: int) -> npt.NDArray[_Element]:
+    grown = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown

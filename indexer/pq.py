@@ -1,0 +1,171 @@
+"""Product-quantisation maths over the model's own codebooks, and FAISS structures built on them.
+
+Scoring is cosine per sub-space: codewords are unit length, each query sub-vector is L2-normalised,
+and an item scores the sum over sub-spaces of <query_m, codeword_m[code_m]> (asymmetric distance
+computation, ADC: the query is never quantised). FAISS computes the same with an inner-product
+`IndexPQ` whose centroids are the model's codewords.
+
+FAISS is never asked to train: its codebooks are copied from the model, so its codes and the
+model's codes are the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+FloatArray = npt.NDArray[np.float32]
+CodeArray = npt.NDArray[np.uint8]
+IdArray = npt.NDArray[np.int64]
+
+# Guards the sub-vector normalisation against all-zero inputs (a blank image can produce one).
+_NORM_FLOOR = 1e-12
+
+
+def bits_per_code(codebook_size: int) -> int:
+    """log2(K) for a power-of-two K up to 256 (in memory a code takes one byte per sub-space)."""
+    if codebook_size < 2 or codebook_size > 256 or codebook_size & (codebook_size - 1):
+        raise ValueError(f"codebook size must be a power of two in [2, 256], got {codebook_size}")
+    return int(math.log2(codebook_size))
+
+
+def code_size_bytes(num_codebooks: int, codebook_size: int) -> int:
+    """Bytes per packed code, as FAISS's ProductQuantizer stores it."""
+    return (num_codebooks * bits_per_code(codebook_size) + 7) // 8
+
+
+def check_codebooks(codebooks: npt.NDArray[np.floating]) -> FloatArray:
+    """Return the codebooks as C-contiguous float32 (M, K, d) with unit-length codewords."""
+    array = np.ascontiguousarray(codebooks, dtype=np.float32)
+    if array.ndim != 3:
+        raise ValueError(f"codebooks must have shape (M, K, d), got {array.shape}")
+    bits_per_code(array.shape[1])
+    norms = np.linalg.norm(array, axis=2)
+    if not np.allclose(norms, 1.0, atol=1e-3):
+        raise ValueError(
+            "codewords must be unit length for cosine ADC "
+            f"(norms range {norms.min():.4f}..{norms.max():.4f})"
+        )
+    return array
+
+
+def codebook_fingerprint(codebooks: FloatArray) -> str:
+    """A hash of the codebooks' shape and exact float32 bytes (equal codebooks, equal hash)."""
+    digest = hashlib.sha256(str(codebooks.shape).encode())
+    digest.update(np.ascontiguousarray(codebooks, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def normalise_subvectors(vectors: npt.NDArray[np.floating], num_codebooks: int) -> FloatArray:
+    """L2-normalise each of the M sub-vectors of every row: the cosine rule of the model's loss."""
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] % num_codebooks:
+        raise ValueError(f"expected (N, M*d) descriptors with M={num_codebooks}, got {array.shape}")
+    split = array.reshape(array.shape[0], num_codebooks, -1)
+    norms = np.maximum(np.linalg.norm(split, axis=2, keepdims=True), _NORM_FLOOR)
+    return np.ascontiguousarray((split / norms).reshape(array.shape), dtype=np.float32)
+
+
+def lookup_tables(queries: npt.NDArray[np.floating], codebooks: FloatArray) -> FloatArray:
+    """(Q, M, K) cosine of each normalised query sub-vector with each codeword."""
+    num_codebooks, _, codeword_dim = codebooks.shape
+    unit = normalise_subvectors(queries, num_codebooks)
+    split = unit.reshape(unit.shape[0], num_codebooks, codeword_dim)
+    tables: FloatArray = np.einsum("qmd,mkd->qmk", split, codebooks).astype(np.float32)
+    return tables
+
+
+def assign_codes(descriptors: npt.NDArray[np.floating], codebooks: FloatArray) -> CodeArray:
+    """(N, M) index of the most similar codeword per sub-space (nearest by cosine)."""
+    tables = lookup_tables(descriptors, codebooks)
+    codes: CodeArray = np.argmax(tables, axis=2).astype(np.uint8)
+    return codes
+
+
+def adc_scores(tables: FloatArray, codes: CodeArray) -> FloatArray:
+    """(Q, N) sum over sub-spaces of the table entry each code selects.
+
+    Sub-spaces are added in order 0..M-1 in float32, the same order for every caller, so two
+    calls on the same code give the same score to the last bit.
+    """
+    scores = np.zeros((tables.shape[0], codes.shape[0]), dtype=np.float32)
+    for subspace in range(tables.shape[1]):
+        scores += tables[:, subspace, codes[:, subspace]]
+    return scores
+
+
+def decode(codes: CodeArray, codebooks: FloatArray) -> FloatArray:
+    """(N, M*d) concatenated codewords selected by each code."""
+    num_codebooks = codebooks.shape[0]
+    selected = codebooks[np.arange(num_codebooks)[None, :], codes.astype(np.intp)]
+    return np.ascontiguousarray(selected.reshape(codes.shape[0], -1), dtype=np.float32)
+
+
+def pack_codes(codes: CodeArray, codebook_size: int) -> CodeArray:
+    """(N, M) codes -> (N, code_size) bytes in FAISS's layout (little-endian bit stream)."""
+    nbits = bits_per_code(codebook_size)
+    if nbits == 8:
+        return np.ascontiguousarray(codes, dtype=np.uint8)
+    shifts = np.arange(nbits, dtype=np.uint8)
+    bits = (codes[:, :, None] >> shifts) & 1
+    packed = np.packbits(bits.reshape(codes.shape[0], -1), axis=1, bitorder="little")
+    return np.ascontiguousarray(packed, dtype=np.uint8)
+
+
+def unpack_codes(packed: CodeArray, num_codebooks: int, codebook_size: int) -> CodeArray:
+    """Inverse of `pack_codes`."""
+    nbits = bits_per_code(codebook_size)
+    if nbits == 8:
+        return np.ascontiguousarray(packed[:, :num_codebooks], dtype=np.uint8)
+    bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : num_codebooks * nbits]
+    weights = (1 << np.arange(nbits, dtype=np.uint16)).astype(np.uint16)
+    codes = (bits.reshape(packed.shape[0], num_codebooks, nbits) * weights).sum(axis=2)
+    unpacked: CodeArray = codes.astype(np.uint8)
+    return unpacked
+
+
+def flat_pq_index(codebooks: FloatArray, packed: CodeArray | None = None) -> faiss.IndexPQ:
+    """An inner-product `IndexPQ` holding the model's codewords (never trained) and given codes."""
+    num_codebooks, codebook_size, codeword_dim = codebooks.shape
+    index = faiss.IndexPQ(
+        num_codebooks * codeword_dim,
+        num_codebooks,
+        bits_per_code(codebook_size),
+        faiss.METRIC_INNER_PRODUCT,
+    )
+    faiss.copy_array_to_vector(codebooks.ravel(), index.pq.centroids)
+    index.is_trained = True
+    if packed is not None and len(packed):
+        index.add_sa_codes(np.ascontiguousarray(packed))
+    return index
+
+
+def scan_index(codebooks: FloatArray, packed: CodeArray) -> faiss.Index:
+    """The index searched at query time: FastScan where K=16 allows it, else the flat `IndexPQ`.
+
+    FastScan keeps the same 4-bit codes in SIMD-friendly blocks and scores with lookup tables
+    quantised to 8 bits, several times faster but approximate: callers re-rank its shortlist
+    with exact ADC (see `CodeTable.search`).
+    """
+    flat = flat_pq_index(codebooks, packed)
+    if codebooks.shape[1] == 16:
+        # The SWIG stubs only declare the (d, M, nbits) constructor, not this conversion.
+        return faiss.IndexPQFastScan(flat)  # type: ignore[arg-type]
+    return flat
+
+
+def codebooks_of(index: faiss.IndexPQ) -> FloatArray:
+    """The (M, K, d) centroids an `IndexPQ` scores with."""
+    pq = index.pq
+    centroids = faiss.vector_to_array(pq.centroids).astype(np.float32)
+    return centroids.reshape(pq.M, pq.ksub, pq.dsub)
+
+
+def packed_codes_of(index: faiss.IndexPQ) -> CodeArray:
+    """(N, code_size) packed codes held by a flat `IndexPQ`."""
+    flat = faiss.vector_to_array(index.codes).astype(np.uint8, copy=False)
+    return flat.reshape(index.ntotal, index.code_size)
