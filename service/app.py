@@ -34,21 +34,29 @@ _CONTENT_SECURITY_POLICY = (
 
 
 def load_engine(settings: Settings) -> SearchEngine:
-    """Open the index and the model it was built with (blocking; run once at start-up)."""
-    from indexer.store import ArchiveIndex
-    from model import load_checkpoint, select_device
+    """Open the index and the model its codes came from (blocking; run once at start-up)."""
+    from indexer.store import ArchiveIndex, IndexDirectoryError
+    from model import ModelCard, load_checkpoint, select_device
 
     index = ArchiveIndex.open(settings.index_dir)
-    device = select_device(settings.device)
-    model = load_checkpoint(
-        settings.index_dir / "model.pt", expected_card=index.card, map_location=device
-    )
+    try:
+        if index.checkpoint_path is None:
+            raise IndexDirectoryError(
+                f"{settings.index_dir} has no model.pt: queries cannot be embedded without it"
+            )
+        device = select_device(settings.device)
+        card = ModelCard.model_validate(index.card)
+        model = load_checkpoint(index.checkpoint_path, expected_card=card, map_location=device)
+        index.check_model(model.codebooks().detach().cpu().numpy())
+    except BaseException:
+        index.close()
+        raise
     logger.info(
         "loaded index %s (%d items, %d-bit codes) and model %s on %s",
         settings.index_dir,
         len(index),
-        model.card.bits,
-        model.card.backbone,
+        card.bits,
+        card.backbone,
         device,
     )
     return SearchEngine(

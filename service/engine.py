@@ -18,7 +18,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from indexer.store import AddOutcome, ArchiveIndex, Hit, NewItem, SearchFilters
+from indexer.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
 from model import ModelCard, SPQModel, preprocess
 from service.errors import ServiceError
 from service.imaging import DecodedImage, decode_upload, make_thumbnail
@@ -53,7 +53,7 @@ class ItemFields:
 @dataclass(frozen=True, slots=True)
 class SearchOutcome:
     query: DecodedImage
-    hits: list[Hit]
+    hits: list[tuple[float, ItemRecord]]
     decode_ms: float
     embed_ms: float
     search_ms: float
@@ -138,7 +138,9 @@ class SearchEngine:
         descriptor = self.embed([query])
         embed_ms = _elapsed_ms(start)
         start = time.perf_counter()
-        hits = self.index.search(descriptor, k, filters)[0]
+        found = self.index.search(descriptor, k, filters)[0]
+        # A hit without a record was removed between the scan and the metadata read: drop it.
+        hits = [(hit.score, hit.record) for hit in found if hit.record is not None]
         search_ms = _elapsed_ms(start)
         return SearchOutcome(query, hits, decode_ms, embed_ms, search_ms)
 
@@ -149,7 +151,10 @@ class SearchEngine:
         """
         decoded = [self.decode(upload) for upload in uploads]
         descriptors = self.embed(decoded)
-        records = [_new_item(image, fields) for image in decoded]
+        records = [
+            _new_item(image, fields, upload.filename)
+            for image, upload in zip(decoded, uploads, strict=True)
+        ]
         outcomes = self.index.add(descriptors, records)
         new = sum(outcome.duplicate_of is None for outcome in outcomes)
         logger.info("indexed %d upload(s): %d new", len(uploads), new)
@@ -166,10 +171,10 @@ class SearchEngine:
         self.index.close()
 
 
-def _new_item(image: DecodedImage, fields: ItemFields) -> NewItem:
+def _new_item(image: DecodedImage, fields: ItemFields, image_name: str) -> NewItem:
     width, height = image.size
     return NewItem(
-        source=fields.source,
+        source=fields.source or image_name,
         label=fields.label,
         group=fields.group,
         dataset=fields.dataset,

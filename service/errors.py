@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -24,7 +25,7 @@ class ServiceError(Exception):
         status_code: int,
         code: str,
         detail: str,
-        headers: dict[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(detail)
         self.status_code = status_code
@@ -34,7 +35,7 @@ class ServiceError(Exception):
 
 
 def error_response(
-    status_code: int, code: str, detail: str, headers: dict[str, str] | None = None
+    status_code: int, code: str, detail: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     body = ErrorResponse(code=code, detail=detail)
     return JSONResponse(body.model_dump(), status_code=status_code, headers=headers)

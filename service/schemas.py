@@ -128,6 +128,12 @@ class StatsResponse(_Schema):
     code_bytes: int = Field(description="Bytes per stored code.")
     bits: int = Field(description="Bits per stored code (M * log2 K).")
     descriptor_dim: int
+    max_k: int = Field(description="Largest k a search may ask for.")
+    labels: dict[str, int] = Field(description="Items per label (`(none)` for unlabelled).")
+    datasets: dict[str, int] = Field(description="Items per dataset (`(none)` when unset).")
+    tombstones: int = Field(description="Removed items not yet compacted away.")
+    unsaved_changes: int = Field(description="Changes journalled since the last snapshot.")
+    memory_bytes: int = Field(description="Memory held by the searchable codes.")
+    codebook_fingerprint: str
     device: str
     model_card: dict[str, Any]
-    index: dict[str, Any] = Field(description="Index statistics as reported by the store.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile, status
@@ -35,6 +36,11 @@ _READ_ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 422, 503)
 }
 
+_ALL_DUPLICATES: dict[int | str, dict[str, object]] = {
+    200: {"model": IndexResponse, "description": "Every file was a duplicate: nothing added."}
+}
+_JPEG: dict[int | str, dict[str, object]] = {200: {"content": {"image/jpeg": {}}}}
+
 
 def thumbnail_url(item_id: int) -> str:
     return f"/images/{item_id}/thumbnail"
@@ -51,7 +57,7 @@ def item_metadata(record: ItemRecord) -> ItemMetadata:
         source=record.source,
         tile=tile,
         source_size=size,
-        added_at=record.added_at,
+        added_at=datetime.fromtimestamp(record.added_at, tz=UTC),
         thumbnail_url=thumbnail_url(record.id),
         extra=dict(record.extra or {}),
     )
@@ -71,8 +77,7 @@ def _as_size(size: tuple[int, int]) -> dict[str, int]:
     "/index",
     status_code=status.HTTP_201_CREATED,
     response_model=IndexResponse,
-    responses={200: {"model": IndexResponse, "description": "Every file was a duplicate."}}
-    | _WRITE_ERRORS,
+    responses={**_ALL_DUPLICATES, **_WRITE_ERRORS},
     dependencies=[WriteAccess],
 )
 async def index_images(
@@ -102,11 +107,13 @@ async def index_images(
 
 
 def _added_image(added: AddedUpload) -> AddedImage:
-    duplicate_of = added.outcome.duplicate_of
+    item_id = added.outcome.id if added.outcome.added else added.outcome.duplicate_of
+    if item_id is None:
+        raise ServiceError(500, "internal_error", "the index gave neither an id nor a duplicate")
     return AddedImage(
         filename=added.upload.filename,
-        id=added.outcome.id if duplicate_of is None else duplicate_of,
-        status=AddStatus.ADDED if duplicate_of is None else AddStatus.DUPLICATE,
+        id=item_id,
+        status=AddStatus.ADDED if added.outcome.added else AddStatus.DUPLICATE,
         content_hash=added.decoded.content_hash,
     )
 
@@ -137,7 +144,7 @@ async def get_image(engine: EngineDep, item_id: ItemId) -> ItemMetadata:
 @router.get(
     "/images/{item_id}/thumbnail",
     response_class=Response,
-    responses={200: {"content": {"image/jpeg": {}}}} | _READ_ERRORS,
+    responses={**_JPEG, **_READ_ERRORS},
     dependencies=[ReadAccess],
 )
 async def get_thumbnail(engine: EngineDep, item_id: ItemId) -> Response:
@@ -153,7 +160,7 @@ async def get_thumbnail(engine: EngineDep, item_id: ItemId) -> Response:
 @router.delete(
     "/images/{item_id}",
     response_model=DeleteResponse,
-    responses=_WRITE_ERRORS | _READ_ERRORS,
+    responses={**_WRITE_ERRORS, **_READ_ERRORS},
     dependencies=[WriteAccess],
 )
 async def delete_image(engine: EngineDep, item_id: ItemId) -> DeleteResponse:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile
 
-from indexer.store import Hit, SearchFilters
+from indexer.store import ItemRecord, SearchFilters
 from service.deps import EngineDep, ReadAccess, SettingsDep
 from service.engine import SearchOutcome
 from service.errors import ServiceError
@@ -51,16 +51,18 @@ def _filters(
     return SearchFilters(label=label, dataset=dataset, exclude_group=exclude_group)
 
 
-def _hit(rank: int, hit: Hit) -> SearchHit:
-    metadata = item_metadata(hit.record)
-    return SearchHit(**metadata.model_dump(), score=hit.score, rank=rank)
+def _hit(rank: int, score: float, record: ItemRecord) -> SearchHit:
+    metadata = item_metadata(record)
+    return SearchHit(**metadata.model_dump(), score=score, rank=rank)
 
 
 def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
     width, height = outcome.query.size
     return SearchResponse(
         k=k,
-        results=[_hit(rank, hit) for rank, hit in enumerate(outcome.hits, start=1)],
+        results=[
+            _hit(rank, score, record) for rank, (score, record) in enumerate(outcome.hits, start=1)
+        ],
         query=QueryImage(
             width=width,
             height=height,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 from fastapi import APIRouter, Request
 
-from service.deps import EngineDep
+from service.deps import EngineDep, SettingsDep
 from service.errors import ServiceError
 from service.schemas import ErrorResponse, HealthResponse, ReadyResponse, StatsResponse
 
 router = APIRouter(tags=["system"])
+
+UNSET = "(none)"
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -30,25 +29,25 @@ async def ready(request: Request) -> ReadyResponse:
 
 
 @router.get("/stats", response_model=StatsResponse, responses={503: {"model": ErrorResponse}})
-async def stats(engine: EngineDep) -> StatsResponse:
+async def stats(engine: EngineDep, settings: SettingsDep) -> StatsResponse:
     index_stats = await engine.offload(engine.index.stats)
     card = engine.card
     return StatsResponse(
-        items=len(engine.index),
-        code_bytes=card.code_bytes,
+        items=index_stats.items,
+        code_bytes=index_stats.code_bytes,
         bits=card.bits,
         descriptor_dim=card.descriptor_dim,
+        max_k=settings.max_k,
+        labels=_named_counts(index_stats.labels),
+        datasets=_named_counts(index_stats.datasets),
+        tombstones=index_stats.tombstones,
+        unsaved_changes=index_stats.unsaved_changes,
+        memory_bytes=index_stats.memory_bytes,
+        codebook_fingerprint=index_stats.codebook_fingerprint,
         device=str(engine.device),
         model_card=card.model_dump(mode="json"),
-        index=_as_dict(index_stats),
     )
 
 
-def _as_dict(value: object) -> dict[str, Any]:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    dump = getattr(value, "model_dump", None)
-    if callable(dump):
-        result: dict[str, Any] = dump(mode="json")
-        return result
-    return {"value": str(value)}
+def _named_counts(counts: dict[str | None, int]) -> dict[str, int]:
+    return {UNSET if name is None else name: count for name, count in counts.items()}
