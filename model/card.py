@@ -1,0 +1,104 @@
+"""The model card: everything needed to rebuild, feed and trust a checkpoint.
+
+The indexer and the service read input size, normalisation and code geometry from here and copy no
+constants, so a checkpoint trained at another size or with other codebooks cannot be fed wrongly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PoolingName = Literal["spoc", "mac", "gem", "attention"]
+
+# ImageNet statistics: the usual choice, and the right one for torchvision's pretrained weights.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CODE_VERSION = "spq-1"
+DEFAULT_POOLING: tuple[PoolingName, ...] = ("spoc", "mac", "gem")
+
+
+class ModelCard(BaseModel):
+    """Architecture, code geometry, preprocessing and provenance of one SPQ model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backbone: str = "resnet18"
+    small_input_stem: bool = True
+    pooling: list[PoolingName] = Field(default_factory=lambda: list(DEFAULT_POOLING))
+    hidden_dim: int = Field(default=512, gt=0)
+    num_codebooks: int = Field(default=8, gt=0)
+    codebook_size: int = Field(default=16, gt=1)
+    codeword_dim: int = Field(default=16, gt=0)
+    input_size: int = Field(default=64, ge=16)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # Soft assignment weights are softmax_k(-scale * ||x_m - c_mk||^2): the scale MULTIPLIES.
+    soft_quantization_scale: float = Field(default=5.0, gt=0)
+    training: dict[str, Any] = Field(default_factory=dict)
+    dataset_fingerprint: str = ""
+    code_version: str = CODE_VERSION
+    parameter_count: int = 0
+    flops_per_image: int = 0
+
+    @field_validator("pooling")
+    @classmethod
+    def _pooling_is_a_nonempty_set(cls, value: list[PoolingName]) -> list[PoolingName]:
+        if not value:
+            raise ValueError("pooling needs at least one of spoc, mac, gem, attention")
+        if len(set(value)) != len(value):
+            raise ValueError(f"pooling lists a method twice: {value}")
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _std_is_positive(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError(f"std must be positive, got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _codebook_size_is_a_power_of_two(self) -> ModelCard:
+        # Codes are packed into log2(K) bits each; other sizes would waste bits silently.
+        if self.codebook_size & (self.codebook_size - 1):
+            raise ValueError(f"codebook_size must be a power of two, got {self.codebook_size}")
+        return self
+
+    @property
+    def descriptor_dim(self) -> int:
+        return self.num_codebooks * self.codeword_dim
+
+    @property
+    def bits(self) -> int:
+        return self.num_codebooks * round(math.log2(self.codebook_size))
+
+    @property
+    def code_bytes(self) -> int:
+        return math.ceil(self.bits / 8)
+
+    def architecture_fields(self) -> dict[str, Any]:
+        """The fields that decide the shapes of the weights."""
+        return self.model_dump(
+            include={
+                "backbone",
+                "small_input_stem",
+                "pooling",
+                "hidden_dim",
+                "num_codebooks",
+                "codebook_size",
+                "codeword_dim",
+            }
+        )
+
+    def compatibility_key(self) -> dict[str, Any]:
+        """The fields on which an index and a model must agree for codes and queries to match."""
+        key = self.architecture_fields()
+        key.update(
+            input_size=self.input_size,
+            mean=list(self.mean),
+            std=list(self.std),
+            code_version=self.code_version,
+        )
+        return key

@@ -1,0 +1,82 @@
+"""Global descriptors from a feature map, combined CGD-style (Jun et al., arXiv 1903.10663).
+
+Each pooling method gives a (N, C) vector; each goes through its own linear layer and L2 norm,
+the results are concatenated and L2-normalised again, so no branch dominates by scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SPoC(nn.Module):
+    """Sum (average) pooling: how much of each pattern the tile holds."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.mean(dim=(2, 3))
+
+
+class MAC(nn.Module):
+    """Max pooling: whether a pattern occurs anywhere in the tile."""
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features.amax(dim=(2, 3))
+
+
+class GeM(nn.Module):
+    """Generalised mean pooling, between SPoC (p=1) and MAC (p -> inf); p is learned."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(p))
+        self.eps = eps
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        pooled = features.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3))
+        result: torch.Tensor = pooled.pow(1.0 / self.p)
+        return result
+
+
+class AttentionPool(nn.Module):
+    """Average weighted by a learned spatial attention map (softmax over positions)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.score = nn.Conv2d(channels, 1, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        weights: torch.Tensor = self.score(features).flatten(2).softmax(dim=-1)  # (N, 1, h*w)
+        return (features.flatten(2) * weights).sum(dim=-1)
+
+
+def make_pool(name: str, channels: int) -> nn.Module:
+    if name == "spoc":
+        return SPoC()
+    if name == "mac":
+        return MAC()
+    if name == "gem":
+        return GeM()
+    if name == "attention":
+        return AttentionPool(channels)
+    raise ValueError(f"unknown pooling {name!r}; valid: attention, gem, mac, spoc")
+
+
+class CombinedGlobalDescriptor(nn.Module):
+    """(N, C, h, w) feature map -> (N, len(pooling) * branch_dim) unit-length descriptor."""
+
+    def __init__(self, channels: int, pooling: Sequence[str], branch_dim: int) -> None:
+        super().__init__()
+        self.pools = nn.ModuleList(make_pool(name, channels) for name in pooling)
+        self.projections = nn.ModuleList(nn.Linear(channels, branch_dim) for _ in pooling)
+        self.output_dim = branch_dim * len(pooling)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        branches = [
+            F.normalize(projection(pool(features)), dim=-1)
+            for pool, projection in zip(self.pools, self.projections, strict=True)
+        ]
+        return F.normalize(torch.cat(branches, dim=-1), dim=-1)

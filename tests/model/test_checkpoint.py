@@ -1,0 +1,108 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from model import (
+    CheckpointMismatchError,
+    ModelCard,
+    UnknownBackboneError,
+    build_model,
+    load_checkpoint,
+    read_card,
+    save_checkpoint,
+)
+
+SMALL_CARD = ModelCard(
+    backbone="resnet18", small_input_stem=False, input_size=32, num_codebooks=4, codeword_dim=8
+)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(SMALL_CARD).eval()
+
+
+def test_card_geometry_follows_m_k_d() -> None:
+    card = ModelCard()
+    assert (card.num_codebooks, card.codebook_size, card.codeword_dim) == (8, 16, 16)
+    assert card.bits == 32 and card.code_bytes == 4 and card.descriptor_dim == 128
+    assert ModelCard(codebook_size=256, num_codebooks=4).bits == 32
+
+
+def test_card_rejects_bad_values() -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        ModelCard(codebook_size=12)
+    with pytest.raises(ValueError, match="pooling"):
+        ModelCard(pooling=[])
+    with pytest.raises(ValueError):
+        ModelCard(pooling=["avg"])  # type: ignore[list-item]
+
+
+def test_card_round_trips_through_json() -> None:
+    card = SMALL_CARD.model_copy(update={"training": {"epochs": 3, "pooling": ["gem"]}})
+    assert ModelCard.model_validate_json(card.model_dump_json()) == card
+
+
+def test_unknown_backbone_lists_the_valid_ones() -> None:
+    with pytest.raises(UnknownBackboneError, match=r"resnet18.*resnet50"):
+        build_model(ModelCard(backbone="vgg11"))
+
+
+def test_build_fills_parameter_count_and_flops(model) -> None:
+    assert model.card.parameter_count == sum(p.numel() for p in model.parameters())
+    # ResNet-18 costs 3.6 GFLOPs at 224 px; FLOPs scale with area, (32/224)^2 = 1/49.
+    assert 6e7 < model.card.flops_per_image < 1e8
+
+
+def test_named_views_have_documented_shapes(model) -> None:
+    images = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        descriptors = model.encode(images)
+        codes = model.assign_codes(images)
+        soft = model.quantize(images)
+    assert descriptors.shape == soft.shape == (3, 32) and descriptors.dtype == torch.float32
+    torch.testing.assert_close(descriptors.reshape(3, 4, 8).norm(dim=-1), torch.ones(3, 4))
+    assert codes.shape == (3, 4) and codes.dtype == torch.int64
+    assert torch.equal(codes, model.codes_from_descriptors(descriptors))
+    assert model.codebooks().shape == (4, 16, 8)
+    assert model.decode(codes).shape == (3, 32)
+
+
+def test_checkpoint_round_trip_gives_identical_codes(model, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_checkpoint(model, path, extra={"note": "kept"})
+    loaded = load_checkpoint(path, expected_card=model.card)
+    images = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.assign_codes(images), model.assign_codes(images))
+        torch.testing.assert_close(loaded.encode(images), model.encode(images))
+    assert read_card(path) == model.card
+    assert not loaded.training
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]  # no temporary file left
+
+
+def test_loading_refuses_a_card_that_disagrees(model, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_checkpoint(model, path)
+    other = model.card.model_copy(update={"input_size": 64, "codebook_size": 256})
+    with pytest.raises(CheckpointMismatchError, match=r"codebook_size.*input_size|input_size"):
+        load_checkpoint(path, expected_card=other)
+
+
+def test_loading_refuses_weights_that_do_not_fit_the_card(model, tmp_path: Path) -> None:
+    path = tmp_path / "model.pt"
+    save_checkpoint(model, path)
+    payload = torch.load(path, weights_only=False)
+    payload["card"]["codeword_dim"] = 4
+    torch.save(payload, path)
+    with pytest.raises(CheckpointMismatchError, match="do not fit"):
+        load_checkpoint(path)
+
+
+def test_loading_refuses_a_file_without_card(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(1)}, path)
+    with pytest.raises(CheckpointMismatchError, match="no model card"):
+        load_checkpoint(path)

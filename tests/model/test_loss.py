@@ -1,0 +1,55 @@
+import math
+
+import pytest
+import torch
+
+from model.loss import CodewordUsageRegularizer, CrossQuantizedContrastiveLoss
+
+
+def _orthonormal_rows(n: int, dim: int) -> torch.Tensor:
+    return torch.eye(dim)[:n]
+
+
+@pytest.mark.parametrize(("batch", "temperature"), [(2, 0.5), (4, 0.5), (7, 0.2), (16, 1.0)])
+def test_aligned_orthogonal_views_give_the_closed_form(batch: int, temperature: float) -> None:
+    x = _orthonormal_rows(batch, 32)
+    loss = CrossQuantizedContrastiveLoss(temperature)(x, x.clone(), x.clone(), x.clone())
+    # Positive cosine 1, the 2N - 2 negatives cosine 0.
+    expected = math.log(1 + (2 * batch - 2) * math.exp(-1 / temperature))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_swapped_partners_cost_more_than_aligned_ones() -> None:
+    x = _orthonormal_rows(4, 8)
+    loss = CrossQuantizedContrastiveLoss()
+    shuffled = x[[1, 0, 3, 2]]
+    assert float(loss(x, shuffled, x, shuffled)) > float(loss(x, x, x, x)) + 1.0
+
+
+def test_loss_takes_batch_size_from_input_and_is_differentiable() -> None:
+    loss = CrossQuantizedContrastiveLoss()
+    for batch in (3, 9):
+        x_a = torch.randn(batch, 16, requires_grad=True)
+        value = loss(x_a, torch.randn(batch, 16), torch.randn(batch, 16), torch.randn(batch, 16))
+        value.backward()
+        assert x_a.grad is not None and x_a.grad.shape == (batch, 16)
+
+
+def test_loss_rejects_bad_inputs() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        CrossQuantizedContrastiveLoss(0.0)
+    loss = CrossQuantizedContrastiveLoss()
+    with pytest.raises(ValueError, match="shape"):
+        loss(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 8), torch.randn(3, 8))
+    with pytest.raises(ValueError, match="at least 2"):
+        one = torch.randn(1, 8)
+        loss(one, one, one, one)
+
+
+def test_regulariser_is_zero_for_even_usage_and_one_for_collapse() -> None:
+    regularizer = CodewordUsageRegularizer()
+    even = torch.eye(16).unsqueeze(1).repeat(1, 3, 1)  # 16 images, 3 sub-spaces, one each
+    collapsed = torch.zeros(16, 3, 16)
+    collapsed[..., 0] = 1.0
+    assert float(regularizer(even)) == pytest.approx(0.0, abs=1e-6)
+    assert float(regularizer(collapsed)) == pytest.approx(1.0, abs=1e-6)
