@@ -1,0 +1,104 @@
+"""`histosearch index`: build or extend an index directory from an archive of images."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "index",
+        help="encode an archive into an index directory (creates it or extends it)",
+        description=(
+            "Encode every image of an archive with an SPQ model and add it to an index directory. "
+            "Large images are cut into tiles; background tiles are skipped. Re-running resumes: "
+            "images finished by an earlier run are not encoded again."
+        ),
+    )
+    parser.add_argument("--data", type=Path, required=True, help="archive folder or CSV manifest")
+    parser.add_argument("--index", type=Path, required=True, help="index directory")
+    parser.add_argument(
+        "--checkpoint", type=Path, help="model checkpoint (required for a new index)"
+    )
+    parser.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "folder", "csv", "bracs", "crc-extended", "bach"],
+        help="archive layout (default: auto = csv for a file, folder otherwise)",
+    )
+    parser.add_argument("--dataset", help="dataset name stored with each item")
+    parser.add_argument("--tile-size", type=int, default=512, help="tile edge in pixels")
+    parser.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
+    parser.add_argument(
+        "--min-tissue", type=float, default=0.25, help="tissue share a tile needs (0-1)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
+    parser.add_argument("--workers", type=int, default=2, help="threads reading and decoding")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from indexer.pipeline import PipelineConfig, index_archive, model_encoder
+    from indexer.sources import SourceError, load_source
+    from indexer.store import IndexDirectoryError
+    from indexer.tiling import TilingConfig
+    from model import load_checkpoint, select_device
+
+    try:
+        images = load_source(args.source, args.data, args.dataset)
+        index = _open_or_create(args.index, args.checkpoint)
+    except (SourceError, IndexDirectoryError, ValueError) as error:
+        log.error("%s", error)
+        return 2
+    try:
+        checkpoint = index.checkpoint_path
+        if checkpoint is None:
+            log.error("%s has no model.pt to encode with", args.index)
+            return 2
+        device = select_device(args.device)
+        model = load_checkpoint(checkpoint, map_location=device)
+        index.check_model(model.codebooks().detach().cpu().numpy())
+        config = PipelineConfig(
+            tiling=TilingConfig(args.tile_size, args.stride, args.min_tissue),
+            batch_size=args.batch_size,
+            workers=args.workers,
+            progress=not args.no_progress,
+        )
+        summary = index_archive(images, index, model_encoder(model, device), config)
+    finally:
+        index.close()
+    print(f"index {args.index}: {len(images)} images in the archive")
+    for line in summary.lines():
+        print(f"  {line}")
+    for path, reason in summary.unreadable:
+        print(f"  unreadable: {path}: {reason}")
+    return 0
+
+
+def _open_or_create(directory: Path, checkpoint: Path | None) -> Any:
+    from indexer.store import ArchiveIndex, IndexDirectoryError
+
+    if (directory / "manifest.json").exists():
+        index = ArchiveIndex.open(directory)
+        if checkpoint is not None and not _same_checkpoint(index, checkpoint):
+            index.close()
+            raise IndexDirectoryError(
+                f"{directory} was built with another model than {checkpoint}; "
+                "index into a new directory"
+            )
+        return index
+    if checkpoint is None:
+        raise IndexDirectoryError(f"{directory} is not an index yet: give --checkpoint")
+    return ArchiveIndex.create(directory, checkpoint)
+
+
+def _same_checkpoint(index: Any, checkpoint: Path) -> bool:
+    existing = index.checkpoint_path
+    return existing is not None and existing.read_bytes() == checkpoint.read_bytes()

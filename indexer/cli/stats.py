@@ -1,0 +1,54 @@
+"""`histosearch stats`: what an index directory holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "stats", help="describe an index directory", description="Counts, code geometry, model."
+    )
+    parser.add_argument("--index", type=Path, required=True, help="index directory")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from indexer.store import ArchiveIndex, IndexDirectoryError
+
+    try:
+        index = ArchiveIndex.open(args.index)
+    except IndexDirectoryError as error:
+        log.error("%s", error)
+        return 2
+    with index:
+        stats = index.stats()
+    if args.json:
+        print(json.dumps(asdict(stats), indent=2, default=str))
+        return 0
+    bits = stats.num_codebooks * (stats.codebook_size.bit_length() - 1)
+    print(f"index:      {stats.directory}")
+    print(f"items:      {stats.items}")
+    print(
+        f"codes:      M={stats.num_codebooks} K={stats.codebook_size} d={stats.codeword_dim} "
+        f"({bits} bits, {stats.code_bytes} bytes per item)"
+    )
+    print(f"memory:     {stats.memory_bytes / 1e6:.2f} MB in the searchable table")
+    print(
+        f"model:      {stats.card.get('backbone', '?')}, "
+        f"codebooks {stats.codebook_fingerprint[:16]}"
+    )
+    print(f"unsaved:    {stats.unsaved_changes} changes newer than the snapshot")
+    for title, counts in (("labels", stats.labels), ("datasets", stats.datasets)):
+        print(f"{title}:")
+        for name, count in counts.items():
+            print(f"  {name or '(none)':<24} {count}")
+    return 0
