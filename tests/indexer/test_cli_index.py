@@ -1,0 +1,83 @@
+"""`histosearch index / search / stats / delete` end to end with a small real SPQ model."""
+
+import json
+import shutil
+from typing import Any
+
+import pytest
+import torch
+
+from indexer.cli import main
+from model import ModelCard, build_model, save_checkpoint
+from tests.indexer.index_helpers import SHARED_DATA
+
+KATHER = SHARED_DATA / "kather2016-texture-240"
+
+
+@pytest.fixture(scope="module")
+def archive_and_checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    paths = sorted(KATHER.rglob("*.tif"))[::20]
+    if not paths:
+        pytest.skip("Kather 2016 tiles are missing")
+    for path in paths:
+        target = root / "archive" / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    torch.manual_seed(0)
+    save_checkpoint(build_model(ModelCard(input_size=32)), root / "model.pt")
+    return root, paths
+
+
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
+    assert main(list(argv)) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_index_search_stats_delete(tmp_path, capsys, archive_and_checkpoint):
+    root, paths = archive_and_checkpoint
+    index_dir = str(tmp_path / "index")
+    common = ["--index", index_dir]
+    assert (
+        main(
+            [
+                "index",
+                "--data",
+                str(root / "archive"),
+                "--checkpoint",
+                str(root / "model.pt"),
+                *common,
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert f"tiles added:             {len(paths)}" in capsys.readouterr().out
+
+    stats = run_json(capsys, "stats", *common, "--json")
+    assert stats["items"] == len(paths) and stats["code_bytes"] == 4
+
+    query = str(paths[0])
+    hits = run_json(capsys, "search", *common, query, "-k", "3", "--json")["hits"]
+    assert len(hits) == 3 and hits[0]["rank"] == 1
+    assert hits[0]["score"] >= hits[-1]["score"]
+    first = hits[0]["id"]
+
+    assert main(["delete", *common, str(first)]) == 0
+    assert "removed 1 item" in capsys.readouterr().out
+    hits = run_json(capsys, "search", *common, query, "-k", str(len(paths)), "--json")["hits"]
+    assert first not in {hit["id"] for hit in hits} and len(hits) == len(paths) - 1
+
+    # Re-running on the same archive resumes: nothing is encoded again.
+    assert main(["index", "--data", str(root / "archive"), *common, "--no-progress"]) == 0
+    assert f"finished in earlier runs: {len(paths)}" in capsys.readouterr().out
+
+
+def test_index_refuses_a_missing_checkpoint_and_a_non_index(
+    tmp_path, caplog, archive_and_checkpoint
+):
+    root, _ = archive_and_checkpoint
+    assert main(["index", "--data", str(root / "archive"), "--index", str(tmp_path / "x")]) == 2
+    assert "give --checkpoint" in caplog.text
+    assert main(["stats", "--index", str(tmp_path)]) == 2
+    assert "no manifest.json" in caplog.text
