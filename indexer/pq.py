@@ -112,7 +112,9 @@ def pack_codes(codes: CodeArray, codebook_size: int) -> CodeArray:
         return np.ascontiguousarray(codes, dtype=np.uint8)
     shifts = np.arange(nbits, dtype=np.uint8)
     bits = (codes[:, :, None] >> shifts) & 1
-    packed = np.packbits(bits.reshape(codes.shape[0], -1), axis=1, bitorder="little")
+    packed = np.packbits(
+        bits.reshape(codes.shape[0], codes.shape[1] * nbits), axis=1, bitorder="little"
+    )
     return np.ascontiguousarray(packed, dtype=np.uint8)
 
 
