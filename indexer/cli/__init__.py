@@ -63,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # FAISS reports every CPU-feature probe at INFO; only its warnings help a user.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     handler = args.handler
     result: int = handler(args)
     return result

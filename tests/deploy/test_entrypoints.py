@@ -1,0 +1,166 @@
+"""The containers' exact entry points, run on the host with the variables the compose file sets.
+
+No Docker engine runs on the test machines, so this is how the images' commands stay honest:
+`docker/entrypoint.sh index` (the compose indexer job) must train and index a real archive, a second
+run must reuse what the first made, and `docker/entrypoint.sh serve` must answer searches with the
+image's own health check passing.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
+DEMO = ROOT / "demo" / "archive"
+TILES_PER_CLASS = 4
+
+pytestmark = pytest.mark.slow
+
+
+def _small_archive(target: Path) -> Path:
+    """A few demo tiles per class, with their labels.csv, as a user's archive folder."""
+    rows = list(csv.DictReader((DEMO / "labels.csv").open()))
+    chosen: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        chosen.setdefault(row["label"], [])
+        if len(chosen[row["label"]]) < TILES_PER_CLASS:
+            chosen[row["label"]].append(row)
+    target.mkdir(parents=True)
+    with (target / "labels.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["path", "label", "group"])
+        writer.writeheader()
+        for picked in chosen.values():
+            for row in picked:
+                destination = target / row["path"]
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.write_bytes((DEMO / row["path"]).read_bytes())
+                writer.writerow(row)
+    return target
+
+
+def _environment(data: Path, archive: Path, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        HISTOSEARCH_WORKDIR=str(data),
+        HISTOSEARCH_ARCHIVE=str(archive),
+        HISTOSEARCH_INDEX_DIR=str(data / "index"),
+        HISTOSEARCH_TRAIN_MINUTES="0.5",
+        HISTOSEARCH_HOST="127.0.0.1",
+        HISTOSEARCH_PORT=str(port),
+        HISTOSEARCH_API_KEY="entrypoint-test-key",
+        HISTOSEARCH_DEVICE="cpu",
+    )
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _run_index_job(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ENTRYPOINT), "index", "--train-epochs", "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    root = tmp_path_factory.mktemp("deployment")
+    env = _environment(root / "data", _small_archive(root / "archive"), _free_port())
+    first = _run_index_job(env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    yield env
+
+
+def test_index_job_trains_a_model_and_builds_the_index(deployment):
+    data = Path(deployment["HISTOSEARCH_WORKDIR"])
+    assert (data / "model" / "model.pt").is_file()
+    assert (data / "index" / "manifest.json").is_file()
+    stats = subprocess.run(
+        [str(ENTRYPOINT), "stats", "--index", deployment["HISTOSEARCH_INDEX_DIR"]],
+        env=deployment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert str(8 * TILES_PER_CLASS) in stats.stdout
+
+
+def test_second_index_job_reuses_the_model_and_encodes_nothing_again(deployment):
+    model = Path(deployment["HISTOSEARCH_WORKDIR"]) / "model" / "model.pt"
+    before = model.stat().st_mtime_ns
+    second = _run_index_job(deployment)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert model.stat().st_mtime_ns == before
+    assert "reusing model" in second.stderr
+    assert "tiles added:             0" in second.stderr
+
+
+def test_healthcheck_fails_when_nothing_listens():
+    result = subprocess.run(
+        [sys.executable, str(HEALTHCHECK), f"http://127.0.0.1:{_free_port()}/ready"],
+        check=False,
+        timeout=30,
+    )
+    assert result.returncode == 1
+
+
+def test_serve_entrypoint_answers_searches_and_passes_its_health_check(deployment):
+    url = f"http://127.0.0.1:{deployment['HISTOSEARCH_PORT']}"
+    server = subprocess.Popen(
+        [str(ENTRYPOINT), "serve"],
+        env=deployment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_until_ready(server, f"{url}/ready")
+        tile = next(DEMO.glob("01_TUMOR/*.jpg"))
+        with tile.open("rb") as handle:
+            response = httpx.post(
+                f"{url}/search", files={"image": (tile.name, handle, "image/jpeg")}, timeout=60
+            )
+        assert response.status_code == 200, response.text
+        assert len(response.json()["results"]) == 10
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _, log = server.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal so the exit status tells its cause.
+    assert server.returncode in (0, -signal.SIGTERM)
+    assert "Finished server process" in log
+
+
+def _wait_until_ready(server: subprocess.Popen[str], ready_url: str) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"server exited early: {server.stderr and server.stderr.read()}")
+        check = subprocess.run([sys.executable, str(HEALTHCHECK), ready_url], check=False)
+        if check.returncode == 0:
+            return
+        time.sleep(1)
+    raise AssertionError("server never became ready")
