@@ -1,0 +1,341 @@
+"""Service load benchmark: a real `histosearch serve` process over a 10k-item archive.
+
+    nice python -m benchmarks.service_load [--checkpoint model.pt] [--seconds 20]
+
+The archive: the 240 Kather 2016 tiles and the 1,480 LC25000 tiles are embedded with the model
+(real codes from real tissue); the rest of the 10,000 items are copies of those codes with one or
+two of their M sub-codes changed at random (search cost depends on the number of codes, not on
+where they came from). Without ``--checkpoint`` the model is the default card with random weights:
+timings do not depend on the weights.
+
+Then, in this one run:
+- the in-process cost of one query (decode + embed + search through the service's own engine,
+  the same code the server runs), median over the query set;
+- the server (one process, its default thread pool) under 1, 4 and 16 closed-loop clients, each
+  level for a bounded time, all on 127.0.0.1: /search throughput, p50/p95/p99 latency and errors;
+- /health latency polled every 50 ms while 16 clients saturate /search.
+
+Results: a table on stdout and ``benchmarks/results/service_load.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer.store import ArchiveIndex, NewItem
+from model import ModelCard, build_model, load_checkpoint, preprocess, save_checkpoint
+from service.app import load_engine
+from service.engine import Upload
+from service.imaging import content_hash, make_thumbnail
+from service.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA = REPO_ROOT.parent / "shared" / "data"
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+ARCHIVE_SIZE = 10_000
+CLIENT_LEVELS = (1, 4, 16)
+K = 10
+EMBED_BATCH = 64
+
+
+@dataclass(frozen=True)
+class LevelResult:
+    clients: int
+    requests: int
+    errors: int
+    seconds: float
+    throughput_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+
+
+def real_tiles() -> list[tuple[Path, str, str]]:
+    tiles = []
+    for name in ("kather2016-texture-240", "lc25000-lung-224px"):
+        for row in (DATA / name / "labels.csv").read_text().splitlines()[1:]:
+            path, label, group = row.split(",")
+            tiles.append((DATA / name / path, label, group))
+    return tiles
+
+
+def load_or_build_model(checkpoint: Path | None, workdir: Path) -> Path:
+    if checkpoint is not None:
+        load_checkpoint(checkpoint)  # refuse a bad file before spending minutes on it
+        return checkpoint
+    torch.manual_seed(0)
+    path = workdir / "random-default-card.pt"
+    save_checkpoint(build_model(ModelCard()).eval(), path)
+    return path
+
+
+def build_archive(checkpoint: Path, directory: Path) -> int:
+    """Real codes for every real tile, then perturbed copies up to ARCHIVE_SIZE items."""
+    model = load_checkpoint(checkpoint).eval()
+    index = ArchiveIndex.create(directory, checkpoint)
+    tiles = real_tiles()
+    codes, items = [], []
+    for start in range(0, len(tiles), EMBED_BATCH):
+        batch = tiles[start : start + EMBED_BATCH]
+        images = [Image.open(path).convert("RGB") for path, _, _ in batch]
+        with torch.inference_mode():
+            codes.append(model.assign_codes(preprocess(images, model.card)).numpy())
+        for (path, label, group), image in zip(batch, images, strict=True):
+            items.append(
+                NewItem(
+                    source=str(path.relative_to(DATA)),
+                    content_hash=content_hash(path.read_bytes()),
+                    label=label,
+                    group=group,
+                    dataset=path.parent.parent.name,
+                    source_size=image.size,
+                    thumbnail=make_thumbnail(image),
+                )
+            )
+    real_codes = np.concatenate(codes)
+    index.add_codes(real_codes, items)
+    rng = np.random.default_rng(0)
+    extra = ARCHIVE_SIZE - len(items)
+    picks = rng.integers(0, len(items), extra)
+    copies = real_codes[picks].copy()
+    card = model.card
+    for row in copies:
+        changed = rng.choice(card.num_codebooks, rng.integers(1, 3), replace=False)
+        row[changed] = rng.integers(0, card.codebook_size, len(changed))
+    copy_items = [
+        NewItem(
+            source=f"perturbed/{n}/{items[pick].source}",
+            content_hash=f"perturbed-{n}",
+            label=items[pick].label,
+            group=f"perturbed-{items[pick].group}",
+            dataset="perturbed",
+            source_size=items[pick].source_size,
+            thumbnail=items[pick].thumbnail,
+        )
+        for n, pick in enumerate(picks)
+    ]
+    index.add_codes(copies, copy_items)
+    index.flush()
+    total = len(index)
+    index.close()
+    return total
+
+
+def query_bodies(count: int = 32) -> list[tuple[str, bytes]]:
+    tiles = real_tiles()
+    step = max(1, len(tiles) // count)
+    return [(path.name, path.read_bytes()) for path, _, _ in tiles[::step][:count]]
+
+
+def in_process_ms(index_dir: Path, queries: list[tuple[str, bytes]], rounds: int = 3) -> float:
+    """Median decode + embed + search through the service's engine, no HTTP."""
+    engine = load_engine(Settings(index_dir=index_dir, device="cpu"))
+    try:
+        for name, data in queries[:4]:  # warm-up
+            engine.search_upload(Upload(name, data), K, None)
+        timings = []
+        for _ in range(rounds):
+            for name, data in queries:
+                start = time.perf_counter()
+                engine.search_upload(Upload(name, data), K, None)
+                timings.append((time.perf_counter() - start) * 1000)
+        return statistics.median(timings)
+    finally:
+        engine.close()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def start_server(index_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    env = {**os.environ, "HISTOSEARCH_DEVICE": "cpu", "HISTOSEARCH_LOG_LEVEL": "WARNING"}
+    command = [
+        sys.executable,
+        "-c",
+        "from indexer.cli import main; raise SystemExit(main())",
+        "serve",
+        "--index",
+        str(index_dir),
+        "--port",
+        str(port),
+    ]
+    with log.open("wb") as stream:
+        process = subprocess.Popen(command, env=env, stdout=stream, stderr=stream)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.25)
+    process.kill()
+    raise TimeoutError("server not ready in 120 s")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_level(
+    url: str, clients: int, queries: list[tuple[str, bytes]], seconds: float
+) -> tuple[LevelResult, list[float]]:
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(offset: int) -> None:
+        with httpx.Client(base_url=url, timeout=120) as session:
+            n = offset
+            while time.monotonic() < stop_at:
+                name, data = queries[n % len(queries)]
+                start = time.perf_counter()
+                try:
+                    ok = session.post(
+                        "/search", files={"image": (name, data)}, data={"k": str(K)}
+                    ).is_success
+                except httpx.HTTPError:
+                    ok = False
+                elapsed = (time.perf_counter() - start) * 1000
+                with lock:
+                    latencies.append(elapsed)
+                    errors[0] += 0 if ok else 1
+                n += clients
+
+    health: list[float] = []
+    stop_health = threading.Event()
+
+    def poll_health() -> None:
+        with httpx.Client(base_url=url, timeout=30) as session:
+            while not stop_health.is_set():
+                start = time.perf_counter()
+                if session.get("/health").is_success:
+                    health.append((time.perf_counter() - start) * 1000)
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    poller = threading.Thread(target=poll_health)
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    poller.start()
+    for thread in threads:
+        thread.join()
+    stop_health.set()
+    poller.join()
+    elapsed = time.perf_counter() - started
+    result = LevelResult(
+        clients=clients,
+        requests=len(latencies),
+        errors=errors[0],
+        seconds=round(elapsed, 2),
+        throughput_per_s=round(len(latencies) / elapsed, 2),
+        p50_ms=round(percentile(latencies, 50), 1),
+        p95_ms=round(percentile(latencies, 95), 1),
+        p99_ms=round(percentile(latencies, 99), 1),
+    )
+    return result, health
+
+
+def print_table(levels: list[LevelResult], in_process: float, health: list[float]) -> None:
+    print(
+        f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} "
+        f"{'p95 ms':>8} {'p99 ms':>8}"
+    )
+    for level in levels:
+        print(
+            f"{level.clients:>7} {level.requests:>8} {level.errors:>6} "
+            f"{level.throughput_per_s:>7.2f} {level.p50_ms:>8.1f} {level.p95_ms:>8.1f} "
+            f"{level.p99_ms:>8.1f}"
+        )
+    ratio = levels[0].p50_ms / in_process
+    print(
+        f"in-process decode+embed+search median: {in_process:.1f} ms; "
+        f"1-client p50 / in-process = {ratio:.2f} (target <= 1.3)"
+    )
+    print(
+        f"/health while 16 clients search: p50 {percentile(health, 50):.1f} ms, "
+        f"p99 {percentile(health, 99):.1f} ms over {len(health)} polls (target p99 < 50)"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--checkpoint", type=Path, help="model to embed with (default: random)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each level")
+    args = parser.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="service-load-") as scratch:
+        workdir = Path(scratch)
+        checkpoint = load_or_build_model(args.checkpoint, workdir)
+        index_dir = workdir / "index"
+        started = time.perf_counter()
+        items = build_archive(checkpoint, index_dir)
+        print(f"archive: {items} items built in {time.perf_counter() - started:.0f} s")
+        queries = query_bodies()
+        in_process = in_process_ms(index_dir, queries)
+        process, url = start_server(index_dir, workdir / "server.log")
+        try:
+            for name, data in queries[:4]:  # warm-up
+                httpx.post(f"{url}/search", files={"image": (name, data)}, timeout=60)
+            levels: list[LevelResult] = []
+            health: list[float] = []
+            for clients in CLIENT_LEVELS:
+                level, health = run_level(url, clients, queries, args.seconds)
+                levels.append(level)
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
+    card = load_checkpoint(checkpoint).card if args.checkpoint else ModelCard()
+    print_table(levels, in_process, health)
+    report: dict[str, Any] = {
+        "archive_items": items,
+        "model_card": {
+            key: card.model_dump()[key] for key in ("backbone", "input_size", "num_codebooks")
+        },
+        "bits": card.bits,
+        "k": K,
+        "seconds_per_level": args.seconds,
+        "in_process_median_ms": round(in_process, 2),
+        "one_client_p50_over_in_process": round(levels[0].p50_ms / in_process, 3),
+        "levels": [asdict(level) for level in levels],
+        "health_under_16_clients": {
+            "polls": len(health),
+            "p50_ms": round(percentile(health, 50), 2),
+            "p99_ms": round(percentile(health, 99), 2),
+        },
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
+    (RESULTS / "service_load.json").write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""The web page in real headless Chromium against a real server: search, filter, inspect, errors.
+
+Traffic goes to 127.0.0.1 only; Chromium starts with the flags that keep it off the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.service import samples
+from tests.service.conftest import LiveServer
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+README_SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "screenshot-search.png"
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport={"width": 1280, "height": 860},
+            # The page's own CSP forbids eval, which Playwright's wait_for_function relies on.
+            bypass_csp=True,
+        )
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+@pytest.fixture(scope="module")
+def query_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("query") / "tumour-query.png"
+    path.write_bytes(samples.encode(samples.tile_rgb(12), "PNG"))
+    return path
+
+
+def test_search_page_shows_results_and_where_a_hit_came_from(
+    live_server: LiveServer, page: Any, query_file: Path, tmp_path: Path
+) -> None:
+    page.goto(live_server.url)
+    page.wait_for_selector("#archive-stats:has-text('tiles')")
+    page.set_input_files("#file-input", str(query_file))
+    page.wait_for_function("document.querySelectorAll('#results .hit').length === 12")
+    assert page.is_hidden("#error")
+    assert "embed" in page.text_content("#status")
+    first_label = page.text_content("#results li:first-child .label")
+    assert first_label == "01_TUMOR"
+    page.wait_for_function(
+        "[...document.querySelectorAll('#results img')]"
+        ".every(img => img.complete && img.naturalWidth > 0)"
+    )
+    page.screenshot(path=str(tmp_path / "results.png"), full_page=True)
+    README_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(README_SCREENSHOT))
+
+    page.click("#results li:nth-child(2) .hit")
+    page.wait_for_selector("#detail[open]")
+    position = page.text_content("#position-text")
+    assert position is not None and position.startswith("Tile 150\N{MULTIPLICATION SIGN}150 at (")
+    assert page.is_visible("#tile-box")
+    assert "CRC-Prim-HE" in (page.text_content("#detail-fields") or "")
+    page.screenshot(path=str(tmp_path / "detail.png"))
+    page.keyboard.press("Escape")
+    page.wait_for_selector("#detail[open]", state="detached")
+
+
+def test_label_filter_and_k_narrow_the_results(
+    live_server: LiveServer, page: Any, query_file: Path
+) -> None:
+    page.goto(live_server.url)
+    page.set_input_files("#file-input", str(query_file))
+    page.wait_for_function("document.querySelectorAll('#results .hit').length === 12")
+    page.fill("#k-input", "5")
+    page.fill("#label-input", "07_ADIPOSE")
+    page.click("#search-button")
+    page.wait_for_function(
+        "document.querySelectorAll('#results .hit').length === 5 && [...document.querySelectorAll("
+        "'#results .label')].every(label => label.textContent === '07_ADIPOSE')"
+    )
+
+
+def test_a_bad_file_shows_a_clear_error(live_server: LiveServer, page: Any, tmp_path: Path) -> None:
+    page.goto(live_server.url)
+    bad = tmp_path / "notes.png"
+    bad.write_bytes(samples.NOT_AN_IMAGE)
+    page.set_input_files("#file-input", str(bad))
+    page.wait_for_selector("#error:not([hidden])")
+    message = page.text_content("#error") or ""
+    assert "not a supported image" in message
+    assert page.locator("#results .hit").count() == 0
