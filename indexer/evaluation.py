@@ -63,9 +63,8 @@ def retrieval_metrics(
 
     AP@k = sum_{i<=k} P@i * rel_i / (relevant items in the top k), 0 when there are none: the
     convention of the SPQ and hashing literature. Majority vote: the most frequent label in the
-    top k, ties going to the label ranked first; queries whose gallery is empty are skipped.
-    Only queries with at least ``max(ks)`` eligible gallery items... are not required: a short
-    gallery simply lowers precision, which is what a user of that archive would see.
+    top k, ties going to the label ranked first. Queries with an empty gallery (one group only)
+    are skipped; a gallery shorter than k simply lowers precision, as a user would see it.
     """
     label_ids = _codes_for(labels)
     group_ids = _codes_for(groups)

@@ -64,6 +64,7 @@ class TrainConfig:
     seed: int = 0
     temperature: float = 0.5
     codeword_regularizer: float = 0.1
+    reset_dead_codewords: bool = True
     backbone: str = "resnet18"
     small_input_stem: bool = False
     pooling: list[str] = field(default_factory=lambda: ["spoc", "mac", "gem"])
@@ -237,6 +238,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
+        self.codeword_used = torch.zeros(
+            card.num_codebooks, card.codebook_size, dtype=torch.bool, device=self.device
+        )
+        self.last_descriptors: torch.Tensor | None = None
         self.state = TrainingState()
         if resume and (self.out / LAST_CHECKPOINT).exists():
             self._restore(self.out / LAST_CHECKPOINT)
@@ -264,7 +269,7 @@ class Trainer:
 
     def _save(self, name: str, resumable: bool = False) -> None:
         """Save the weights; ``resumable`` adds the optimiser and run state (3x the size)."""
-        extra = {"state": asdict(self.state)}
+        extra: dict[str, Any] = {"state": asdict(self.state)}
         if resumable:
             extra.update(optimizer=self.optimizer.state_dict(), torch_rng=torch.get_rng_state())
         save_checkpoint(self.model, self.out / name, extra=extra)
@@ -282,6 +287,7 @@ class Trainer:
             view_b = normalize(self.augment(images), self.model.card)
         x_a, z_a = self.model(view_a)
         x_b, z_b = self.model(view_b)
+        self._note_codeword_use(x_a)
         contrastive = self.loss(x_a, z_a, x_b, z_b)
         assignment = self.model.quantizer.soft_assignment(torch.cat([x_a, x_b]))
         regularizer = self.regularizer(assignment)
@@ -294,6 +300,21 @@ class Trainer:
             "cqc": contrastive.item(),
             "regularizer": regularizer.item(),
         }
+
+    def _note_codeword_use(self, descriptors: torch.Tensor) -> None:
+        codes = self.model.quantizer.assign(descriptors.detach())
+        card = self.model.card
+        self.codeword_used |= torch.nn.functional.one_hot(codes, card.codebook_size).any(dim=0)
+        self.last_descriptors = descriptors.detach()
+
+    def _reset_dead_codewords(self) -> int:
+        # Resets stop half-way so that the codebooks settle before the final checkpoints.
+        moved = 0
+        resetting = self.config.reset_dead_codewords and self.progress() < 0.5
+        if resetting and self.last_descriptors is not None:
+            moved = self.model.quantizer.reset_unused(self.last_descriptors, self.codeword_used)
+        self.codeword_used.zero_()
+        return moved
 
     def run_epoch(self) -> dict[str, float]:
         count = self.train_images.shape[0]
@@ -309,12 +330,14 @@ class Trainer:
             step = self.train_step(self.train_images[order[start : start + batch_size]])
             for key in sums:
                 sums[key] += step[key]
+        codewords_reset = self._reset_dead_codewords()
         seconds = time.perf_counter() - started
         self.state.elapsed_s += seconds
         self.state.epoch += 1
         steps = max(1, len(starts))
         record = {key: value / steps for key, value in sums.items()}
         record["images_per_s"] = len(starts) * batch_size / seconds
+        record["codewords_reset"] = codewords_reset
         return record
 
     def finished(self) -> bool:

@@ -71,6 +71,25 @@ class ProductQuantizer(nn.Module):
         """(N, M*d) -> (N, M) int64 hard codes in [0, K): the most similar codeword."""
         return self.similarities(descriptors).argmax(dim=-1)
 
+    @torch.no_grad()
+    def reset_unused(self, descriptors: torch.Tensor, used: torch.Tensor) -> int:
+        """Move codewords that no code used onto randomly chosen sub-vectors of ``descriptors``.
+
+        ``used``: (M, K) bool, which codewords were chosen over the last stretch of training.
+        A codeword far from all data gets almost no gradient through the soft assignment and stays
+        dead for good; restarting it where the data is revives it (as in VQ codebook resets).
+        Returns how many codewords moved.
+        """
+        subvectors = split_subvectors(descriptors, self.num_codebooks)  # (N, M, d)
+        dead = ~used
+        for subspace in torch.nonzero(dead.any(dim=1)).flatten().tolist():
+            slots = torch.nonzero(dead[subspace]).flatten()
+            picks = torch.randint(subvectors.shape[0], (slots.numel(),), device=descriptors.device)
+            self.raw_codewords[subspace, slots] = subvectors[picks, subspace].to(
+                self.raw_codewords.dtype
+            )
+        return int(dead.sum())
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(N, M) codes -> (N, M*d) concatenated codewords."""
         if codes.ndim != 2 or codes.shape[1] != self.num_codebooks:

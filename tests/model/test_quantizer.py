@@ -87,3 +87,17 @@ def test_codeword_usage_detects_collapse() -> None:
         "codebook_size": 16.0,
     }
     assert codeword_usage(even, 16)["perplexity"] == pytest.approx(16.0)
+
+
+def test_unused_codewords_are_moved_onto_the_data(quantizer: ProductQuantizer) -> None:
+    descriptors = torch.randn(40, 24)
+    used = torch.zeros(4, 8, dtype=torch.bool)
+    used[:, :2] = True
+    before = quantizer.codebooks().clone()
+    assert quantizer.reset_unused(descriptors, used) == 4 * 6
+    after = quantizer.codebooks()
+    torch.testing.assert_close(after[:, :2], before[:, :2])
+    subvectors = split_subvectors(descriptors, 4)  # (40, 4, 6)
+    for m in range(4):
+        nearest = (after[m, 2:] @ subvectors[:, m].T).amax(dim=1)
+        torch.testing.assert_close(nearest, torch.ones(6))

@@ -1,0 +1,112 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from indexer.evaluation_run import evaluate_checkpoint
+from indexer.training import TrainConfig, Trainer, learning_rate_at, train
+from model import load_checkpoint
+
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+KATHER = SHARED_DATA / "kather2016-texture-240"
+
+
+def _write_tiny_dataset(root: Path) -> Path:
+    """Two colour classes over six groups, as a CSV manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    rows = ["path,label,group"]
+    for index in range(24):
+        label = "pink" if index % 2 else "purple"
+        base = torch.tensor([230, 150, 200] if label == "pink" else [120, 60, 160])
+        noise = torch.randint(-20, 20, (40, 40, 3), generator=generator)
+        pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+        name = f"img{index}.png"
+        Image.fromarray(pixels).save(root / name)
+        rows.append(f"{name},{label},g{index % 6}")
+    manifest = root / "labels.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def _tiny_config(tmp_path: Path, **overrides: object) -> TrainConfig:
+    settings: dict[str, object] = {
+        "data": str(_write_tiny_dataset(tmp_path)),
+        "out": str(tmp_path / "run"),
+        "epochs": 2,
+        "batch_size": 8,
+        "input_size": 32,
+        "preload_size": 40,
+        "num_codebooks": 4,
+        "codeword_dim": 8,
+        "validation_groups": ["g4"],
+        "test_groups": ["g5"],
+        "validate_every": 1,
+        "threads": 2,
+    }
+    settings.update(overrides)
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_training_writes_model_config_history_and_plot(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path)
+    final = train(config)
+    run = Path(config.out)
+    assert final == run / "model.pt"
+    for name in ("model.pt", "last.pt", "config.json", "history.json", "training.png"):
+        assert (run / name).is_file(), name
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["split"]["test"] == ["g5"] and "g5" not in resolved["split"]["train"]
+    assert resolved["num_train_images"] == 16
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert "val_p10_codes" in history[-1]
+    card = load_checkpoint(final).card
+    assert card.training["epochs"] == 2 and card.dataset_fingerprint
+    assert card.flops_per_image > 0
+
+
+def test_training_resumes_where_it_stopped(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path)
+    train(config)
+    config.epochs = 3
+    trainer = Trainer(config, resume=True)
+    assert trainer.state.epoch == 2
+    trainer.run()
+    history = json.loads((Path(config.out) / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+
+
+def test_same_seed_gives_same_weights(tmp_path: Path) -> None:
+    first = _tiny_config(tmp_path / "a", epochs=1, validate_every=5)
+    second = _tiny_config(tmp_path / "b", epochs=1, validate_every=5)
+    weights = [load_checkpoint(train(config)).codebooks() for config in (first, second)]
+    torch.testing.assert_close(weights[0], weights[1])
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    config = TrainConfig(data="", out="", learning_rate=1.0, warmup_fraction=0.1)
+    rates = [learning_rate_at(p, config) for p in (0.0, 0.05, 0.1, 0.5, 1.0)]
+    assert 0 < rates[0] < rates[1] < rates[2] == pytest.approx(1.0)
+    assert rates[3] < rates[2] and rates[4] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not KATHER.is_dir(), reason="needs ../shared/data/kather2016-texture-240")
+def test_short_training_beats_random_weights_on_held_out_groups(tmp_path: Path) -> None:
+    config = TrainConfig(
+        data=str(KATHER),
+        out=str(tmp_path / "run"),
+        minutes=1.5,
+        epochs=1000,
+        batch_size=96,
+        validation_groups=["CRC-Prim-HE-04", "CRC-Prim-HE-08"],
+        test_groups=["CRC-Prim-HE-01", "CRC-Prim-HE-03", "CRC-Prim-HE-05", "CRC-Prim-HE-07"],
+        validate_every=1000,
+        threads=2,
+    )
+    report = evaluate_checkpoint(train(config), KATHER, part="test", ks=(10,))
+    precision = {method.name: method.metrics.precision[10] for method in report.methods}
+    assert precision["SPQ float descriptor"] > precision["random resnet18"]
