@@ -25,12 +25,12 @@ from indexer.pq import (
     CodeArray,
     FloatArray,
     IdArray,
-    adc_scores,
     decode,
-    lookup_tables,
+    gathered_adc,
     normalise_subvectors,
     pack_codes,
     scan_index,
+    unit_lookup_tables,
 )
 
 BoolArray = npt.NDArray[np.bool_]
@@ -218,63 +218,57 @@ class CodeTable:
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        tables = lookup_tables(queries, self.codebooks)
+        unit = normalise_subvectors(queries, self.num_codebooks)
+        tables = unit_lookup_tables(unit, self.codebooks)
         available = self._size if eligible is None else int(np.count_nonzero(eligible))
-        scores = np.full((len(tables), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(tables), k), -1, dtype=np.int64)
         found = min(k, available)
         if found == 0:
-            return scores, ids
-        if eligible is not None and available <= EXACT_SCAN_LIMIT:
+            top_scores = np.empty((len(tables), 0), dtype=np.float32)
+            top_positions = np.empty((len(tables), 0), dtype=np.intp)
+        elif eligible is not None and available <= EXACT_SCAN_LIMIT:
             top_scores, top_positions = self._exact_scan(tables, np.flatnonzero(eligible), found)
         else:
             top_scores, top_positions = self._shortlist_and_rerank(
-                tables, queries, found, available, eligible
+                tables, unit, found, available, eligible
             )
-        scores[:, :found] = top_scores
-        ids[:, :found] = self._ids[top_positions]
+        top_ids = self._ids[top_positions]
+        if found == k:
+            return top_scores, top_ids
+        scores = np.full((len(tables), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(tables), k), -1, dtype=np.int64)
+        scores[:, :found], ids[:, :found] = top_scores, top_ids
         return scores, ids
 
     def _exact_scan(
         self, tables: FloatArray, positions: npt.NDArray[np.intp], found: int
     ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
-        all_scores = adc_scores(tables, self._codes[positions])
-        candidates = np.broadcast_to(positions, all_scores.shape)
-        return _best_first(all_scores, candidates, found)
+        candidates = np.broadcast_to(positions, (len(tables), len(positions)))
+        return _best_first(gathered_adc(tables, self._codes, candidates), candidates, found)
 
     def _shortlist_and_rerank(
         self,
         tables: FloatArray,
-        queries: npt.NDArray[np.floating],
+        unit: FloatArray,
         found: int,
         available: int,
         eligible: BoolArray | None,
     ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
-        unit = normalise_subvectors(queries, self.num_codebooks)
         fraction = available / self._size
         fetch = min(self._size, math.ceil((found + RERANK_MARGIN) / fraction))
+        if eligible is None:
+            # Every position is live and FAISS returns `fetch` <= size of them: no masking.
+            _, candidates = self._scan.search(unit, fetch)
+            exact = gathered_adc(tables, self._codes, candidates)
+            return _best_first(exact, candidates, found)
         while True:
             _, candidates = self._scan.search(unit, fetch)
-            valid = candidates >= 0
-            if eligible is not None:
-                valid &= eligible[np.where(valid, candidates, 0)]
+            valid = (candidates >= 0) & eligible[np.maximum(candidates, 0)]
             if fetch == self._size or valid.sum(axis=1).min() >= found:
                 break
             fetch = min(self._size, fetch * 4)
-        exact = _gathered_adc(tables, self._codes, np.where(valid, candidates, 0))
+        exact = gathered_adc(tables, self._codes, np.where(valid, candidates, 0))
         exact[~valid] = -np.inf
         return _best_first(exact, np.where(valid, candidates, self._size), found)
-
-
-def _gathered_adc(
-    tables: FloatArray, codes: CodeArray, candidates: npt.NDArray[np.int64]
-) -> FloatArray:
-    """(Q, F) exact ADC of each query's own candidate list (same summation order as adc_scores)."""
-    selected = codes[candidates]  # (Q, F, M)
-    scores = np.zeros(candidates.shape, dtype=np.float32)
-    for subspace in range(tables.shape[1]):
-        scores += np.take_along_axis(tables[:, subspace, :], selected[:, :, subspace], axis=1)
-    return scores
 
 
 def _best_first(
@@ -286,13 +280,11 @@ def _best_first(
         kth = -np.partition(-scores, found - 1, axis=1)[:, found - 1 : found]
         keep_width = int((scores >= kth).sum(axis=1).max())
         order = np.argpartition(-scores, keep_width - 1, axis=1)[:, :keep_width]
-        scores = np.take_along_axis(scores, order, axis=1)
-        positions = np.take_along_axis(np.asarray(positions), order, axis=1)
+        rows = np.arange(len(scores))[:, None]
+        scores, positions = scores[rows, order], np.asarray(positions)[rows, order]
     order = np.lexsort((positions, -scores), axis=1)[:, :found]
-    return (
-        np.take_along_axis(scores, order, axis=1),
-        np.take_along_axis(np.asarray(positions), order, axis=1).astype(np.intp),
-    )
+    rows = np.arange(len(scores))[:, None]
+    return scores[rows, order], np.asarray(positions)[rows, order].astype(np.intp)
 
 
 def _arrays_of(terms: Columns) -> tuple[TermArray, TermArray, TermArray]:

@@ -66,17 +66,23 @@ def normalise_subvectors(vectors: npt.NDArray[np.floating], num_codebooks: int) 
     if array.ndim != 2 or array.shape[1] % num_codebooks:
         raise ValueError(f"expected (N, M*d) descriptors with M={num_codebooks}, got {array.shape}")
     split = array.reshape(array.shape[0], num_codebooks, -1)
-    norms = np.maximum(np.linalg.norm(split, axis=2, keepdims=True), _NORM_FLOOR)
-    return np.ascontiguousarray((split / norms).reshape(array.shape), dtype=np.float32)
+    norms = np.sqrt(np.einsum("nmd,nmd->nm", split, split))[:, :, None]
+    unit = split / np.maximum(norms, _NORM_FLOOR)
+    return np.ascontiguousarray(unit.reshape(array.shape), dtype=np.float32)
 
 
 def lookup_tables(queries: npt.NDArray[np.floating], codebooks: FloatArray) -> FloatArray:
     """(Q, M, K) cosine of each normalised query sub-vector with each codeword."""
+    return unit_lookup_tables(normalise_subvectors(queries, codebooks.shape[0]), codebooks)
+
+
+def unit_lookup_tables(unit_queries: FloatArray, codebooks: FloatArray) -> FloatArray:
+    """`lookup_tables` for queries whose sub-vectors are already normalised."""
     num_codebooks, _, codeword_dim = codebooks.shape
-    unit = normalise_subvectors(queries, num_codebooks)
-    split = unit.reshape(unit.shape[0], num_codebooks, codeword_dim)
-    tables: FloatArray = np.einsum("qmd,mkd->qmk", split, codebooks).astype(np.float32)
-    return tables
+    by_subspace = unit_queries.reshape(-1, num_codebooks, codeword_dim).transpose(1, 0, 2)
+    # (M, Q, d) @ (M, d, K): a batched matmul, much faster than einsum for these small shapes.
+    tables = np.matmul(by_subspace, codebooks.transpose(0, 2, 1)).transpose(1, 0, 2)
+    return np.ascontiguousarray(tables, dtype=np.float32)
 
 
 def assign_codes(descriptors: npt.NDArray[np.floating], codebooks: FloatArray) -> CodeArray:
@@ -87,14 +93,25 @@ def assign_codes(descriptors: npt.NDArray[np.floating], codebooks: FloatArray) -
 
 
 def adc_scores(tables: FloatArray, codes: CodeArray) -> FloatArray:
-    """(Q, N) sum over sub-spaces of the table entry each code selects.
+    """(Q, N) sum over sub-spaces of the table entry each code selects."""
+    candidates = np.broadcast_to(np.arange(len(codes)), (len(tables), len(codes)))
+    return gathered_adc(tables, codes, candidates)
 
-    Sub-spaces are added in order 0..M-1 in float32, the same order for every caller, so two
-    calls on the same code give the same score to the last bit.
+
+def gathered_adc(
+    tables: FloatArray, codes: CodeArray, candidates: npt.NDArray[np.integer]
+) -> FloatArray:
+    """(Q, F) ADC score of each query's own candidate rows of ``codes``.
+
+    One flat gather of the (Q, M) table entries, then one sum over M: every caller sums the same
+    values in the same order, so an item gets the same float32 score on every path.
     """
-    scores = np.zeros((tables.shape[0], codes.shape[0]), dtype=np.float32)
-    for subspace in range(tables.shape[1]):
-        scores += tables[:, subspace, codes[:, subspace]]
+    num_queries, num_codebooks, codebook_size = tables.shape
+    offsets = (np.arange(num_queries) * num_codebooks * codebook_size)[:, None, None] + (
+        np.arange(num_codebooks) * codebook_size
+    )[None, None, :]
+    flat_index = codes[candidates].astype(np.intp) + offsets
+    scores: FloatArray = np.take(tables.ravel(), flat_index).sum(axis=2, dtype=np.float32)
     return scores
 
 

@@ -446,11 +446,11 @@ class ArchiveIndex:
         records = self._metadata.records(ids[ids >= 0].tolist()) if with_records else {}
         return [
             [
-                Hit(int(item_id), float(score), records.get(int(item_id)))
+                Hit(item_id, score, records.get(item_id))
                 for score, item_id in zip(row_scores, row_ids, strict=True)
                 if item_id >= 0
             ]
-            for row_scores, row_ids in zip(scores, ids, strict=True)
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True)
         ]
 
     def _term_filter(self, filters: SearchFilters | None) -> TermFilter | None:
