@@ -44,7 +44,7 @@ from indexer.store import ArchiveIndex, NewItem
 from model import ModelCard, build_model, load_checkpoint, preprocess, save_checkpoint
 from service.app import load_engine
 from service.engine import Upload
-from service.imaging import content_hash, make_thumbnail
+from service.imaging import file_hash, make_thumbnail
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +102,7 @@ def build_archive(checkpoint: Path, directory: Path) -> int:
             items.append(
                 NewItem(
                     source=str(path.relative_to(DATA)),
-                    content_hash=content_hash(path.read_bytes()),
+                    content_hash=file_hash(path.read_bytes()),
                     label=label,
                     group=group,
                     dataset=path.parent.parent.name,

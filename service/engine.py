@@ -18,6 +18,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from indexer.pipeline import tile_hash
 from indexer.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
 from model import ModelCard, SPQModel, preprocess
 from service.errors import ServiceError
@@ -62,7 +63,7 @@ class SearchOutcome:
 @dataclass(frozen=True, slots=True)
 class AddedUpload:
     upload: Upload
-    decoded: DecodedImage
+    content_hash: str
     outcome: AddOutcome
 
 
@@ -159,8 +160,8 @@ class SearchEngine:
         new = sum(outcome.duplicate_of is None for outcome in outcomes)
         logger.info("indexed %d upload(s): %d new", len(uploads), new)
         return [
-            AddedUpload(upload, image, outcome)
-            for upload, image, outcome in zip(uploads, decoded, outcomes, strict=True)
+            AddedUpload(upload, record.content_hash, outcome)
+            for upload, record, outcome in zip(uploads, records, outcomes, strict=True)
         ]
 
     def remove(self, item_id: int) -> bool:
@@ -173,14 +174,17 @@ class SearchEngine:
 
 def _new_item(image: DecodedImage, fields: ItemFields, image_name: str) -> NewItem:
     width, height = image.size
+    # An upload is one whole-image tile, hashed as the indexer hashes such a tile, so a file
+    # indexed from disk and the same file uploaded are recognised as one item.
+    box = (0, 0, width, height)
     return NewItem(
         source=fields.source or image_name,
         label=fields.label,
         group=fields.group,
         dataset=fields.dataset,
-        tile=None,
+        tile=box,
         source_size=(width, height),
-        content_hash=image.content_hash,
+        content_hash=tile_hash(image.file_hash, box),
         thumbnail=make_thumbnail(image.rgb),
         extra={"format": image.original_format, "mode": image.original_mode},
     )

@@ -79,7 +79,7 @@ class DecodedImage:
     rgb: Image.Image
     original_format: str
     original_mode: str
-    content_hash: str
+    file_hash: str
 
     @property
     def size(self) -> tuple[int, int]:
@@ -87,8 +87,8 @@ class DecodedImage:
         return width, height
 
 
-def content_hash(data: bytes) -> str:
-    """Hex SHA-256 of the uploaded bytes: equal files are the same archive item."""
+def file_hash(data: bytes) -> str:
+    """Hex SHA-256 of the uploaded bytes."""
     return hashlib.sha256(data).hexdigest()
 
 
@@ -105,7 +105,7 @@ def decode_upload(data: bytes, *, max_pixels: int, filename: str = "upload") -> 
         rgb=rgb,
         original_format=image.format or "unknown",
         original_mode=image.mode,
-        content_hash=content_hash(data),
+        file_hash=file_hash(data),
     )
 
 

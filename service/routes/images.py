@@ -114,7 +114,7 @@ def _added_image(added: AddedUpload) -> AddedImage:
         filename=added.upload.filename,
         id=item_id,
         status=AddStatus.ADDED if added.outcome.added else AddStatus.DUPLICATE,
-        content_hash=added.decoded.content_hash,
+        content_hash=added.content_hash,
     )
 
 

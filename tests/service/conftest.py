@@ -25,7 +25,7 @@ from PIL import Image
 
 from indexer.store import ArchiveIndex, NewItem
 from model import ModelCard, build_model, preprocess, save_checkpoint
-from service.imaging import content_hash, make_thumbnail
+from service.imaging import file_hash, make_thumbnail
 from tests.service import samples
 
 API_KEY = "test-key-0123456789abcdef"
@@ -61,7 +61,7 @@ def kather_items() -> tuple[list[Image.Image], list[NewItem]]:
         items.append(
             NewItem(
                 source=f"{group}/{source}",
-                content_hash=content_hash(data),
+                content_hash=file_hash(data),
                 label=label,
                 group=group,
                 dataset="kather2016",

@@ -267,6 +267,7 @@ def test_index_read_thumbnail_and_delete_round_trip(
     metadata = client.get(f"/images/{item['id']}").json()
     assert metadata["label"] == "probe" and metadata["source"] == "../../etc/passwd"
     assert metadata["source_size"] == {"width": 150, "height": 150}
+    assert metadata["tile"] == {"x": 0, "y": 0, "width": 150, "height": 150}
     thumbnail = client.get(f"/images/{item['id']}/thumbnail")
     assert thumbnail.headers["content-type"] == "image/jpeg"
 

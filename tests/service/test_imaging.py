@@ -151,12 +151,12 @@ def test_original_tiff_tile_decodes_unchanged() -> None:
     assert np.array_equal(np.asarray(decoded.rgb), np.asarray(samples.tile_rgb(3)))
 
 
-def test_equal_bytes_give_equal_content_hashes(tile: Image.Image) -> None:
+def test_equal_bytes_give_equal_file_hashes(tile: Image.Image) -> None:
     data = samples.encode(tile, "PNG")
     first = decode_upload(data, max_pixels=LIMIT)
     second = decode_upload(bytes(data), max_pixels=LIMIT)
     other = decode_upload(samples.encode(tile.rotate(90), "PNG"), max_pixels=LIMIT)
-    assert first.content_hash == second.content_hash != other.content_hash
+    assert first.file_hash == second.file_hash != other.file_hash
 
 
 def test_to_rgb_keeps_rgb_images_as_they_are(tile: Image.Image) -> None:
