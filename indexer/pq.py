@@ -140,6 +140,12 @@ def unpack_codes(packed: CodeArray, num_codebooks: int, codebook_size: int) -> C
     nbits = bits_per_code(codebook_size)
     if nbits == 8:
         return np.ascontiguousarray(packed[:, :num_codebooks], dtype=np.uint8)
+    if nbits == 4:
+        # Two codes per byte, low nibble first: split without the 8x bit-array detour.
+        nibbles = np.empty((packed.shape[0], 2 * packed.shape[1]), dtype=np.uint8)
+        nibbles[:, 0::2] = packed & 0x0F
+        nibbles[:, 1::2] = packed >> 4
+        return np.ascontiguousarray(nibbles[:, :num_codebooks])
     bits = np.unpackbits(packed, axis=1, bitorder="little")[:, : num_codebooks * nbits]
     weights = (1 << np.arange(nbits, dtype=np.uint16)).astype(np.uint16)
     codes = (bits.reshape(packed.shape[0], num_codebooks, nbits) * weights).sum(axis=2)
