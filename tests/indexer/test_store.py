@@ -3,6 +3,7 @@ import re
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -53,20 +54,33 @@ def test_search_reproduces_exact_adc_on_seeded_vectors(filled):
     assert np.allclose(scores, expected_scores, atol=1e-5)
 
 
-def test_filtered_search_matches_exact_search_and_returns_k_hits(filled):
+@pytest.mark.parametrize(
+    ("filters", "wanted"),
+    [
+        # Few eligible items: answered by an exact scan of them.
+        (
+            SearchFilters(label="class-1", exclude_group="patient-4"),
+            lambda label, group, _: (label == 1) & (group != 4),
+        ),
+        # Most items eligible: FastScan shortlist, masked and grown until k survive.
+        (SearchFilters(exclude_group="patient-4"), lambda _, group, __: group != 4),
+        (SearchFilters(dataset="synthetic"), lambda _, __, dataset: dataset == 1),
+    ],
+)
+def test_filtered_search_matches_exact_search_and_returns_k_hits(
+    filled: ArchiveIndex, filters: SearchFilters, wanted: Callable[..., np.ndarray]
+) -> None:
     queries = descriptors_near_codewords(10, filled.codebooks, seed=6)
-    labels = np.array([i % 3 for i in range(2000)])
-    groups = np.array([i % 7 for i in range(2000)])
-    keep = (labels == 1) & (groups != 4)
-    filters = SearchFilters(label="class-1", exclude_group="patient-4")
+    numbers = np.arange(2000)
+    keep = wanted(numbers % 3, numbers % 7, numbers % 2)
     results = filled.search(queries, 25, filters)
     scores, ids = as_arrays(results)
     expected_scores, expected_ids = exact_top_k(filled, queries, 25, keep)
     assert ids.shape == (10, 25)
     assert np.array_equal(ids, expected_ids)
     assert np.allclose(scores, expected_scores, atol=1e-5)
-    assert {hit.record.label for hit in results[0]} == {"class-1"}
-    assert "patient-4" not in {hit.record.group for hits in results for hit in hits}
+    records = [hit.record for hits in results for hit in hits]
+    assert all(record is not None and keep[record.id - 1] for record in records)
 
 
 def test_unknown_filter_value_returns_no_hits(filled):
