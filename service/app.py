@@ -16,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.engine import SearchEngine
 from service.errors import install_error_handlers
+from service.limits import BodyLimitMiddleware
 from service.routes import images, search, system
 from service.settings import Settings
 
@@ -108,7 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = None
-    install_error_handlers(app, settings.max_upload_bytes)
+    install_error_handlers(app)
+    # Bodies are capped while they stream in, before multipart parsing spools them to disk.
+    # Added first, so it sits innermost and its refusals still get the headers added below.
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=body_limit_for(settings),
+        note=f" (files: at most {settings.max_upload_bytes} bytes each)",
+    )
     app.middleware("http")(_security_headers)
     if settings.cors_origins:
         app.add_middleware(
@@ -122,17 +130,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def _include_routers(app: FastAPI, settings: Settings) -> None:
-    # Bodies are capped while they stream in, before any multipart parsing spools them to disk.
+def body_limit_for(settings: Settings) -> Callable[[str], int]:
+    """Largest body each path may send: one file for /search, a batch for /index, else little."""
     single_file = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
-    many_files = settings.max_upload_bytes * settings.max_files_per_request
+    batch = settings.max_upload_bytes * settings.max_files_per_request + MULTIPART_OVERHEAD_BYTES
+
+    def limit_for(path: str) -> int:
+        if path == "/search":
+            return single_file
+        if path == "/index":
+            return batch
+        return MULTIPART_OVERHEAD_BYTES
+
+    return limit_for
+
+
+def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(system.router)
-    app.include_router(
-        search.router, max_body_size=single_file, form_limits={"max_files": 1, "max_fields": 16}
-    )
+    app.include_router(search.router, form_limits={"max_files": 1, "max_fields": 16})
     app.include_router(
         images.router,
-        max_body_size=many_files + MULTIPART_OVERHEAD_BYTES,
         form_limits={"max_files": settings.max_files_per_request, "max_fields": 16},
     )
 

@@ -56,7 +56,7 @@ def _describe_validation_error(error: RequestValidationError) -> str:
     return "; ".join(parts) or "the request is invalid"
 
 
-def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
+def install_error_handlers(app: FastAPI) -> None:
     """Register handlers that turn every exception into :class:`ErrorResponse` JSON."""
 
     async def on_service_error(_: Request, error: Exception) -> JSONResponse:
@@ -72,8 +72,9 @@ def install_error_handlers(app: FastAPI, max_upload_bytes: int) -> None:
         assert isinstance(error, StarletteHTTPException)
         if error.status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
             # Raised by the body-size limiter while the upload streams in.
-            detail = f"the request body exceeds the limit ({max_upload_bytes} bytes per file)"
-            return error_response(413, "upload_too_large", detail)
+            return error_response(
+                413, "upload_too_large", str(error.detail), {"Connection": "close"}
+            )
         code = _code_for_status(error.status_code)
         return error_response(error.status_code, code, str(error.detail), error.headers)
 

@@ -187,7 +187,16 @@ def test_search_rejects_bad_uploads_with_a_reason(
 
 
 def test_search_rejects_an_oversized_upload(client: TestClient) -> None:
-    response = search(client, b"\xff\xd8\xff" + b"\0" * (MAX_UPLOAD + 1))
+    just_over = search(client, b"\xff\xd8\xff" + b"\0" * (MAX_UPLOAD + 1))
+    assert_error(just_over, 413, "upload_too_large")
+    # Far over: refused by the body limit from the declared length, still as JSON.
+    far_over = search(client, b"\xff\xd8\xff" + b"\0" * (3 * MAX_UPLOAD))
+    body = assert_error(far_over, 413, "upload_too_large")
+    assert str(MAX_UPLOAD) in body["detail"]
+
+
+def test_small_endpoints_refuse_large_bodies(client: TestClient, auth: dict[str, str]) -> None:
+    response = client.request("DELETE", "/images/1", content=b"x" * 200_000, headers=auth)
     assert_error(response, 413, "upload_too_large")
 
 
