@@ -5,6 +5,7 @@ Traffic goes to 127.0.0.1 only; Chromium starts with the flags that keep it off 
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,25 @@ def test_a_bad_file_shows_a_clear_error(live_server: LiveServer, page: Any, tmp_
     message = page.text_content("#error") or ""
     assert "not a supported image" in message
     assert page.locator("#results .hit").count() == 0
+
+
+def test_dropping_a_file_on_the_page_searches_it(
+    live_server: LiveServer, page: Any, query_file: Path
+) -> None:
+    page.goto(live_server.url)
+    encoded = base64.b64encode(query_file.read_bytes()).decode()
+    transfer = page.evaluate_handle(
+        """(encoded) => {
+            const bytes = Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], "dropped.png", { type: "image/png" }));
+            return transfer;
+        }""",
+        encoded,
+    )
+    page.dispatch_event("#drop-zone", "dragenter", {"dataTransfer": transfer})
+    assert "dragging" in (page.get_attribute("#drop-zone", "class") or "")
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
+    page.wait_for_function("document.querySelectorAll('#results .hit').length === 12")
+    assert "dropped.png" in (page.text_content("#query-info") or "")
+    assert page.is_visible("#query-preview")
