@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Images from a trusted archive may be far above PIL's default bomb limit (89 Mpx): extended CRC
-# images are ~35 Mpx, whole RoIs more. One gigapixel RGB is 3 GB decoded, the most we accept.
+# images are ~35 Mpx, BRACS RoIs can be larger. One gigapixel RGB is 3 GB decoded: the default the
+# `index` command sets (PIL's limit is process-wide, so the library leaves it to the program).
 TRUSTED_ARCHIVE_MAX_PIXELS = 1_000_000_000
 THUMBNAIL_SIZE = 128
 # Exceptions that mean "this file is not a usable image", as opposed to a bug in this program.
@@ -217,7 +218,6 @@ def index_archive(
 ) -> IndexingSummary:
     """Index every image of an archive into ``index``; see the module doc for resuming."""
     config = config or PipelineConfig()
-    Image.MAX_IMAGE_PIXELS = TRUSTED_ARCHIVE_MAX_PIXELS
     summary, pending = IndexingSummary(), _Pending()
     started = time.perf_counter()
     since_flush = 0

@@ -40,17 +40,33 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="threads reading and decoding")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        help="largest image to decode, in pixels (default: 1e9; the archive is trusted)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.pipeline import PipelineConfig, index_archive, model_encoder
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing chatter
+    from PIL import Image
+
+    from indexer.pipeline import (
+        TRUSTED_ARCHIVE_MAX_PIXELS,
+        PipelineConfig,
+        index_archive,
+        model_encoder,
+    )
     from indexer.sources import SourceError, load_source
     from indexer.store import IndexDirectoryError
     from indexer.tiling import TilingConfig
     from model import load_checkpoint, select_device
 
+    # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
+    Image.MAX_IMAGE_PIXELS = args.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
     try:
         images = load_source(args.source, args.data, args.dataset)
         index = _open_or_create(args.index, args.checkpoint)
