@@ -150,7 +150,11 @@ class ArchiveIndex:
         self._metadata = metadata
         self._manifest = manifest
         self._table = CodeTable(codebooks)
+        # Lock order: _flush_lock, then _writer, then _lock. _writer serialises changes (ids must
+        # reach the table in the order SQLite gave them); _lock is only held for the in-memory
+        # update, so searches keep running while a change waits for its fsync.
         self._lock = ReadWriteLock()
+        self._writer = threading.Lock()
         self._flush_lock = threading.Lock()
         self._unsaved = 0
 
@@ -341,16 +345,18 @@ class ArchiveIndex:
             raise ValueError(f"codes must lie in [0, {self.codebook_size})")
         small: CodeArray = code_array.astype(np.uint8)
         packed = pack_codes(small, self.codebook_size)
-        with self._lock.writing():
+        with self._writer:
             result = self._metadata.insert(records, [row.tobytes() for row in packed])
             added = np.array(
                 [i for i, new in enumerate(result.new_ids) if new is not None], dtype=np.intp
             )
-            self._table.append(
-                small[added],
-                np.array([result.new_ids[i] for i in added], dtype=np.int64),
-                Columns(*(np.array(result.term_ids[kind], dtype=np.int32) for kind in TERM_KINDS)),
-            )
+            terms = Columns(*(np.array(result.term_ids[k], dtype=np.int32) for k in TERM_KINDS))
+            with self._lock.writing():
+                self._table.append(
+                    small[added],
+                    np.array([result.new_ids[i] for i in added], dtype=np.int64),
+                    terms,
+                )
             self._unsaved += len(added)
         return [
             AddOutcome(new, duplicate)
@@ -359,20 +365,21 @@ class ArchiveIndex:
 
     def remove(self, item_ids: Sequence[int]) -> int:
         """Remove items by id (unknown ids are ignored); returns how many were removed."""
-        with self._lock.writing():
+        with self._writer:
             deleted = self._metadata.delete(list(item_ids))
-            removed = self._table.remove(deleted)
+            with self._lock.writing():
+                removed = self._table.remove(deleted)
+                if self._table.tombstones > _COMPACT_SHARE * max(
+                    1, len(self._table) + self._table.tombstones
+                ):
+                    self._table.compact()
             self._unsaved += removed
-            if self._table.tombstones > _COMPACT_SHARE * max(
-                1, len(self._table) + self._table.tombstones
-            ):
-                self._table.compact()
         return removed
 
     def flush(self) -> None:
         """Write the FAISS and column snapshot, then the manifest that vouches for them."""
         with self._flush_lock:
-            with self._lock.writing():
+            with self._writer, self._lock.writing():
                 self._table.compact()
                 ids, codes, columns = self._table.live_arrays()
                 last_item_id = self._table.last_id
@@ -390,7 +397,7 @@ class ArchiveIndex:
             self._manifest = {**self._manifest, "snapshot": snapshot}
             manifest_bytes = json.dumps(self._manifest, indent=2, sort_keys=True).encode()
             _atomic_write(self.directory / MANIFEST, lambda path: path.write_bytes(manifest_bytes))
-            with self._lock.writing():
+            with self._writer:
                 self._unsaved -= unsaved_before
 
     def _write_codes(self, ids: IdArray, codes: CodeArray) -> dict[str, Any]:
