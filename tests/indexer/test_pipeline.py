@@ -1,6 +1,10 @@
 """The encoding pipeline stage by stage, then whole runs: skipping, duplicates, resuming."""
 
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -152,3 +156,42 @@ def test_large_images_keep_only_tissue_tiles_with_their_positions(tmp_path):
         tiles = [record.tile for record in records if record is not None and record.tile]
     assert summary.tiles_background == 4 and summary.tiles_added == 4
     assert len(tiles) == 4 and all(x < 300 for x, _, _, _ in tiles)
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+from tests.indexer.test_pipeline import CountingEncoder, quiet
+from indexer.sources import load_folder
+from indexer.store import ArchiveIndex
+from indexer.pipeline import index_archive
+
+class DyingEncoder(CountingEncoder):
+    def __call__(self, images):
+        if self.batches == 2:
+            os.kill(os.getpid(), signal.SIGKILL)  # no flush, no close: a power cut
+        return super().__call__(images)
+
+index = ArchiveIndex.open(Path(sys.argv[1]))
+index_archive(load_folder(Path(sys.argv[2])), index, DyingEncoder(), quiet(batch_size=4))
+"""
+
+
+def test_a_killed_run_loses_no_acknowledged_tile_and_resumes(tmp_path):
+    archive = kather_archive(tmp_path, 16)
+    new_index(tmp_path / "index").close()
+    repo = Path(__file__).resolve().parents[2]
+    child = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(tmp_path / "index"), str(tmp_path / "archive")],
+        cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo)},
+        capture_output=True,
+        check=False,
+    )
+    assert child.returncode == -signal.SIGKILL
+    resumed = CountingEncoder()
+    with ArchiveIndex.open(tmp_path / "index") as index:
+        assert len(index) == 8  # replayed from SQLite: the snapshot on disk is still empty
+        index_archive(archive, index, resumed, quiet(batch_size=4))
+        assert len(index) == 16
+    assert resumed.tiles == 8
