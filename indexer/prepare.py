@@ -12,7 +12,15 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.pipeline import IndexingSummary, PipelineConfig, index_archive, model_encoder
+from PIL import Image
+
+from indexer.pipeline import (
+    TRUSTED_ARCHIVE_MAX_PIXELS,
+    IndexingSummary,
+    PipelineConfig,
+    index_archive,
+    model_encoder,
+)
 from indexer.sources import load_source
 from indexer.store import ArchiveIndex, IndexDirectoryError
 from indexer.tiling import TilingConfig
@@ -67,6 +75,8 @@ def ensure_model(config: PrepareConfig) -> Path:
 def ensure_index(config: PrepareConfig, checkpoint: Path) -> IndexingSummary:
     """Create the index on first use, then encode whatever the archive holds that it lacks."""
     images = load_source("auto", config.archive, config.dataset)
+    # The archive is the operator's own data: large slides are expected, not an attack.
+    Image.MAX_IMAGE_PIXELS = TRUSTED_ARCHIVE_MAX_PIXELS
     index = _open_or_create(config.index_dir, checkpoint)
     try:
         device = select_device(config.device)

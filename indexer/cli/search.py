@@ -30,7 +30,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing chatter
     from PIL import Image, UnidentifiedImageError
 
     from indexer.pipeline import model_encoder

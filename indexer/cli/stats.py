@@ -22,7 +22,6 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # CPU-feature probing chatter
     from indexer.store import ArchiveIndex, IndexDirectoryError
 
     try:
