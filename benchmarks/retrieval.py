@@ -53,8 +53,7 @@ KATHER = DatasetPlan(
     settings={
         "validation_groups": ["CRC-Prim-HE-04", "CRC-Prim-HE-08"],
         "test_groups": ["CRC-Prim-HE-01", "CRC-Prim-HE-03", "CRC-Prim-HE-05", "CRC-Prim-HE-07"],
-        "batch_size": 96,
-        "validate_every": 20,
+        "validate_every": 10,
     },
 )
 
@@ -66,8 +65,7 @@ LC25000 = DatasetPlan(
     settings={
         "validation_fraction": 0.1,
         "test_fraction": 0.3,
-        "batch_size": 128,
-        "validate_every": 5,
+        "validate_every": 2,
     },
 )
 

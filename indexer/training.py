@@ -57,13 +57,13 @@ class TrainConfig:
     out: str
     epochs: int = 300
     minutes: float | None = None
-    batch_size: int = 64
+    batch_size: int = 32
     learning_rate: float = 1e-3
     weight_decay: float = 1e-5
     warmup_fraction: float = 0.05
     seed: int = 0
     temperature: float = 0.5
-    codeword_regularizer: float = 0.1
+    codeword_regularizer: float = 1.0
     reset_dead_codewords: bool = True
     backbone: str = "resnet18"
     small_input_stem: bool = False

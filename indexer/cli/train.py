@@ -167,8 +167,41 @@ def register(subparsers: Any) -> None:
     net.add_argument(
         "--codeword-regularizer",
         type=float,
+        default=1.0,
+        help="weight of the codeword-usage regulariser, 0 to disable (default: 1)",
+    )
+    net.add_argument(
+        "--reset-dead-codewords",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="move codewords no code used in an epoch onto the data, during the first half of "
+        "training (default: on)",
+    )
+    augment = parser.add_argument_group("augmentation (two views per image)")
+    augment.add_argument(
+        "--min-crop-scale",
+        type=float,
+        default=0.25,
+        help="smallest random crop, as a share of the image area (default: 0.25)",
+    )
+    augment.add_argument(
+        "--colour-strength",
+        type=float,
         default=0.1,
-        help="weight of the codeword-usage regulariser, 0 to disable (default: 0.1)",
+        help="brightness/contrast/saturation jitter; 0.4 is SimCLR's, which erases the colour "
+        "cues that separate H&E tissue types (default: 0.1)",
+    )
+    augment.add_argument(
+        "--hed-strength",
+        type=float,
+        default=0.03,
+        help="stain jitter: scale and shift of haematoxylin/eosin amounts (default: 0.03)",
+    )
+    augment.add_argument(
+        "--grayscale-p",
+        type=float,
+        default=0.0,
+        help="probability of a grey view (default: 0)",
     )
     net.add_argument(
         "--device",
@@ -181,6 +214,7 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from indexer.training import TrainConfig, train
+    from model import AugmentationConfig
 
     config = TrainConfig(
         data=args.data,
@@ -193,6 +227,14 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         temperature=args.temperature,
         codeword_regularizer=args.codeword_regularizer,
+        reset_dead_codewords=args.reset_dead_codewords,
+        augmentation=AugmentationConfig(
+            min_crop_scale=args.min_crop_scale,
+            colour_strength=args.colour_strength,
+            hed_scale=args.hed_strength,
+            hed_shift=args.hed_strength,
+            grayscale_p=args.grayscale_p,
+        ).as_dict(),
         backbone=args.backbone,
         small_input_stem=args.small_input_stem,
         pooling=args.pooling,

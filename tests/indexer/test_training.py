@@ -96,17 +96,17 @@ def test_learning_rate_warms_up_then_decays() -> None:
 @pytest.mark.slow
 @pytest.mark.skipif(not KATHER.is_dir(), reason="needs ../shared/data/kather2016-texture-240")
 def test_short_training_beats_random_weights_on_held_out_groups(tmp_path: Path) -> None:
+    # 20 epochs of the 96 training tiles (about 30 s on two idle cores); the budget is in epochs,
+    # not minutes, so a busy machine makes the test slower, never weaker.
     config = TrainConfig(
         data=str(KATHER),
         out=str(tmp_path / "run"),
-        minutes=1.5,
-        epochs=1000,
-        batch_size=96,
+        epochs=20,
         validation_groups=["CRC-Prim-HE-04", "CRC-Prim-HE-08"],
         test_groups=["CRC-Prim-HE-01", "CRC-Prim-HE-03", "CRC-Prim-HE-05", "CRC-Prim-HE-07"],
-        validate_every=1000,
+        validate_every=5,
         threads=2,
     )
     report = evaluate_checkpoint(train(config), KATHER, part="test", ks=(10,))
     precision = {method.name: method.metrics.precision[10] for method in report.methods}
-    assert precision["SPQ float descriptor"] > precision["random resnet18"]
+    assert precision["SPQ codes (ADC)"] > precision["random resnet18"] + 0.02, precision

@@ -45,4 +45,5 @@ def test_hed_jitter_rejects_bad_probability() -> None:
 def test_switched_off_steps_are_left_out() -> None:
     lean = AugmentationConfig(dihedral=False, hed_p=0, colour_p=0, grayscale_p=0, blur_p=0)
     assert len(build_augmentation(lean, 32)) == 1
-    assert len(build_augmentation(AugmentationConfig(), 32)) == 8
+    assert len(build_augmentation(AugmentationConfig(), 32)) == 7
+    assert len(build_augmentation(AugmentationConfig.spq_reference(), 32)) == 8
