@@ -10,7 +10,8 @@ timings do not depend on the weights.
 
 Then, in this one run:
 - the in-process cost of one query (decode + embed + search through the service's own engine,
-  the same code the server runs), median over the query set;
+  the same code the server runs), median over the query set, measured in passes that alternate
+  with passes of the same queries over HTTP (one client), so that both see the same machine;
 - the server (one process, its default thread pool) under 1, 4 and 16 closed-loop clients, each
   level for a bounded time, all on 127.0.0.1: /search throughput, p50/p95/p99 latency and errors;
 - /health latency polled every 50 ms while 16 clients saturate /search.
@@ -31,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -66,6 +68,7 @@ class LevelResult:
     p50_ms: float
     p95_ms: float
     p99_ms: float
+    server_ms_mean: float
 
 
 def real_tiles() -> list[tuple[Path, str, str]]:
@@ -141,27 +144,61 @@ def build_archive(checkpoint: Path, directory: Path) -> int:
     return total
 
 
+def build_archive_in_child(checkpoint: Path, index_dir: Path) -> int:
+    """Build in a separate process: torch state left over from encoding 1,000 tiles in batches
+    made later single queries in the same process measurably slower, which would skew the
+    in-process baseline."""
+    command = [sys.executable, "-m", "benchmarks.service_load", "--checkpoint", str(checkpoint)]
+    subprocess.run([*command, "--build-into", str(index_dir)], check=True, cwd=REPO_ROOT)
+    with ArchiveIndex.open(index_dir) as index:
+        return len(index)
+
+
 def query_bodies(count: int = 32) -> list[tuple[str, bytes]]:
     tiles = real_tiles()
     step = max(1, len(tiles) // count)
     return [(path.name, path.read_bytes()) for path, _, _ in tiles[::step][:count]]
 
 
-def in_process_ms(index_dir: Path, queries: list[tuple[str, bytes]], rounds: int = 3) -> float:
-    """Median decode + embed + search through the service's engine, no HTTP."""
+def paired_single_query_ms(
+    index_dir: Path, url: str, queries: list[tuple[str, bytes]], rounds: int = 3
+) -> tuple[float, float]:
+    """Median in-process cost and median 1-client HTTP latency, measured in alternating passes.
+
+    In-process: decode + embed + search through the service's own engine (no HTTP). Alternating
+    the two over the same queries cancels drift from whatever else the machine is doing.
+    """
     engine = load_engine(Settings(index_dir=index_dir, device="cpu"))
+    direct: list[float] = []
+    served: list[float] = []
+
+    def timed_direct(name: str, data: bytes) -> float:
+        start = time.perf_counter()
+        engine.search_upload(Upload(name, data), K, None)
+        return (time.perf_counter() - start) * 1000
+
+    # A worker thread, as in the server: on this machine torch runs measurably slower when
+    # called from the main thread, which would flatter the ratio.
+    worker = ThreadPoolExecutor(max_workers=1)
     try:
-        for name, data in queries[:4]:  # warm-up
-            engine.search_upload(Upload(name, data), K, None)
-        timings = []
-        for _ in range(rounds):
-            for name, data in queries:
-                start = time.perf_counter()
-                engine.search_upload(Upload(name, data), K, None)
-                timings.append((time.perf_counter() - start) * 1000)
-        return statistics.median(timings)
+        with httpx.Client(base_url=url, timeout=120) as session:
+            for name, data in queries[:4]:  # warm-up both paths
+                worker.submit(timed_direct, name, data).result()
+                session.post("/search", files={"image": (name, data)}, data={"k": str(K)})
+            for _ in range(rounds):
+                for name, data in queries:
+                    direct.append(worker.submit(timed_direct, name, data).result())
+                for name, data in queries:
+                    start = time.perf_counter()
+                    response = session.post(
+                        "/search", files={"image": (name, data)}, data={"k": str(K)}
+                    )
+                    response.raise_for_status()
+                    served.append((time.perf_counter() - start) * 1000)
     finally:
+        worker.shutdown()
         engine.close()
+    return statistics.median(direct), statistics.median(served)
 
 
 def free_port() -> int:
@@ -209,6 +246,7 @@ def run_level(
     url: str, clients: int, queries: list[tuple[str, bytes]], seconds: float
 ) -> tuple[LevelResult, list[float]]:
     latencies: list[float] = []
+    server_side: list[float] = []
     errors = [0]
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
@@ -219,16 +257,22 @@ def run_level(
             while time.monotonic() < stop_at:
                 name, data = queries[n % len(queries)]
                 start = time.perf_counter()
+                worked: float | None = None
                 try:
-                    ok = session.post(
+                    response = session.post(
                         "/search", files={"image": (name, data)}, data={"k": str(K)}
-                    ).is_success
+                    )
+                    if response.is_success:
+                        worked = float(response.json()["timings"]["total_ms"])
                 except httpx.HTTPError:
-                    ok = False
+                    pass
                 elapsed = (time.perf_counter() - start) * 1000
                 with lock:
                     latencies.append(elapsed)
-                    errors[0] += 0 if ok else 1
+                    if worked is None:
+                        errors[0] += 1
+                    else:
+                        server_side.append(worked)
                 n += clients
 
     health: list[float] = []
@@ -262,20 +306,22 @@ def run_level(
         p50_ms=round(percentile(latencies, 50), 1),
         p95_ms=round(percentile(latencies, 95), 1),
         p99_ms=round(percentile(latencies, 99), 1),
+        server_ms_mean=round(statistics.fmean(server_side), 1) if server_side else float("nan"),
     )
     return result, health
 
 
 def print_table(levels: list[LevelResult], in_process: float, health: list[float]) -> None:
+    # "work ms": the server's own decode + embed + search time per request (from its response).
     print(
         f"{'clients':>7} {'requests':>8} {'errors':>6} {'req/s':>7} {'p50 ms':>8} "
-        f"{'p95 ms':>8} {'p99 ms':>8}"
+        f"{'p95 ms':>8} {'p99 ms':>8} {'work ms':>8}"
     )
     for level in levels:
         print(
             f"{level.clients:>7} {level.requests:>8} {level.errors:>6} "
             f"{level.throughput_per_s:>7.2f} {level.p50_ms:>8.1f} {level.p95_ms:>8.1f} "
-            f"{level.p99_ms:>8.1f}"
+            f"{level.p99_ms:>8.1f} {level.server_ms_mean:>8.1f}"
         )
     ratio = levels[0].p50_ms / in_process
     print(
@@ -292,21 +338,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--checkpoint", type=Path, help="model to embed with (default: random)")
     parser.add_argument("--seconds", type=float, default=20.0, help="duration of each level")
+    parser.add_argument("--build-into", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build_into is not None:
+        build_archive(args.checkpoint, args.build_into)
+        return 0
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="service-load-") as scratch:
         workdir = Path(scratch)
         checkpoint = load_or_build_model(args.checkpoint, workdir)
         index_dir = workdir / "index"
         started = time.perf_counter()
-        items = build_archive(checkpoint, index_dir)
+        items = build_archive_in_child(checkpoint, index_dir)
         print(f"archive: {items} items built in {time.perf_counter() - started:.0f} s")
         queries = query_bodies()
-        in_process = in_process_ms(index_dir, queries)
         process, url = start_server(index_dir, workdir / "server.log")
         try:
-            for name, data in queries[:4]:  # warm-up
-                httpx.post(f"{url}/search", files={"image": (name, data)}, timeout=60)
+            in_process, paired_http = paired_single_query_ms(index_dir, url, queries)
             levels: list[LevelResult] = []
             health: list[float] = []
             for clients in CLIENT_LEVELS:
@@ -317,6 +365,10 @@ def main() -> int:
             process.wait(timeout=60)
     card = load_checkpoint(checkpoint).card if args.checkpoint else ModelCard()
     print_table(levels, in_process, health)
+    print(
+        f"paired passes: in-process median {in_process:.1f} ms, HTTP median {paired_http:.1f} ms "
+        f"(ratio {paired_http / in_process:.2f})"
+    )
     report: dict[str, Any] = {
         "archive_items": items,
         "model_card": {
@@ -326,6 +378,7 @@ def main() -> int:
         "k": K,
         "seconds_per_level": args.seconds,
         "in_process_median_ms": round(in_process, 2),
+        "paired_http_median_ms": round(paired_http, 2),
         "one_client_p50_over_in_process": round(levels[0].p50_ms / in_process, 3),
         "levels": [asdict(level) for level in levels],
         "health_under_16_clients": {

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -46,6 +48,8 @@ def load_engine(settings: Settings) -> SearchEngine:
                 f"{settings.index_dir} has no model.pt: queries cannot be embedded without it"
             )
         device = select_device(settings.device)
+        if device.type == "cpu":
+            share_cores_between_workers(settings.workers)
         card = ModelCard.model_validate(index.card)
         model = load_checkpoint(index.checkpoint_path, expected_card=card, map_location=device)
         index.check_model(model.codebooks().detach().cpu().numpy())
@@ -68,6 +72,18 @@ def load_engine(settings: Settings) -> SearchEngine:
         max_pending=settings.max_pending,
         max_image_pixels=settings.max_image_pixels,
     )
+
+
+def share_cores_between_workers(workers: int) -> None:
+    """Give each concurrent CNN forward an equal share of the cores, so they do not oversubscribe.
+
+    Also shorten the interpreter's thread switch interval: the event loop then gets the GIL back
+    from busy worker threads quickly, which keeps /health and new connections fast under load.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    sys.setswitchinterval(0.001)
 
 
 @asynccontextmanager

@@ -15,8 +15,9 @@ DevicePreference = Literal["auto", "cpu", "cuda"]
 
 
 def _default_workers() -> int:
-    # Decode + CNN forward + FAISS each use the cores already; more threads than cores only queue.
-    return max(1, min(4, os.cpu_count() or 1))
+    # Each CNN forward already spreads over cores (torch intra-op threads, set to cores / workers):
+    # a few concurrent requests keep every core busy; more would only contend for them.
+    return max(1, min(4, (os.cpu_count() or 1) // 2))
 
 
 class Settings(BaseSettings):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from service.deps import EngineDep, SettingsDep
+from service.deps import EngineDep, ReadAccess, SettingsDep
 from service.errors import ServiceError
 from service.schemas import ErrorResponse, HealthResponse, ReadyResponse, StatsResponse
 
@@ -28,7 +28,12 @@ async def ready(request: Request) -> ReadyResponse:
     return ReadyResponse(items=len(engine.index))
 
 
-@router.get("/stats", response_model=StatsResponse, responses={503: {"model": ErrorResponse}})
+@router.get(
+    "/stats",
+    response_model=StatsResponse,
+    responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
+    dependencies=[ReadAccess],
+)
 async def stats(engine: EngineDep, settings: SettingsDep) -> StatsResponse:
     index_stats = await engine.offload(engine.index.stats)
     card = engine.card

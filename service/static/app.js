@@ -241,7 +241,7 @@ function drawPosition(hit) {
 
 async function loadStats() {
   try {
-    const response = await fetch("/stats");
+    const response = await fetch("/stats", { headers: authHeaders() });
     if (!response.ok) return;
     const stats = await response.json();
     $("archive-stats").textContent =

@@ -231,6 +231,9 @@ def test_search_can_require_the_key(module_index: Path, tile: Image.Image) -> No
     with make_client(module_index, require_key_for_search=True) as locked:
         assert_error(search(locked, samples.encode(tile, "PNG")), 401, "missing_api_key")
         assert_error(locked.get("/images/1"), 401, "missing_api_key")
+        assert_error(locked.get("/images/1/thumbnail"), 401, "missing_api_key")
+        assert_error(locked.get("/stats"), 401, "missing_api_key")
+        assert locked.get("/health").status_code == 200
         allowed = locked.post(
             "/search",
             files={"image": ("q.png", samples.encode(tile, "PNG"))},
