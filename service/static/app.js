@@ -169,11 +169,14 @@ function shortSource(source) {
 }
 
 function rememberLabels(results) {
+  addLabelOptions(results.map((hit) => hit.label).filter(Boolean));
+}
+
+function addLabelOptions(labels) {
   const list = $("known-labels");
   const known = new Set([...list.options].map((option) => option.value));
-  results
-    .map((hit) => hit.label)
-    .filter((label) => label && !known.has(label))
+  labels
+    .filter((label) => !known.has(label))
     .forEach((label) => {
       known.add(label);
       const option = document.createElement("option");
@@ -247,6 +250,7 @@ async function loadStats() {
     $("archive-stats").textContent =
       `${stats.items.toLocaleString()} tiles · ${stats.bits}-bit codes · ${stats.model_card.backbone}`;
     $("k-input").max = String(stats.max_k || 100);
+    addLabelOptions(Object.keys(stats.labels || {}).filter((label) => label !== "(none)"));
   } catch (_) {
     /* the page still works without the numbers */
   }
@@ -268,6 +272,13 @@ function wireDropZone() {
     chooseFile(event.dataTransfer.files[0]);
   });
   $("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
+  // The drop zone is a focusable label: Enter or Space opens the file chooser from the keyboard.
+  zone.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      $("file-input").click();
+    }
+  });
 }
 
 function wireKeyField() {

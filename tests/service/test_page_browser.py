@@ -61,6 +61,11 @@ def test_search_page_shows_results_and_where_a_hit_came_from(
 ) -> None:
     page.goto(live_server.url)
     page.wait_for_selector("#archive-stats:has-text('tiles')")
+    # The label filter offers the archive's labels before any search.
+    labels = page.eval_on_selector_all(
+        "#known-labels option", "options => options.map(o => o.value)"
+    )
+    assert "07_ADIPOSE" in labels
     page.set_input_files("#file-input", str(query_file))
     page.wait_for_function("document.querySelectorAll('#results .hit').length === 12")
     assert page.is_hidden("#error")
