@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,10 @@ METHOD_HISTOGRAM = "RGB colour histogram"
 
 @dataclass
 class EvaluationReport:
+    checkpoint: str
     dataset: str
     part: str
+    ks: list[int]
     num_images: int
     num_groups: int
     bits: int
@@ -49,8 +51,10 @@ class EvaluationReport:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "checkpoint": self.checkpoint,
             "dataset": self.dataset,
             "part": self.part,
+            "ks": self.ks,
             "num_images": self.num_images,
             "num_groups": self.num_groups,
             "bits": self.bits,
@@ -74,7 +78,9 @@ def entries_of_part(checkpoint_model: SPQModel, data: Path, part: str) -> list[M
     return selected
 
 
-def model_descriptor(model: SPQModel, device: torch.device) -> Any:
+def model_descriptor(
+    model: SPQModel, device: torch.device
+) -> Callable[[list[Image.Image]], torch.Tensor]:
     @torch.no_grad()
     def describe(images: list[Image.Image]) -> torch.Tensor:
         return model.encode(preprocess(images, model.card).to(device)).cpu()
@@ -110,8 +116,10 @@ def evaluate_checkpoint(
         f"random {model.card.backbone}": cosine_scores(random_backbone),
     }
     return EvaluationReport(
+        checkpoint=str(checkpoint),
         dataset=str(data),
         part=part,
+        ks=list(ks),
         num_images=len(entries),
         num_groups=len(set(groups)),
         bits=model.card.bits,

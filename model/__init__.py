@@ -11,7 +11,13 @@ from model.checkpoint import (
     save_checkpoint,
 )
 from model.loss import CodewordUsageRegularizer, CrossQuantizedContrastiveLoss
-from model.preprocess import normalize, preprocess, select_device
+from model.preprocess import (
+    UnsupportedPixelsError,
+    normalize,
+    preprocess,
+    select_device,
+    to_rgb,
+)
 from model.quantizer import ProductQuantizer, adc_scores, codeword_usage
 from model.spq import SPQModel, build_model
 
@@ -25,6 +31,7 @@ __all__ = [
     "ProductQuantizer",
     "SPQModel",
     "UnknownBackboneError",
+    "UnsupportedPixelsError",
     "adc_scores",
     "build_augmentation",
     "build_model",
@@ -36,4 +43,5 @@ __all__ = [
     "read_checkpoint",
     "save_checkpoint",
     "select_device",
+    "to_rgb",
 ]

@@ -2,31 +2,84 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
+from typing import Final
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageCms
 
 from model.card import ModelCard
 
 
+class UnsupportedPixelsError(ValueError):
+    """Pixels with no single meaning as 8-bit RGB (floating-point data, unknown modes)."""
+
+
+_SIXTEEN_BIT_GRAY_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_MODES_WITH_ALPHA: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
+_BACKGROUND_WHITE: Final = (255, 255, 255)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode -> RGB; transparent pixels are laid on white, like a slide's background."""
-    if image.mode == "RGB":
+    """8-bit RGB from any single-frame mode, keeping what the pixels mean.
+
+    The one rule for every path into the model (archive indexing, uploads, training, baselines):
+    16-bit grey is scaled by 1/257 (0..65535 onto 0..255, never clipped and never stretched to the
+    image's own range, so equal files give equal pixels), CMYK goes through its embedded ICC profile
+    when it has one, transparent pixels are laid on white (the slide background), and
+    floating-point images are refused with :class:`UnsupportedPixelsError`, having no fixed range.
+    """
+    mode = image.mode
+    if mode == "RGB":
         return image
-    if image.mode in {"RGBA", "LA", "PA"} or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in {"I", "I;16", "I;16B", "I;16L", "F"}:
-        # 16-bit and float greyscale: rescale to 8 bits rather than clip.
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        scaled = (values - low) / (high - low) * 255 if high > low else np.zeros_like(values)
-        return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+    if mode in _SIXTEEN_BIT_GRAY_MODES:
+        return _sixteen_bit_gray_to_rgb(image)
+    if mode == "F":
+        raise UnsupportedPixelsError(
+            "32-bit floating-point images have no fixed intensity range; "
+            "export the image as 8- or 16-bit"
+        )
+    if mode == "CMYK":
+        return _cmyk_to_rgb(image)
+    if mode in _MODES_WITH_ALPHA or (mode == "P" and "transparency" in image.info):
+        return _flatten_on_white(image.convert("RGBA"))
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise UnsupportedPixelsError(f"cannot convert {mode} pixels to RGB") from error
+
+
+def _sixteen_bit_gray_to_rgb(image: Image.Image) -> Image.Image:
+    values = np.asarray(image, dtype=np.float64)
+    # 16-bit data spans 0..65535; dividing by 257 maps it exactly onto 0..255.
+    gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return Image.fromarray(gray, mode="L").convert("RGB")
+
+
+def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
+    # An embedded ICC profile says how the inks map to colour; without it, fall back to the naive
+    # subtractive formula, which is what every viewer does too.
+    profile_bytes = image.info.get("icc_profile")
+    if profile_bytes:
+        try:
+            source = ImageCms.ImageCmsProfile(io.BytesIO(profile_bytes))
+            target = ImageCms.createProfile("sRGB")
+            converted = ImageCms.profileToProfile(image, source, target, outputMode="RGB")
+            if converted is not None:
+                return converted
+        except (ImageCms.PyCMSError, OSError, ValueError):
+            pass
     return image.convert("RGB")
+
+
+def _flatten_on_white(rgba: Image.Image) -> Image.Image:
+    # Slide background is white, so transparent regions become glass rather than black tissue.
+    background = Image.new("RGB", rgba.size, _BACKGROUND_WHITE)
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
 
 
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:

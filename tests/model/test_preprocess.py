@@ -3,12 +3,12 @@ import pytest
 import torch
 from PIL import Image
 
-from model import ModelCard, preprocess, select_device
+from model import ModelCard, UnsupportedPixelsError, preprocess, select_device, to_rgb
 
 CARD = ModelCard(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16", "I", "F", "1"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "I;16", "I", "1"])
 def test_any_pil_mode_becomes_a_normalised_rgb_tensor(mode: str) -> None:
     image = Image.new("RGB", (50, 40), (200, 30, 120)).convert(mode)
     batch = preprocess([image], CARD)
@@ -31,9 +31,39 @@ def test_transparent_pixels_are_laid_on_white() -> None:
 
 
 def test_sixteen_bit_greyscale_is_rescaled_not_clipped() -> None:
-    ramp = Image.fromarray(np.tile(np.arange(0, 64000, 2000, dtype=np.uint16), (32, 1)))
+    # The full 16-bit range 0..65535 maps onto 0..255 (white is 65535, not the image's own maximum).
+    ramp = Image.fromarray(np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1)))
     batch = preprocess([ramp.convert("I;16")], CARD)
     assert float(batch.min()) == pytest.approx(-2.0) and float(batch.max()) == pytest.approx(2.0)
+
+
+def test_sixteen_bit_greyscale_is_scaled_by_a_fixed_factor_not_stretched() -> None:
+    # A dim image stays dim: each value v becomes round(v / 257), whatever else is in the image.
+    values = np.array([[0, 257, 1000, 25_700]], dtype=np.uint16)
+    rgb = np.asarray(to_rgb(Image.fromarray(values)))
+    assert rgb.shape == (1, 4, 3)
+    assert rgb[0, :, 0].tolist() == [0, 1, 4, 100]
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+
+
+def test_floating_point_images_are_refused() -> None:
+    image = Image.new("RGB", (50, 40), (200, 30, 120)).convert("F")
+    with pytest.raises(UnsupportedPixelsError, match="floating-point"):
+        to_rgb(image)
+    with pytest.raises(UnsupportedPixelsError):
+        preprocess([image], CARD)
+    assert issubclass(UnsupportedPixelsError, ValueError)
+
+
+def test_to_rgb_keeps_rgb_images_and_converts_other_modes() -> None:
+    rgb = Image.new("RGB", (4, 4), (10, 20, 30))
+    assert to_rgb(rgb) is rgb
+    assert np.asarray(to_rgb(rgb.convert("L"))).shape == (4, 4, 3)
+    half_clear = Image.new("LA", (4, 4), (0, 0))
+    assert (np.asarray(to_rgb(half_clear)) == 255).all()
+    clear_palette = Image.new("P", (4, 4), 0)
+    clear_palette.info["transparency"] = 0
+    assert (np.asarray(to_rgb(clear_palette)) == 255).all()
 
 
 def test_channel_order_is_rgb() -> None:
