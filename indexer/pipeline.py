@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from indexer.pixels import make_thumbnail, upright_rgb
 from indexer.records import NewItem, TileBox
 from indexer.sources import ArchiveImage
 from indexer.store import ArchiveIndex
@@ -43,8 +44,8 @@ log = logging.getLogger(__name__)
 # images are ~35 Mpx, BRACS RoIs can be larger. One gigapixel RGB is 3 GB decoded: the default the
 # `index` command sets (PIL's limit is process-wide, so the library leaves it to the program).
 TRUSTED_ARCHIVE_MAX_PIXELS = 1_000_000_000
-THUMBNAIL_SIZE = 128
-# Exceptions that mean "this file is not a usable image", as opposed to a bug in this program.
+# Exceptions that mean "this file is not a usable image", as opposed to a bug in this program
+# (`UnsupportedPixelsError` from the RGB conversion is a ValueError).
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 Encoder = Callable[[Sequence[Image.Image]], npt.NDArray[np.float32]]
@@ -114,10 +115,14 @@ def read_image(image: ArchiveImage) -> RawImage:
 
 
 def decode_image(raw: RawImage) -> Image.Image:
-    """Stage 2: decoded RGB pixels (raises one of `UNREADABLE` for a bad file)."""
+    """Stage 2: decoded 8-bit RGB pixels, turned upright by the file's EXIF orientation.
+
+    The same conversion as the service's uploads (`indexer.pixels.upright_rgb`); raises one of
+    `UNREADABLE` for a bad file, including pixels that have no RGB meaning (floating-point data).
+    """
     with Image.open(io.BytesIO(raw.data)) as opened:
         opened.load()
-        return opened.convert("RGB")
+        return upright_rgb(opened)
 
 
 def cut_tiles(raw: RawImage, pixels: Image.Image, config: TilingConfig) -> TiledImage:
@@ -164,15 +169,6 @@ def _item_for(raw: RawImage, box: TileBox, size: tuple[int, int], tile: Image.Im
         thumbnail=make_thumbnail(tile),
         extra=dict(image.extra),
     )
-
-
-def make_thumbnail(tile: Image.Image) -> bytes:
-    """A small JPEG of the tile for result lists."""
-    small = tile.copy()
-    small.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE))
-    buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=80)
-    return buffer.getvalue()
 
 
 # ---- runner ------------------------------------------------------------------------------------

@@ -529,6 +529,14 @@ class ArchiveIndex:
         with self._lock.reading():
             return len(self._table)
 
+    @property
+    def unsaved_changes(self) -> int:
+        """Adds and removals not yet in the FAISS snapshot (replayed from SQLite on open).
+
+        A cheap read without locks, for deciding when to `flush`; `stats()` reports the same.
+        """
+        return self._unsaved
+
     def stats(self) -> IndexStats:
         with self._lock.reading():
             items, tombstones = len(self._table), self._table.tombstones

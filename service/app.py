@@ -71,6 +71,8 @@ def load_engine(settings: Settings) -> SearchEngine:
         workers=settings.workers,
         max_pending=settings.max_pending,
         max_image_pixels=settings.max_image_pixels,
+        snapshot_every_changes=settings.snapshot_every_changes,
+        snapshot_every_seconds=settings.snapshot_every_seconds,
     )
 
 

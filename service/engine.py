@@ -19,10 +19,12 @@ import numpy as np
 import torch
 
 from indexer.pipeline import tile_hash
+from indexer.pixels import make_thumbnail
 from indexer.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
 from model import ModelCard, SPQModel, preprocess
 from service.errors import ServiceError
-from service.imaging import DecodedImage, decode_upload, make_thumbnail
+from service.imaging import DecodedImage, decode_upload
+from service.snapshots import Snapshotter
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,8 @@ class SearchEngine:
         workers: int,
         max_pending: int,
         max_image_pixels: int,
+        snapshot_every_changes: int = 0,
+        snapshot_every_seconds: float = 0.0,
     ) -> None:
         self.model = model.eval().to(device)
         self.index = index
@@ -91,6 +95,10 @@ class SearchEngine:
         self._max_pending = max_pending
         self._pending = 0
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histosearch")
+        self.snapshots = Snapshotter(
+            index, every_changes=snapshot_every_changes, every_seconds=snapshot_every_seconds
+        )
+        self.snapshots.start()
 
     @property
     def card(self) -> ModelCard:
@@ -157,6 +165,7 @@ class SearchEngine:
             for image, upload in zip(decoded, uploads, strict=True)
         ]
         outcomes = self.index.add(descriptors, records)
+        self.snapshots.changed()
         new = sum(outcome.duplicate_of is None for outcome in outcomes)
         logger.info("indexed %d upload(s): %d new", len(uploads), new)
         return [
@@ -165,10 +174,14 @@ class SearchEngine:
         ]
 
     def remove(self, item_id: int) -> bool:
-        return self.index.remove([item_id]) > 0
+        removed = self.index.remove([item_id]) > 0
+        self.snapshots.changed()
+        return removed
 
     def close(self) -> None:
+        """Finish running work, stop periodic snapshots, then close (and flush) the index."""
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self.snapshots.close()
         self.index.close()
 
 

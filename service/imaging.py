@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final
 
-import numpy as np
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
+
+from indexer.pixels import upright_rgb
+from model.preprocess import UnsupportedPixelsError
+from model.preprocess import to_rgb as model_to_rgb
 
 # Only plain raster formats: Pillow's other plugins (EPS via Ghostscript, exotic containers) widen
 # the attack surface for no benefit to a histology archive.
@@ -30,10 +34,6 @@ _SIGNATURES: Final = (
     b"GIF87a",
     b"GIF89a",
 )
-
-_SIXTEEN_BIT_GRAY_MODES: Final = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
-_MODES_WITH_ALPHA: Final = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
-_BACKGROUND_WHITE: Final = (255, 255, 255)
 
 
 class RejectionReason(StrEnum):
@@ -100,7 +100,8 @@ def decode_upload(data: bytes, *, max_pixels: int, filename: str = "upload") -> 
     _check_single_frame(image, filename)
     _check_pixel_count(image, max_pixels, filename)
     _load_pixels(image, filename)
-    rgb = to_rgb(ImageOps.exif_transpose(image) or image, filename)
+    # EXIF orientation, then RGB: exactly what the archive pipeline does to a file from disk.
+    rgb = _converted(upright_rgb, image, filename)
     return DecodedImage(
         rgb=rgb,
         original_format=image.format or "unknown",
@@ -164,71 +165,20 @@ def _load_pixels(image: Image.Image, filename: str) -> None:
 
 
 def to_rgb(image: Image.Image, filename: str = "upload") -> Image.Image:
-    """8-bit RGB from any single-frame mode, keeping what the pixels mean.
+    """8-bit RGB by the rule every path into the model shares (`model.preprocess.to_rgb`).
 
-    Pillow's plain ``convert("RGB")`` clips 16-bit grey to white and drops alpha to whatever colour
-    the transparent pixels happen to hold, so those two cases are handled here.
+    Pixels that rule refuses (floating-point data, modes with no RGB meaning) are an
+    :class:`ImageRejectedError` with reason ``UNSUPPORTED_PIXELS``.
     """
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode in _SIXTEEN_BIT_GRAY_MODES:
-        return _sixteen_bit_gray_to_rgb(image)
-    if mode == "F":
-        raise ImageRejectedError(
-            RejectionReason.UNSUPPORTED_PIXELS,
-            f"{filename}: 32-bit floating-point images have no fixed intensity range; "
-            "export the image as 8- or 16-bit",
-        )
-    if mode == "CMYK":
-        return _cmyk_to_rgb(image)
-    if mode in _MODES_WITH_ALPHA or (mode == "P" and "transparency" in image.info):
-        return _flatten_on_white(image.convert("RGBA"))
+    return _converted(model_to_rgb, image, filename)
+
+
+def _converted(
+    convert: Callable[[Image.Image], Image.Image], image: Image.Image, filename: str
+) -> Image.Image:
     try:
-        return image.convert("RGB")
-    except (ValueError, OSError) as error:
+        return convert(image)
+    except UnsupportedPixelsError as error:
         raise ImageRejectedError(
-            RejectionReason.UNSUPPORTED_PIXELS, f"{filename}: cannot convert {mode} pixels to RGB"
+            RejectionReason.UNSUPPORTED_PIXELS, f"{filename}: {error}"
         ) from error
-
-
-def _sixteen_bit_gray_to_rgb(image: Image.Image) -> Image.Image:
-    values = np.asarray(image, dtype=np.float64)
-    # 16-bit data spans 0..65535; dividing by 257 maps it exactly onto 0..255.
-    gray = np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(gray, mode="L").convert("RGB")
-
-
-def _cmyk_to_rgb(image: Image.Image) -> Image.Image:
-    # An embedded ICC profile says how the inks map to colour; without it, fall back to the naive
-    # subtractive formula, which is what every viewer does too.
-    profile_bytes = image.info.get("icc_profile")
-    if profile_bytes:
-        try:
-            source = ImageCms.ImageCmsProfile(io.BytesIO(profile_bytes))
-            target = ImageCms.createProfile("sRGB")
-            converted = ImageCms.profileToProfile(image, source, target, outputMode="RGB")
-            if converted is not None:
-                return converted
-        except (ImageCms.PyCMSError, OSError, ValueError):
-            pass
-    return image.convert("RGB")
-
-
-def _flatten_on_white(rgba: Image.Image) -> Image.Image:
-    # Slide background is white, so transparent regions become glass rather than black tissue.
-    background = Image.new("RGB", rgba.size, _BACKGROUND_WHITE)
-    background.paste(rgba, mask=rgba.getchannel("A"))
-    return background
-
-
-THUMBNAIL_SIDE: Final = 128
-
-
-def make_thumbnail(rgb: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
-    """A small JPEG for result grids: at most ``side`` pixels on the long edge."""
-    thumbnail = rgb.copy()
-    thumbnail.thumbnail((side, side), Image.Resampling.LANCZOS)
-    buffer = io.BytesIO()
-    thumbnail.save(buffer, format="JPEG", quality=85, optimize=True)
-    return buffer.getvalue()

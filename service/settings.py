@@ -70,6 +70,18 @@ class Settings(BaseSettings):
         gt=0,
         description="Requests that may wait for a worker thread; more are answered 503 at once.",
     )
+    snapshot_every_changes: int = Field(
+        default=1000,
+        ge=0,
+        description="Write the index's FAISS snapshot once this many adds and removals are "
+        "unsaved, so a restart replays at most about this many from SQLite; 0 turns it off.",
+    )
+    snapshot_every_seconds: float = Field(
+        default=300.0,
+        ge=0,
+        description="Also write the snapshot this many seconds after the last one when anything "
+        "changed meanwhile; 0 turns it off.",
+    )
     log_level: LogLevel = Field(default="INFO", description="Log verbosity.")
 
     @field_validator("index_dir")

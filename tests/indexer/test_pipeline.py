@@ -118,6 +118,43 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path):
     ]
 
 
+def test_floating_point_images_are_reported_unreadable_and_skipped(tmp_path):
+    archive = kather_archive(tmp_path, 3)
+    floating = tmp_path / "archive" / "float.tif"
+    Image.open(archive[0].path).convert("F").save(floating, format="TIFF")
+    archive.insert(1, ArchiveImage(floating, None, "float", "kather"))
+    with new_index(tmp_path / "index") as index:
+        summary = index_archive(archive, index, CountingEncoder(), quiet(batch_size=2))
+        assert len(index) == 3
+    assert summary.images == 4 and summary.tiles_added == 3
+    [(path, reason)] = summary.unreadable
+    assert Path(path).name == "float.tif"
+    assert "UnsupportedPixelsError" in reason and "floating-point" in reason
+
+
+def test_decode_applies_the_exif_orientation(tmp_path):
+    upright = Image.open(sorted(KATHER.rglob("*.tif"))[0]).convert("RGB").crop((0, 0, 150, 100))
+    # Stored turned a quarter to the left, with the EXIF tag saying how to turn it back.
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpeg"
+    stored.save(path, format="JPEG", quality=95, exif=exif)
+    pixels = decode_image(read_image(ArchiveImage(path, None, "g", "exif")))
+    assert pixels.size == (150, 100) and pixels.mode == "RGB"
+    difference = np.abs(np.asarray(pixels, dtype=float) - np.asarray(upright, dtype=float))
+    assert difference.mean() < 6.0
+
+
+def test_sixteen_bit_greyscale_decodes_by_the_fixed_scale(tmp_path):
+    values = np.tile(np.array([0, 257, 25_700, 65_535], dtype=np.uint16), (20, 5))
+    path = tmp_path / "grey16.png"
+    Image.fromarray(values).save(path)
+    pixels = np.asarray(decode_image(read_image(ArchiveImage(path, None, "g", "png16"))))
+    assert pixels.shape == (20, 20, 3)
+    assert pixels[0, :4, 0].tolist() == [0, 1, 100, 255]
+
+
 def test_interrupted_run_resumes_without_re_encoding_finished_images(tmp_path):
     archive = kather_archive(tmp_path, 20)
     with new_index(tmp_path / "index") as index, pytest.raises(KeyboardInterrupt):

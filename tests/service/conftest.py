@@ -23,9 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
+from indexer.pixels import make_thumbnail
 from indexer.store import ArchiveIndex, NewItem
 from model import ModelCard, build_model, preprocess, save_checkpoint
-from service.imaging import file_hash, make_thumbnail
+from service.imaging import file_hash
 from tests.service import samples
 
 API_KEY = "test-key-0123456789abcdef"

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from indexer.pixels import make_thumbnail
 from service.imaging import (
     ImageRejectedError,
     RejectionReason,
     decode_upload,
-    make_thumbnail,
     to_rgb,
 )
 from tests.service import samples

@@ -74,3 +74,26 @@ def test_settings_refuse_out_of_range_limits(clean_env: pytest.MonkeyPatch, tmp_
         Settings(index_dir=tmp_path, max_k=0)
     with pytest.raises(ValidationError):
         Settings(index_dir=tmp_path, device="tpu")  # type: ignore[arg-type]
+
+
+def test_snapshot_policy_defaults_and_environment(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("SNAPSHOT_EVERY_CHANGES", "SNAPSHOT_EVERY_SECONDS"):
+        clean_env.delenv(f"HISTOSEARCH_{name}", raising=False)
+    defaults = Settings(index_dir=tmp_path)
+    assert defaults.snapshot_every_changes == 1000
+    assert defaults.snapshot_every_seconds == 300
+    clean_env.setenv("HISTOSEARCH_SNAPSHOT_EVERY_CHANGES", "2")
+    clean_env.setenv("HISTOSEARCH_SNAPSHOT_EVERY_SECONDS", "0")
+    settings = Settings(index_dir=tmp_path)
+    assert settings.snapshot_every_changes == 2 and settings.snapshot_every_seconds == 0
+    with pytest.raises(ValidationError):
+        Settings(index_dir=tmp_path, snapshot_every_changes=-1)
+
+
+def test_every_setting_is_described_and_documented() -> None:
+    table = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    for name, field in Settings.model_fields.items():
+        assert field.description, name
+        assert f"`HISTOSEARCH_{name.upper()}`" in table, name

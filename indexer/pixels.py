@@ -1,0 +1,34 @@
+"""From a decoded image file to the pixels and thumbnail an index item stores.
+
+Shared by the archive pipeline and the service's uploads, so that a file indexed from disk and the
+same file uploaded give identical pixels, the same tile box (hence the same content hash) and the
+same thumbnail.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Final
+
+from PIL import Image, ImageOps
+
+from model.preprocess import to_rgb
+
+THUMBNAIL_SIDE: Final = 128
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The loaded image turned as its EXIF orientation says, then 8-bit RGB by `to_rgb`.
+
+    Raises `model.preprocess.UnsupportedPixelsError` (a ValueError) for pixels `to_rgb` refuses.
+    """
+    return to_rgb(ImageOps.exif_transpose(image) or image)
+
+
+def make_thumbnail(rgb: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
+    """A small JPEG for result grids: at most ``side`` pixels on the long edge."""
+    thumbnail = rgb.copy()
+    thumbnail.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    thumbnail.save(buffer, format="JPEG", quality=85, optimize=True)
+    return buffer.getvalue()
