@@ -33,17 +33,19 @@ def run(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
     from indexer.pipeline import model_encoder
+    from indexer.pixels import upright_rgb
     from indexer.store import ArchiveIndex, IndexDirectoryError, SearchFilters
-    from model import load_checkpoint, select_device
+    from model import UnsupportedPixelsError, load_checkpoint, select_device
 
     if args.k < 1:
         log.error("-k must be at least 1")
         return 2
     try:
         with Image.open(args.image) as opened:
-            query = opened.convert("RGB")
+            # The same conversion the indexer and the service apply, so scores agree with theirs.
+            query = upright_rgb(opened)
         index = ArchiveIndex.open(args.index)
-    except (OSError, UnidentifiedImageError, IndexDirectoryError) as error:
+    except (OSError, UnidentifiedImageError, UnsupportedPixelsError, IndexDirectoryError) as error:
         log.error("%s", error)
         return 2
     with index:
