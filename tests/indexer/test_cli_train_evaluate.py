@@ -27,7 +27,7 @@ def test_train_then_evaluate_from_the_command_line(tmp_path: Path, capsys) -> No
     run = tmp_path / "run"
     common = ["--data", str(data)]
     split = ["--validation-groups", "g4", "--test-groups", "g3", "g5"]
-    tiny = ["--input-size", "32", "--preload-size", "40", "--batch-size", "8", "--threads", "2"]
+    tiny = ["--input-size", "32", "--preload-size", "40", "--batch-size", "8", "--threads", "1"]
     assert main(["train", *common, "--out", str(run), "--epochs", "1", *split, *tiny]) == 0
     assert main(["evaluate", *common, "--checkpoint", str(run / "model.pt"), "--ks", "1", "5"]) == 0
     table = capsys.readouterr().out

@@ -10,7 +10,7 @@ from indexer.training import TrainConfig, Trainer, learning_rate_at, train
 from model import load_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-KATHER = SHARED_DATA / "kather2016-texture-240"
+LC25000 = SHARED_DATA / "lc25000-lung-224px"
 
 
 def _write_tiny_dataset(root: Path) -> Path:
@@ -44,7 +44,7 @@ def _tiny_config(tmp_path: Path, **overrides: object) -> TrainConfig:
         "validation_groups": ["g4"],
         "test_groups": ["g5"],
         "validate_every": 1,
-        "threads": 2,
+        "threads": 1,
     }
     settings.update(overrides)
     return TrainConfig(**settings)  # type: ignore[arg-type]
@@ -94,19 +94,20 @@ def test_learning_rate_warms_up_then_decays() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not KATHER.is_dir(), reason="needs ../shared/data/kather2016-texture-240")
+@pytest.mark.skipif(not LC25000.is_dir(), reason="needs ../shared/data/lc25000-lung-224px")
 def test_short_training_beats_random_weights_on_held_out_groups(tmp_path: Path) -> None:
-    # 20 epochs of the 96 training tiles (about 30 s on two idle cores); the budget is in epochs,
-    # not minutes, so a busy machine makes the test slower, never weaker.
+    # Two epochs over the 888 training tiles (about a minute on one core). The budget is in
+    # epochs, not minutes, so a busy machine makes the test slower, never weaker. LC25000 rather
+    # than Kather: 96 Kather training tiles give run-to-run swings larger than the margin tested.
     config = TrainConfig(
-        data=str(KATHER),
+        data=str(LC25000),
         out=str(tmp_path / "run"),
-        epochs=20,
-        validation_groups=["CRC-Prim-HE-04", "CRC-Prim-HE-08"],
-        test_groups=["CRC-Prim-HE-01", "CRC-Prim-HE-03", "CRC-Prim-HE-05", "CRC-Prim-HE-07"],
-        validate_every=5,
-        threads=2,
+        epochs=2,
+        validation_fraction=0.1,
+        test_fraction=0.3,
+        validate_every=100,
+        threads=1,
     )
-    report = evaluate_checkpoint(train(config), KATHER, part="test", ks=(10,))
+    report = evaluate_checkpoint(train(config), LC25000, part="test", ks=(10,))
     precision = {method.name: method.metrics.precision[10] for method in report.methods}
-    assert precision["SPQ codes (ADC)"] > precision["random resnet18"] + 0.02, precision
+    assert precision["SPQ codes (ADC)"] > precision["random resnet18"] + 0.05, precision
