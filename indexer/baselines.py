@@ -51,5 +51,5 @@ class RandomBackboneDescriptor:
     @torch.no_grad()
     def __call__(self, images: list[Image.Image]) -> torch.Tensor:
         batch = preprocess(images, self.card).to(self.device)
-        pooled = self.trunk(batch).mean(dim=(2, 3))
+        pooled = self.trunk(batch)[-1].mean(dim=(2, 3))
         return F.normalize(pooled, dim=1).cpu()

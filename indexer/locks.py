@@ -5,6 +5,28 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import TracebackType
+
+
+class _ReadAccess:
+    """``with lock.reading():`` as a plain class: a search takes it every time, and a generator
+    context manager would cost several times more than the lock itself."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: ReadWriteLock) -> None:
+        self._lock = lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire_read()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self._lock.release_read()
 
 
 class ReadWriteLock:
@@ -15,20 +37,22 @@ class ReadWriteLock:
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        self._read_access = _ReadAccess(self)
 
-    @contextmanager
-    def reading(self) -> Iterator[None]:
+    def reading(self) -> _ReadAccess:
+        return self._read_access
+
+    def acquire_read(self) -> None:
         with self._condition:
             while self._writer or self._writers_waiting:
                 self._condition.wait()
             self._readers += 1
-        try:
-            yield
-        finally:
-            with self._condition:
-                self._readers -= 1
-                if not self._readers:
-                    self._condition.notify_all()
+
+    def release_read(self) -> None:
+        with self._condition:
+            self._readers -= 1
+            if not self._readers:
+                self._condition.notify_all()
 
     @contextmanager
     def writing(self) -> Iterator[None]:

@@ -11,6 +11,7 @@ model's codes are the same numbers.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 
@@ -66,9 +67,10 @@ def normalise_subvectors(vectors: npt.NDArray[np.floating], num_codebooks: int) 
     if array.ndim != 2 or array.shape[1] % num_codebooks:
         raise ValueError(f"expected (N, M*d) descriptors with M={num_codebooks}, got {array.shape}")
     split = array.reshape(array.shape[0], num_codebooks, -1)
-    norms = np.sqrt(np.einsum("nmd,nmd->nm", split, split))[:, :, None]
-    unit = split / np.maximum(norms, _NORM_FLOOR)
-    return np.ascontiguousarray(unit.reshape(array.shape), dtype=np.float32)
+    norms = np.sqrt(np.einsum("nmd,nmd->nm", split, split))
+    # The division makes a new C-ordered float32 array, so the reshape below is a free view.
+    unit: FloatArray = (split / np.maximum(norms, _NORM_FLOOR)[:, :, None]).reshape(array.shape)
+    return unit
 
 
 def lookup_tables(queries: npt.NDArray[np.floating], codebooks: FloatArray) -> FloatArray:
@@ -107,12 +109,21 @@ def gathered_adc(
     values in the same order, so an item gets the same float32 score on every path.
     """
     num_queries, num_codebooks, codebook_size = tables.shape
-    offsets = (np.arange(num_queries) * num_codebooks * codebook_size)[:, None, None] + (
-        np.arange(num_codebooks) * codebook_size
-    )[None, None, :]
-    flat_index = codes[candidates].astype(np.intp) + offsets
-    scores: FloatArray = np.take(tables.ravel(), flat_index).sum(axis=2, dtype=np.float32)
+    offsets = _table_offsets(num_queries, num_codebooks, codebook_size)
+    flat_index = codes[candidates] + offsets  # uint8 + intp -> intp
+    scores: FloatArray = np.take(tables, flat_index).sum(axis=2, dtype=np.float32)
     return scores
+
+
+@functools.lru_cache(maxsize=64)
+def _table_offsets(
+    num_queries: int, num_codebooks: int, codebook_size: int
+) -> npt.NDArray[np.intp]:
+    """(Q, 1, M) offset of each query's sub-space row in its flattened (Q, M, K) table."""
+    rows = np.arange(num_queries * num_codebooks, dtype=np.intp) * codebook_size
+    offsets = rows.reshape(num_queries, 1, num_codebooks)
+    offsets.flags.writeable = False
+    return offsets
 
 
 def decode(codes: CodeArray, codebooks: FloatArray) -> FloatArray:

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
@@ -89,9 +89,12 @@ class SearchFilters:
     exclude_group: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Hit:
-    """One search result: the item id, its exact ADC score (higher is closer) and its record."""
+class Hit(NamedTuple):
+    """One search result: the item id, its exact ADC score (higher is closer) and its record.
+
+    A named tuple rather than a frozen dataclass: k of these are made per search, and a tuple
+    is built several times faster.
+    """
 
     id: int
     score: float

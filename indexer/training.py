@@ -40,7 +40,8 @@ from model import (
     save_checkpoint,
     select_device,
 )
-from model.preprocess import image_to_tensor
+from model.preprocess import image_to_tensor, select_precision
+from model.quantizer import split_subvectors
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class TrainConfig:
     reset_dead_codewords: bool = True
     backbone: str = "resnet18"
     small_input_stem: bool = False
+    stages: list[int] = field(default_factory=lambda: [4])
     pooling: list[str] = field(default_factory=lambda: ["spoc", "mac", "gem"])
     hidden_dim: int = 512
     num_codebooks: int = 8
@@ -84,6 +86,8 @@ class TrainConfig:
     validate_every: int = 10
     checkpoint_every_minutes: float = 2.0
     device: str = "auto"
+    # Mixed precision of the forward and backward pass; losses and codebooks stay float32.
+    precision: str = "auto"
     threads: int | None = None
 
     def model_card(self, dataset_fingerprint: str) -> ModelCard:
@@ -91,6 +95,7 @@ class TrainConfig:
             {
                 "backbone": self.backbone,
                 "small_input_stem": self.small_input_stem,
+                "stages": self.stages,
                 "pooling": self.pooling,
                 "hidden_dim": self.hidden_dim,
                 "num_codebooks": self.num_codebooks,
@@ -214,6 +219,7 @@ class Trainer:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
         self.device = select_device(config.device)
+        self.compute_dtype = select_precision(config.precision, self.device)
         entries = load_entries(Path(config.data))
         self.split = make_split(config, entries)
         train_entries = self.split.entries(entries, "train")
@@ -285,8 +291,9 @@ class Trainer:
         with torch.no_grad():
             view_a = normalize(self.augment(images), self.model.card)
             view_b = normalize(self.augment(images), self.model.card)
-        x_a, z_a = self.model(view_a)
-        x_b, z_b = self.model(view_b)
+        x_a, x_b = self._descriptors(view_a), self._descriptors(view_b)
+        z_a = self.model.quantizer.soft_quantize(x_a)
+        z_b = self.model.quantizer.soft_quantize(x_b)
         self._note_codeword_use(x_a)
         contrastive = self.loss(x_a, z_a, x_b, z_b)
         assignment = self.model.quantizer.soft_assignment(torch.cat([x_a, x_b]))
@@ -300,6 +307,14 @@ class Trainer:
             "cqc": contrastive.item(),
             "regularizer": regularizer.item(),
         }
+
+    def _descriptors(self, views: torch.Tensor) -> torch.Tensor:
+        """The network in the run's precision; quantisation and losses then run in float32,
+        where the soft assignment's exponentials and the contrastive logits keep their detail."""
+        mixed = self.compute_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=mixed):
+            descriptors = self.model.encode(views)
+        return split_subvectors(descriptors.float(), self.model.card.num_codebooks).flatten(1)
 
     def _note_codeword_use(self, descriptors: torch.Tensor) -> None:
         codes = self.model.quantizer.assign(descriptors.detach())

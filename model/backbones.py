@@ -6,7 +6,7 @@ descriptor head can pool the last feature map its own way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,12 @@ class UnknownBackboneError(ValueError):
 @dataclass(frozen=True)
 class BackboneSpec:
     factory: Callable[[], Any]
-    feature_channels: int
+    stage_channels: tuple[int, int, int, int]
     torchvision_weights: str
+
+    @property
+    def feature_channels(self) -> int:
+        return self.stage_channels[-1]
 
 
 def _resnet18() -> Any:
@@ -45,9 +49,9 @@ def _resnet50() -> Any:
 
 
 BACKBONES: dict[str, BackboneSpec] = {
-    "resnet18": BackboneSpec(_resnet18, 512, "ResNet18_Weights.IMAGENET1K_V1"),
-    "resnet34": BackboneSpec(_resnet34, 512, "ResNet34_Weights.IMAGENET1K_V1"),
-    "resnet50": BackboneSpec(_resnet50, 2048, "ResNet50_Weights.IMAGENET2K_V2"),
+    "resnet18": BackboneSpec(_resnet18, (64, 128, 256, 512), "ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": BackboneSpec(_resnet34, (64, 128, 256, 512), "ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": BackboneSpec(_resnet50, (256, 512, 1024, 2048), "ResNet50_Weights.IMAGENET2K_V2"),
 }
 
 
@@ -60,10 +64,17 @@ def backbone_spec(name: str) -> BackboneSpec:
 
 
 class ResNetTrunk(nn.Module):
-    """A torchvision ResNet up to its last residual stage: images -> (N, C, h, w)."""
+    """A torchvision ResNet up to the deepest of ``stages`` (1-4, its residual stages):
+    images -> one (N, C_s, h_s, w_s) feature map per requested stage, shallowest first.
 
-    def __init__(self, resnet: Any, small_input_stem: bool) -> None:
+    Stages deeper than the deepest requested one are not built, so they cost nothing.
+    """
+
+    def __init__(self, resnet: Any, small_input_stem: bool, stages: Sequence[int] = (4,)) -> None:
         super().__init__()
+        self.output_stages = tuple(sorted(set(stages)))
+        if not self.output_stages or not set(self.output_stages) <= {1, 2, 3, 4}:
+            raise ValueError(f"stages must be a non-empty subset of 1, 2, 3, 4, got {stages}")
         if small_input_stem:
             # Tiles of 64-150 px lose most of their detail to the 7x7/2 conv + max-pool stem
             # (stride 4). A 3x3/1 conv without max-pool keeps it, as in CIFAR-style ResNets.
@@ -71,19 +82,26 @@ class ResNetTrunk(nn.Module):
             resnet.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
             resnet.maxpool = nn.Identity()
         self.stem = nn.Sequential(resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool)
-        self.stages = nn.Sequential(resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        layers = (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
+        self.stages = nn.Sequential(*layers[: self.output_stages[-1]])
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features: torch.Tensor = self.stages(self.stem(images))
-        return features
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        features = self.stem(images)
+        outputs = []
+        for number, stage in enumerate(self.stages, start=1):
+            features = stage(features)
+            if number in self.output_stages:
+                outputs.append(features)
+        return outputs
 
 
 def build_backbone(
     name: str,
     small_input_stem: bool,
     weights: Path | str | None = None,
-) -> tuple[ResNetTrunk, int]:
-    """Build a trunk and return it with its number of output channels.
+    stages: Sequence[int] = (4,),
+) -> tuple[ResNetTrunk, list[int]]:
+    """Build a trunk and return it with the channel count of each feature map it returns.
 
     ``weights`` is a local state-dict file, or ``"torchvision"`` for torchvision's ImageNet
     weights (downloaded on first use, so only where the machine can reach the internet).
@@ -93,7 +111,8 @@ def build_backbone(
     resnet = spec.factory()
     if weights is not None:
         _load_backbone_weights(resnet, name, weights, small_input_stem)
-    return ResNetTrunk(resnet, small_input_stem), spec.feature_channels
+    trunk = ResNetTrunk(resnet, small_input_stem, stages)
+    return trunk, [spec.stage_channels[stage - 1] for stage in trunk.output_stages]
 
 
 def _load_backbone_weights(

@@ -16,7 +16,7 @@ PoolingName = Literal["spoc", "mac", "gem", "attention"]
 # ImageNet statistics: the usual choice, and the right one for torchvision's pretrained weights.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-CODE_VERSION = "spq-1"
+CODE_VERSION = "spq-2"
 DEFAULT_POOLING: tuple[PoolingName, ...] = ("spoc", "mac", "gem")
 
 
@@ -27,6 +27,8 @@ class ModelCard(BaseModel):
 
     backbone: str = "resnet18"
     small_input_stem: bool = True
+    # Backbone stages (1-4) whose feature maps feed the global descriptor, shallowest first.
+    stages: list[int] = Field(default_factory=lambda: [4])
     pooling: list[PoolingName] = Field(default_factory=lambda: list(DEFAULT_POOLING))
     hidden_dim: int = Field(default=512, gt=0)
     num_codebooks: int = Field(default=8, gt=0)
@@ -50,6 +52,15 @@ class ModelCard(BaseModel):
             raise ValueError("pooling needs at least one of spoc, mac, gem, attention")
         if len(set(value)) != len(value):
             raise ValueError(f"pooling lists a method twice: {value}")
+        return value
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_are_sorted_backbone_stages(cls, value: list[int]) -> list[int]:
+        if not value or not set(value) <= {1, 2, 3, 4}:
+            raise ValueError(f"stages must be a non-empty subset of 1, 2, 3, 4, got {value}")
+        if sorted(set(value)) != value:
+            raise ValueError(f"stages must be listed once each, shallowest first, got {value}")
         return value
 
     @field_validator("std")
@@ -84,6 +95,7 @@ class ModelCard(BaseModel):
             include={
                 "backbone",
                 "small_input_stem",
+                "stages",
                 "pooling",
                 "hidden_dim",
                 "num_codebooks",

@@ -65,18 +65,39 @@ def make_pool(name: str, channels: int) -> nn.Module:
     raise ValueError(f"unknown pooling {name!r}; valid: attention, gem, mac, spoc")
 
 
-class CombinedGlobalDescriptor(nn.Module):
-    """(N, C, h, w) feature map -> (N, len(pooling) * branch_dim) unit-length descriptor."""
+class DescriptorBranch(nn.Module):
+    """One pooling of one stage's feature map, projected and L2-normalised."""
 
-    def __init__(self, channels: int, pooling: Sequence[str], branch_dim: int) -> None:
+    def __init__(self, stage_position: int, pool: nn.Module, projection: nn.Linear) -> None:
         super().__init__()
-        self.pools = nn.ModuleList(make_pool(name, channels) for name in pooling)
-        self.projections = nn.ModuleList(nn.Linear(channels, branch_dim) for _ in pooling)
-        self.output_dim = branch_dim * len(pooling)
+        self.stage_position = stage_position
+        self.pool = pool
+        self.projection = projection
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        branches = [
-            F.normalize(projection(pool(features)), dim=-1)
-            for pool, projection in zip(self.pools, self.projections, strict=True)
-        ]
+    def forward(self, feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        pooled = self.pool(feature_maps[self.stage_position])
+        return F.normalize(self.projection(pooled), dim=-1)
+
+
+class CombinedGlobalDescriptor(nn.Module):
+    """Feature maps [(N, C_s, h_s, w_s) per stage] -> (N, output_dim) unit-length descriptor.
+
+    Every pooling method is applied to every stage's map; each (stage, method) branch has its own
+    linear layer and L2 norm. Shallow stages pooled without order keep colour and fine texture
+    statistics (orderless, so unchanged by rotation), which the deepest map of a small tile blurs.
+    """
+
+    def __init__(
+        self, stage_channels: Sequence[int], pooling: Sequence[str], branch_dim: int
+    ) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(
+            DescriptorBranch(position, make_pool(name, channels), nn.Linear(channels, branch_dim))
+            for position, channels in enumerate(stage_channels)
+            for name in pooling
+        )
+        self.output_dim = branch_dim * len(self.branches)
+
+    def forward(self, feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
+        branches = [branch(feature_maps) for branch in self.branches]
         return F.normalize(torch.cat(branches, dim=-1), dim=-1)

@@ -121,3 +121,28 @@ def select_device(preference: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {preference!r} requested but CUDA is not available")
     return device
+
+
+def bfloat16_is_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively (CUDA with bf16 support, or a
+    CPU with AVX512-BF16 or AMX through oneDNN), where mixed precision trains 1.5-2x faster."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch build without oneDNN
+            return False
+    return False
+
+
+def select_precision(preference: str, device: torch.device) -> torch.dtype:
+    """ "auto" picks bfloat16 where the device computes it natively, else float32; "bf16" and
+    "fp32" are taken as asked."""
+    if preference == "fp32":
+        return torch.float32
+    if preference == "bf16":
+        return torch.bfloat16
+    if preference == "auto":
+        return torch.bfloat16 if bfloat16_is_native(device) else torch.float32
+    raise ValueError(f"precision must be auto, bf16 or fp32, got {preference!r}")

@@ -24,11 +24,11 @@ class SPQModel(nn.Module):
     def __init__(self, card: ModelCard, backbone_weights: Path | str | None = None) -> None:
         super().__init__()
         self.card = card
-        self.trunk, channels = build_backbone(
-            card.backbone, card.small_input_stem, backbone_weights
+        self.trunk, stage_channels = build_backbone(
+            card.backbone, card.small_input_stem, backbone_weights, card.stages
         )
-        branch_dim = max(1, card.hidden_dim // len(card.pooling))
-        self.global_descriptor = CombinedGlobalDescriptor(channels, card.pooling, branch_dim)
+        branch_dim = max(1, card.hidden_dim // (len(card.pooling) * len(card.stages)))
+        self.global_descriptor = CombinedGlobalDescriptor(stage_channels, card.pooling, branch_dim)
         self.projection = nn.Sequential(
             nn.Linear(self.global_descriptor.output_dim, card.hidden_dim),
             nn.ReLU(inplace=True),

@@ -124,6 +124,15 @@ def register(subparsers: Any) -> None:
         "or 'torchvision' to download ImageNet weights",
     )
     net.add_argument(
+        "--stages",
+        nargs="+",
+        type=int,
+        default=[4],
+        choices=[1, 2, 3, 4],
+        help="backbone stages whose feature maps are pooled into the descriptor, shallowest "
+        "first; stages deeper than the last one are not built (default: 4)",
+    )
+    net.add_argument(
         "--pooling",
         nargs="+",
         default=["spoc", "mac", "gem"],
@@ -185,6 +194,13 @@ def register(subparsers: Any) -> None:
         help="smallest random crop, as a share of the image area (default: 0.25)",
     )
     augment.add_argument(
+        "--rotation-degrees",
+        type=float,
+        default=0.0,
+        help="random rotation by up to this many degrees either way, on top of the 90-degree "
+        "turns and flips, borders reflected (default: 0, off)",
+    )
+    augment.add_argument(
         "--colour-strength",
         type=float,
         default=0.1,
@@ -208,6 +224,14 @@ def register(subparsers: Any) -> None:
         default="auto",
         help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)",
     )
+    net.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="arithmetic of the network during training: auto uses bfloat16 mixed precision "
+        "where the GPU or CPU computes it natively (AVX512-BF16, AMX), else float32; losses and "
+        "codebooks are always float32 (default: auto)",
+    )
     net.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.set_defaults(handler=run)
 
@@ -230,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
         reset_dead_codewords=args.reset_dead_codewords,
         augmentation=AugmentationConfig(
             min_crop_scale=args.min_crop_scale,
+            rotation_degrees=args.rotation_degrees,
+            rotation_p=0.8 if args.rotation_degrees > 0 else 0.0,
             colour_strength=args.colour_strength,
             hed_scale=args.hed_strength,
             hed_shift=args.hed_strength,
@@ -237,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
         ).as_dict(),
         backbone=args.backbone,
         small_input_stem=args.small_input_stem,
+        stages=sorted(set(args.stages)),
         pooling=args.pooling,
         num_codebooks=args.num_codebooks,
         codebook_size=args.codebook_size,
@@ -252,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         validate_every=args.validate_every,
         checkpoint_every_minutes=args.checkpoint_every_minutes,
         device=args.device,
+        precision=args.precision,
         threads=args.threads,
     )
     final = train(config, resume=args.resume)

@@ -20,3 +20,13 @@ def random_resized_crop(size: int, min_scale: float) -> nn.Module:
         (size, size), scale=(min_scale, 1.0), ratio=(3 / 4, 4 / 3)
     )
     return module
+
+
+def random_rotation(max_degrees: float, p: float) -> nn.Module:
+    """Rotation by up to ``max_degrees`` either way, borders filled by reflection.
+
+    Reflected tissue is still tissue, where zero padding would add black corners that no real
+    tile has. Applied before the crop, most of the reflected border is cropped away.
+    """
+    module: nn.Module = K.RandomAffine(degrees=max_degrees, padding_mode="reflection", p=p)
+    return module

@@ -38,6 +38,20 @@ def test_card_rejects_bad_values() -> None:
         ModelCard(pooling=[])
     with pytest.raises(ValueError):
         ModelCard(pooling=["avg"])  # type: ignore[list-item]
+    with pytest.raises(ValueError, match="stages"):
+        ModelCard(stages=[5])
+    with pytest.raises(ValueError, match="shallowest first"):
+        ModelCard(stages=[3, 2])
+
+
+def test_shallow_stages_feed_the_descriptor_and_deeper_ones_are_not_built() -> None:
+    torch.manual_seed(0)
+    card = SMALL_CARD.model_copy(update={"stages": [2, 3]})
+    shallow = build_model(card).eval()
+    names = {name.split(".")[2] for name, _ in shallow.trunk.stages.named_parameters(prefix="x.y")}
+    assert names == {"0", "1", "2"}  # layer1..layer3, no layer4
+    assert shallow.card.parameter_count < build_model(SMALL_CARD).card.parameter_count / 2
+    assert shallow.encode(torch.randn(2, 3, 32, 32)).shape == (2, card.descriptor_dim)
 
 
 def test_card_round_trips_through_json() -> None:

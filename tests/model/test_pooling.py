@@ -30,10 +30,22 @@ def test_attention_with_constant_scores_is_the_mean(features: torch.Tensor) -> N
 
 
 def test_combined_descriptor_is_unit_length_and_sized_by_branches(features: torch.Tensor) -> None:
-    head = CombinedGlobalDescriptor(channels=5, pooling=["spoc", "mac", "gem"], branch_dim=7)
-    out = head(features)
+    head = CombinedGlobalDescriptor([5], pooling=["spoc", "mac", "gem"], branch_dim=7)
+    out = head([features])
     assert out.shape == (2, 21) and head.output_dim == 21
     torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+
+
+def test_combined_descriptor_pools_every_stage_with_every_method(features: torch.Tensor) -> None:
+    deeper = torch.rand(2, 9, 2, 2) + 0.1
+    head = CombinedGlobalDescriptor([5, 9], pooling=["spoc", "gem"], branch_dim=3)
+    out = head([features, deeper])
+    assert out.shape == (2, 12) and head.output_dim == 12
+    torch.testing.assert_close(out.norm(dim=1), torch.ones(2))
+    # Each stage's branches see only that stage: changing the deep map leaves the shallow half.
+    changed = head([features, torch.rand(2, 9, 2, 2) + 0.1])
+    torch.testing.assert_close(changed[:, :6], out[:, :6])
+    assert not torch.allclose(changed[:, 6:], out[:, 6:])
 
 
 def test_unknown_pooling_lists_the_valid_ones() -> None:
