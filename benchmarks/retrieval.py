@@ -49,9 +49,9 @@ class DatasetPlan:
 # was trained, so that test and validation queries can find their class in another group:
 # test = 01, 03, 05, 07 (101 images, 7 classes), validation = 04, 08 (43 images), and the
 # remaining 02, 06, 09, 10 (96 images, all 8 classes) train without labels.
-# Budget: with 96 training tiles the validation curve flattens after about 50 epochs (about 1.5
-# minutes); a 9-minute run scored no better on validation, so Kather gets 4 minutes and LC25000,
-# whose validation P@10 was still rising after 9 minutes, gets 14 (18 minutes in all).
+# Budget: with 96 training tiles the validation curve flattens after about 50-100 epochs (about a
+# minute at bfloat16 on two cores); Kather gets 4 minutes and LC25000, whose validation P@10 was
+# still rising after 6 minutes, gets 15 (19 minutes in all, under the 20-minute budget).
 KATHER = DatasetPlan(
     name="kather",
     folder="kather2016-texture-240",
@@ -68,7 +68,7 @@ KATHER = DatasetPlan(
 LC25000 = DatasetPlan(
     name="lc25000",
     folder="lc25000-lung-224px",
-    minutes=14.0,
+    minutes=15.0,
     settings={
         "validation_fraction": 0.1,
         "test_fraction": 0.3,
@@ -97,12 +97,16 @@ def run_dataset(plan: DatasetPlan, minutes: float | None, threads: int | None) -
     report = evaluate_checkpoint(checkpoint, data, part="test")
     write_report(report, out)
     history = json.loads((out / "history.json").read_text())
+    resolved = json.loads((out / "config.json").read_text())
     return {
         "dataset": plan.folder,
         "training": {
             "budget_minutes": minutes,
             "wall_seconds": training_wall_s,
             "epochs": len(history),
+            "device": resolved["device"],
+            "compute_dtype": resolved["compute_dtype"],
+            "torch_threads": torch.get_num_threads(),
             "train_images_per_second": _median([row["images_per_s"] for row in history]),
             "config": asdict(config),
         },
@@ -122,14 +126,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--minutes",
         type=float,
-        help="training budget per dataset in minutes (default: 4 for Kather, 14 for LC25000)",
+        help="training budget per dataset in minutes (default: 4 for Kather, 15 for LC25000)",
     )
-    # One thread: on a shared machine two threads with less than two free cores spin-wait at every
-    # parallel region and trained 5-10x slower (3-6 instead of about 40 images/s here).
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
+    # On a machine shared with other jobs, pass --threads 1: torch threads without a free core
+    # each spin-wait at every parallel region and train several times slower.
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results = {name: run_dataset(PLANS[name], args.minutes, args.threads) for name in args.datasets}
     total_minutes = sum(r["training"]["wall_seconds"] for r in results.values()) / 60
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -140,7 +145,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         training = result["training"]
         print(
             f"\n## {name}: trained {training['wall_seconds'] / 60:.1f} min, "
-            f"{training['epochs']} epochs, {training['train_images_per_second']:.0f} images/s"
+            f"{training['epochs']} epochs, {training['train_images_per_second']:.0f} images/s "
+            f"({training['device']}, {training['compute_dtype']}, "
+            f"{training['torch_threads']} threads)"
         )
         print(result["table"])
     print(f"total training time: {total_minutes:.1f} min")

@@ -40,6 +40,7 @@ from model import (
     save_checkpoint,
     select_device,
 )
+from model.card import DEFAULT_STAGES
 from model.preprocess import image_to_tensor, select_precision
 from model.quantizer import split_subvectors
 
@@ -68,7 +69,7 @@ class TrainConfig:
     reset_dead_codewords: bool = True
     backbone: str = "resnet18"
     small_input_stem: bool = False
-    stages: list[int] = field(default_factory=lambda: [4])
+    stages: list[int] = field(default_factory=lambda: list(DEFAULT_STAGES))
     pooling: list[str] = field(default_factory=lambda: ["spoc", "mac", "gem"])
     hidden_dim: int = 512
     num_codebooks: int = 8
@@ -260,6 +261,7 @@ class Trainer:
             "num_train_images": int(self.train_images.shape[0]),
             "num_validation_images": 0 if self.validation is None else len(self.validation.labels),
             "device": str(self.device),
+            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
             "model_card": self.model.card.model_dump(mode="json"),
         }
         (self.out / "config.json").write_text(json.dumps(resolved, indent=2))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from indexer.training import TrainConfig
 
 DESCRIPTION = """\
 Train an SPQ model without labels: two augmented views of each training image, Cross Quantized
@@ -51,18 +54,21 @@ def register(subparsers: Any) -> None:
         "--validation-fraction",
         type=float,
         default=0.15,
-        help="share of groups for validation when none are named (default: 0.15)",
+        help="share of groups for validation when none are named (default: %(default)s)",
     )
     data.add_argument(
         "--test-fraction",
         type=float,
         default=0.3,
-        help="share of groups for testing when none are named (default: 0.3)",
+        help="share of groups for testing when none are named (default: %(default)s)",
     )
 
     budget = parser.add_argument_group("budget and schedule")
     budget.add_argument(
-        "--epochs", type=int, default=300, help="maximum number of epochs (default: 300)"
+        "--epochs",
+        type=int,
+        default=300,
+        help="maximum number of epochs (default: %(default)s)",
     )
     budget.add_argument(
         "--minutes",
@@ -73,26 +79,32 @@ def register(subparsers: Any) -> None:
     budget.add_argument(
         "--batch-size",
         type=int,
-        default=64,
-        help="images per step; each gives two views (default: 64)",
+        default=32,
+        help="images per step; each gives two views (default: %(default)s)",
     )
     budget.add_argument(
         "--learning-rate",
         type=float,
-        default=1e-3,
-        help="peak Adam learning rate, after warm-up, cosine decay (default: 1e-3)",
+        default=0.001,
+        help="peak Adam learning rate, after warm-up, cosine decay (default: %(default)s)",
     )
     budget.add_argument(
-        "--weight-decay", type=float, default=1e-5, help="Adam weight decay (default: 1e-5)"
+        "--weight-decay",
+        type=float,
+        default=1e-05,
+        help="Adam weight decay (default: %(default)s)",
     )
     budget.add_argument(
-        "--validate-every", type=int, default=10, help="epochs between validations (default: 10)"
+        "--validate-every",
+        type=int,
+        default=10,
+        help="epochs between validations (default: %(default)s)",
     )
     budget.add_argument(
         "--checkpoint-every-minutes",
         type=float,
         default=2.0,
-        help="minutes between last.pt saves (default: 2)",
+        help="minutes between last.pt saves (default: %(default)s)",
     )
     budget.add_argument(
         "--resume",
@@ -103,20 +115,20 @@ def register(subparsers: Any) -> None:
         "--seed",
         type=int,
         default=0,
-        help="random seed for split, initialisation and augmentation (default: 0)",
+        help="random seed for split, initialisation and augmentation (default: %(default)s)",
     )
 
     net = parser.add_argument_group("model")
     net.add_argument(
         "--backbone",
         default="resnet18",
-        help="backbone name: resnet18, resnet34, resnet50 (default: resnet18)",
+        help="backbone name: resnet18, resnet34, resnet50 (default: %(default)s)",
     )
     net.add_argument(
         "--small-input-stem",
         action=argparse.BooleanOptionalAction,
         default=False,
-        help="3x3 stride-1 stem without max-pool, for small tiles (slower; default: off)",
+        help="3x3 stride-1 stem without max-pool, for small tiles (slower; default: %(default)s)",
     )
     net.add_argument(
         "--backbone-weights",
@@ -127,102 +139,110 @@ def register(subparsers: Any) -> None:
         "--stages",
         nargs="+",
         type=int,
-        default=[4],
+        default=[2, 3],
         choices=[1, 2, 3, 4],
         help="backbone stages whose feature maps are pooled into the descriptor, shallowest "
-        "first; stages deeper than the last one are not built (default: 4)",
+        "first; stages deeper than the last one are not built (default: %(default)s)",
     )
     net.add_argument(
         "--pooling",
         nargs="+",
         default=["spoc", "mac", "gem"],
         choices=["spoc", "mac", "gem", "attention"],
-        help="global descriptors to combine (default: spoc mac gem)",
+        help="global descriptors to combine (default: %(default)s)",
     )
     net.add_argument(
         "--input-size",
         type=int,
         default=64,
-        help="side in pixels of the network input (default: 64)",
+        help="side in pixels of the network input (default: %(default)s)",
     )
     net.add_argument(
         "--preload-size",
         type=int,
         default=128,
-        help="side at which images are kept in memory and cropped from (default: 128)",
+        help="side at which images are kept in memory and cropped from (default: %(default)s)",
     )
-    net.add_argument("--num-codebooks", type=int, default=8, help="M, sub-spaces (default: 8)")
+    net.add_argument(
+        "--num-codebooks",
+        type=int,
+        default=8,
+        help="M, sub-spaces (default: %(default)s)",
+    )
     net.add_argument(
         "--codebook-size",
         type=int,
         default=16,
-        help="K, codewords per sub-space, a power of two (default: 16)",
+        help="K, codewords per sub-space, a power of two (default: %(default)s)",
     )
     net.add_argument(
-        "--codeword-dim", type=int, default=16, help="d, dimensions per sub-space (default: 16)"
+        "--codeword-dim",
+        type=int,
+        default=16,
+        help="d, dimensions per sub-space (default: %(default)s)",
     )
     net.add_argument(
         "--soft-quantization-scale",
         type=float,
         default=5.0,
-        help="multiplies squared distances in the soft assignment softmax (default: 5)",
+        help="multiplies squared distances in the soft assignment softmax (default: %(default)s)",
     )
     net.add_argument(
         "--temperature",
         type=float,
         default=0.5,
-        help="CQC loss temperature dividing cosine similarities (default: 0.5)",
+        help="CQC loss temperature dividing cosine similarities (default: %(default)s)",
     )
     net.add_argument(
         "--codeword-regularizer",
         type=float,
         default=1.0,
-        help="weight of the codeword-usage regulariser, 0 to disable (default: 1)",
+        help="weight of the codeword-usage regulariser, 0 to disable (default: %(default)s)",
     )
     net.add_argument(
         "--reset-dead-codewords",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="move codewords no code used in an epoch onto the data, during the first half of "
-        "training (default: on)",
+        "training (default: %(default)s)",
     )
     augment = parser.add_argument_group("augmentation (two views per image)")
     augment.add_argument(
         "--min-crop-scale",
         type=float,
         default=0.25,
-        help="smallest random crop, as a share of the image area (default: 0.25)",
+        help="smallest random crop, as a share of the image area (default: %(default)s)",
     )
     augment.add_argument(
         "--rotation-degrees",
         type=float,
         default=0.0,
         help="random rotation by up to this many degrees either way, on top of the 90-degree "
-        "turns and flips, borders reflected (default: 0, off)",
+        "turns and flips, borders reflected (default: %(default)s)",
     )
     augment.add_argument(
         "--colour-strength",
         type=float,
         default=0.1,
         help="brightness/contrast/saturation jitter; 0.4 is SimCLR's, which erases the colour "
-        "cues that separate H&E tissue types (default: 0.1)",
+        "cues that separate H&E tissue types (default: %(default)s)",
     )
     augment.add_argument(
         "--hed-strength",
         type=float,
         default=0.03,
-        help="stain jitter: scale and shift of haematoxylin/eosin amounts (default: 0.03)",
+        help="stain jitter: scale and shift of haematoxylin/eosin amounts (default: %(default)s)",
     )
     augment.add_argument(
         "--grayscale-p",
         type=float,
         default=0.0,
-        help="probability of a grey view (default: 0)",
+        help="probability of a grey view (default: %(default)s)",
     )
     net.add_argument(
         "--device",
         default="auto",
-        help="auto (CUDA if available), cpu, cuda or cuda:N (default: auto)",
+        help="auto (CUDA if available), cpu, cuda or cuda:N (default: %(default)s)",
     )
     net.add_argument(
         "--precision",
@@ -230,17 +250,18 @@ def register(subparsers: Any) -> None:
         choices=["auto", "bf16", "fp32"],
         help="arithmetic of the network during training: auto uses bfloat16 mixed precision "
         "where the GPU or CPU computes it natively (AVX512-BF16, AMX), else float32; losses and "
-        "codebooks are always float32 (default: auto)",
+        "codebooks are always float32 (default: %(default)s)",
     )
     net.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from indexer.training import TrainConfig, train
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The run's settings; options not given take TrainConfig's defaults (a test checks)."""
+    from indexer.training import TrainConfig
     from model import AugmentationConfig
 
-    config = TrainConfig(
+    return TrainConfig(
         data=args.data,
         out=args.out,
         epochs=args.epochs,
@@ -282,6 +303,11 @@ def run(args: argparse.Namespace) -> int:
         precision=args.precision,
         threads=args.threads,
     )
-    final = train(config, resume=args.resume)
+
+
+def run(args: argparse.Namespace) -> int:
+    from indexer.training import train
+
+    final = train(config_from_args(args), resume=args.resume)
     print(f"model written to {final}")
     return 0

@@ -1,4 +1,5 @@
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,13 @@ def test_short_training_beats_random_weights_on_held_out_groups(tmp_path: Path) 
     report = evaluate_checkpoint(train(config), LC25000, part="test", ks=(10,))
     precision = {method.name: method.metrics.precision[10] for method in report.methods}
     assert precision["SPQ codes (ADC)"] > precision["random resnet18"] + 0.05, precision
+
+
+def test_bfloat16_training_gives_finite_losses_and_float32_weights(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path, precision="bf16", epochs=1)
+    final = train(config)
+    history = json.loads((Path(config.out) / "history.json").read_text())
+    assert all(math.isfinite(row["loss"]) for row in history)
+    model = load_checkpoint(final)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+    assert model.card.training["precision"] == "bf16"

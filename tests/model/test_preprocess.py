@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from model import ModelCard, UnsupportedPixelsError, preprocess, select_device, to_rgb
+from model.preprocess import bfloat16_is_native, select_precision
 
 CARD = ModelCard(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
@@ -83,3 +84,13 @@ def test_select_device_prefers_cpu_without_cuda() -> None:
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="CUDA"):
             select_device("cuda")
+
+
+def test_precision_is_taken_as_asked_or_chosen_by_the_device() -> None:
+    cpu = torch.device("cpu")
+    assert select_precision("fp32", cpu) == torch.float32
+    assert select_precision("bf16", cpu) == torch.bfloat16
+    native = torch.bfloat16 if bfloat16_is_native(cpu) else torch.float32
+    assert select_precision("auto", cpu) == native
+    with pytest.raises(ValueError, match="auto, bf16 or fp32"):
+        select_precision("fp16", cpu)
