@@ -131,7 +131,7 @@ def evaluate_checkpoint(
 def markdown_table(report: EvaluationReport, k: int = 10) -> str:
     """One row per method: P@k, mAP@k, majority-vote accuracy@k, near-duplicate top-1."""
     lines = [
-        f"Dataset `{report.dataset}`, {report.part} part: {report.num_images} images in "
+        f"Dataset `{Path(report.dataset).name}`, {report.part} part: {report.num_images} images in "
         f"{report.num_groups} groups; PQ codes of {report.bits} bits; gallery excludes the "
         "query's own group.",
         "",
