@@ -13,6 +13,9 @@ codes, not on where they came from. In the same process and on the same codes it
 - ``flat_ip``: exact float search (`IndexFlatIP`) over as many float vectors, for the memory and
   speed the codes save.
 
+Batch timings are the best of several passes, the methods taking turns; one-query timings are
+medians over every query, each query run by every method in turn.
+
 Start-up and memory are measured in a fresh subprocess: time from process start until one search
 has answered, and resident memory added by opening the index, per item.
 Results: a table on stdout and ``benchmarks/results/index_scale.json``.
@@ -90,17 +93,51 @@ def build_index(directory: Path, count: int) -> float:
 def per_query_us(
     search: Callable[[FloatArray], object], queries: FloatArray, single: bool
 ) -> float:
-    """Best of three runs, in microseconds per query (one call per query when ``single``)."""
-    best = float("inf")
-    for _ in range(3):
-        started = time.perf_counter()
-        if single:
-            for row in range(len(queries)):
-                search(queries[row : row + 1])
-        else:
-            search(queries)
-        best = min(best, time.perf_counter() - started)
-    return best / len(queries) * 1e6
+    """One timed pass, in microseconds per query (one call per query when ``single``)."""
+    started = time.perf_counter()
+    if single:
+        for row in range(len(queries)):
+            search(queries[row : row + 1])
+    else:
+        search(queries)
+    return (time.perf_counter() - started) / len(queries) * 1e6
+
+
+Timed = tuple[Callable[[FloatArray], object], FloatArray, bool]  # search, queries, one by one
+Search = Callable[[FloatArray], object]
+
+
+def median_single_query_us(
+    searches: dict[str, tuple[Search, FloatArray]], rounds: int = 3
+) -> dict[str, float]:
+    """Median microseconds of one query, every method timed on each query in turn.
+
+    Per-query turns give each method the same moment of a shared machine, and the median over
+    ``rounds`` x queries ignores the bursts that a mean or a single pass would absorb.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in searches}
+    count = min(len(queries) for _, queries in searches.values())
+    for _ in range(rounds):
+        for row in range(count):
+            for name, (search, queries) in searches.items():
+                query = queries[row : row + 1]
+                started = time.perf_counter()
+                search(query)
+                samples[name].append((time.perf_counter() - started) * 1e6)
+    return {name: float(np.median(values)) for name, values in samples.items()}
+
+
+def best_of_interleaved(timed: dict[str, Timed], rounds: int) -> dict[str, float]:
+    """Best pass of each search over ``rounds`` rounds, the searches taking turns in each round.
+
+    Taking turns puts every method under the same bursts of a shared machine; the best pass is
+    the least disturbed one.
+    """
+    best = dict.fromkeys(timed, float("inf"))
+    for _ in range(rounds):
+        for name, (search, queries, single) in timed.items():
+            best[name] = min(best[name], per_query_us(search, queries, single))
+    return best
 
 
 def measure_search(directory: Path, count: int, queries: FloatArray, k: int) -> dict[str, Any]:
@@ -117,19 +154,41 @@ def measure_search(directory: Path, count: int, queries: FloatArray, k: int) -> 
     del floats
     label_filter = SearchFilters(label="class-3", exclude_group="patient-7")
     few = unit[: max(20, len(unit) // 10)]  # the slow exact baselines get fewer queries
-    timings: dict[str, float] = {}
-    for mode, single in (("batch", False), ("single", True)):
-        timings[f"ours_{mode}"] = per_query_us(
-            lambda q: index.search(q, k, with_records=False), queries, single
-        )
-        timings[f"faiss_fastscan_{mode}"] = per_query_us(lambda q: scan.search(q, k), unit, single)
-        timings[f"faiss_refine_{mode}"] = per_query_us(lambda q: refine.search(q, k), unit, single)
-    timings["ours_filtered_batch"] = per_query_us(
-        lambda q: index.search(q, k, label_filter, with_records=False), queries, False
+    timings = best_of_interleaved(
+        {
+            "ours_batch": (lambda q: index.search(q, k, with_records=False), queries, False),
+            "faiss_fastscan_batch": (lambda q: scan.search(q, k), unit, False),
+            "faiss_refine_batch": (lambda q: refine.search(q, k), unit, False),
+        },
+        rounds=7,
     )
-    timings["ours_with_records_single"] = per_query_us(lambda q: index.search(q, k), queries, True)
-    timings["faiss_pq_batch"] = per_query_us(lambda q: flat_pq.search(q, k), few, False)
-    timings["flat_ip_batch"] = per_query_us(lambda q: flat_ip.search(q, k), few, False)
+    timings |= {
+        f"{name}_single": value
+        for name, value in median_single_query_us(
+            {
+                "ours": (lambda q: index.search(q, k, with_records=False), queries),
+                "faiss_fastscan": (lambda q: scan.search(q, k), unit),
+                "faiss_refine": (lambda q: refine.search(q, k), unit),
+            }
+        ).items()
+    }
+    timings |= best_of_interleaved(
+        {
+            "ours_filtered_batch": (
+                lambda q: index.search(q, k, label_filter, with_records=False),
+                queries,
+                False,
+            ),
+            "faiss_pq_batch": (lambda q: flat_pq.search(q, k), few, False),
+            "flat_ip_batch": (lambda q: flat_ip.search(q, k), few, False),
+        },
+        rounds=3,
+    )
+    timings |= {
+        "ours_with_records_single": median_single_query_us(
+            {"ours": (lambda q: index.search(q, k), queries)}
+        )["ours"]
+    }
     memory = {
         "ours_table_bytes_per_item": index.stats().memory_bytes / count,
         "flat_ip_bytes_per_item": float(M * D_SUB * 4),

@@ -3,9 +3,11 @@
 Items live at positions 0..n-1 in increasing id order (ids come from SQLite's AUTOINCREMENT and are
 never reused), so an id is found by binary search and no id-to-position map costs memory.
 
-Searching asks FAISS for a shortlist and re-ranks it with exact ADC in numpy:
+Searching asks FAISS for a shortlist and re-ranks it with exact ADC:
 - FastScan (K=16) scores with 8-bit quantised lookup tables, so its order and scores are
-  approximate; the exact re-rank makes the returned scores the model's own ADC scores.
+  approximate; the exact re-rank makes the returned scores the model's own ADC scores. With
+  nothing filtered or removed, FAISS re-ranks (`IndexRefine` over a flat `IndexPQ` of the same
+  codes); otherwise numpy does, over the items that pass.
 - FastScan cannot remove ids and takes no ID selector, so removed items are tombstones and filters
   are masks, both applied to the shortlist (which is grown until k items survive). `compact()`
   drops tombstones for good. When a filter leaves few items, scanning them exactly is cheaper.
@@ -26,6 +28,7 @@ from indexer.pq import (
     FloatArray,
     IdArray,
     decode,
+    flat_pq_index,
     gathered_adc,
     normalise_subvectors,
     pack_codes,
@@ -40,8 +43,11 @@ _Element = TypeVar("_Element", bound=np.generic)
 
 NO_TERM = -1
 # Extra shortlist entries beyond k that absorb FastScan's table-quantisation error before the
-# exact re-rank; measured on seeded vectors (tests/indexer/test_codetable.py).
-RERANK_MARGIN = 16
+# exact re-rank. An item is missed only when that error (up to M * span / 510 for 8-bit tables)
+# hides it behind more than this many others: with 32-bit codes, blocks of items sharing one code
+# fill a shortlist quickly (tests/indexer/test_model_parity.py has blocks of 15-20). The re-rank
+# runs in FAISS's C++, so a wide margin costs about a microsecond.
+RERANK_MARGIN = 48
 # A filter leaving at most max(EXACT_SCAN_MIN, size / EXACT_SCAN_DIVISOR) items is answered by
 # scanning them exactly in numpy (~0.1 us per item), cheaper then than a FastScan pass over all
 # items (~0.5 ns per item) plus a re-rank of a shortlist grown by 1 / (share of eligible items).
@@ -85,7 +91,24 @@ class CodeTable:
         self._terms = Columns.empty()
         self._alive: BoolArray = np.empty(0, dtype=bool)
         self._removed = 0
-        self._scan = scan_index(codebooks, np.empty((0, 1), dtype=np.uint8))
+        self._build_scan(np.empty((0, 1), dtype=np.uint8))
+
+    def _build_scan(self, packed: CodeArray) -> None:
+        """The FAISS structures over the packed codes, in position order.
+
+        ``_scan`` gives shortlists (FastScan, approximate, where K=16 allows it); ``_ranker`` gives
+        exact ADC top-k: FAISS's own re-rank of a FastScan shortlist with a flat `IndexPQ` over
+        the same codes (C++, several times cheaper than re-ranking in numpy), or the flat
+        `IndexPQ` itself when it is the scan.
+        """
+        self._scan = scan_index(self.codebooks, packed)
+        self._exact: faiss.IndexPQ | None = None
+        self._ranker: faiss.Index = self._scan
+        if not isinstance(self._scan, faiss.IndexPQ):
+            self._exact = flat_pq_index(self.codebooks, packed)
+            refine = faiss.IndexRefine(self._scan, self._exact)
+            refine.k_factor = 1.0  # callers ask for the shortlist length they want re-ranked
+            self._ranker = refine
 
     # ---- size and contents -------------------------------------------------------------------
 
@@ -129,7 +152,8 @@ class CodeTable:
         """Bytes held by the arrays and the FAISS scan index (capacity included)."""
         arrays = (self._codes, self._ids, self._alive, *self._column_arrays())
         scan: Any = faiss.downcast_index(self._scan)
-        return sum(a.nbytes for a in arrays) + int(scan.codes.size())
+        exact = 0 if self._exact is None else int(self._exact.codes.size())
+        return sum(a.nbytes for a in arrays) + int(scan.codes.size()) + exact
 
     def _column_arrays(self) -> tuple[TermArray, TermArray, TermArray]:
         return self._terms.labels, self._terms.datasets, self._terms.groups
@@ -151,8 +175,9 @@ class CodeTable:
             target[self._size : end] = source
         self._alive[self._size : end] = True
         for start in range(0, count, _ADD_CHUNK):
-            # FAISS re-encodes the codewords to exactly the codes they came from.
-            self._scan.add(decode(codes[start : start + _ADD_CHUNK], self.codebooks))
+            # FAISS re-encodes the codewords to exactly the codes they came from; the ranker adds
+            # to the scan index and to the exact one alike.
+            self._ranker.add(decode(codes[start : start + _ADD_CHUNK], self.codebooks))
         self._size = end
 
     def remove(self, item_ids: npt.ArrayLike) -> int:
@@ -178,7 +203,7 @@ class CodeTable:
         self._terms = Columns(*(np.ascontiguousarray(a, dtype=np.int32) for a in _arrays_of(terms)))
         self._alive = np.ones(self._size, dtype=bool)
         self._removed = 0
-        self._scan = scan_index(self.codebooks, pack_codes(self._codes, self.codebook_size))
+        self._build_scan(pack_codes(self._codes, self.codebook_size))
 
     def _reserve(self, needed: int) -> None:
         capacity = len(self._ids)
@@ -222,58 +247,71 @@ class CodeTable:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         unit = normalise_subvectors(queries, self.num_codebooks)
-        tables = unit_lookup_tables(unit, self.codebooks)
         available = self._size if eligible is None else int(np.count_nonzero(eligible))
         found = min(k, available)
         if found == 0:
-            top_scores = np.empty((len(tables), 0), dtype=np.float32)
-            top_positions = np.empty((len(tables), 0), dtype=np.intp)
-        elif eligible is not None and available <= max(
-            EXACT_SCAN_MIN, self._size // EXACT_SCAN_DIVISOR
-        ):
-            top_scores, top_positions = self._exact_scan(tables, np.flatnonzero(eligible), found)
+            top_scores = np.empty((len(unit), 0), dtype=np.float32)
+            top_positions = np.empty((len(unit), 0), dtype=np.intp)
+        elif eligible is None:
+            top_scores, top_positions = self._ranked(unit, found)
+        elif available <= max(EXACT_SCAN_MIN, self._size // EXACT_SCAN_DIVISOR):
+            top_scores, top_positions = self._exact_scan(unit, np.flatnonzero(eligible), found)
         else:
-            top_scores, top_positions = self._shortlist_and_rerank(
-                tables, unit, found, available, eligible
-            )
+            top_scores, top_positions = self._masked_shortlist(unit, found, available, eligible)
         top_ids = self._ids[top_positions]
         if found == k:
             return top_scores, top_ids
-        scores = np.full((len(tables), k), -np.inf, dtype=np.float32)
-        ids = np.full((len(tables), k), -1, dtype=np.int64)
+        scores = np.full((len(unit), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(unit), k), -1, dtype=np.int64)
         scores[:, :found], ids[:, :found] = top_scores, top_ids
         return scores, ids
 
+    def _ranked(self, unit: FloatArray, found: int) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+        """Every position live, nothing filtered: FAISS's exact ranker does all the work.
+
+        A margin beyond k absorbs FastScan's table-quantisation error, and the final sort puts
+        tied scores in position order (FAISS leaves their order open).
+        """
+        fetch = min(self._size, found + RERANK_MARGIN)
+        exact, candidates = self._ranker.search(unit, fetch)
+        if len(exact) == 1:
+            return _first_of_sorted_row(exact[0], candidates[0], found)
+        return _best_first(exact, candidates, found)
+
     def _exact_scan(
-        self, tables: FloatArray, positions: npt.NDArray[np.intp], found: int
+        self, unit: FloatArray, positions: npt.NDArray[np.intp], found: int
     ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+        tables = unit_lookup_tables(unit, self.codebooks)
         candidates = np.broadcast_to(positions, (len(tables), len(positions)))
         return _best_first(gathered_adc(tables, self._codes, candidates), candidates, found)
 
-    def _shortlist_and_rerank(
-        self,
-        tables: FloatArray,
-        unit: FloatArray,
-        found: int,
-        available: int,
-        eligible: BoolArray | None,
+    def _masked_shortlist(
+        self, unit: FloatArray, found: int, available: int, eligible: BoolArray
     ) -> tuple[FloatArray, npt.NDArray[np.intp]]:
-        fraction = available / self._size
-        fetch = min(self._size, math.ceil((found + RERANK_MARGIN) / fraction))
-        if eligible is None:
-            # Every position is live and FAISS returns `fetch` <= size of them: no masking.
-            _, candidates = self._scan.search(unit, fetch)
-            exact = gathered_adc(tables, self._codes, candidates)
-            return _best_first(exact, candidates, found)
+        """A FastScan shortlist grown until k eligible items survive the mask, then re-ranked
+        exactly in numpy (FAISS's re-rank cannot skip the masked items)."""
+        fetch = min(self._size, math.ceil((found + RERANK_MARGIN) * self._size / available))
         while True:
             _, candidates = self._scan.search(unit, fetch)
             valid = (candidates >= 0) & eligible[np.maximum(candidates, 0)]
             if fetch == self._size or valid.sum(axis=1).min() >= found:
                 break
             fetch = min(self._size, fetch * 4)
+        tables = unit_lookup_tables(unit, self.codebooks)
         exact = gathered_adc(tables, self._codes, np.where(valid, candidates, 0))
         exact[~valid] = -np.inf
         return _best_first(exact, np.where(valid, candidates, self._size), found)
+
+
+def _first_of_sorted_row(
+    scores: FloatArray, positions: npt.NDArray[np.integer], found: int
+) -> tuple[FloatArray, npt.NDArray[np.intp]]:
+    """One query's `found` best from a row FAISS already sorted by score, best first, as
+    (1, found) arrays: only the entries down to the last one tied with the found-th are re-sorted,
+    to put equal scores in position order."""
+    cut = int(np.searchsorted(-scores, -scores[found - 1], side="right"))
+    order = np.lexsort((positions[:cut], -scores[:cut]))[:found]
+    return scores[order][None], positions[order][None].astype(np.intp)
 
 
 def _best_first(

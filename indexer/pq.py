@@ -23,9 +23,6 @@ FloatArray = npt.NDArray[np.float32]
 CodeArray = npt.NDArray[np.uint8]
 IdArray = npt.NDArray[np.int64]
 
-# Guards the sub-vector normalisation against all-zero inputs (a blank image can produce one).
-_NORM_FLOOR = 1e-12
-
 
 def bits_per_code(codebook_size: int) -> int:
     """log2(K) for a power-of-two K up to 256 (in memory a code takes one byte per sub-space)."""
@@ -62,14 +59,15 @@ def codebook_fingerprint(codebooks: FloatArray) -> str:
 
 
 def normalise_subvectors(vectors: npt.NDArray[np.floating], num_codebooks: int) -> FloatArray:
-    """L2-normalise each of the M sub-vectors of every row: the cosine rule of the model's loss."""
-    array = np.asarray(vectors, dtype=np.float32)
-    if array.ndim != 2 or array.shape[1] % num_codebooks:
-        raise ValueError(f"expected (N, M*d) descriptors with M={num_codebooks}, got {array.shape}")
-    split = array.reshape(array.shape[0], num_codebooks, -1)
-    norms = np.sqrt(np.einsum("nmd,nmd->nm", split, split))
-    # The division makes a new C-ordered float32 array, so the reshape below is a free view.
-    unit: FloatArray = (split / np.maximum(norms, _NORM_FLOOR)[:, :, None]).reshape(array.shape)
+    """L2-normalise each of the M sub-vectors of every row: the cosine rule of the model's loss.
+
+    Returns a new array; an all-zero sub-vector (a blank image can give one) stays zero.
+    """
+    unit: FloatArray = np.array(vectors, dtype=np.float32, order="C")
+    if unit.ndim != 2 or unit.shape[1] % num_codebooks:
+        raise ValueError(f"expected (N, M*d) descriptors with M={num_codebooks}, got {unit.shape}")
+    # FAISS's in-place kernel: several times faster than numpy for the one-query case.
+    faiss.normalize_L2(unit.reshape(-1, unit.shape[1] // num_codebooks))
     return unit
 
 
