@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from indexer.records import ItemRecord, NewItem
 
@@ -57,6 +57,15 @@ _RECORD_COLUMNS = (
 )
 # SQLite's default limit on host parameters is 32766; stay far below it.
 _IN_CLAUSE_CHUNK = 900
+
+
+class FinishedSource(NamedTuple):
+    """A source image all of whose tiles are stored: what a resumed run needs to skip it."""
+
+    source: str
+    file_hash: str
+    items: int
+    skipped: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,13 +206,16 @@ class MetadataStore:
             )
         return present
 
-    def mark_source_finished(self, source: str, file_hash: str, items: int, skipped: int) -> None:
-        """Journal that every tile of a source image has been dealt with."""
+    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
+        """Journal that every tile of these source images has been dealt with (one commit)."""
+        if not finished:
+            return
+        now = time.time()
         with self._mutex, self._transaction():
-            self._connection.execute(
+            self._connection.executemany(
                 "INSERT OR REPLACE INTO sources (source, file_hash, items, skipped, finished_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (source, file_hash, items, skipped, time.time()),
+                [(*entry, now) for entry in finished],
             )
 
     # ---- reads ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import hashlib
 import io
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from indexer.metadata import FinishedSource
 from indexer.pixels import make_thumbnail, upright_rgb
 from indexer.records import NewItem, TileBox
 from indexer.sources import ArchiveImage
@@ -233,9 +235,13 @@ def index_archive(
                 continue
             assert isinstance(outcome, TiledImage)
             _queue(outcome, index, pending, summary)
+            wrote = False
             while len(pending.tiles) >= config.batch_size:
                 since_flush += _write_batch(index, encoder, pending, summary, config.batch_size)
-            _finish_sources(index, pending)
+                wrote = True
+            # One journal commit per written batch (or per batch's worth of images), not per image.
+            if wrote or len(pending.waiting) >= config.batch_size:
+                _finish_sources(index, pending)
             if since_flush >= config.flush_every:
                 index.flush()
                 since_flush = 0
@@ -253,23 +259,32 @@ def _prefetched(
     index: ArchiveIndex,
     config: PipelineConfig,
 ) -> Iterator[tuple[ArchiveImage, TiledImage | str | BaseException]]:
-    """Results of `prepare` in archive order, keeping a bounded number of images in flight."""
-    ahead = max(2, 4 * config.workers)
-    futures: list[tuple[ArchiveImage, Future[TiledImage | str]]] = []
+    """Results of `prepare` in archive order, with a bounded number of images in flight.
+
+    The bound follows the tiles an image yields: about two batches of tiles stay prepared ahead,
+    so the workers decode the next batch while the model embeds this one, but large slides (many
+    tiles each, hundreds of MB decoded) are never held more than a few at a time.
+    """
+    floor, ceiling = max(2, 2 * config.workers), max(2, 2 * config.workers, 2 * config.batch_size)
+    ahead, tiles_seen, images_seen = floor, 0, 0
+    futures: deque[tuple[ArchiveImage, Future[TiledImage | str]]] = deque()
     queue = iter(images)
-    for image in queue:
-        futures.append((image, pool.submit(prepare, image, index, config.tiling)))
-        if len(futures) >= ahead:
-            break
-    while futures:
-        image, future = futures.pop(0)
-        next_image = next(queue, None)
-        if next_image is not None:
-            futures.append((next_image, pool.submit(prepare, next_image, index, config.tiling)))
+    while True:
+        while len(futures) < ahead and (image := next(queue, None)) is not None:
+            futures.append((image, pool.submit(prepare, image, index, config.tiling)))
+        if not futures:
+            return
+        image, future = futures.popleft()
         try:
-            yield image, future.result()
+            outcome: TiledImage | str | BaseException = future.result()
         except UNREADABLE as error:
-            yield image, error
+            outcome = error
+        if isinstance(outcome, TiledImage):
+            tiles_seen += len(outcome.tiles) + outcome.background
+            images_seen += 1
+            per_image = max(1.0, tiles_seen / images_seen)
+            ahead = int(min(ceiling, max(floor, 2 * config.batch_size / per_image)))
+        yield image, outcome
 
 
 def _progress(
@@ -313,11 +328,14 @@ def _write_batch(
 
 
 def _finish_sources(index: ArchiveIndex, pending: _Pending) -> None:
-    """Journal every source whose tiles are all written."""
-    for source in [source for source, count in pending.waiting.items() if count == 0]:
+    """Journal every source whose tiles are all written, in one commit."""
+    done = [source for source, count in pending.waiting.items() if count == 0]
+    finished = []
+    for source in done:
         file_hash, items, skipped = pending.finished.pop(source)
-        index.mark_source_finished(source, file_hash, items, skipped)
+        finished.append(FinishedSource(source, file_hash, items, skipped))
         del pending.waiting[source]
+    index.mark_sources_finished(finished)
 
 
 def model_encoder(model: SPQModel, device: torch.device) -> Encoder:

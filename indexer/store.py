@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from indexer.codetable import NO_TERM, CodeTable, Columns, TermFilter
 from indexer.locks import ReadWriteLock
-from indexer.metadata import TERM_KINDS, MetadataStore
+from indexer.metadata import TERM_KINDS, FinishedSource, MetadataStore
 from indexer.pq import (
     CodeArray,
     FloatArray,
@@ -504,9 +504,9 @@ class ArchiveIndex:
         """A finished source whose file had this hash, or None."""
         return self._metadata.source_with_hash(file_hash)
 
-    def mark_source_finished(self, source: str, file_hash: str, items: int, skipped: int) -> None:
-        """Journal that every tile of ``source`` is indexed, so a resumed run skips the file."""
-        self._metadata.mark_source_finished(source, file_hash, items, skipped)
+    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
+        """Journal that every tile of these sources is indexed, so a resumed run skips them."""
+        self._metadata.mark_sources_finished(finished)
 
     def check_model(self, codebooks: npt.NDArray[np.floating]) -> None:
         """Raise IndexDirectoryError unless ``codebooks`` are exactly the ones the codes use."""
