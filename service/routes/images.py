@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile, status
 
@@ -47,20 +47,25 @@ def thumbnail_url(item_id: int) -> str:
 
 
 def item_metadata(record: ItemRecord) -> ItemMetadata:
+    return ItemMetadata(**item_fields(record))
+
+
+def item_fields(record: ItemRecord) -> dict[str, Any]:
+    """The `ItemMetadata` fields of a record, for it or for schemas extending it."""
     tile = None if record.tile is None else TilePosition(**_as_box(record.tile))
     size = None if record.source_size is None else ImageSize(**_as_size(record.source_size))
-    return ItemMetadata(
-        id=record.id,
-        label=record.label,
-        group=record.group,
-        dataset=record.dataset,
-        source=record.source,
-        tile=tile,
-        source_size=size,
-        added_at=datetime.fromtimestamp(record.added_at, tz=UTC),
-        thumbnail_url=thumbnail_url(record.id),
-        extra=dict(record.extra or {}),
-    )
+    return {
+        "id": record.id,
+        "label": record.label,
+        "group": record.group,
+        "dataset": record.dataset,
+        "source": record.source,
+        "tile": tile,
+        "source_size": size,
+        "added_at": datetime.fromtimestamp(record.added_at, tz=UTC),
+        "thumbnail_url": thumbnail_url(record.id),
+        "extra": dict(record.extra or {}),
+    }
 
 
 def _as_box(tile: tuple[int, int, int, int]) -> dict[str, int]:
@@ -98,8 +103,9 @@ async def index_images(
         )
     uploads = [await read_upload(image, settings.max_upload_bytes) for image in images]
     fields = ItemFields(label=label, group=group, dataset=dataset, source=source)
-    added = await engine.offload(lambda: engine.add_uploads(uploads, fields))
-    total = await engine.offload(lambda: len(engine.index))
+    added, total = await engine.offload(
+        lambda: (engine.add_uploads(uploads, fields), len(engine.index))
+    )
     body = _index_response(added, total)
     if body.added == 0:
         response.status_code = status.HTTP_200_OK

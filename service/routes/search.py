@@ -10,7 +10,7 @@ from indexer.store import ItemRecord, SearchFilters
 from service.deps import EngineDep, ReadAccess, SettingsDep
 from service.engine import SearchOutcome
 from service.errors import ServiceError
-from service.routes.images import item_metadata
+from service.routes.images import item_fields
 from service.routes.uploads import read_upload
 from service.schemas import ErrorResponse, QueryImage, SearchHit, SearchResponse, Timings
 
@@ -52,8 +52,7 @@ def _filters(
 
 
 def _hit(rank: int, score: float, record: ItemRecord) -> SearchHit:
-    metadata = item_metadata(record)
-    return SearchHit(**metadata.model_dump(), score=score, rank=rank)
+    return SearchHit(**item_fields(record), score=score, rank=rank)
 
 
 def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
