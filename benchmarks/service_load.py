@@ -244,8 +244,10 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_level(
-    url: str, clients: int, queries: list[tuple[str, bytes]], seconds: float
+    url: str, clients: int, queries: list[tuple[str, bytes]], seconds: float, poll: bool
 ) -> tuple[LevelResult, list[float]]:
+    """``clients`` closed-loop clients for ``seconds``; with ``poll``, /health is polled every
+    50 ms meanwhile (only at the top level: at lower levels the polls would be part of the load)."""
     latencies: list[float] = []
     server_side: list[float] = []
     errors = [0]
@@ -292,11 +294,13 @@ def run_level(
     started = time.perf_counter()
     for thread in threads:
         thread.start()
-    poller.start()
+    if poll:
+        poller.start()
     for thread in threads:
         thread.join()
     stop_health.set()
-    poller.join()
+    if poll:
+        poller.join()
     elapsed = time.perf_counter() - started
     result = LevelResult(
         clients=clients,
@@ -327,7 +331,7 @@ def print_table(levels: list[LevelResult], in_process: float, health: list[float
     ratio = levels[0].p50_ms / in_process
     print(
         f"in-process decode+embed+search median: {in_process:.1f} ms; "
-        f"1-client p50 / in-process = {ratio:.2f} (target <= 1.3)"
+        f"sustained 1-client p50 / in-process = {ratio:.2f} (target <= 1.3)"
     )
     print(
         f"/health while 16 clients search: p50 {percentile(health, 50):.1f} ms, "
@@ -359,7 +363,9 @@ def main() -> int:
             levels: list[LevelResult] = []
             health: list[float] = []
             for clients in CLIENT_LEVELS:
-                level, health = run_level(url, clients, queries, args.seconds)
+                level, health = run_level(
+                    url, clients, queries, args.seconds, poll=clients == max(CLIENT_LEVELS)
+                )
                 levels.append(level)
         finally:
             process.terminate()
@@ -368,7 +374,7 @@ def main() -> int:
     print_table(levels, in_process, health)
     print(
         f"paired passes: in-process median {in_process:.1f} ms, HTTP median {paired_http:.1f} ms "
-        f"(ratio {paired_http / in_process:.2f})"
+        f"(ratio {paired_http / in_process:.2f}, target <= 1.3)"
     )
     report: dict[str, Any] = {
         "archive_items": items,
@@ -381,6 +387,7 @@ def main() -> int:
         "in_process_median_ms": round(in_process, 2),
         "paired_http_median_ms": round(paired_http, 2),
         "one_client_p50_over_in_process": round(levels[0].p50_ms / in_process, 3),
+        "paired_http_over_in_process": round(paired_http / in_process, 3),
         "levels": [asdict(level) for level in levels],
         "health_under_16_clients": {
             "polls": len(health),
