@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from indexer.store import ItemRecord, SearchFilters
 from service.deps import EngineDep, ReadAccess, SettingsDep
@@ -32,13 +32,19 @@ async def search(
     exclude_group: Annotated[
         str | None, Form(description="Leave out items of this group (e.g. the query's patient).")
     ] = None,
-) -> SearchResponse:
+) -> Response:
     if k > settings.max_k:
         raise ServiceError(422, "k_too_large", f"k={k} exceeds the limit of {settings.max_k}")
     upload = await read_upload(image, settings.max_upload_bytes)
     filters = _filters(label, dataset, exclude_group)
-    outcome = await engine.offload(lambda: engine.search_upload(upload, k, filters))
-    return _response(k, outcome)
+
+    def search_and_serialise() -> bytes:
+        # The response is built and turned into JSON in the worker too: the event loop only
+        # moves bytes, and FastAPI does not validate and serialise the same model a second time.
+        return _response(k, engine.search_upload(upload, k, filters)).model_dump_json().encode()
+
+    body = await engine.offload(search_and_serialise)
+    return Response(body, media_type="application/json")
 
 
 def _filters(
