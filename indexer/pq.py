@@ -11,7 +11,6 @@ model's codes are the same numbers.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 
@@ -107,21 +106,11 @@ def gathered_adc(
     values in the same order, so an item gets the same float32 score on every path.
     """
     num_queries, num_codebooks, codebook_size = tables.shape
-    offsets = _table_offsets(num_queries, num_codebooks, codebook_size)
-    flat_index = codes[candidates] + offsets  # uint8 + intp -> intp
+    # Offset of each query's sub-space row in the flattened (Q, M, K) tables: (Q, 1, M).
+    rows = np.arange(num_queries * num_codebooks, dtype=np.intp) * codebook_size
+    flat_index = codes[candidates] + rows.reshape(num_queries, 1, num_codebooks)
     scores: FloatArray = np.take(tables, flat_index).sum(axis=2, dtype=np.float32)
     return scores
-
-
-@functools.lru_cache(maxsize=64)
-def _table_offsets(
-    num_queries: int, num_codebooks: int, codebook_size: int
-) -> npt.NDArray[np.intp]:
-    """(Q, 1, M) offset of each query's sub-space row in its flattened (Q, M, K) table."""
-    rows = np.arange(num_queries * num_codebooks, dtype=np.intp) * codebook_size
-    offsets = rows.reshape(num_queries, 1, num_codebooks)
-    offsets.flags.writeable = False
-    return offsets
 
 
 def decode(codes: CodeArray, codebooks: FloatArray) -> FloatArray:

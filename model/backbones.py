@@ -25,10 +25,6 @@ class BackboneSpec:
     stage_channels: tuple[int, int, int, int]
     torchvision_weights: str
 
-    @property
-    def feature_channels(self) -> int:
-        return self.stage_channels[-1]
-
 
 def _resnet18() -> Any:
     from torchvision.models import resnet18

@@ -276,7 +276,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         augmentation=AugmentationConfig(
             min_crop_scale=args.min_crop_scale,
             rotation_degrees=args.rotation_degrees,
-            rotation_p=0.8 if args.rotation_degrees > 0 else 0.0,
             colour_strength=args.colour_strength,
             hed_scale=args.hed_strength,
             hed_shift=args.hed_strength,

@@ -25,7 +25,7 @@ class AugmentationConfig:
     min_crop_scale: float = 0.25
     dihedral: bool = True
     rotation_degrees: float = 0.0
-    rotation_p: float = 0.0
+    rotation_p: float = 0.8
     hed_scale: float = 0.03
     hed_shift: float = 0.03
     hed_p: float = 0.8
@@ -47,7 +47,7 @@ class AugmentationConfig:
 def build_augmentation(config: AugmentationConfig, output_size: int) -> nn.Sequential:
     """Images (N, 3, H, W) in [0, 1] -> augmented views (N, 3, S, S) in [0, 1]."""
     steps: list[nn.Module] = []
-    if config.rotation_p > 0 and config.rotation_degrees > 0:
+    if config.rotation_degrees > 0 and config.rotation_p > 0:
         steps.append(random_rotation(config.rotation_degrees, config.rotation_p))
     steps.append(random_resized_crop(output_size, config.min_crop_scale))
     if config.dihedral:

@@ -47,3 +47,10 @@ def test_switched_off_steps_are_left_out() -> None:
     assert len(build_augmentation(lean, 32)) == 1
     assert len(build_augmentation(AugmentationConfig(), 32)) == 7
     assert len(build_augmentation(AugmentationConfig.spq_reference(), 32)) == 8
+
+
+def test_rotation_is_a_step_before_the_crop_only_when_asked_for() -> None:
+    rotating = build_augmentation(AugmentationConfig(rotation_degrees=25), 32)
+    assert len(rotating) == len(build_augmentation(AugmentationConfig(), 32)) + 1
+    assert type(rotating[0]).__name__ == "RandomAffine"
+    assert rotating(_tissue_like_batch()).shape == (6, 3, 32, 32)
