@@ -107,8 +107,8 @@ class CodeTable:
         if not isinstance(self._scan, faiss.IndexPQ):
             self._exact = flat_pq_index(self.codebooks, packed)
             refine = faiss.IndexRefine(self._scan, self._exact)
-            refine.k_factor = 1.0  # callers ask for the shortlist length they want re-ranked
             self._ranker = refine
+        self._params_by_fetch: dict[int, faiss.SearchParameters] = {}
 
     # ---- size and contents -------------------------------------------------------------------
 
@@ -220,9 +220,10 @@ class CodeTable:
 
     def eligible(self, term_filter: TermFilter | None) -> BoolArray | None:
         """Mask of the items a search may return; None when every position is allowed."""
-        constrained = term_filter is not None and any(
-            value is not None
-            for value in (term_filter.label, term_filter.dataset, term_filter.exclude_group)
+        constrained = term_filter is not None and (
+            term_filter.label is not None
+            or term_filter.dataset is not None
+            or term_filter.exclude_group is not None
         )
         if not constrained and not self._removed:
             return None
@@ -236,6 +237,10 @@ class CodeTable:
             if term_filter.exclude_group is not None:
                 mask &= terms.groups[:n] != term_filter.exclude_group
         return mask
+
+    def nothing_eligible(self) -> BoolArray:
+        """The mask of a filter no item passes (a label or dataset never stored)."""
+        return np.zeros(self._size, dtype=bool)
 
     def search(
         self, queries: npt.NDArray[np.floating], k: int, eligible: BoolArray | None = None
@@ -269,14 +274,32 @@ class CodeTable:
     def _ranked(self, unit: FloatArray, found: int) -> tuple[FloatArray, npt.NDArray[np.intp]]:
         """Every position live, nothing filtered: FAISS's exact ranker does all the work.
 
-        A margin beyond k absorbs FastScan's table-quantisation error, and the final sort puts
-        tied scores in position order (FAISS leaves their order open).
+        FAISS returns one entry beyond k and leaves the order of equal scores open. Rows without
+        equal neighbours are final; otherwise a run tied with the k-th entry may go on past what
+        was fetched, so the fetch grows until every such run ends inside it, and tied entries are
+        put in position order.
         """
-        fetch = min(self._size, found + RERANK_MARGIN)
-        exact, candidates = self._ranker.search(unit, fetch)
-        if len(exact) == 1:
-            return _first_of_sorted_row(exact[0], candidates[0], found)
-        return _best_first(exact, candidates, found)
+        fetch = min(self._size, found + 1)
+        scores, positions = self._ranker.search(unit, fetch, params=self._ranker_params(fetch))
+        if not np.count_nonzero(scores[:, 1:] == scores[:, :-1]):
+            return scores[:, :found], positions[:, :found]
+        while fetch < self._size and np.count_nonzero(scores[:, -1] == scores[:, found - 1]):
+            fetch = min(self._size, fetch * 4)
+            scores, positions = self._ranker.search(unit, fetch, params=self._ranker_params(fetch))
+        return _best_first(scores, positions, found)
+
+    def _ranker_params(self, fetch: int) -> faiss.SearchParameters | None:
+        """A shortlist of ``fetch + RERANK_MARGIN`` for the re-rank (FAISS sizes it as a factor
+        of the k asked for); None when the ranker is a flat `IndexPQ`, which takes none."""
+        if self._exact is None:
+            return None
+        params = self._params_by_fetch.get(fetch)
+        if params is None:
+            refine_params = faiss.IndexRefineSearchParameters()
+            # The half keeps int(fetch * factor) from rounding one short.
+            refine_params.k_factor = (fetch + RERANK_MARGIN + 0.5) / fetch
+            self._params_by_fetch[fetch] = params = refine_params
+        return params
 
     def _exact_scan(
         self, unit: FloatArray, positions: npt.NDArray[np.intp], found: int
@@ -301,17 +324,6 @@ class CodeTable:
         exact = gathered_adc(tables, self._codes, np.where(valid, candidates, 0))
         exact[~valid] = -np.inf
         return _best_first(exact, np.where(valid, candidates, self._size), found)
-
-
-def _first_of_sorted_row(
-    scores: FloatArray, positions: npt.NDArray[np.integer], found: int
-) -> tuple[FloatArray, npt.NDArray[np.intp]]:
-    """One query's `found` best from a row FAISS already sorted by score, best first, as
-    (1, found) arrays: only the entries down to the last one tied with the found-th are re-sorted,
-    to put equal scores in position order."""
-    cut = int(np.searchsorted(-scores, -scores[found - 1], side="right"))
-    order = np.lexsort((positions[:cut], -scores[:cut]))[:found]
-    return scores[order][None], positions[order][None].astype(np.intp)
 
 
 def _best_first(

@@ -33,7 +33,10 @@ class ReadWriteLock:
     """Shared access for readers, exclusive for writers; a waiting writer blocks new readers."""
 
     def __init__(self) -> None:
-        self._condition = threading.Condition(threading.Lock())
+        # Readers take the bare mutex (a C-level context manager) and the condition only to wait:
+        # a search takes the lock twice, and Condition's own methods are Python code.
+        self._mutex = threading.Lock()
+        self._condition = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
@@ -43,15 +46,15 @@ class ReadWriteLock:
         return self._read_access
 
     def acquire_read(self) -> None:
-        with self._condition:
+        with self._mutex:
             while self._writer or self._writers_waiting:
                 self._condition.wait()
             self._readers += 1
 
     def release_read(self) -> None:
-        with self._condition:
+        with self._mutex:
             self._readers -= 1
-            if not self._readers:
+            if not self._readers and self._writers_waiting:
                 self._condition.notify_all()
 
     @contextmanager

@@ -446,13 +446,7 @@ class ArchiveIndex:
 
         Filtered searches still return k hits whenever k eligible items exist.
         """
-        array = self._checked_vectors(queries, "queries")
-        with self._lock.reading():
-            term_filter = self._term_filter(filters)
-            if term_filter is None:
-                return [[] for _ in range(len(array))]
-            eligible = self._table.eligible(term_filter)
-            scores, ids = self._table.search(array, k, eligible)
+        scores, ids = self.search_arrays(queries, k, filters)
         records = self._metadata.records(ids[ids >= 0].tolist()) if with_records else {}
         return [
             [
@@ -462,6 +456,23 @@ class ArchiveIndex:
             ]
             for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True)
         ]
+
+    def search_arrays(
+        self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None = None
+    ) -> tuple[FloatArray, IdArray]:
+        """`search` as (Q, k) arrays of scores and ids, no result objects: for batches.
+
+        Each row is best first, ties in id order; a row ends in score -inf and id -1 where fewer
+        than k items are eligible.
+        """
+        array = self._checked_vectors(queries, "queries")
+        with self._lock.reading():
+            if filters is None:
+                return self._table.search(array, k, self._table.eligible(None))
+            term_filter = self._term_filter(filters)
+            if term_filter is None:
+                return self._table.search(array, k, self._table.nothing_eligible())
+            return self._table.search(array, k, self._table.eligible(term_filter))
 
     def _term_filter(self, filters: SearchFilters | None) -> TermFilter | None:
         """Vocabulary ids of the filter; None when a required label or dataset was never stored."""
