@@ -12,7 +12,7 @@ from typing import Final
 
 from PIL import Image, ImageOps
 
-from model.preprocess import to_rgb
+from model.preprocess import resized_pixels, to_rgb
 
 THUMBNAIL_SIDE: Final = 128
 
@@ -26,14 +26,16 @@ def upright_rgb(image: Image.Image) -> Image.Image:
 
 
 def make_thumbnail(rgb: Image.Image, side: int = THUMBNAIL_SIDE) -> bytes:
-    """A small JPEG for result grids: at most ``side`` pixels on the long edge.
+    """A small JPEG for result grids: at most ``side`` pixels on the long edge, never enlarged.
 
-    Bilinear (antialiased in Pillow) and no Huffman optimisation: half the cost of Lanczos with an
-    optimised encoding, which mattered once thumbnails took longer than the network's forward pass
-    per tile; at 128 px the difference does not show.
+    Resized like the model's input (`model.preprocess.resized_pixels`, bilinear with
+    antialiasing) and saved without Huffman optimisation: for small tiles a Lanczos thumbnail
+    with an optimised encoding cost more than the network's forward pass, and at 128 px the
+    difference does not show.
     """
-    thumbnail = rgb.copy()
-    thumbnail.thumbnail((side, side), Image.Resampling.BILINEAR)
+    scale = min(1.0, side / max(rgb.size))
+    size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    thumbnail = Image.fromarray(resized_pixels(rgb, size))
     buffer = io.BytesIO()
     thumbnail.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()

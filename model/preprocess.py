@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageCms
@@ -82,13 +83,42 @@ def _flatten_on_white(rgba: Image.Image) -> Image.Image:
     return background
 
 
+# Images up to this many pixels (tiles) are resized by torch's 8-bit kernel, larger ones by PIL:
+# measured here, torch takes 0.11 ms for 224 px -> 64 px (PIL 0.25 ms) and 0.3 ms from 512 px
+# (PIL 0.8 ms), but falls behind PIL from about 1024 px up.
+_TORCH_RESIZE_MAX_PIXELS: Final = 512 * 512
+
+
+def resized_pixels(image: Image.Image, size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """(height, width, 3) 8-bit RGB of ``image`` resized to ``size`` (width, height).
+
+    Bilinear with antialiasing, like the model's input (`image_to_tensor`).
+    """
+    planes = _resized_planes(to_rgb(image), size)
+    return np.ascontiguousarray(planes.permute(1, 2, 0).numpy())
+
+
 def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     """PIL image -> (3, size, size) float32 in [0, 1] (bilinear resize with antialiasing)."""
-    rgb = to_rgb(image)
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    array = np.asarray(rgb, dtype=np.uint8).copy()
-    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
+    return _resized_planes(to_rgb(image), (size, size)).float().div_(255.0)
+
+
+def _resized_planes(rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+    """(3, height, width) uint8 planes of an RGB image resized to ``size`` (width, height).
+
+    PIL's bilinear filter and torch's 8-bit antialiased one agree to one grey level, so which
+    one runs (the faster for the image's size) makes no difference to a descriptor.
+    """
+    if rgb.size != size and rgb.width * rgb.height > _TORCH_RESIZE_MAX_PIXELS:
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+    planes = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
+    if rgb.size == size:
+        return planes
+    # (h, w, 3) memory seen as (1, 3, h, w) is channels-last: the layout of torch's fast kernel.
+    resized = F.interpolate(
+        planes.unsqueeze(0), size=(size[1], size[0]), mode="bilinear", antialias=True
+    )
+    return resized[0]
 
 
 def normalize(images: torch.Tensor, card: ModelCard) -> torch.Tensor:

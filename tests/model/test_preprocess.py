@@ -1,11 +1,22 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from model import ModelCard, UnsupportedPixelsError, preprocess, select_device, to_rgb
-from model.preprocess import bfloat16_is_native, select_precision
+from model.preprocess import bfloat16_is_native, resized_pixels, select_precision
 
+KATHER_TILE = next(
+    (
+        Path(__file__).resolve().parents[3]
+        / "shared"
+        / "data"
+        / "kather2016-texture-240"
+        / "01_TUMOR"
+    ).glob("*.tif")
+)
 CARD = ModelCard(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
@@ -94,3 +105,17 @@ def test_precision_is_taken_as_asked_or_chosen_by_the_device() -> None:
     assert select_precision("auto", cpu) == native
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
         select_precision("fp16", cpu)
+
+
+@pytest.mark.parametrize("side", [150, 224, 512, 700])
+def test_resizing_follows_pils_bilinear_filter_at_every_size(side: int) -> None:
+    """Tiles go through torch's kernel and large images through PIL's: both must give PIL's
+    antialiased bilinear pixels to within one grey level, for non-square targets too."""
+    tissue = Image.open(KATHER_TILE).convert("RGB").resize((side, side))
+    for size in ((64, 64), (128, 96)):
+        expected = np.asarray(
+            tissue.resize(size, Image.Resampling.BILINEAR, reducing_gap=None), dtype=np.int16
+        )
+        resized = resized_pixels(tissue, size).astype(np.int16)
+        assert resized.shape == expected.shape
+        assert np.abs(resized - expected).max() <= 1
