@@ -30,8 +30,7 @@ test: install
 
 benchmark: install
 	$(VENV)/bin/python -m benchmarks.retrieval
-	$(VENV)/bin/python -m benchmarks.index_scale
-	$(VENV)/bin/python -m benchmarks.encoding
+	$(VENV)/bin/python -m benchmarks.indexer
 	$(VENV)/bin/python -m benchmarks.service_load
 
 clean-demo:

@@ -1,9 +1,11 @@
 """Encoding benchmark: images per second of the whole indexing pipeline vs the bare forward pass.
 
-    nice python -m benchmarks.encoding [--repeats 2] [--batch-size 64]
+    nice python -m benchmarks.encoding [--repeats 3] [--batch-size 64] [--input-size 64]
 
 The archive is real tiles from ``../shared/data`` (Kather 2016 TIFFs and LC25000 JPEGs). The model
-is an SPQ model with the default card (random weights: speed does not depend on training).
+is an SPQ model with the default card, or that card with another input size (random weights: speed
+does not depend on training). The input size sets how the forward pass weighs against the fixed
+per-tile work (read, decode, hash, thumbnail) that the pipeline adds.
 
 - ``bare forward``: ``model.encode`` on the same batches, already decoded, resized and normalised
   before the clock starts: the floor the pipeline cannot beat.
@@ -86,9 +88,12 @@ def pipeline_seconds(
     return elapsed, summary.tiles_added
 
 
-def run(per_dataset: int, repeats: int, batch_size: int, output: Path) -> dict[str, Any]:
+def run(
+    per_dataset: int, repeats: int, batch_size: int, output: Path, input_size: int | None = None
+) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = build_model(ModelCard()).eval()
+    card = ModelCard() if input_size is None else ModelCard(input_size=input_size)
+    model = build_model(card).eval()
     images = archive(per_dataset)
     bare, piped, tiles = float("inf"), float("inf"), 0
     with tempfile.TemporaryDirectory(prefix="histosearch-encoding-") as workdir:
@@ -109,9 +114,13 @@ def run(per_dataset: int, repeats: int, batch_size: int, output: Path) -> dict[s
         "python": platform.python_version(),
         "torch": torch.__version__,
     }
-    print(f"{'images':>6} | {'bare forward img/s':>18} | {'pipeline img/s':>14} | {'ratio':>5}")
     print(
-        f"{len(images):>6} | {result['bare_forward_images_per_s']:18.1f} | "
+        f"{'input px':>8} | {'images':>6} | {'bare forward img/s':>18} | {'pipeline img/s':>14} | "
+        f"{'ratio':>5}"
+    )
+    print(
+        f"{model.card.input_size:>8} | {len(images):>6} | "
+        f"{result['bare_forward_images_per_s']:18.1f} | "
         f"{result['pipeline_images_per_s']:14.1f} | {result['pipeline_over_bare']:5.2f}"
     )
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -122,11 +131,14 @@ def run(per_dataset: int, repeats: int, batch_size: int, output: Path) -> dict[s
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--per-dataset", type=int, default=240, help="images from each dataset")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--input-size", type=int, help="model input side in pixels (default: the card's, 64)"
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "encoding.json")
     args = parser.parse_args(argv)
-    run(args.per_dataset, args.repeats, args.batch_size, args.output)
+    run(args.per_dataset, args.repeats, args.batch_size, args.output, args.input_size)
     return 0
 
 
