@@ -89,12 +89,16 @@ def _flatten_on_white(rgba: Image.Image) -> Image.Image:
 _TORCH_RESIZE_MAX_PIXELS: Final = 512 * 512
 
 
-def resized_pixels(image: Image.Image, size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+def resized_pixels(
+    image: Image.Image, size: tuple[int, int], *, reducing_gap: float | None = None
+) -> npt.NDArray[np.uint8]:
     """(height, width, 3) 8-bit RGB of ``image`` resized to ``size`` (width, height).
 
-    Bilinear with antialiasing, like the model's input (`image_to_tensor`).
+    Bilinear with antialiasing, like the model's input (`image_to_tensor`). A ``reducing_gap``
+    lets PIL first shrink a large image by an integer factor (much faster, slightly different
+    pixels: for display, never for the model).
     """
-    planes = _resized_planes(to_rgb(image), size)
+    planes = _resized_planes(to_rgb(image), size, reducing_gap)
     return np.ascontiguousarray(planes.permute(1, 2, 0).numpy())
 
 
@@ -103,14 +107,16 @@ def image_to_tensor(image: Image.Image, size: int) -> torch.Tensor:
     return _resized_planes(to_rgb(image), (size, size)).float().div_(255.0)
 
 
-def _resized_planes(rgb: Image.Image, size: tuple[int, int]) -> torch.Tensor:
+def _resized_planes(
+    rgb: Image.Image, size: tuple[int, int], reducing_gap: float | None = None
+) -> torch.Tensor:
     """(3, height, width) uint8 planes of an RGB image resized to ``size`` (width, height).
 
     PIL's bilinear filter and torch's 8-bit antialiased one agree to one grey level, so which
     one runs (the faster for the image's size) makes no difference to a descriptor.
     """
     if rgb.size != size and rgb.width * rgb.height > _TORCH_RESIZE_MAX_PIXELS:
-        rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=None)
+        rgb = rgb.resize(size, Image.Resampling.BILINEAR, reducing_gap=reducing_gap)
     planes = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)
     if rgb.size == size:
         return planes
