@@ -42,7 +42,8 @@ def register(subparsers: Any) -> None:
         "--validation-groups",
         nargs="+",
         metavar="GROUP",
-        help="groups held out for validation (default: a random --validation-fraction of groups)",
+        help="groups held out for validation (default: a seeded random --validation-fraction "
+        "of groups, chosen so that held-out classes recur in another held-out group)",
     )
     data.add_argument(
         "--test-groups",

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from indexer.manifest import ManifestEntry
-from indexer.splits import GroupSplit, explicit_group_split, random_group_split
+from indexer.splits import GroupSplit, explicit_group_split, findable_share, random_group_split
 
 
 def _entries(groups: int, per_group: int = 3) -> list[ManifestEntry]:
@@ -43,3 +43,37 @@ def test_explicit_split_rejects_unknown_or_overlapping_groups() -> None:
         explicit_group_split(_entries(3), validation_groups=["g1"], test_groups=["g1"])
     with pytest.raises(ValueError, match="fractions"):
         random_group_split(_entries(3), 0.5, 0.5, seed=0)
+
+
+def _labelled(labels_by_group: dict[str, list[str]]) -> list[ManifestEntry]:
+    return [
+        ManifestEntry(path=Path(f"{group}_{i}.png"), label=label, group=group)
+        for group, labels in labels_by_group.items()
+        for i, label in enumerate(labels)
+    ]
+
+
+def test_labelled_split_gives_held_out_items_a_same_class_item_in_another_group() -> None:
+    # Slides with mostly their own classes, as in the Kather 2016 demo archive: a blind shuffle
+    # often holds out slides that share nothing.
+    labels_by_group = {
+        f"slide{g}": [f"class{g % 5}"] * 4 + [f"class{(g + 1) % 5}"] for g in range(12)
+    }
+    entries = _labelled(labels_by_group)
+    chosen_shares, blind_shares = [], []
+    for seed in range(10):
+        chosen = random_group_split(entries, 0.2, 0.2, seed=seed)
+        blind = random_group_split(
+            [ManifestEntry(e.path, None, e.group) for e in entries], 0.2, 0.2, seed=seed
+        )
+        chosen_shares.append(findable_share(chosen, entries))
+        blind_shares.append(findable_share(blind, entries))
+    assert all(c >= b for c, b in zip(chosen_shares, blind_shares, strict=True))
+    assert min(blind_shares) == 0.0  # the problem the labels solve does occur here
+    assert min(chosen_shares) >= 0.5
+
+
+def test_unlabelled_split_is_the_first_shuffle_of_the_seed() -> None:
+    entries = [ManifestEntry(e.path, None, e.group) for e in _entries(20)]
+    split = random_group_split(entries, 0.1, 0.3, seed=5)
+    assert split == random_group_split(_entries(20), 0.1, 0.3, seed=5)  # one label: all findable
