@@ -79,6 +79,9 @@ class TermFilter:
     exclude_group: int | None = None
 
 
+NO_FILTER = TermFilter()
+
+
 class CodeTable:
     """Codes, ids, filter columns and tombstones of the items, with the FAISS scan index."""
 

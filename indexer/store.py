@@ -33,7 +33,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from indexer.codetable import NO_TERM, CodeTable, Columns, TermFilter
+from indexer.codetable import NO_FILTER, NO_TERM, CodeTable, Columns, TermFilter
 from indexer.locks import ReadWriteLock
 from indexer.metadata import TERM_KINDS, FinishedSource, MetadataStore
 from indexer.pq import (
@@ -467,17 +467,18 @@ class ArchiveIndex:
         """
         array = self._checked_vectors(queries, "queries")
         with self._lock.reading():
-            if filters is None:
-                return self._table.search(array, k, self._table.eligible(None))
             term_filter = self._term_filter(filters)
-            if term_filter is None:
-                return self._table.search(array, k, self._table.nothing_eligible())
-            return self._table.search(array, k, self._table.eligible(term_filter))
+            eligible = (
+                self._table.nothing_eligible()
+                if term_filter is None
+                else self._table.eligible(term_filter)
+            )
+            return self._table.search(array, k, eligible)
 
     def _term_filter(self, filters: SearchFilters | None) -> TermFilter | None:
         """Vocabulary ids of the filter; None when a required label or dataset was never stored."""
         if filters is None:
-            return TermFilter()
+            return NO_FILTER
         label = self._metadata.term_id("label", filters.label)
         dataset = self._metadata.term_id("dataset", filters.dataset)
         if (filters.label is not None and label is None) or (

@@ -42,7 +42,6 @@ from model import (
 )
 from model.card import DEFAULT_STAGES
 from model.preprocess import image_to_tensor, select_precision
-from model.quantizer import split_subvectors
 
 logger = logging.getLogger(__name__)
 
@@ -311,12 +310,12 @@ class Trainer:
         }
 
     def _descriptors(self, views: torch.Tensor) -> torch.Tensor:
-        """The network in the run's precision; quantisation and losses then run in float32,
-        where the soft assignment's exponentials and the contrastive logits keep their detail."""
+        """The network in the run's precision; `encode` returns float32 unit sub-vectors, and
+        quantisation and losses then run in float32, where the soft assignment's exponentials and
+        the contrastive logits keep their detail."""
         mixed = self.compute_dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=mixed):
-            descriptors = self.model.encode(views)
-        return split_subvectors(descriptors.float(), self.model.card.num_codebooks).flatten(1)
+            return self.model.encode(views)
 
     def _note_codeword_use(self, descriptors: torch.Tensor) -> None:
         codes = self.model.quantizer.assign(descriptors.detach())

@@ -44,7 +44,9 @@ class SPQModel(nn.Module):
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, M*d) float32, each of the M sub-vectors of unit length."""
         raw = self.projection(self.global_descriptor(self.trunk(images)))
-        return split_subvectors(raw, self.card.num_codebooks).reshape(images.shape[0], -1)
+        # Normalised in float32 even when the network ran in bfloat16 (mixed-precision training),
+        # where the sub-vectors' unit length and the soft assignment need the precision.
+        return split_subvectors(raw.float(), self.card.num_codebooks).reshape(images.shape[0], -1)
 
     def quantize(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, M*d) soft-quantised descriptor (differentiable)."""
