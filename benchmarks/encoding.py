@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from PIL import Image
 
-from indexer.pipeline import PipelineConfig, index_archive, model_encoder
-from indexer.sources import ArchiveImage, load_folder
-from indexer.store import ArchiveIndex
-from indexer.tiling import TilingConfig
+from indexer.index.store import ArchiveIndex
+from indexer.ingest.pipeline import PipelineConfig, index_archive, model_encoder
+from indexer.ingest.sources import ArchiveImage, load_folder
+from indexer.ingest.tiling import TilingConfig
 from model import ModelCard, SPQModel, build_model, preprocess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

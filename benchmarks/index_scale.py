@@ -42,9 +42,9 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from indexer.codetable import RERANK_MARGIN
-from indexer.pq import FloatArray, decode, flat_pq_index, normalise_subvectors, pack_codes
-from indexer.store import ArchiveIndex, NewItem, SearchFilters
+from indexer.index.codetable import RERANK_MARGIN
+from indexer.index.pq import FloatArray, decode, flat_pq_index, normalise_subvectors, pack_codes
+from indexer.index.store import ArchiveIndex, NewItem, SearchFilters
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"

@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from indexer.evaluation_run import evaluate_checkpoint, markdown_table, write_report
-from indexer.training import TrainConfig, train
+from indexer.evaluate.run import evaluate_checkpoint, markdown_table, write_report
+from indexer.learn.training import TrainConfig, train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"

@@ -42,12 +42,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from indexer.pixels import make_thumbnail
-from indexer.store import ArchiveIndex, NewItem
+from indexer.index.hashing import file_hash
+from indexer.index.store import ArchiveIndex, NewItem
+from indexer.index.thumbnails import make_thumbnail
 from model import ModelCard, build_model, load_checkpoint, preprocess, save_checkpoint
 from service.app import load_engine
 from service.engine import Upload
-from service.imaging import file_hash
 from service.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

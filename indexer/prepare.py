@@ -14,17 +14,17 @@ from pathlib import Path
 
 from PIL import Image
 
-from indexer.pipeline import (
+from indexer.index.store import ArchiveIndex, IndexDirectoryError
+from indexer.ingest.pipeline import (
     TRUSTED_ARCHIVE_MAX_PIXELS,
     IndexingSummary,
     PipelineConfig,
     index_archive,
     model_encoder,
 )
-from indexer.sources import load_source
-from indexer.store import ArchiveIndex, IndexDirectoryError
-from indexer.tiling import TilingConfig
-from indexer.training import TrainConfig, train
+from indexer.ingest.sources import load_source
+from indexer.ingest.tiling import TilingConfig
+from indexer.learn.training import TrainConfig, train
 from model import load_checkpoint, select_device
 
 log = logging.getLogger(__name__)

@@ -10,6 +10,7 @@ from model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from model.embedder import Embedder
 from model.loss import CodewordUsageRegularizer, CrossQuantizedContrastiveLoss
 from model.preprocess import (
     UnsupportedPixelsError,
@@ -27,6 +28,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CodewordUsageRegularizer",
     "CrossQuantizedContrastiveLoss",
+    "Embedder",
     "ModelCard",
     "ProductQuantizer",
     "SPQModel",

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from model.atomic import atomic_write
 from model.card import ModelCard
 from model.spq import SPQModel, count_parameters
 
@@ -20,18 +19,9 @@ class CheckpointMismatchError(ValueError):
 
 
 def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename: never half a file."""
+    """`torch.save` through the project's atomic write: never half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
 def save_checkpoint(model: SPQModel, path: Path, extra: dict[str, Any] | None = None) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, ImageOps
 
 from model.card import ModelCard
 
@@ -51,6 +52,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return image.convert("RGB")
     except (ValueError, OSError) as error:
         raise UnsupportedPixelsError(f"cannot convert {mode} pixels to RGB") from error
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """The loaded image turned as its EXIF orientation says, then 8-bit RGB by `to_rgb`.
+
+    The one decode rule of the project: archive files, uploads, training and evaluation images
+    all pass through it, so every caller sees the same pixels. Raises `UnsupportedPixelsError`
+    (a ValueError) for pixels `to_rgb` refuses.
+    """
+    return to_rgb(ImageOps.exif_transpose(image) or image)
+
+
+def open_upright_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file from disk by the project's one rule (`upright_rgb`)."""
+    with Image.open(path) as opened:
+        opened.load()
+        return upright_rgb(opened)
 
 
 def _sixteen_bit_gray_to_rgb(image: Image.Image) -> Image.Image:

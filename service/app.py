@@ -40,7 +40,7 @@ _CONTENT_SECURITY_POLICY = (
 
 def load_engine(settings: Settings) -> SearchEngine:
     """Open the index and the model its codes came from (blocking; run once at start-up)."""
-    from indexer.store import ArchiveIndex, IndexDirectoryError
+    from indexer.index.store import ArchiveIndex, IndexDirectoryError
     from model import ModelCard, load_checkpoint, select_device
 
     index = ArchiveIndex.open(settings.index_dir)

@@ -18,9 +18,9 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from indexer.pipeline import tile_hash
-from indexer.pixels import make_thumbnail
-from indexer.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
+from indexer.index.hashing import tile_hash
+from indexer.index.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
+from indexer.index.thumbnails import make_thumbnail
 from model import ModelCard, SPQModel, preprocess
 from service.errors import ServiceError
 from service.imaging import DecodedImage, decode_upload

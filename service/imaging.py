@@ -6,7 +6,6 @@ pixels are decoded, so a small file that expands to gigabytes (a decompression b
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,8 +14,8 @@ from typing import Final
 
 from PIL import Image, UnidentifiedImageError
 
-from indexer.pixels import upright_rgb
-from model.preprocess import UnsupportedPixelsError
+from indexer.index.hashing import file_hash
+from model.preprocess import UnsupportedPixelsError, upright_rgb
 from model.preprocess import to_rgb as model_to_rgb
 
 # Only plain raster formats: Pillow's other plugins (EPS via Ghostscript, exotic containers) widen
@@ -85,11 +84,6 @@ class DecodedImage:
     def size(self) -> tuple[int, int]:
         width, height = self.rgb.size
         return width, height
-
-
-def file_hash(data: bytes) -> str:
-    """Hex SHA-256 of the uploaded bytes."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def decode_upload(data: bytes, *, max_pixels: int, filename: str = "upload") -> DecodedImage:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 class Flushable(Protocol):
-    """What the snapshotter needs from `indexer.store.ArchiveIndex`."""
+    """What the snapshotter needs from `indexer.index.store.ArchiveIndex`."""
 
     @property
     def unsaved_changes(self) -> int: ...

@@ -1,16 +1,19 @@
 """The `histosearch` console script.
 
-Every module in this package that defines ``register(subparsers)`` contributes one sub-command,
-so a new verb is a new file and nothing else changes. Modules import their heavy dependencies
-(torch, faiss) inside their handlers so that ``histosearch --help`` stays instant.
+Each verb is a module that defines ``register(subparsers)``. The offline verbs live in this package
+and are listed in `OFFLINE_COMMANDS`; other packages add theirs through the ``histosearch.commands``
+entry-point group (``pyproject.toml``: ``serve`` comes from ``service.cli``), so the one command
+joins them without an import running from ``indexer`` up to ``service``. Modules import their
+heavy dependencies (torch, faiss) inside their handlers so that ``histosearch --help`` stays
+instant.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
-import pkgutil
 import sys
 from collections.abc import Sequence
 
@@ -26,12 +29,19 @@ Typical session:
 """
 
 
-def _command_modules() -> list[str]:
-    return sorted(
-        f"{__name__}.{info.name}"
-        for info in pkgutil.iter_modules(__path__)
-        if not info.name.startswith("_")
-    )
+COMMAND_GROUP = "histosearch.commands"
+OFFLINE_COMMANDS = {
+    name: f"{__name__}.{name}"
+    for name in ("delete", "demo", "evaluate", "index", "prepare", "search", "stats", "train")
+}
+
+
+def command_modules() -> dict[str, str]:
+    """Verb name -> module path: this package's verbs and the installed entry points, by name."""
+    plugged = {
+        entry.name: entry.value for entry in importlib.metadata.entry_points(group=COMMAND_GROUP)
+    }
+    return dict(sorted({**plugged, **OFFLINE_COMMANDS}.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,11 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="verbosity of the logs written to stderr (default: INFO)",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module_name in _command_modules():
-        module = importlib.import_module(module_name)
-        register = getattr(module, "register", None)
-        if register is not None:
-            register(subparsers)
+    for module_name in command_modules().values():
+        importlib.import_module(module_name).register(subparsers)
     return parser
 
 

@@ -40,13 +40,20 @@ def run(args: argparse.Namespace) -> int:
     status = prepare_from_args(args)
     if status != 0 or args.no_serve:
         return status
-    from indexer.cli import serve
+    # `serve` belongs to the service package: reach it through the command registry, by name.
+    from indexer.cli import main
 
-    serve_args = argparse.Namespace(
-        index=args.index or args.workdir / "index",
-        host=args.host,
-        port=args.port,
-        device=args.device,
-        workers=None,
-    )
-    return serve.run(serve_args)
+    serve_argv = [
+        "--log-level",
+        args.log_level,
+        "serve",
+        "--index",
+        str(args.index or args.workdir / "index"),
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
+    if args.device is not None:
+        serve_argv += ["--device", args.device]
+    return main(serve_argv)

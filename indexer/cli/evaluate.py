@@ -64,7 +64,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.evaluation_run import evaluate_checkpoint, markdown_table, write_report
+    from indexer.evaluate.run import evaluate_checkpoint, markdown_table, write_report
 
     report = evaluate_checkpoint(
         args.checkpoint, args.data, args.part, args.ks, args.device, args.batch_size

@@ -53,15 +53,15 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from indexer.pipeline import (
+    from indexer.index.store import IndexDirectoryError
+    from indexer.ingest.pipeline import (
         TRUSTED_ARCHIVE_MAX_PIXELS,
         PipelineConfig,
         index_archive,
         model_encoder,
     )
-    from indexer.sources import SourceError, load_source
-    from indexer.store import IndexDirectoryError
-    from indexer.tiling import TilingConfig
+    from indexer.ingest.sources import SourceError, load_source
+    from indexer.ingest.tiling import TilingConfig
     from model import load_checkpoint, select_device
 
     # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _open_or_create(directory: Path, checkpoint: Path | None) -> Any:
-    from indexer.store import ArchiveIndex, IndexDirectoryError
+    from indexer.index.store import ArchiveIndex, IndexDirectoryError
 
     if (directory / "manifest.json").exists():
         index = ArchiveIndex.open(directory)

@@ -74,9 +74,9 @@ def register(subparsers: Any) -> None:
 
 def prepare_from_args(args: argparse.Namespace) -> int:
     """Run `prepare` for parsed arguments; 0 on success, 2 when the inputs are unusable."""
+    from indexer.index.store import IndexDirectoryError
+    from indexer.ingest.sources import SourceError
     from indexer.prepare import PrepareConfig, prepare
-    from indexer.sources import SourceError
-    from indexer.store import IndexDirectoryError
 
     config = PrepareConfig(
         archive=args.archive,

@@ -32,10 +32,10 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    from indexer.pipeline import model_encoder
-    from indexer.pixels import upright_rgb
-    from indexer.store import ArchiveIndex, IndexDirectoryError, SearchFilters
+    from indexer.index.store import ArchiveIndex, IndexDirectoryError, SearchFilters
+    from indexer.ingest.pipeline import model_encoder
     from model import UnsupportedPixelsError, load_checkpoint, select_device
+    from model.preprocess import upright_rgb
 
     if args.k < 1:
         log.error("-k must be at least 1")

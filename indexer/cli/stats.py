@@ -22,7 +22,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.store import ArchiveIndex, IndexDirectoryError
+    from indexer.index.store import ArchiveIndex, IndexDirectoryError
 
     try:
         index = ArchiveIndex.open(args.index)

@@ -6,7 +6,7 @@ import argparse
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from indexer.training import TrainConfig
+    from indexer.learn.training import TrainConfig
 
 DESCRIPTION = """\
 Train an SPQ model without labels: two augmented views of each training image, Cross Quantized
@@ -259,7 +259,7 @@ def register(subparsers: Any) -> None:
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's settings; options not given take TrainConfig's defaults (a test checks)."""
-    from indexer.training import TrainConfig
+    from indexer.learn.training import TrainConfig
     from model import AugmentationConfig
 
     return TrainConfig(
@@ -306,7 +306,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.training import train
+    from indexer.learn.training import train
 
     final = train(config_from_args(args), resume=args.resume)
     print(f"model written to {final}")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Path, Response, UploadFile, status
 
-from indexer.store import ItemRecord
+from indexer.index.store import ItemRecord
 from service.deps import EngineDep, ReadAccess, SettingsDep, WriteAccess
 from service.engine import AddedUpload, ItemFields
 from service.errors import ServiceError

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from indexer.store import ItemRecord, SearchFilters
+from indexer.index.store import ItemRecord, SearchFilters
 from service.deps import EngineDep, ReadAccess, SettingsDep
 from service.engine import SearchOutcome
 from service.errors import ServiceError

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.pq import FloatArray, decode
-from indexer.store import ArchiveIndex, NewItem
+from indexer.index.pq import FloatArray, decode
+from indexer.index.store import ArchiveIndex, NewItem
 
 M, K, D_SUB = 8, 16, 16
 DIM = M * D_SUB

@@ -23,10 +23,10 @@ import pytest
 import torch
 from PIL import Image
 
-from indexer.pixels import make_thumbnail
-from indexer.store import ArchiveIndex, NewItem
+from indexer.index.hashing import file_hash
+from indexer.index.store import ArchiveIndex, NewItem
+from indexer.index.thumbnails import make_thumbnail
 from model import ModelCard, build_model, preprocess, save_checkpoint
-from service.imaging import file_hash
 from tests.service import samples
 
 API_KEY = "test-key-0123456789abcdef"

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from indexer.store import ArchiveIndex
+from indexer.index.store import ArchiveIndex
 from tests.service import samples
 from tests.service.conftest import API_KEY, LiveServer
 

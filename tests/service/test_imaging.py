@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from indexer.pixels import make_thumbnail
+from indexer.index.thumbnails import make_thumbnail
 from service.imaging import (
     ImageRejectedError,
     RejectionReason,

@@ -12,10 +12,16 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from pydantic import SecretStr
 
-from indexer.pipeline import PipelineConfig, decode_image, index_archive, model_encoder, read_image
-from indexer.pixels import make_thumbnail
-from indexer.sources import ArchiveImage
-from indexer.store import ArchiveIndex
+from indexer.index.store import ArchiveIndex
+from indexer.index.thumbnails import make_thumbnail
+from indexer.ingest.pipeline import (
+    PipelineConfig,
+    decode_image,
+    index_archive,
+    model_encoder,
+    read_image,
+)
+from indexer.ingest.sources import ArchiveImage
 from model import load_checkpoint
 from service.app import create_app
 from service.imaging import decode_upload

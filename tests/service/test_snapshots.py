@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from indexer.store import ArchiveIndex
+from indexer.index.store import ArchiveIndex
 from service.app import create_app
 from service.settings import Settings
 from service.snapshots import Snapshotter

@@ -1,0 +1,365 @@
+"""SQLite metadata of an archive index: the source of truth for every item and its code.
+
+Every item row holds its packed PQ code, so an add is durable once its transaction commits
+(WAL journal, ``synchronous=FULL``) even if the FAISS snapshot on disk is older. Removals are
+journalled in their own table so that they too can be replayed onto an older snapshot.
+Ids come from AUTOINCREMENT: they only grow and are never reused, which keeps them stable.
+
+One connection is shared by the threads of a process and guarded by a mutex: metadata reads are
+short, and SQLite's own locking then only has to deal with other processes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from indexer.index.records import ItemRecord, NewItem
+
+TERM_KINDS = ("label", "dataset", "group")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS properties (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS terms (
+    id INTEGER PRIMARY KEY, kind TEXT NOT NULL, name TEXT NOT NULL, UNIQUE (kind, name)
+);
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    code BLOB NOT NULL,
+    source TEXT NOT NULL,
+    content_hash TEXT NOT NULL UNIQUE,
+    label TEXT, grp TEXT, dataset TEXT,
+    tile_x INTEGER, tile_y INTEGER, tile_w INTEGER, tile_h INTEGER,
+    source_w INTEGER, source_h INTEGER,
+    thumbnail BLOB,
+    extra TEXT NOT NULL DEFAULT '{}',
+    added_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS removals (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id INTEGER NOT NULL, removed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS sources (
+    source TEXT PRIMARY KEY, file_hash TEXT NOT NULL, items INTEGER NOT NULL,
+    skipped INTEGER NOT NULL, finished_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sources_by_hash ON sources (file_hash);
+"""
+
+_RECORD_COLUMNS = (
+    "id, added_at, source, content_hash, label, grp, dataset, tile_x, tile_y, tile_w, tile_h, "
+    "source_w, source_h, extra"
+)
+# SQLite's default limit on host parameters is 32766; stay far below it.
+_IN_CLAUSE_CHUNK = 900
+
+
+class FinishedSource(NamedTuple):
+    """A source image all of whose tiles are stored: what a resumed run needs to skip it."""
+
+    source: str
+    file_hash: str
+    items: int
+    skipped: int
+
+
+@dataclass(frozen=True, slots=True)
+class InsertResult:
+    """Per input item: its new id, or the id of the item it duplicates (exactly one is set)."""
+
+    new_ids: list[int | None]
+    duplicate_of: list[int | None]
+    term_ids: dict[str, list[int]]
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRow:
+    """What the in-memory table needs of an item: id, packed code and filter terms."""
+
+    id: int
+    code: bytes
+    label: str | None
+    group: str | None
+    dataset: str | None
+
+
+class MetadataStore:
+    """The ``metadata.sqlite`` file of an index directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._mutex = threading.Lock()
+        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._connection.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit that returned survives power loss, which is what "acknowledged" means.
+        self._connection.execute("PRAGMA synchronous=FULL")
+        self._connection.executescript(_SCHEMA)
+        self._terms = self._load_terms()
+
+    def close(self) -> None:
+        with self._mutex:
+            self._connection.close()
+
+    # ---- properties and vocabulary -------------------------------------------------------------
+
+    def set_properties(self, values: dict[str, str | bytes]) -> None:
+        with self._mutex, self._transaction():
+            self._connection.executemany(
+                "INSERT OR REPLACE INTO properties (key, value) VALUES (?, ?)", values.items()
+            )
+
+    def properties(self) -> dict[str, Any]:
+        with self._mutex:
+            return dict(self._connection.execute("SELECT key, value FROM properties"))
+
+    def term_id(self, kind: str, name: str | None) -> int | None:
+        """The vocabulary id of a label, dataset or group name; None if never stored."""
+        return None if name is None else self._terms.get((kind, name))
+
+    def _load_terms(self) -> dict[tuple[str, str], int]:
+        rows = self._connection.execute("SELECT kind, name, id FROM terms")
+        return {(kind, name): term for kind, name, term in rows}
+
+    def _ensure_term(self, kind: str, name: str | None) -> int:
+        if name is None:
+            return -1
+        known = self._terms.get((kind, name))
+        if known is not None:
+            return known
+        cursor = self._connection.execute(
+            "INSERT INTO terms (kind, name) VALUES (?, ?)", (kind, name)
+        )
+        assert cursor.lastrowid is not None
+        self._terms[(kind, name)] = cursor.lastrowid
+        return cursor.lastrowid
+
+    # ---- writes --------------------------------------------------------------------------------
+
+    def insert(self, items: Sequence[NewItem], codes: Sequence[bytes]) -> InsertResult:
+        """Insert the items not already present (by content hash) in one durable transaction."""
+        now = time.time()
+        new_ids: list[int | None] = []
+        duplicate_of: list[int | None] = []
+        term_ids: dict[str, list[int]] = {kind: [] for kind in TERM_KINDS}
+        with self._mutex:
+            known = self._ids_of_hashes([item.content_hash for item in items])
+            terms_before = dict(self._terms)
+            try:
+                with self._transaction():
+                    for item, code in zip(items, codes, strict=True):
+                        existing = known.get(item.content_hash)
+                        if existing is not None:
+                            new_ids.append(None)
+                            duplicate_of.append(existing)
+                            continue
+                        item_id = self._insert_row(item, code, now)
+                        known[item.content_hash] = item_id
+                        new_ids.append(item_id)
+                        duplicate_of.append(None)
+                        for kind, name in zip(TERM_KINDS, _terms_of(item), strict=True):
+                            term_ids[kind].append(self._ensure_term(kind, name))
+            except BaseException:
+                self._terms = terms_before
+                raise
+        return InsertResult(new_ids, duplicate_of, term_ids)
+
+    def _insert_row(self, item: NewItem, code: bytes, now: float) -> int:
+        tile = item.tile or (None, None, None, None)
+        size = item.source_size or (None, None)
+        cursor = self._connection.execute(
+            "INSERT INTO items (code, source, content_hash, label, grp, dataset, tile_x, tile_y, "
+            "tile_w, tile_h, source_w, source_h, thumbnail, extra, added_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                code,
+                item.source,
+                item.content_hash,
+                item.label,
+                item.group,
+                item.dataset,
+                *tile,
+                *size,
+                item.thumbnail,
+                json.dumps(item.extra, sort_keys=True),
+                now,
+            ),
+        )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def delete(self, item_ids: Sequence[int]) -> list[int]:
+        """Delete the given items and journal the removals; returns the ids actually deleted."""
+        now = time.time()
+        with self._mutex, self._transaction():
+            present = self._present_ids(item_ids)
+            for chunk in _chunks(present):
+                marks = ",".join("?" * len(chunk))
+                self._connection.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+            self._connection.executemany(
+                "INSERT INTO removals (item_id, removed_at) VALUES (?, ?)",
+                [(item_id, now) for item_id in present],
+            )
+        return present
+
+    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
+        """Journal that every tile of these source images has been dealt with (one commit)."""
+        if not finished:
+            return
+        now = time.time()
+        with self._mutex, self._transaction():
+            self._connection.executemany(
+                "INSERT OR REPLACE INTO sources (source, file_hash, items, skipped, finished_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(*entry, now) for entry in finished],
+            )
+
+    # ---- reads ---------------------------------------------------------------------------------
+
+    def finished_source(self, source: str) -> str | None:
+        """The file hash recorded when ``source`` was finished, or None."""
+        with self._mutex:
+            row = self._connection.execute(
+                "SELECT file_hash FROM sources WHERE source = ?", (source,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def source_with_hash(self, file_hash: str) -> str | None:
+        """A finished source whose file had this hash (a duplicate file elsewhere), or None."""
+        with self._mutex:
+            row = self._connection.execute(
+                "SELECT source FROM sources WHERE file_hash = ? LIMIT 1", (file_hash,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def ids_of_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        with self._mutex:
+            return self._ids_of_hashes(hashes)
+
+    def count(self) -> int:
+        with self._mutex:
+            return int(self._connection.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+
+    def counts_by(self, column: str) -> dict[str | None, int]:
+        if column not in ("label", "dataset", "grp"):
+            raise ValueError(f"cannot count by {column!r}")
+        with self._mutex:
+            rows = self._connection.execute(
+                f"SELECT {column}, COUNT(*) FROM items GROUP BY {column} ORDER BY {column}"
+            )
+            return {name: int(count) for name, count in rows}
+
+    def last_removal_seq(self) -> int:
+        with self._mutex:
+            return int(
+                self._connection.execute("SELECT COALESCE(MAX(seq), 0) FROM removals").fetchone()[0]
+            )
+
+    def rows_after(self, last_id: int) -> Iterator[CodeRow]:
+        """Items added after the snapshot that held ids up to ``last_id``, in id order."""
+        with self._mutex:
+            rows = self._connection.execute(
+                "SELECT id, code, label, grp, dataset FROM items WHERE id > ? ORDER BY id",
+                (last_id,),
+            ).fetchall()
+        return (CodeRow(*row) for row in rows)
+
+    def removals_after(self, seq: int) -> list[int]:
+        with self._mutex:
+            rows = self._connection.execute(
+                "SELECT item_id FROM removals WHERE seq > ? ORDER BY seq", (seq,)
+            )
+            return [int(row[0]) for row in rows]
+
+    def records(self, item_ids: Sequence[int]) -> dict[int, ItemRecord]:
+        """Records (without thumbnails) of the given ids that exist."""
+        found: dict[int, ItemRecord] = {}
+        with self._mutex:
+            for chunk in _chunks(list(item_ids)):
+                marks = ",".join("?" * len(chunk))
+                rows = self._connection.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM items WHERE id IN ({marks})", chunk
+                )
+                found.update((row[0], _record_from_row(row, None)) for row in rows)
+        return found
+
+    def record(self, item_id: int) -> ItemRecord | None:
+        with self._mutex:
+            row = self._connection.execute(
+                f"SELECT {_RECORD_COLUMNS}, thumbnail FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+        return None if row is None else _record_from_row(row[:-1], row[-1])
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        with self._mutex:
+            row = self._connection.execute(
+                "SELECT thumbnail FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
+
+    # ---- helpers (caller holds the mutex) ------------------------------------------------------
+
+    def _ids_of_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for chunk in _chunks(list(dict.fromkeys(hashes))):
+            marks = ",".join("?" * len(chunk))
+            rows = self._connection.execute(
+                f"SELECT content_hash, id FROM items WHERE content_hash IN ({marks})", chunk
+            )
+            found.update((str(content_hash), int(item_id)) for content_hash, item_id in rows)
+        return found
+
+    def _present_ids(self, item_ids: Sequence[int]) -> list[int]:
+        present: list[int] = []
+        for chunk in _chunks(sorted({int(item_id) for item_id in item_ids})):
+            marks = ",".join("?" * len(chunk))
+            rows = self._connection.execute(f"SELECT id FROM items WHERE id IN ({marks})", chunk)
+            present.extend(int(row[0]) for row in rows)
+        return sorted(present)
+
+    class _Transaction:
+        def __init__(self, connection: sqlite3.Connection) -> None:
+            self._connection = connection
+
+        def __enter__(self) -> None:
+            # IMMEDIATE takes the write lock now, so another process cannot make us fail midway.
+            self._connection.execute("BEGIN IMMEDIATE")
+
+        def __exit__(self, kind: object, value: object, traceback: object) -> None:
+            self._connection.execute("COMMIT" if kind is None else "ROLLBACK")
+
+    def _transaction(self) -> MetadataStore._Transaction:
+        return MetadataStore._Transaction(self._connection)
+
+
+def _terms_of(item: NewItem) -> tuple[str | None, str | None, str | None]:
+    return item.label, item.dataset, item.group
+
+
+def _chunks(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), _IN_CLAUSE_CHUNK):
+        yield values[start : start + _IN_CLAUSE_CHUNK]
+
+
+def _record_from_row(row: Sequence[Any], thumbnail: bytes | None) -> ItemRecord:
+    (item_id, added_at, source, content_hash, label, group, dataset, *rest) = row
+    tile_x, tile_y, tile_w, tile_h, source_w, source_h, extra = rest
+    tile = None if tile_x is None else (tile_x, tile_y, tile_w, tile_h)
+    size = None if source_w is None else (source_w, source_h)
+    return ItemRecord(
+        id=int(item_id),
+        added_at=float(added_at),
+        source=source,
+        content_hash=content_hash,
+        label=label,
+        group=group,
+        dataset=dataset,
+        tile=tile,
+        source_size=size,
+        thumbnail=None if thumbnail is None else bytes(thumbnail),
+        extra=json.loads(extra),
+    )

@@ -1,0 +1,112 @@
+"""Group-disjoint train / validation / test splits.
+
+Images of one group (source image, patient, near-duplicate cluster) are never split across
+parts, so no test query can meet its own twin through training or model selection.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from indexer.ingest.manifest import ManifestEntry
+
+# Shuffles `random_group_split` tries at most when the archive has labels.
+SPLIT_CANDIDATES = 64
+
+
+@dataclass(frozen=True)
+class GroupSplit:
+    """Group names of each part; training never sees a label, validation picks checkpoints."""
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        parts = [set(self.train), set(self.validation), set(self.test)]
+        if (parts[0] & parts[1]) or (parts[0] & parts[2]) or (parts[1] & parts[2]):
+            raise ValueError("a group appears in two parts of the split")
+        if not self.train:
+            raise ValueError("the split leaves no group for training")
+
+    def entries(self, entries: Sequence[ManifestEntry], part: str) -> list[ManifestEntry]:
+        groups = set(getattr(self, part))
+        return [entry for entry in entries if entry.group in groups]
+
+
+def random_group_split(
+    entries: Sequence[ManifestEntry],
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> GroupSplit:
+    """Shuffle the distinct groups with ``seed`` and cut them by fraction (at least one group in
+    each non-empty part).
+
+    Validation and test retrieval count only neighbours from other groups, so a part whose groups
+    share no class scores nothing whatever the model, and checkpoints chosen on it are chosen by
+    chance (the demo archive's first shuffle gave a validation part of two slides sharing one
+    class of eight). With labels known, up to `SPLIT_CANDIDATES` shuffles from the seed are tried
+    and the first that gives the most held-out items a same-class item in another group of their
+    part is kept. Labels only choose the split; training never sees them.
+    """
+    if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
+        raise ValueError("fractions must be >= 0 and leave some groups for training")
+    groups = sorted({entry.group for entry in entries})
+    n_test = _part_size(len(groups), test_fraction)
+    n_validation = _part_size(len(groups), validation_fraction)
+    shuffler = random.Random(seed)
+    labelled = any(entry.label is not None for entry in entries)
+    best, best_share = None, -1.0
+    for _ in range(SPLIT_CANDIDATES if labelled else 1):
+        shuffler.shuffle(groups)
+        candidate = GroupSplit(
+            train=tuple(sorted(groups[n_test + n_validation :])),
+            validation=tuple(sorted(groups[n_test : n_test + n_validation])),
+            test=tuple(sorted(groups[:n_test])),
+        )
+        share = findable_share(candidate, entries) if labelled else 1.0
+        if share > best_share:
+            best, best_share = candidate, share
+        if best_share == 1.0:
+            break
+    assert best is not None
+    return best
+
+
+def findable_share(split: GroupSplit, entries: Sequence[ManifestEntry]) -> float:
+    """The smaller, over validation and test, of the share of labelled items whose class also
+    lies in another group of the same part (1.0 for a part that is empty or unlabelled)."""
+    shares = []
+    for part in ("validation", "test"):
+        labelled = [e for e in split.entries(entries, part) if e.label is not None]
+        groups_of_label: dict[str, set[str]] = {}
+        for entry in labelled:
+            groups_of_label.setdefault(str(entry.label), set()).add(entry.group)
+        findable = sum(len(groups_of_label[str(e.label)]) > 1 for e in labelled)
+        shares.append(findable / len(labelled) if labelled else 1.0)
+    return min(shares)
+
+
+def _part_size(total: int, fraction: float) -> int:
+    return 0 if fraction == 0 else max(1, round(total * fraction))
+
+
+def explicit_group_split(
+    entries: Sequence[ManifestEntry],
+    validation_groups: Sequence[str],
+    test_groups: Sequence[str],
+) -> GroupSplit:
+    """Named validation and test groups; every other group trains. Unknown names are an error."""
+    known = {entry.group for entry in entries}
+    unknown = sorted((set(validation_groups) | set(test_groups)) - known)
+    if unknown:
+        raise ValueError(f"groups not in the data: {unknown}")
+    held_out = set(validation_groups) | set(test_groups)
+    return GroupSplit(
+        train=tuple(sorted(known - held_out)),
+        validation=tuple(sorted(validation_groups)),
+        test=tuple(sorted(test_groups)),
+    )

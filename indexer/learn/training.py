@@ -1,0 +1,417 @@
+"""Self-supervised SPQ training: two augmented views per image, CQC loss, no labels.
+
+Labels are read only for the validation groups, to draw the retrieval curve and to choose the
+checkpoint; test groups are never touched here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from indexer.evaluate.metrics import near_duplicate_top1, retrieval_metrics
+from indexer.ingest.manifest import ManifestEntry, load_entries
+from indexer.learn.splits import GroupSplit, explicit_group_split, random_group_split
+from model import (
+    AugmentationConfig,
+    CodewordUsageRegularizer,
+    CrossQuantizedContrastiveLoss,
+    ModelCard,
+    SPQModel,
+    adc_scores,
+    build_augmentation,
+    build_model,
+    codeword_usage,
+    normalize,
+    read_checkpoint,
+    save_checkpoint,
+    select_device,
+)
+from model.card import DEFAULT_STAGES
+from model.preprocess import image_to_tensor, select_precision
+
+logger = logging.getLogger(__name__)
+
+FINAL_CHECKPOINT = "model.pt"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run; written as ``config.json`` beside its outputs."""
+
+    data: str
+    out: str
+    epochs: int = 300
+    minutes: float | None = None
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-5
+    warmup_fraction: float = 0.05
+    seed: int = 0
+    temperature: float = 0.5
+    codeword_regularizer: float = 1.0
+    reset_dead_codewords: bool = True
+    backbone: str = "resnet18"
+    small_input_stem: bool = False
+    stages: list[int] = field(default_factory=lambda: list(DEFAULT_STAGES))
+    pooling: list[str] = field(default_factory=lambda: ["spoc", "mac", "gem"])
+    hidden_dim: int = 512
+    num_codebooks: int = 8
+    codebook_size: int = 16
+    codeword_dim: int = 16
+    soft_quantization_scale: float = 5.0
+    input_size: int = 64
+    preload_size: int = 128
+    backbone_weights: str | None = None
+    augmentation: dict[str, Any] = field(default_factory=lambda: AugmentationConfig().as_dict())
+    validation_groups: list[str] | None = None
+    test_groups: list[str] | None = None
+    validation_fraction: float = 0.15
+    test_fraction: float = 0.3
+    validate_every: int = 10
+    checkpoint_every_minutes: float = 2.0
+    device: str = "auto"
+    # Mixed precision of the forward and backward pass; losses and codebooks stay float32.
+    precision: str = "auto"
+    threads: int | None = None
+
+    def model_card(self, dataset_fingerprint: str) -> ModelCard:
+        return ModelCard.model_validate(
+            {
+                "backbone": self.backbone,
+                "small_input_stem": self.small_input_stem,
+                "stages": self.stages,
+                "pooling": self.pooling,
+                "hidden_dim": self.hidden_dim,
+                "num_codebooks": self.num_codebooks,
+                "codebook_size": self.codebook_size,
+                "codeword_dim": self.codeword_dim,
+                "input_size": self.input_size,
+                "soft_quantization_scale": self.soft_quantization_scale,
+                "training": asdict(self),
+                "dataset_fingerprint": dataset_fingerprint,
+            }
+        )
+
+
+@dataclass
+class TrainingState:
+    """What a resumed run needs besides the weights."""
+
+    epoch: int = 0
+    elapsed_s: float = 0.0
+    best_validation: float = -math.inf
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_split(config: TrainConfig, entries: Sequence[ManifestEntry]) -> GroupSplit:
+    if config.validation_groups is not None or config.test_groups is not None:
+        return explicit_group_split(
+            entries, config.validation_groups or [], config.test_groups or []
+        )
+    return random_group_split(
+        entries, config.validation_fraction, config.test_fraction, config.seed
+    )
+
+
+def dataset_fingerprint(entries: Sequence[ManifestEntry], split: GroupSplit) -> str:
+    """SHA-256 over the training images' bytes and the split: same data, same fingerprint."""
+    digest = hashlib.sha256()
+    for entry in sorted(entries, key=lambda e: e.path.name):
+        digest.update(entry.path.name.encode())
+        digest.update(hashlib.sha256(entry.path.read_bytes()).digest())
+    digest.update(json.dumps(asdict(split), sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def load_tensor_set(entries: Sequence[ManifestEntry], size: int) -> torch.Tensor:
+    """All images as one (N, 3, size, size) uint8 tensor: the sets are small and decoding every
+    epoch would cost more than the network on a CPU."""
+    tensors = []
+    for entry in entries:
+        with Image.open(entry.path) as image:
+            tensors.append(image_to_tensor(image, size).mul(255).round().to(torch.uint8))
+    return torch.stack(tensors)
+
+
+def learning_rate_at(progress: float, config: TrainConfig) -> float:
+    """Linear warm-up then cosine decay over the run's progress in [0, 1] (epochs or time)."""
+    if progress < config.warmup_fraction:
+        # Never exactly zero: a step at learning rate 0 would be wasted compute.
+        return (
+            config.learning_rate
+            * max(progress, 0.01 * config.warmup_fraction)
+            / config.warmup_fraction
+        )
+    remaining = (progress - config.warmup_fraction) / (1 - config.warmup_fraction)
+    return config.learning_rate * 0.5 * (1 + math.cos(math.pi * min(1.0, remaining)))
+
+
+@dataclass
+class ValidationSet:
+    images: torch.Tensor  # (N, 3, S, S) float in [0, 1], resized as preprocess() would
+    labels: list[str]
+    groups: list[str]
+
+
+@torch.no_grad()
+def encode_tensor_set(
+    model: SPQModel, images: torch.Tensor, device: torch.device, batch_size: int = 128
+) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    parts = [
+        model.encode(normalize(images[i : i + batch_size].to(device).float(), model.card)).cpu()
+        for i in range(0, images.shape[0], batch_size)
+    ]
+    model.train(was_training)
+    return torch.cat(parts)
+
+
+def validate(model: SPQModel, validation: ValidationSet, device: torch.device) -> dict[str, float]:
+    """P@10 of codes (ADC) and of the float descriptor on held-out validation groups."""
+    descriptors = encode_tensor_set(model, validation.images, device)
+    with torch.no_grad():
+        codes = model.codes_from_descriptors(descriptors.to(device)).cpu()
+        code_scores = adc_scores(descriptors, codes, model.codebooks().detach().cpu())
+    float_scores = descriptors @ descriptors.T
+    code_metrics = retrieval_metrics(code_scores, validation.labels, validation.groups, (10,))
+    float_metrics = retrieval_metrics(float_scores, validation.labels, validation.groups, (10,))
+    usage = codeword_usage(codes, model.card.codebook_size)
+    return {
+        "val_p10_codes": code_metrics.precision[10],
+        "val_p10_float": float_metrics.precision[10],
+        "val_near_duplicate_top1": near_duplicate_top1(code_scores, validation.groups),
+        "codewords_used": usage["codewords_used"],
+        "code_perplexity": usage["perplexity"],
+    }
+
+
+class Trainer:
+    """One training run: owns the model, optimiser, augmentation and the run folder."""
+
+    def __init__(self, config: TrainConfig, resume: bool = False) -> None:
+        self.config = config
+        self.out = Path(config.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        seed_everything(config.seed)
+        self.device = select_device(config.device)
+        self.compute_dtype = select_precision(config.precision, self.device)
+        entries = load_entries(Path(config.data))
+        self.split = make_split(config, entries)
+        train_entries = self.split.entries(entries, "train")
+        validation_entries = [e for e in self.split.entries(entries, "validation") if e.label]
+        card = config.model_card(dataset_fingerprint(train_entries, self.split))
+        self.model = build_model(card, config.backbone_weights).to(self.device)
+        self.train_images = load_tensor_set(train_entries, config.preload_size)
+        self.validation = (
+            ValidationSet(
+                load_tensor_set(validation_entries, config.input_size).float().div(255),
+                [str(e.label) for e in validation_entries],
+                [e.group for e in validation_entries],
+            )
+            if validation_entries
+            else None
+        )
+        self.augment = build_augmentation(
+            AugmentationConfig(**config.augmentation), config.input_size
+        ).to(self.device)
+        self.loss = CrossQuantizedContrastiveLoss(config.temperature)
+        self.regularizer = CodewordUsageRegularizer()
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.codeword_used = torch.zeros(
+            card.num_codebooks, card.codebook_size, dtype=torch.bool, device=self.device
+        )
+        self.last_descriptors: torch.Tensor | None = None
+        self.state = TrainingState()
+        if resume and (self.out / LAST_CHECKPOINT).exists():
+            self._restore(self.out / LAST_CHECKPOINT)
+        self._write_config()
+
+    def _write_config(self) -> None:
+        resolved = {
+            "config": asdict(self.config),
+            "split": asdict(self.split),
+            "num_train_images": int(self.train_images.shape[0]),
+            "num_validation_images": 0 if self.validation is None else len(self.validation.labels),
+            "device": str(self.device),
+            "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
+            "model_card": self.model.card.model_dump(mode="json"),
+        }
+        (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
+
+    def _restore(self, path: Path) -> None:
+        payload = read_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(payload["state_dict"])
+        extra = payload["extra"]
+        self.optimizer.load_state_dict(extra["optimizer"])
+        self.state = TrainingState(**extra["state"])
+        torch.set_rng_state(extra["torch_rng"])
+        logger.info("resumed from %s at epoch %d", path, self.state.epoch)
+
+    def _save(self, name: str, resumable: bool = False) -> None:
+        """Save the weights; ``resumable`` adds the optimiser and run state (3x the size)."""
+        extra: dict[str, Any] = {"state": asdict(self.state)}
+        if resumable:
+            extra.update(optimizer=self.optimizer.state_dict(), torch_rng=torch.get_rng_state())
+        save_checkpoint(self.model, self.out / name, extra=extra)
+
+    def progress(self) -> float:
+        by_epochs = self.state.epoch / self.config.epochs
+        if self.config.minutes is None:
+            return by_epochs
+        return max(by_epochs, self.state.elapsed_s / (60 * self.config.minutes))
+
+    def train_step(self, batch: torch.Tensor) -> dict[str, float]:
+        images = batch.to(self.device).float().div_(255)
+        with torch.no_grad():
+            view_a = normalize(self.augment(images), self.model.card)
+            view_b = normalize(self.augment(images), self.model.card)
+        x_a, x_b = self._descriptors(view_a), self._descriptors(view_b)
+        z_a = self.model.quantizer.soft_quantize(x_a)
+        z_b = self.model.quantizer.soft_quantize(x_b)
+        self._note_codeword_use(x_a)
+        contrastive = self.loss(x_a, z_a, x_b, z_b)
+        assignment = self.model.quantizer.soft_assignment(torch.cat([x_a, x_b]))
+        regularizer = self.regularizer(assignment)
+        total = contrastive + self.config.codeword_regularizer * regularizer
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        return {
+            "loss": total.item(),
+            "cqc": contrastive.item(),
+            "regularizer": regularizer.item(),
+        }
+
+    def _descriptors(self, views: torch.Tensor) -> torch.Tensor:
+        """The network in the run's precision; `encode` returns float32 unit sub-vectors, and
+        quantisation and losses then run in float32, where the soft assignment's exponentials and
+        the contrastive logits keep their detail."""
+        mixed = self.compute_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=mixed):
+            return self.model.encode(views)
+
+    def _note_codeword_use(self, descriptors: torch.Tensor) -> None:
+        codes = self.model.quantizer.assign(descriptors.detach())
+        card = self.model.card
+        self.codeword_used |= torch.nn.functional.one_hot(codes, card.codebook_size).any(dim=0)
+        self.last_descriptors = descriptors.detach()
+
+    def _reset_dead_codewords(self) -> int:
+        # Resets stop half-way so that the codebooks settle before the final checkpoints.
+        moved = 0
+        resetting = self.config.reset_dead_codewords and self.progress() < 0.5
+        if resetting and self.last_descriptors is not None:
+            moved = self.model.quantizer.reset_unused(self.last_descriptors, self.codeword_used)
+        self.codeword_used.zero_()
+        return moved
+
+    def run_epoch(self) -> dict[str, float]:
+        count = self.train_images.shape[0]
+        batch_size = min(self.config.batch_size, count)
+        order = torch.randperm(count)
+        # Drop the ragged tail: a batch of one has no negatives.
+        starts = range(0, count - batch_size + 1, batch_size)
+        sums = {"loss": 0.0, "cqc": 0.0, "regularizer": 0.0}
+        started = time.perf_counter()
+        for start in starts:
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate_at(self.progress(), self.config)
+            step = self.train_step(self.train_images[order[start : start + batch_size]])
+            for key in sums:
+                sums[key] += step[key]
+        codewords_reset = self._reset_dead_codewords()
+        seconds = time.perf_counter() - started
+        self.state.elapsed_s += seconds
+        self.state.epoch += 1
+        steps = max(1, len(starts))
+        record = {key: value / steps for key, value in sums.items()}
+        record["images_per_s"] = len(starts) * batch_size / seconds
+        record["codewords_reset"] = codewords_reset
+        return record
+
+    def finished(self) -> bool:
+        if self.state.epoch >= self.config.epochs:
+            return True
+        return self.config.minutes is not None and self.state.elapsed_s >= 60 * self.config.minutes
+
+    def run(self) -> Path:
+        """Train until the epoch or time budget is spent; return the final checkpoint's path."""
+        from tqdm import tqdm
+
+        last_checkpoint_s = self.state.elapsed_s
+        with tqdm(total=self.config.epochs, initial=self.state.epoch, unit="epoch") as bar:
+            while not self.finished():
+                record: dict[str, Any] = {"epoch": self.state.epoch + 1, **self.run_epoch()}
+                record["elapsed_s"] = self.state.elapsed_s
+                record["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+                if self._validation_due():
+                    record.update(self._validate_and_keep_best())
+                self.state.history.append(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.3f}", ips=f"{record['images_per_s']:.0f}")
+                if (
+                    self.state.elapsed_s - last_checkpoint_s
+                    >= 60 * self.config.checkpoint_every_minutes
+                ):
+                    self._save(LAST_CHECKPOINT, resumable=True)
+                    last_checkpoint_s = self.state.elapsed_s
+        return self._finish()
+
+    def _validation_due(self) -> bool:
+        if self.validation is None:
+            return False
+        every = self.config.validate_every
+        return self.state.epoch % every == 0 or self.finished()
+
+    def _validate_and_keep_best(self) -> dict[str, float]:
+        assert self.validation is not None
+        metrics = validate(self.model, self.validation, self.device)
+        if metrics["val_p10_codes"] > self.state.best_validation:
+            self.state.best_validation = metrics["val_p10_codes"]
+            self._save(BEST_CHECKPOINT)
+        logger.info("epoch %d validation %s", self.state.epoch, metrics)
+        return metrics
+
+    def _finish(self) -> Path:
+        self._save(LAST_CHECKPOINT, resumable=True)
+        chosen = self.out / (
+            BEST_CHECKPOINT if (self.out / BEST_CHECKPOINT).exists() else LAST_CHECKPOINT
+        )
+        final = self.out / FINAL_CHECKPOINT
+        shutil.copyfile(chosen, final)
+        (self.out / "history.json").write_text(json.dumps(self.state.history, indent=2))
+        from indexer.evaluate.plots import plot_training_history
+
+        plot_training_history(self.state.history, self.out / "training.png")
+        return final
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    return Trainer(config, resume).run()

@@ -1,0 +1,47 @@
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from indexer.cli import build_parser, main
+from tests.indexer.learn.test_training import _write_tiny_dataset
+
+
+def _subcommand_parser(name: str) -> argparse.ArgumentParser:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub: argparse.ArgumentParser = subparsers.choices[name]
+    return sub
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_every_option_is_explained(command: str) -> None:
+    parser = _subcommand_parser(command)
+    for action in parser._actions:
+        assert action.help and len(action.help) > 10, action.option_strings
+
+
+def test_train_options_default_to_the_library_defaults() -> None:
+    from indexer.cli.train import config_from_args
+    from indexer.learn.training import TrainConfig
+
+    args = build_parser().parse_args(["train", "--data", "archive", "--out", "run"])
+    assert config_from_args(args) == TrainConfig(data="archive", out="run")
+
+
+def test_train_then_evaluate_from_the_command_line(tmp_path: Path, capsys) -> None:
+    data = _write_tiny_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    common = ["--data", str(data)]
+    split = ["--validation-groups", "g4", "--test-groups", "g3", "g5"]
+    tiny = ["--input-size", "32", "--preload-size", "40", "--batch-size", "8", "--threads", "1"]
+    assert main(["train", *common, "--out", str(run), "--epochs", "1", *split, *tiny]) == 0
+    assert main(["evaluate", *common, "--checkpoint", str(run / "model.pt"), "--ks", "1", "5"]) == 0
+    table = capsys.readouterr().out
+    assert "SPQ codes (ADC)" in table and "RGB colour histogram" in table
+    report = json.loads((run / "evaluation.json").read_text())
+    assert report["part"] == "test" and report["num_images"] == 8 and report["num_groups"] == 2
+    assert {m["name"] for m in report["methods"]} >= {"SPQ float descriptor", "random resnet18"}
+    assert (run / "precision_at_k.png").stat().st_size > 1000
+    assert (run / "evaluation.md").read_text().startswith("Dataset")

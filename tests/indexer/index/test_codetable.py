@@ -1,0 +1,95 @@
+"""CodeTable ranking: exact ADC top-k with ties in id order, whatever path answers."""
+
+import numpy as np
+import pytest
+
+from indexer.index.codetable import CodeTable, Columns, TermFilter
+from indexer.index.pq import adc_scores, lookup_tables
+from tests.indexer.index_helpers import M, descriptors_near_codewords, unit_codebooks
+
+
+def columns(count: int) -> Columns:
+    positions = np.arange(count, dtype=np.int32)
+    return Columns(positions % 3, positions % 2, positions % 7)
+
+
+def table_of(codes: np.ndarray, codebook_size: int = 16) -> tuple[CodeTable, np.ndarray]:
+    """A table over ``codes`` with ids 10, 20, 30, ... (gaps, as after deletions)."""
+    table = CodeTable(unit_codebooks(codebook_size=codebook_size))
+    ids = 10 * np.arange(1, len(codes) + 1, dtype=np.int64)
+    table.append(codes, ids, columns(len(codes)))
+    return table, ids
+
+
+def expected_top_k(
+    table: CodeTable, codes: np.ndarray, ids: np.ndarray, queries: np.ndarray, k: int, keep=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute force: every score, then score descending and id ascending."""
+    scores = adc_scores(lookup_tables(queries, table.codebooks), codes)
+    if keep is not None:
+        scores = np.where(keep[None, :], scores, -np.inf)
+    order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+def few_distinct_codes(count: int, distinct: int, seed: int = 3) -> np.ndarray:
+    """Codes drawn from a handful of patterns: long runs of exactly tied scores."""
+    rng = np.random.default_rng(seed)
+    patterns = rng.integers(0, 16, (distinct, M)).astype(np.uint8)
+    return patterns[rng.integers(0, distinct, count)]
+
+
+@pytest.mark.parametrize("k", [1, 10, 150])
+@pytest.mark.parametrize("query_count", [1, 6])
+def test_tied_runs_longer_than_the_shortlist_come_back_in_id_order(k, query_count):
+    codes = few_distinct_codes(3000, distinct=12)
+    table, ids = table_of(codes)
+    queries = descriptors_near_codewords(query_count, table.codebooks, seed=5)
+    scores, found = table.search(queries, k)
+    expected_scores, expected_ids = expected_top_k(table, codes, ids, queries, k)
+    np.testing.assert_array_equal(found, expected_ids)
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_filtered_and_tombstoned_searches_keep_the_same_order():
+    codes = few_distinct_codes(3000, distinct=40)
+    table, ids = table_of(codes)
+    table.remove(ids[::5])
+    queries = descriptors_near_codewords(4, table.codebooks, seed=6)
+    for term_filter, keep in (
+        (TermFilter(), np.ones(len(ids), dtype=bool)),
+        (TermFilter(label=1), np.arange(len(ids)) % 3 == 1),
+        (
+            TermFilter(label=2, exclude_group=4),
+            (np.arange(len(ids)) % 3 == 2) & (np.arange(len(ids)) % 7 != 4),
+        ),
+    ):
+        keep = keep & (np.arange(len(ids)) % 5 != 0)
+        scores, found = table.search(queries, 20, table.eligible(term_filter))
+        expected_scores, expected_ids = expected_top_k(table, codes, ids, queries, 20, keep)
+        np.testing.assert_array_equal(found, expected_ids)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_distinct_scores_match_brute_force_on_both_index_layouts():
+    for codebook_size in (16, 256):
+        rng = np.random.default_rng(codebook_size)
+        codes = rng.integers(0, codebook_size, (2000, M)).astype(np.uint8)
+        table, ids = table_of(codes, codebook_size)
+        queries = descriptors_near_codewords(8, table.codebooks, seed=7)
+        scores, found = table.search(queries, 25)
+        expected_scores, expected_ids = expected_top_k(table, codes, ids, queries, 25)
+        np.testing.assert_array_equal(found, expected_ids)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+
+
+def test_rows_are_padded_when_fewer_items_are_eligible():
+    table, _ = table_of(few_distinct_codes(30, distinct=5))
+    scores, found = table.search(descriptors_near_codewords(2, table.codebooks), 40)
+    assert found.shape == (2, 40)
+    assert (found[:, :30] > 0).all() and (found[:, 30:] == -1).all()
+    assert np.isneginf(scores[:, 30:]).all()
+    _, none_found = table.search(
+        descriptors_near_codewords(1, table.codebooks), 3, table.nothing_eligible()
+    )
+    assert (none_found == -1).all()

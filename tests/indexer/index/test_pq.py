@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from indexer.index.pq import (
+    adc_scores,
+    assign_codes,
+    bits_per_code,
+    check_codebooks,
+    flat_pq_index,
+    lookup_tables,
+    normalise_subvectors,
+    pack_codes,
+    unpack_codes,
+)
+from tests.indexer.index_helpers import M, descriptors_near_codewords, unit_codebooks
+
+
+@pytest.mark.parametrize("codebook_size", [4, 16, 256])
+def test_packed_codes_match_faiss_encoding(codebook_size):
+    codebooks = unit_codebooks(codebook_size=codebook_size)
+    vectors = descriptors_near_codewords(200, codebooks)
+    codes = assign_codes(vectors, codebooks)
+    faiss_packed = flat_pq_index(codebooks).sa_encode(normalise_subvectors(vectors, M))
+    assert np.array_equal(pack_codes(codes, codebook_size), faiss_packed)
+    assert np.array_equal(unpack_codes(faiss_packed, M, codebook_size), codes)
+
+
+def test_adc_scores_equal_the_dot_product_with_decoded_codewords():
+    codebooks = unit_codebooks()
+    database = descriptors_near_codewords(50, codebooks)
+    codes = assign_codes(database, codebooks)
+    queries = descriptors_near_codewords(5, codebooks, seed=9)
+    decoded = codebooks[np.arange(M)[None, :], codes].reshape(50, -1)
+    expected = normalise_subvectors(queries, M) @ decoded.T
+    assert np.allclose(adc_scores(lookup_tables(queries, codebooks), codes), expected, atol=1e-5)
+
+
+def test_codes_are_the_most_similar_codeword_per_subspace():
+    codebooks = unit_codebooks()
+    vectors = descriptors_near_codewords(30, codebooks)
+    tables = lookup_tables(vectors, codebooks)
+    codes = assign_codes(vectors, codebooks)
+    chosen = np.take_along_axis(tables, codes[:, :, None].astype(np.intp), axis=2)[..., 0]
+    assert np.all(chosen >= tables.max(axis=2) - 1e-7)
+
+
+def test_codebooks_must_be_unit_length_and_power_of_two_sized():
+    with pytest.raises(ValueError, match="unit length"):
+        check_codebooks(2 * unit_codebooks())
+    with pytest.raises(ValueError, match="power of two"):
+        bits_per_code(12)

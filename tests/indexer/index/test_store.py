@@ -1,0 +1,267 @@
+import json
+import re
+import shutil
+import sqlite3
+import threading
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from indexer.index.pq import adc_scores, assign_codes, lookup_tables
+from indexer.index.store import ArchiveIndex, Hit, IndexDirectoryError, SearchFilters
+from tests.indexer.index_helpers import (
+    descriptors_near_codewords,
+    items,
+    new_index,
+    unit_codebooks,
+)
+
+
+def exact_top_k(
+    index: ArchiveIndex, queries: np.ndarray, k: int, keep: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force ADC over every stored code: the reference the index must reproduce."""
+    codes = assign_codes(descriptors_near_codewords(2000, index.codebooks), index.codebooks)
+    scores = adc_scores(lookup_tables(queries, index.codebooks), codes)
+    ids = np.arange(1, len(codes) + 1)
+    if keep is not None:
+        scores = np.where(keep[None, :], scores, -np.inf)
+    order = np.lexsort((np.broadcast_to(ids, scores.shape), -scores), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, axis=1), ids[order]
+
+
+@pytest.fixture
+def filled(tmp_path):
+    index = new_index(tmp_path / "index")
+    index.add(descriptors_near_codewords(2000, index.codebooks), items(2000))
+    yield index
+    index.close()
+
+
+def as_arrays(results: list[list[Hit]]) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.array([[hit.score for hit in hits] for hits in results]),
+        np.array([[hit.id for hit in hits] for hits in results]),
+    )
+
+
+def test_search_reproduces_exact_adc_on_seeded_vectors(filled):
+    queries = descriptors_near_codewords(40, filled.codebooks, seed=5)
+    scores, ids = as_arrays(filled.search(queries, 10))
+    expected_scores, expected_ids = exact_top_k(filled, queries, 10)
+    assert np.array_equal(ids, expected_ids)
+    assert np.allclose(scores, expected_scores, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("filters", "wanted"),
+    [
+        # Few eligible items: answered by an exact scan of them.
+        (
+            SearchFilters(label="class-1", exclude_group="patient-4"),
+            lambda label, group, _: (label == 1) & (group != 4),
+        ),
+        # Most items eligible: FastScan shortlist, masked and grown until k survive.
+        (SearchFilters(exclude_group="patient-4"), lambda _, group, __: group != 4),
+        (SearchFilters(dataset="synthetic"), lambda _, __, dataset: dataset == 1),
+    ],
+)
+def test_filtered_search_matches_exact_search_and_returns_k_hits(
+    filled: ArchiveIndex, filters: SearchFilters, wanted: Callable[..., np.ndarray]
+) -> None:
+    queries = descriptors_near_codewords(10, filled.codebooks, seed=6)
+    numbers = np.arange(2000)
+    keep = wanted(numbers % 3, numbers % 7, numbers % 2)
+    results = filled.search(queries, 25, filters)
+    scores, ids = as_arrays(results)
+    expected_scores, expected_ids = exact_top_k(filled, queries, 25, keep)
+    assert ids.shape == (10, 25)
+    assert np.array_equal(ids, expected_ids)
+    assert np.allclose(scores, expected_scores, atol=1e-5)
+    records = [hit.record for hits in results for hit in hits]
+    assert all(record is not None and keep[record.id - 1] for record in records)
+
+
+def test_unknown_filter_value_returns_no_hits(filled):
+    queries = descriptors_near_codewords(2, filled.codebooks)
+    assert filled.search(queries, 5, SearchFilters(dataset="nowhere")) == [[], []]
+
+
+def test_round_trip_gives_identical_results(tmp_path, filled):
+    queries = descriptors_near_codewords(10, filled.codebooks, seed=7)
+    before = filled.search(queries, 15, SearchFilters(dataset="synthetic"))
+    filled.close()
+    with ArchiveIndex.open(tmp_path / "index") as reopened:
+        assert len(reopened) == 2000
+        assert reopened.search(queries, 15, SearchFilters(dataset="synthetic")) == before
+        record = reopened.get(before[0][0].id)
+        assert record is not None and record.thumbnail == b"\xff\xd8jpeg"
+        assert record.extra == {"n": record.id - 1} and record.tile is not None
+
+
+def test_added_item_is_found_first_and_delete_removes_it(tmp_path, filled):
+    probe = descriptors_near_codewords(1, filled.codebooks, seed=11, noise=0.0)
+    (outcome,) = filled.add(probe, items(1, start=5000))
+    assert outcome.added
+    assert filled.search(probe, 1)[0][0].id == outcome.id
+    assert filled.remove([outcome.id, 10**9]) == 1
+    assert outcome.id not in {hit.id for hit in filled.search(probe, 50)[0]}
+    assert filled.get(outcome.id) is None
+    filled.close()
+    with ArchiveIndex.open(tmp_path / "index") as reopened:
+        assert outcome.id not in {hit.id for hit in reopened.search(probe, 50)[0]}
+
+
+def test_duplicates_are_reported_not_added(filled):
+    vectors = descriptors_near_codewords(2, filled.codebooks, seed=3)
+    twice = [*items(1, start=0), *items(1, start=0)]
+    outcomes = filled.add(vectors, twice)
+    assert [outcome.duplicate_of for outcome in outcomes] == [1, 1]
+    assert len(filled) == 2000
+
+
+def test_unflushed_adds_and_removes_are_replayed_after_a_crash(tmp_path):
+    index = new_index(tmp_path / "index")
+    vectors = descriptors_near_codewords(300, index.codebooks)
+    index.add(vectors[:200], items(200))
+    index.flush()
+    index.add(vectors[200:], items(100, start=200))
+    index.remove([3, 250])
+    expected = index.search(vectors[:5], 8)
+    index._metadata.close()  # the process dies: no flush, no close
+    with ArchiveIndex.open(tmp_path / "index") as reopened:
+        assert len(reopened) == 298
+        assert reopened.stats().unsaved_changes > 0
+        assert reopened.search(vectors[:5], 8) == expected
+
+
+def test_removal_of_every_item_leaves_a_working_empty_index(tmp_path):
+    with new_index(tmp_path / "index") as index:
+        vectors = descriptors_near_codewords(10, index.codebooks)
+        index.add(vectors, items(10))
+        assert index.remove(list(range(1, 11))) == 10
+        assert index.search(vectors[:2], 3) == [[], []]
+    with ArchiveIndex.open(tmp_path / "index") as reopened:
+        assert len(reopened) == 0
+
+
+def test_codebooks_with_256_codewords_use_the_flat_pq_path(tmp_path):
+    with new_index(tmp_path / "index", codebook_size=256) as index:
+        vectors = descriptors_near_codewords(500, index.codebooks)
+        index.add(vectors, items(500))
+        hits = index.search(vectors[:3], 5)
+        tables = lookup_tables(vectors[:3], index.codebooks)
+        exact = adc_scores(tables, assign_codes(vectors, index.codebooks))
+        assert np.allclose([h.score for h in hits[0]], np.sort(exact[0])[::-1][:5], atol=1e-5)
+
+
+def test_concurrent_searches_while_adding_and_removing(tmp_path):
+    index = new_index(tmp_path / "index")
+    vectors = descriptors_near_codewords(1200, index.codebooks)
+    index.add(vectors[:400], items(400))
+    errors: list[BaseException] = []
+
+    def search_repeatedly():
+        try:
+            for _ in range(30):
+                for hits in index.search(vectors[:4], 10):
+                    assert len(hits) == 10
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=search_repeatedly) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for start in range(400, 1200, 100):
+        index.add(vectors[start : start + 100], items(100, start=start))
+        index.remove([start - 5])
+    for thread in threads:
+        thread.join()
+    assert not errors
+    assert len(index) == 1200 - 8
+    index.close()
+
+
+# ---- directories that must be refused ---------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    index = new_index(tmp_path / "index")
+    index.add(descriptors_near_codewords(100, index.codebooks), items(100))
+    index.close()
+    return tmp_path / "index"
+
+
+def test_missing_manifest_is_refused(saved):
+    (saved / "manifest.json").unlink()
+    with pytest.raises(IndexDirectoryError, match=re.escape("no manifest.json")):
+        ArchiveIndex.open(saved)
+
+
+def test_damaged_faiss_snapshot_is_refused(saved):
+    data = bytearray((saved / "codes.faiss").read_bytes())
+    data[-3] ^= 0xFF
+    (saved / "codes.faiss").write_bytes(bytes(data))
+    with pytest.raises(IndexDirectoryError, match=r"codes.faiss does not match the checksum"):
+        ArchiveIndex.open(saved)
+
+
+def test_truncated_columns_are_refused(saved):
+    (saved / "columns.npz").write_bytes((saved / "columns.npz").read_bytes()[:-10])
+    with pytest.raises(IndexDirectoryError, match=r"columns.npz has \d+ bytes"):
+        ArchiveIndex.open(saved)
+
+
+def test_metadata_of_an_index_with_other_codebooks_is_refused(tmp_path, saved):
+    other = new_index(tmp_path / "other", seed=42)
+    other.close()
+    shutil.copyfile(tmp_path / "other" / "metadata.sqlite", saved / "metadata.sqlite")
+    with pytest.raises(
+        IndexDirectoryError, match=re.escape("codebook fingerprint of metadata.sqlite")
+    ):
+        ArchiveIndex.open(saved)
+
+
+def test_snapshot_from_another_index_is_refused(tmp_path, saved):
+    other = new_index(tmp_path / "other")
+    other.add(descriptors_near_codewords(30, other.codebooks), items(30))
+    other.close()
+    shutil.copyfile(tmp_path / "other" / "metadata.sqlite", saved / "metadata.sqlite")
+    with pytest.raises(IndexDirectoryError, match=re.escape("holds 30 items but codes.faiss")):
+        ArchiveIndex.open(saved)
+
+
+def test_rows_deleted_behind_the_index_are_refused(saved):
+    with sqlite3.connect(saved / "metadata.sqlite") as connection:
+        connection.execute("DELETE FROM items WHERE id = 5")
+    with pytest.raises(IndexDirectoryError, match="holds 99 items"):
+        ArchiveIndex.open(saved)
+
+
+def test_edited_model_card_is_refused(saved):
+    card = json.loads((saved / "model_card.json").read_text())
+    card["codebook_size"] = 256
+    (saved / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(
+        IndexDirectoryError, match=re.escape("model_card.json is not the model card")
+    ):
+        ArchiveIndex.open(saved)
+
+
+def test_creating_over_an_existing_index_is_refused(saved):
+    with pytest.raises(IndexDirectoryError, match="already holds an index"):
+        new_index(saved)
+
+
+def test_other_codebooks_fail_the_model_check(saved):
+    with ArchiveIndex.open(saved) as index:
+        index.check_model(unit_codebooks(0))
+        with pytest.raises(IndexDirectoryError, match="codebooks differ"):
+            index.check_model(unit_codebooks(1))
+
+
+def test_descriptors_of_the_wrong_width_are_rejected(saved):
+    with ArchiveIndex.open(saved) as index, pytest.raises(ValueError, match="shape"):
+        index.search(np.zeros((1, 64), dtype=np.float32), 3)

@@ -1,0 +1,124 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from indexer.evaluate.run import evaluate_checkpoint
+from indexer.learn.training import TrainConfig, Trainer, learning_rate_at, train
+from model import load_checkpoint
+
+SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
+LC25000 = SHARED_DATA / "lc25000-lung-224px"
+
+
+def _write_tiny_dataset(root: Path) -> Path:
+    """Two colour classes over six groups, as a CSV manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    generator = torch.Generator().manual_seed(0)
+    rows = ["path,label,group"]
+    for index in range(24):
+        label = "pink" if index % 2 else "purple"
+        base = torch.tensor([230, 150, 200] if label == "pink" else [120, 60, 160])
+        noise = torch.randint(-20, 20, (40, 40, 3), generator=generator)
+        pixels = (base + noise).clamp(0, 255).to(torch.uint8).numpy()
+        name = f"img{index}.png"
+        Image.fromarray(pixels).save(root / name)
+        rows.append(f"{name},{label},g{index % 6}")
+    manifest = root / "labels.csv"
+    manifest.write_text("\n".join(rows) + "\n")
+    return manifest
+
+
+def _tiny_config(tmp_path: Path, **overrides: object) -> TrainConfig:
+    settings: dict[str, object] = {
+        "data": str(_write_tiny_dataset(tmp_path)),
+        "out": str(tmp_path / "run"),
+        "epochs": 2,
+        "batch_size": 8,
+        "input_size": 32,
+        "preload_size": 40,
+        "num_codebooks": 4,
+        "codeword_dim": 8,
+        "validation_groups": ["g4"],
+        "test_groups": ["g5"],
+        "validate_every": 1,
+        "threads": 1,
+    }
+    settings.update(overrides)
+    return TrainConfig(**settings)  # type: ignore[arg-type]
+
+
+def test_training_writes_model_config_history_and_plot(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path)
+    final = train(config)
+    run = Path(config.out)
+    assert final == run / "model.pt"
+    for name in ("model.pt", "last.pt", "config.json", "history.json", "training.png"):
+        assert (run / name).is_file(), name
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["split"]["test"] == ["g5"] and "g5" not in resolved["split"]["train"]
+    assert resolved["num_train_images"] == 16
+    history = json.loads((run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert "val_p10_codes" in history[-1]
+    card = load_checkpoint(final).card
+    assert card.training["epochs"] == 2 and card.dataset_fingerprint
+    assert card.flops_per_image > 0
+
+
+def test_training_resumes_where_it_stopped(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path)
+    train(config)
+    config.epochs = 3
+    trainer = Trainer(config, resume=True)
+    assert trainer.state.epoch == 2
+    trainer.run()
+    history = json.loads((Path(config.out) / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+
+
+def test_same_seed_gives_same_weights(tmp_path: Path) -> None:
+    first = _tiny_config(tmp_path / "a", epochs=1, validate_every=5)
+    second = _tiny_config(tmp_path / "b", epochs=1, validate_every=5)
+    weights = [load_checkpoint(train(config)).codebooks() for config in (first, second)]
+    torch.testing.assert_close(weights[0], weights[1])
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    config = TrainConfig(data="", out="", learning_rate=1.0, warmup_fraction=0.1)
+    rates = [learning_rate_at(p, config) for p in (0.0, 0.05, 0.1, 0.5, 1.0)]
+    assert 0 < rates[0] < rates[1] < rates[2] == pytest.approx(1.0)
+    assert rates[3] < rates[2] and rates[4] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LC25000.is_dir(), reason="needs ../shared/data/lc25000-lung-224px")
+def test_short_training_beats_random_weights_on_held_out_groups(tmp_path: Path) -> None:
+    # Two epochs over the 888 training tiles (about a minute on one core). The budget is in
+    # epochs, not minutes, so a busy machine makes the test slower, never weaker. LC25000 rather
+    # than Kather: 96 Kather training tiles give run-to-run swings larger than the margin tested.
+    config = TrainConfig(
+        data=str(LC25000),
+        out=str(tmp_path / "run"),
+        epochs=2,
+        validation_fraction=0.1,
+        test_fraction=0.3,
+        validate_every=100,
+        threads=1,
+    )
+    report = evaluate_checkpoint(train(config), LC25000, part="test", ks=(10,))
+    precision = {method.name: method.metrics.precision[10] for method in report.methods}
+    assert precision["SPQ codes (ADC)"] > precision["random resnet18"] + 0.05, precision
+
+
+def test_bfloat16_training_gives_finite_losses_and_float32_weights(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path, precision="bf16", epochs=1)
+    final = train(config)
+    history = json.loads((Path(config.out) / "history.json").read_text())
+    assert all(math.isfinite(row["loss"]) for row in history)
+    model = load_checkpoint(final)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+    assert model.card.training["precision"] == "bf16"
