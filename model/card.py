@@ -11,14 +11,35 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from model.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS
+
 PoolingName = Literal["spoc", "mac", "gem", "attention"]
 
-# ImageNet statistics: the usual choice, and the right one for torchvision's pretrained weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelCard", "code_geometry"]
+
 CODE_VERSION = "spq-2"
 DEFAULT_POOLING: tuple[PoolingName, ...] = ("spoc", "mac", "gem")
 DEFAULT_STAGES: tuple[int, ...] = (2, 3)
+# timm backbones feed the head from their last output only: the token grid or the last map.
+TIMM_STAGES = [4]
+TIMM_PREFIX = "timm:"
+# Bits per code -> sub-spaces M, for the two codebook sizes the index serves fast:
+# K=16 (4-bit codes, FAISS FastScan) and K=256 (8-bit codes, FAISS's flat IndexPQ).
+SUPPORTED_CODE_BITS = (32, 64, 128)
+
+
+def code_geometry(bits: int, codebook_size: int = 16) -> int:
+    """The number of sub-spaces M that gives ``bits``-bit codes at codebook size K."""
+    if bits not in SUPPORTED_CODE_BITS or codebook_size not in (16, 256):
+        raise ValueError(
+            f"supported codes: {SUPPORTED_CODE_BITS} bits at K=16 or K=256, got {bits} bits at "
+            f"K={codebook_size}"
+        )
+    return bits // round(math.log2(codebook_size))
+
+
+def is_timm_backbone_name(name: str) -> bool:
+    return name in PRESETS or name.startswith(TIMM_PREFIX)
 
 
 class ModelCard(BaseModel):
@@ -26,6 +47,8 @@ class ModelCard(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # A torchvision ResNet ("resnet18", "resnet34", "resnet50"), a foundation-model preset
+    # ("uni", "virchow2", ... see model/presets.py) or "timm:<model_name>".
     backbone: str = "resnet18"
     small_input_stem: bool = False
     # Backbone stages (1-4) whose feature maps feed the global descriptor, shallowest first.
@@ -46,6 +69,29 @@ class ModelCard(BaseModel):
     code_version: str = CODE_VERSION
     parameter_count: int = 0
     flops_per_image: int = 0
+    # Where the backbone's initial weights came from ("" = random: "file:NAME", a hub id or
+    # "torchvision:..."), and the SHA-256 of that weights file; an index refuses a model whose
+    # backbone started from other weights (see `compatibility_key`).
+    backbone_weights: str = ""
+    backbone_weights_sha256: str = ""
+    # The embedding the backbone's publisher reads out (e.g. 1024 for UNI, 2560 for Virchow2).
+    embedding_dim: int = Field(default=0, ge=0)
+    # Training modes: a frozen backbone (only descriptor head, projection and codebooks learn),
+    # or all of it frozen but its last N blocks (None: everything learns).
+    freeze_backbone: bool = False
+    train_last_blocks: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timm_backbones_default_to_their_own_preprocessing(cls, data: Any) -> Any:
+        """A timm backbone's input size, mean and std default to those it was trained with,
+        and its stages to its last output."""
+        if not isinstance(data, dict) or not is_timm_backbone_name(str(data.get("backbone", ""))):
+            return data
+        from model.timm_backbones import timm_preprocessing
+
+        defaults = {"stages": TIMM_STAGES, **timm_preprocessing(str(data["backbone"]))}
+        return {**defaults, **data}
 
     @field_validator("pooling")
     @classmethod
@@ -78,6 +124,38 @@ class ModelCard(BaseModel):
         if self.codebook_size & (self.codebook_size - 1):
             raise ValueError(f"codebook_size must be a power of two, got {self.codebook_size}")
         return self
+
+    @model_validator(mode="after")
+    def _timm_backbone_settings_fit(self) -> ModelCard:
+        if not is_timm_backbone_name(self.backbone):
+            return self
+        if self.stages != TIMM_STAGES or self.small_input_stem:
+            raise ValueError(
+                f"{self.backbone} feeds the descriptor from its last output only: stages must be "
+                f"{TIMM_STAGES} and small_input_stem false (got stages {self.stages})"
+            )
+        preset = PRESETS.get(self.backbone)
+        fixed = preset is not None and not preset.timm_kwargs.get("dynamic_img_size", False)
+        if fixed and preset is not None and self.input_size != preset.input_size:
+            raise ValueError(
+                f"{self.backbone} takes {preset.input_size} px input only "
+                f"(built with dynamic_img_size=False, as published), got {self.input_size}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _training_modes_agree(self) -> ModelCard:
+        if self.freeze_backbone and self.train_last_blocks:
+            raise ValueError(
+                "freeze_backbone freezes every block; train_last_blocks N trains the last N: "
+                "give one of them"
+            )
+        return self
+
+    @property
+    def backbone_is_frozen(self) -> bool:
+        """True when no backbone parameter learns."""
+        return self.freeze_backbone or self.train_last_blocks == 0
 
     @property
     def descriptor_dim(self) -> int:
@@ -114,5 +192,6 @@ class ModelCard(BaseModel):
             mean=list(self.mean),
             std=list(self.std),
             code_version=self.code_version,
+            backbone_weights_sha256=self.backbone_weights_sha256,
         )
         return key
