@@ -214,8 +214,9 @@ def _flag_of(location: tuple[int | str, ...], options: Sequence[ModelOption]) ->
 
 
 def _given(problem: Any) -> str:
-    """What was given, for a problem with one option (a whole-model problem shows none)."""
-    if problem["type"] == "missing" or not problem["loc"]:
+    """What was given, for a problem with one option; the project's own messages (value_error)
+    and whole-model problems say it themselves."""
+    if problem["type"] in ("missing", "value_error") or not problem["loc"]:
         return ""
     return f" (got {problem['input']!r})"
 
