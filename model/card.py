@@ -14,14 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from model.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS
 
 PoolingName = Literal["spoc", "mac", "gem", "attention"]
+StageNumber = Literal[1, 2, 3, 4]
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelCard", "code_geometry"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelCard", "ModelSpec", "code_geometry"]
 
 CODE_VERSION = "spq-2"
 DEFAULT_POOLING: tuple[PoolingName, ...] = ("spoc", "mac", "gem")
-DEFAULT_STAGES: tuple[int, ...] = (2, 3)
+DEFAULT_STAGES: tuple[StageNumber, ...] = (2, 3)
 # timm backbones feed the head from their last output only: the token grid or the last map.
-TIMM_STAGES = [4]
+TIMM_STAGES: list[StageNumber] = [4]
 TIMM_PREFIX = "timm:"
 # Bits per code -> sub-spaces M, for the two codebook sizes the index serves fast:
 # K=16 (4-bit codes, FAISS FastScan) and K=256 (8-bit codes, FAISS's flat IndexPQ).
@@ -42,55 +43,75 @@ def is_timm_backbone_name(name: str) -> bool:
     return name in PRESETS or name.startswith(TIMM_PREFIX)
 
 
-class ModelCard(BaseModel):
-    """Architecture, code geometry, preprocessing and provenance of one SPQ model."""
+class ModelSpec(BaseModel):
+    """What to build and how to feed it: backbone, descriptor, code geometry (M, K, d) and input
+    size. The training config nests it and the model card extends it, so each of these settings
+    and its default is written once."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    # A torchvision ResNet ("resnet18", "resnet34", "resnet50"), a foundation-model preset
-    # ("uni", "virchow2", ... see model/presets.py) or "timm:<model_name>".
-    backbone: str = "resnet18"
-    small_input_stem: bool = False
-    # Backbone stages (1-4) whose feature maps feed the global descriptor, shallowest first.
+    backbone: str = Field(
+        default="resnet18",
+        description="backbone network: resnet18, resnet34, resnet50, a foundation-model preset "
+        "(uni, uni2-h, virchow2, h-optimus-0, h-optimus-1, h0-mini, prov-gigapath, "
+        "kaiko-vits16, lunit-vits16, phikon-v2: see `histosearch backbones`) or "
+        "timm:<model_name>; timm backbones default to their own input size and normalisation",
+    )
+    small_input_stem: bool = Field(
+        default=False,
+        description="3x3 stride-1 stem without max-pool, for small tiles (slower)",
+    )
     # Stages 2 and 3 measured best on 64 px tiles: stage 4 sees a 2x2 map there (see docs/model.md).
-    stages: list[int] = Field(default_factory=lambda: list(DEFAULT_STAGES))
-    pooling: list[PoolingName] = Field(default_factory=lambda: list(DEFAULT_POOLING))
-    hidden_dim: int = Field(default=512, gt=0)
-    num_codebooks: int = Field(default=8, gt=0)
-    codebook_size: int = Field(default=16, gt=1)
-    codeword_dim: int = Field(default=16, gt=0)
-    input_size: int = Field(default=64, ge=16)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    stages: list[StageNumber] = Field(
+        default_factory=lambda: list(DEFAULT_STAGES),
+        description="backbone stages whose feature maps are pooled into the descriptor, listed "
+        "once each, shallowest first; stages deeper than the last one are not built",
+    )
+    pooling: list[PoolingName] = Field(
+        default_factory=lambda: list(DEFAULT_POOLING),
+        description="global descriptors to combine, each listed once",
+    )
+    hidden_dim: int = Field(
+        default=512, gt=0, description="width of the hidden layer of the descriptor head"
+    )
+    num_codebooks: int = Field(
+        default=8, gt=0, description="M, sub-spaces of the product quantiser (one codebook each)"
+    )
+    codebook_size: int = Field(
+        default=16, gt=1, description="K, codewords per sub-space, a power of two"
+    )
+    codeword_dim: int = Field(default=16, gt=0, description="d, dimensions per sub-space")
+    input_size: int = Field(default=64, ge=16, description="side in pixels of the network input")
     # Soft assignment weights are softmax_k(-scale * ||x_m - c_mk||^2): the scale MULTIPLIES.
-    soft_quantization_scale: float = Field(default=5.0, gt=0)
-    training: dict[str, Any] = Field(default_factory=dict)
-    dataset_fingerprint: str = ""
-    code_version: str = CODE_VERSION
-    parameter_count: int = 0
-    flops_per_image: int = 0
-    # Where the backbone's initial weights came from ("" = random: "file:NAME", a hub id or
-    # "torchvision:..."), and the SHA-256 of that weights file; an index refuses a model whose
-    # backbone started from other weights (see `compatibility_key`).
-    backbone_weights: str = ""
-    backbone_weights_sha256: str = ""
-    # The embedding the backbone's publisher reads out (e.g. 1024 for UNI, 2560 for Virchow2).
-    embedding_dim: int = Field(default=0, ge=0)
-    # Training modes: a frozen backbone (only descriptor head, projection and codebooks learn),
-    # or all of it frozen but its last N blocks (None: everything learns).
-    freeze_backbone: bool = False
-    train_last_blocks: int | None = Field(default=None, ge=0)
+    soft_quantization_scale: float = Field(
+        default=5.0,
+        gt=0,
+        description="multiplies squared distances in the soft assignment softmax",
+    )
+    freeze_backbone: bool = Field(
+        default=False,
+        description="keep the backbone's weights fixed: only the descriptor head, projection "
+        "and codebooks learn",
+    )
+    train_last_blocks: int | None = Field(
+        default=None,
+        ge=0,
+        description="train only the last N blocks of the backbone (and the norm after them), "
+        "the rest fixed (default: the whole backbone learns)",
+        json_schema_extra={"cli_metavar": "N"},
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _timm_backbones_default_to_their_own_preprocessing(cls, data: Any) -> Any:
-        """A timm backbone's input size, mean and std default to those it was trained with,
-        and its stages to its last output."""
+        """A timm backbone's input size (and, on a card, mean and std) default to those it was
+        trained with, and its stages to its last output."""
         if not isinstance(data, dict) or not is_timm_backbone_name(str(data.get("backbone", ""))):
             return data
         from model.timm_backbones import timm_preprocessing
 
-        defaults = {"stages": TIMM_STAGES, **timm_preprocessing(str(data["backbone"]))}
+        own = {"stages": TIMM_STAGES, **timm_preprocessing(str(data["backbone"]))}
+        defaults = {name: value for name, value in own.items() if name in cls.model_fields}
         return {**defaults, **data}
 
     @field_validator("pooling")
@@ -104,29 +125,23 @@ class ModelCard(BaseModel):
 
     @field_validator("stages")
     @classmethod
-    def _stages_are_sorted_backbone_stages(cls, value: list[int]) -> list[int]:
-        if not value or not set(value) <= {1, 2, 3, 4}:
-            raise ValueError(f"stages must be a non-empty subset of 1, 2, 3, 4, got {value}")
+    def _stages_are_sorted_backbone_stages(cls, value: list[StageNumber]) -> list[StageNumber]:
+        if not value:
+            raise ValueError("stages must be a non-empty subset of 1, 2, 3, 4")
         if sorted(set(value)) != value:
             raise ValueError(f"stages must be listed once each, shallowest first, got {value}")
         return value
 
-    @field_validator("std")
+    @field_validator("codebook_size")
     @classmethod
-    def _std_is_positive(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
-        if min(value) <= 0:
-            raise ValueError(f"std must be positive, got {value}")
+    def _codebook_size_is_a_power_of_two(cls, value: int) -> int:
+        # Codes are packed into log2(K) bits each; other sizes would waste bits silently.
+        if value & (value - 1):
+            raise ValueError(f"codebook_size must be a power of two, got {value}")
         return value
 
     @model_validator(mode="after")
-    def _codebook_size_is_a_power_of_two(self) -> ModelCard:
-        # Codes are packed into log2(K) bits each; other sizes would waste bits silently.
-        if self.codebook_size & (self.codebook_size - 1):
-            raise ValueError(f"codebook_size must be a power of two, got {self.codebook_size}")
-        return self
-
-    @model_validator(mode="after")
-    def _timm_backbone_settings_fit(self) -> ModelCard:
+    def _timm_backbone_settings_fit(self) -> ModelSpec:
         if not is_timm_backbone_name(self.backbone):
             return self
         if self.stages != TIMM_STAGES or self.small_input_stem:
@@ -135,8 +150,8 @@ class ModelCard(BaseModel):
                 f"{TIMM_STAGES} and small_input_stem false (got stages {self.stages})"
             )
         preset = PRESETS.get(self.backbone)
-        fixed = preset is not None and not preset.timm_kwargs.get("dynamic_img_size", False)
-        if fixed and preset is not None and self.input_size != preset.input_size:
+        fixed_size = preset is not None and not preset.timm_kwargs.get("dynamic_img_size", False)
+        if fixed_size and preset is not None and self.input_size != preset.input_size:
             raise ValueError(
                 f"{self.backbone} takes {preset.input_size} px input only "
                 f"(built with dynamic_img_size=False, as published), got {self.input_size}"
@@ -144,7 +159,7 @@ class ModelCard(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _training_modes_agree(self) -> ModelCard:
+    def _training_modes_agree(self) -> ModelSpec:
         if self.freeze_backbone and self.train_last_blocks:
             raise ValueError(
                 "freeze_backbone freezes every block; train_last_blocks N trains the last N: "
@@ -156,6 +171,33 @@ class ModelCard(BaseModel):
     def backbone_is_frozen(self) -> bool:
         """True when no backbone parameter learns."""
         return self.freeze_backbone or self.train_last_blocks == 0
+
+
+class ModelCard(ModelSpec):
+    """Architecture, code geometry, preprocessing and provenance of one SPQ model."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    # The validated training config (``indexer.learn.config.TrainConfig``) as JSON-ready data.
+    training: dict[str, Any] = Field(default_factory=dict)
+    dataset_fingerprint: str = ""
+    code_version: str = CODE_VERSION
+    parameter_count: int = 0
+    flops_per_image: int = 0
+    # Where the backbone's initial weights came from ("" = random: "file:NAME", a hub id or
+    # "torchvision:..."), and the SHA-256 of that weights file; an index refuses a model whose
+    # backbone started from other weights (see `compatibility_key`).
+    backbone_weights: str = ""
+    backbone_weights_sha256: str = ""
+    # The embedding the backbone's publisher reads out (e.g. 1024 for UNI, 2560 for Virchow2).
+    embedding_dim: int = Field(default=0, ge=0)
+
+    @field_validator("std")
+    @classmethod
+    def _std_is_positive(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if min(value) <= 0:
+            raise ValueError(f"std must be positive, got {value}")
+        return value
 
     @property
     def descriptor_dim(self) -> int:
