@@ -10,7 +10,7 @@ float32 weights would not fit in the memory available (with room for activations
 listed as such. The torchvision ResNets are measured too, for comparison.
 
 Results: a table on stdout and ``benchmarks/results/backbones.json``. The machine is shared:
-each figure is the best of ``--repeats`` runs.
+each figure is the best of ``--repeats`` runs, and the load average is recorded with them.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -114,6 +115,7 @@ def main() -> None:
     if args.only:
         names = [name for name in names if name in set(args.only.split(","))]
     rows = []
+    load_before = os.getloadavg()
     print(f"{'backbone':<15} {'params':>8} {'px':>4} {'tiles':>5} {'ms/tile':>9} {'GFLOPs':>7}")
     for name in names:
         row = measure(name, args.batch_size, args.repeats)
@@ -132,6 +134,8 @@ def main() -> None:
         "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
         "what": "SPQModel.encode per tile, random weights, float32, CPU, best of repeats",
+        # The machine is shared: a load above the core count slows every figure alike.
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
