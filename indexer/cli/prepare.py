@@ -77,6 +77,7 @@ def prepare_from_args(args: argparse.Namespace) -> int:
     from indexer.index.store import IndexDirectoryError
     from indexer.ingest.sources import SourceError
     from indexer.prepare import PrepareConfig, prepare
+    from model import CheckpointMismatchError
 
     config = PrepareConfig(
         archive=args.archive,
@@ -90,7 +91,7 @@ def prepare_from_args(args: argparse.Namespace) -> int:
     )
     try:
         summary = prepare(config)
-    except (SourceError, IndexDirectoryError, ValueError) as error:
+    except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2
     for path, reason in summary.unreadable:
