@@ -39,7 +39,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="threads reading and decoding")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
     parser.add_argument(
         "--max-image-pixels",
         type=int,

@@ -58,7 +58,12 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, defaults: dict[str, A
         help="images larger than this are cut into tiles of this edge (default: 512)",
     )
     parser.add_argument("--dataset", help="dataset name stored with each indexed item")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
 
 
 def register(subparsers: Any) -> None:

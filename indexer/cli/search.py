@@ -24,7 +24,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--label", help="only items with this label")
     parser.add_argument("--dataset", help="only items from this dataset")
     parser.add_argument("--exclude-group", help="leave out items of this group (patient, slide)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
 
