@@ -37,7 +37,9 @@ from indexer.evaluate.plots import plot_precision_at_k
 from indexer.index.records import NewItem
 from indexer.index.store import ArchiveIndex, SearchFilters
 from indexer.ingest.sources import ArchiveImage, load_source
-from indexer.learn.training import TrainConfig, archive_images, make_split
+from indexer.learn.config import recorded_config
+from indexer.learn.splits import SplitError
+from indexer.learn.training import archive_images, make_split
 from model import Embedder, ModelCard, SPQModel, codeword_usage, load_checkpoint, select_device
 
 logger = logging.getLogger(__name__)
@@ -83,12 +85,10 @@ def entries_of_part(
     entries = [entry for entry in listed if entry.label is not None]
     if part == "all":
         return entries
-    training = dict(checkpoint_model.card.training)
-    training.update(data=str(data), out="")
-    split = make_split(TrainConfig(**training), entries)
+    split = make_split(recorded_config(checkpoint_model.card), entries)
     selected = split.entries(entries, part)
     if not selected:
-        raise ValueError(f"the split recorded in the checkpoint has no {part} images in {data}")
+        raise SplitError(f"the split recorded in the checkpoint has no {part} images in {data}")
     return selected
 
 
