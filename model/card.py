@@ -43,6 +43,16 @@ def is_timm_backbone_name(name: str) -> bool:
     return name in PRESETS or name.startswith(TIMM_PREFIX)
 
 
+def _timm_preprocessing(name: str) -> dict[str, Any]:
+    """A preset's input size, mean and std; timm's own config (which loads torch) otherwise."""
+    preset = PRESETS.get(name)
+    if preset is not None:
+        return {"input_size": preset.input_size, "mean": preset.mean, "std": preset.std}
+    from model.timm_backbones import timm_preprocessing
+
+    return timm_preprocessing(name)
+
+
 class ModelSpec(BaseModel):
     """What to build and how to feed it: backbone, descriptor, code geometry (M, K, d) and input
     size. The training config nests it and the model card extends it, so each of these settings
@@ -108,9 +118,7 @@ class ModelSpec(BaseModel):
         trained with, and its stages to its last output."""
         if not isinstance(data, dict) or not is_timm_backbone_name(str(data.get("backbone", ""))):
             return data
-        from model.timm_backbones import timm_preprocessing
-
-        own = {"stages": TIMM_STAGES, **timm_preprocessing(str(data["backbone"]))}
+        own = {"stages": TIMM_STAGES, **_timm_preprocessing(str(data["backbone"]))}
         defaults = {name: value for name, value in own.items() if name in cls.model_fields}
         return {**defaults, **data}
 
