@@ -5,7 +5,7 @@ import torch
 
 from model import CrossQuantizedContrastiveLoss, ModelCard, SPQModel, build_model
 from model.pooling import TokenDescriptor
-from model.timm_backbones import TokenFeatures
+from model.timm_backbones import TimmTrunk, TokenFeatures
 
 # Kaiko's ViT-S/16 is published with dynamic_img_size=True: 32 px tiles give a 2x2 patch grid,
 # cheap enough to train a few steps on a CPU.
@@ -121,3 +121,21 @@ def test_cards_written_before_timm_backbones_still_validate():
     card = ModelCard.model_validate(old)
     assert card.backbone == "resnet18" and card.backbone_weights_sha256 == ""
     assert card.compatibility_key()["backbone_weights_sha256"] == ""
+
+
+@pytest.mark.parametrize("backbone", ["timm:convnext_atto", "timm:resnet18"])
+def test_timm_cnns_pool_their_last_feature_map_and_train_their_last_block(backbone):
+    torch.manual_seed(0)
+    card = ModelCard(backbone=backbone, input_size=64, hidden_dim=64, train_last_blocks=1)
+    assert card.stages == [4] and card.mean == (0.485, 0.456, 0.406)
+    model = build_model(card)
+    assert not isinstance(model.global_descriptor, TokenDescriptor)
+    with torch.inference_mode():
+        assert model.eval().encode(torch.randn(2, 3, 64, 64)).shape == (2, card.descriptor_dim)
+    trunk = model.trunk
+    assert isinstance(trunk, TimmTrunk)
+    last = trunk.blocks()[-1]
+    trainable = {id(p) for p in model.trunk.parameters() if p.requires_grad}
+    assert trainable and trainable <= {id(p) for p in last.parameters()} | {
+        id(p) for norm in trunk.final_norms() for p in norm.parameters()
+    }
