@@ -151,11 +151,6 @@ def freeze_backbone(trunk: ResNetTrunk | TimmTrunk, card: ModelCard) -> list[nn.
     ]
 
 
-def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters an optimiser should get: frozen backbone parts excluded."""
-    return [parameter for parameter in model.parameters() if parameter.requires_grad]
-
-
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
