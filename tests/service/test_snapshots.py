@@ -147,7 +147,6 @@ def make_client(index_dir: Path, **overrides: Any) -> TestClient:
 
 def test_the_snapshot_follows_additions_every_n_changes(index_copy: Path) -> None:
     before = snapshot_of(index_copy)
-    codes_mtime = (index_copy / "codes.faiss").stat().st_mtime_ns
     with make_client(index_copy, snapshot_every_changes=2) as client:
         first = client.post("/index", files={"images": ("a.png", unique_png(1))}, headers=AUTH)
         assert first.status_code == 201, first.text
@@ -160,7 +159,9 @@ def test_the_snapshot_follows_additions_every_n_changes(index_copy: Path) -> Non
         assert wait_for(lambda: snapshot_of(index_copy)["last_item_id"] == newest)
         snapshot = snapshot_of(index_copy)
         assert snapshot["items"] == before["items"] + 2
-        assert (index_copy / "codes.faiss").stat().st_mtime_ns > codes_mtime
+        assert snapshot["generation"] > before["generation"]
+        assert (index_copy / f"codes.{snapshot['generation']}.faiss").is_file()
+        assert not (index_copy / f"codes.{before['generation']}.faiss").exists()
         engine = client.app.state.engine  # type: ignore[attr-defined]
         assert wait_for(lambda: engine.index.unsaved_changes == 0)
 
