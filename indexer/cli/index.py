@@ -86,7 +86,9 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress,
         )
-        summary = index_archive(images, index, model_encoder(model, device), config)
+        # Sources are stored relative to the archive folder (a CSV's own folder), by its name.
+        root = args.data if args.data.is_dir() else args.data.parent
+        summary = index_archive(images, index, model_encoder(model, device), config, root)
     finally:
         index.close()
     print(f"index {args.index}: {len(images)} images in the archive")
