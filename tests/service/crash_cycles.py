@@ -12,6 +12,7 @@ Traffic goes to 127.0.0.1 only.
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sqlite3
 import threading
@@ -71,6 +72,10 @@ class CycleOutcome:
     adds_acknowledged: int = 0
     deletes_acknowledged: int = 0
     kill_after_s: float = 0.0
+    # Files of an interrupted snapshot found after the kill (other generations, temporaries).
+    leftovers: list[str] = field(default_factory=list)
+    # Whether the restart had to rebuild the snapshot from SQLite (a snapshot that did not match).
+    rebuilt: bool = False
     detail: str = ""
 
     @property
@@ -189,8 +194,10 @@ def run_crash_cycles(
         outcome.kill_after_s = kill_times.uniform(0.2, max_kill_after_s)
         recent = stream_then_kill(server, ledger, outcome.kill_after_s, traffic)
         outcome.adds_acknowledged, outcome.deletes_acknowledged = map(len, recent)
+        outcome.leftovers = leftover_files(index_dir)
         outcomes.append(outcome)
-        server = LiveServer(index_dir, workdir / f"server-{cycle}.log", env=SNAPSHOT_EVERY_CHANGE)
+        log = workdir / f"server-{cycle}.log"
+        server = LiveServer(index_dir, log, env=SNAPSHOT_EVERY_CHANGE)
         try:
             server.start(timeout=120)
         except (RuntimeError, TimeoutError) as error:
@@ -198,9 +205,22 @@ def run_crash_cycles(
             outcome.detail = str(error)[-2000:]
             return outcomes
         outcome.restarted = True
+        outcome.rebuilt = "rebuilding the codes" in log.read_text()
         check_restart(server, ledger, outcome, recent, traffic)
     server.stop()
     return outcomes
+
+
+def leftover_files(index_dir: Path) -> list[str]:
+    """Snapshot files the committed manifest does not name: signs of an interrupted snapshot."""
+    snapshot = json.loads((index_dir / "manifest.json").read_text())["snapshot"]
+    committed = {f"codes.{snapshot['generation']}.faiss", f"columns.{snapshot['generation']}.npz"}
+    return sorted(
+        path.name
+        for path in index_dir.iterdir()
+        if path.name.startswith(("codes", "columns", ".codes", ".columns", ".manifest"))
+        and path.name not in committed
+    )
 
 
 def stream_then_kill(

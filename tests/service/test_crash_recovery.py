@@ -31,6 +31,8 @@ def test_random_sigkills_lose_no_acknowledged_change(index_copy: Path, tmp_path:
         assert outcome.adds_lost == [], outcome
         assert outcome.deletes_back == [], outcome
         assert outcome.stats_right, outcome
+        # The snapshot on disk was always whole (old or new): nothing needed rebuilding.
+        assert not outcome.rebuilt, outcome
     # The kills interrupted real traffic, and the checks looked at it.
     assert sum(outcome.adds_acknowledged for outcome in outcomes) >= KILLS
     assert sum(outcome.deletes_checked for outcome in outcomes) > 0
