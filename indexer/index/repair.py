@@ -62,7 +62,8 @@ def repair_index(directory: Path, read_checkpoint: CheckpointReader | None = Non
         report.checked.append(f"snapshot on disk: {index.opened_from}")
         index.rebuild_from_metadata(reason="histosearch repair")
         index.flush()
-        snapshot = index._manifest.committed()
+        snapshot = index.snapshot
+    assert snapshot is not None  # the flush above committed one
     report.done.append(
         f"rebuilt {snapshot.codes_file} and {snapshot.columns_file} from {METADATA} "
         f"({snapshot.items} items) and committed them in {MANIFEST}; older snapshot files removed"

@@ -592,6 +592,11 @@ class ArchiveIndex:
             return len(self._table)
 
     @property
+    def snapshot(self) -> Snapshot | None:
+        """The snapshot the manifest on disk commits (None before the first flush)."""
+        return self._manifest.snapshot
+
+    @property
     def unsaved_changes(self) -> int:
         """Adds and removals not yet in the FAISS snapshot (replayed from SQLite on open).
 

@@ -156,7 +156,8 @@ def test_snapshots_after_every_change_keep_one_generation_on_disk(tmp_path: Path
             index.flush()
             index.remove([start + 1])
             index.flush()
-        generation = index._manifest.committed().generation
+        assert index.snapshot is not None
+        generation = index.snapshot.generation
     assert generation == 1 + 6 + 0  # create, then six flushes; close had nothing left to write
     assert snapshot_files_on_disk(tmp_path / "index") == {
         f"codes.{generation}.faiss",
