@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import shutil
+import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -268,6 +269,11 @@ class ArchiveIndex:
             codebooks = _codebooks_from_metadata(directory, metadata, manifest)
             index = cls(directory, codebooks, metadata, manifest)
             index._load_or_rebuild()
+        except sqlite3.DatabaseError as error:
+            metadata.close()
+            raise IndexDirectoryError(
+                with_repair_hint(f"{METADATA} cannot be read: {error}", directory)
+            ) from error
         except BaseException:
             metadata.close()
             raise

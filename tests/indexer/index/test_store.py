@@ -334,3 +334,13 @@ def test_other_codebooks_fail_the_model_check(saved):
 def test_descriptors_of_the_wrong_width_are_rejected(saved):
     with ArchiveIndex.open(saved) as index, pytest.raises(ValueError, match="shape"):
         index.search(np.zeros((1, 64), dtype=np.float32), 3)
+
+
+def test_a_database_damaged_past_its_header_is_refused_naming_the_repair_command(saved):
+    path = saved / "metadata.sqlite"
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\x07" * (len(data) - 4096)  # every page after the first
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexDirectoryError, match=re.escape("metadata.sqlite")) as refused:
+        ArchiveIndex.open(saved)
+    assert "histosearch repair" in str(refused.value)
