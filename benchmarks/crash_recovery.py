@@ -12,7 +12,8 @@ ones) is found by a search restricted to its own label, every acknowledged delet
 cycle (and 10 older ones) is 404, and /stats agrees with SQLite and with the ledger of
 acknowledged changes. See tests/service/crash_cycles.py.
 
-Results: a table on stdout and ``benchmarks/results/crash_recovery.json``.
+A restart that fails ends the series (its error is in the JSON). Results: a table on stdout and
+``benchmarks/results/crash_recovery.json``.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ def summary(outcomes: list[CycleOutcome], kills: int, seconds: float) -> dict[st
     }
 
 
-def print_table(figures: dict[str, object]) -> None:
+def print_table(figures: dict[str, object], attempted: int) -> None:
     kills = figures["kills"]
+    stopped = "" if attempted == kills else f" (stopped at restart {attempted}, which failed)"
     rows = [
-        ("restarts that opened", f"{figures['restarts_that_opened']} of {kills}"),
+        ("restarts that opened", f"{figures['restarts_that_opened']} of {kills}{stopped}"),
         (
             "acknowledged adds (checked)",
             f"{figures['acknowledged_adds']} ({figures['adds_checked']})",
@@ -89,7 +91,7 @@ def main() -> int:
         started = time.perf_counter()
         outcomes = run_crash_cycles(index_dir, workdir, kills=args.kills, seed=args.seed)
         figures = summary(outcomes, args.kills, time.perf_counter() - started)
-    print_table(figures)
+    print_table(figures, len(outcomes))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
