@@ -56,7 +56,8 @@ from indexer.index.errors import (
     with_repair_hint,
 )
 from indexer.index.locks import ReadWriteLock
-from indexer.index.manifest import MANIFEST, IndexManifest, Snapshot, read_manifest
+from indexer.index.manifest import MANIFEST as MANIFEST
+from indexer.index.manifest import IndexManifest, Snapshot, read_manifest
 from indexer.index.metadata import TERM_KINDS, CodeRow, FinishedSource, MetadataStore
 from indexer.index.pq import (
     CodeArray,
