@@ -53,6 +53,11 @@ class ArchiveRoot:
         return Path(os.path.abspath(path)).relative_to(self.folder).as_posix()
 
 
+def archive_folder(data: Path) -> Path:
+    """The archive folder of a ``--data`` argument: that folder, or a CSV manifest's folder."""
+    return data if data.is_dir() else data.parent
+
+
 def journal_key(archive: str | None, source: str) -> str:
     """The resume journal's name for a source: ``<archive>/<source>``."""
     return source if archive is None else f"{archive}/{source}"
