@@ -39,6 +39,7 @@ OFFLINE_COMMANDS = {
         "evaluate",
         "index",
         "prepare",
+        "repair",
         "search",
         "stats",
         "train",

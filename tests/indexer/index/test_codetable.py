@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from indexer.index.codetable import CodeTable, Columns, TermFilter
+from indexer.index.codetable import ALL, NO_FILTER, NONE, CodeTable, Columns, TermFilter
 from indexer.index.pq import adc_scores, lookup_tables
 from tests.indexer.index_helpers import M, descriptors_near_codewords, unit_codebooks
 
@@ -90,7 +90,7 @@ def test_rows_are_padded_when_fewer_items_are_eligible():
     assert (found[:, :30] > 0).all() and (found[:, 30:] == -1).all()
     assert np.isneginf(scores[:, 30:]).all()
     _, none_found = table.search(
-        descriptors_near_codewords(1, table.codebooks), 3, table.nothing_eligible()
+        descriptors_near_codewords(1, table.codebooks), 3, table.eligible(NONE)
     )
     assert (none_found == -1).all()
 
@@ -114,9 +114,24 @@ def test_longer_codes_match_brute_force_unfiltered_and_filtered(num_codebooks, c
     table.append(codes, ids, columns(len(codes)))
     centre_vectors = codebooks[np.arange(num_codebooks)[None, :], centres[:6]].reshape(6, -1)
     queries = (centre_vectors + 0.5 * rng.standard_normal(centre_vectors.shape)).astype(np.float32)
-    for term_filter in (None, TermFilter(dataset=1)):
+    for term_filter in (NO_FILTER, TermFilter(dataset=1)):
         eligible = table.eligible(term_filter)
         scores, found = table.search(queries, 25, eligible)
-        expected_scores, expected_ids = expected_top_k(table, codes, ids, queries, 25, eligible)
+        keep = None if eligible is ALL else eligible
+        expected_scores, expected_ids = expected_top_k(table, codes, ids, queries, 25, keep)
         np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
         np.testing.assert_array_equal(found, expected_ids)
+
+
+def test_no_filter_allows_every_item_and_none_allows_no_item():
+    table, ids = table_of(few_distinct_codes(30, distinct=5))
+    assert not NO_FILTER.constrained and TermFilter(label=0).constrained
+    assert table.eligible(NO_FILTER) is ALL
+    assert not table.eligible(NONE).any()  # type: ignore[union-attr]
+    table.remove(ids[:3])
+    # With tombstones "no filter" is a mask of the live items.
+    mask = table.eligible(NO_FILTER)
+    assert mask is not ALL and mask.sum() == 27  # type: ignore[union-attr]
+    # Excluding a group that is NONE leaves out nothing; excluding group 0 drops every 7th item.
+    kept = table.eligible(TermFilter(exclude_group=0))
+    assert kept is not ALL and kept.sum() == 27 - sum(1 for i in range(3, 30) if i % 7 == 0)  # type: ignore[union-attr]
