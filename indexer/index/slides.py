@@ -1,0 +1,163 @@
+"""Whole-slide images of an index: the slide registry, and ranking slides from tile hits.
+
+Registry: the ``slides`` table of the index's ``metadata.sqlite`` (the index's source of truth)
+holds one row per slide the indexer has opened: its path on the indexing host, level-0 size, mpp,
+vendor, pyramid, label / group / dataset and, once every tile is stored, how many tiles it has.
+Clients name slides by ``slide_id`` only (derived from OpenSlide's content hash of the slide);
+the service looks the path up here and never takes one from a request.
+
+Aggregation (`rank_slides`): the hits of a search's top N (``SLIDE_POOL``) that come from slides
+are grouped by slide; slides are ranked by their best hit's score, then by how many of the top N
+hits they hold, then by slide id (so equal slides come in a fixed order). Each slide lists its
+hits in rank order.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Final
+
+from indexer.index.records import ItemRecord
+
+METADATA_FILE: Final = "metadata.sqlite"
+# Search results considered when ranking slides: enough that a slide's hit count means something,
+# few enough that fetching their records costs well under a millisecond.
+SLIDE_POOL: Final = 100
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS slides (
+    slide_id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    slide_hash TEXT NOT NULL,
+    record TEXT NOT NULL,
+    tiles INTEGER
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SlideRecord:
+    """What the index knows about one slide (dimensions are level-0 pixels)."""
+
+    slide_id: str
+    source: str
+    slide_hash: str
+    width: int
+    height: int
+    mpp_x: float
+    mpp_y: float
+    vendor: str | None
+    level_dimensions: list[tuple[int, int]]
+    level_downsamples: list[float]
+    label: str | None = None
+    group: str | None = None
+    dataset: str | None = None
+    tile_mpp: float | None = None
+    tile_size: int | None = None
+    tiles: int | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class SlideRegistry:
+    """The ``slides`` table of an index directory's metadata database (thread-safe)."""
+
+    def __init__(self, directory: Path) -> None:
+        self._mutex = threading.Lock()
+        self._connection = sqlite3.connect(
+            Path(directory) / METADATA_FILE, check_same_thread=False, timeout=30.0
+        )
+        with self._mutex:
+            self._connection.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._mutex:
+            self._connection.close()
+
+    def __enter__(self) -> SlideRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def put(self, record: SlideRecord) -> None:
+        """Insert or replace a slide's row (durable on return)."""
+        body = asdict(record)
+        with self._mutex, self._connection:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO slides (slide_id, source, slide_hash, record, tiles) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record.slide_id, record.source, record.slide_hash, json.dumps(body), record.tiles),
+            )
+
+    def get(self, slide_id: str) -> SlideRecord | None:
+        with self._mutex:
+            row = self._connection.execute(
+                "SELECT record, tiles FROM slides WHERE slide_id = ?", (slide_id,)
+            ).fetchone()
+        return None if row is None else _record_from_json(row[0], row[1])
+
+    def count(self) -> int:
+        with self._mutex:
+            return int(self._connection.execute("SELECT COUNT(*) FROM slides").fetchone()[0])
+
+    def all(self) -> list[SlideRecord]:
+        with self._mutex:
+            rows = self._connection.execute(
+                "SELECT record, tiles FROM slides ORDER BY slide_id"
+            ).fetchall()
+        return [_record_from_json(body, tiles) for body, tiles in rows]
+
+
+def _record_from_json(body: str, tiles: int | None) -> SlideRecord:
+    fields = json.loads(body)
+    fields["level_dimensions"] = [tuple(pair) for pair in fields["level_dimensions"]]
+    fields["tiles"] = tiles
+    return SlideRecord(**fields)
+
+
+# ---- aggregation -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RankedHit:
+    """One tile hit of a search: its 1-based rank, its score and its record."""
+
+    rank: int
+    score: float
+    record: ItemRecord
+
+
+@dataclass(frozen=True, slots=True)
+class RankedSlide:
+    """A slide among a search's top hits: best score, hit count and its hits in rank order."""
+
+    slide_id: str
+    best_score: float
+    hit_count: int
+    hits: list[RankedHit]
+
+
+def slide_id_of(record: ItemRecord) -> str | None:
+    """The slide an item was cut from, or None for items that are not slide tiles."""
+    value = (record.extra or {}).get("slide_id")
+    return value if isinstance(value, str) else None
+
+
+def rank_slides(hits: Sequence[RankedHit], limit: int | None = None) -> list[RankedSlide]:
+    """Slides of ``hits`` ranked by best score, then hit count, then slide id (module doc)."""
+    grouped: dict[str, list[RankedHit]] = {}
+    for hit in sorted(hits, key=lambda hit: hit.rank):
+        slide_id = slide_id_of(hit.record)
+        if slide_id is not None:
+            grouped.setdefault(slide_id, []).append(hit)
+    slides = [
+        RankedSlide(slide_id, max(hit.score for hit in own), len(own), own)
+        for slide_id, own in grouped.items()
+    ]
+    slides.sort(key=lambda slide: (-slide.best_score, -slide.hit_count, slide.slide_id))
+    return slides if limit is None else slides[:limit]
