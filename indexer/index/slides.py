@@ -64,15 +64,21 @@ class SlideRecord:
 
 
 class SlideRegistry:
-    """The ``slides`` table of an index directory's metadata database (thread-safe)."""
+    """The ``slides`` table of an index directory's metadata database (thread-safe).
 
-    def __init__(self, directory: Path) -> None:
+    A reader (``create=False``, the service) never changes the database: an index built without
+    slides simply has none.
+    """
+
+    def __init__(self, directory: Path, *, create: bool = True) -> None:
         self._mutex = threading.Lock()
         self._connection = sqlite3.connect(
             Path(directory) / METADATA_FILE, check_same_thread=False, timeout=30.0
         )
         with self._mutex:
-            self._connection.executescript(_SCHEMA)
+            if create:
+                self._connection.executescript(_SCHEMA)
+            self._present = create or _has_table(self._connection)
 
     def close(self) -> None:
         with self._mutex:
@@ -95,6 +101,8 @@ class SlideRegistry:
             )
 
     def get(self, slide_id: str) -> SlideRecord | None:
+        if not self._present:
+            return None
         with self._mutex:
             row = self._connection.execute(
                 "SELECT record, tiles FROM slides WHERE slide_id = ?", (slide_id,)
@@ -102,15 +110,26 @@ class SlideRegistry:
         return None if row is None else _record_from_json(row[0], row[1])
 
     def count(self) -> int:
+        if not self._present:
+            return 0
         with self._mutex:
             return int(self._connection.execute("SELECT COUNT(*) FROM slides").fetchone()[0])
 
     def all(self) -> list[SlideRecord]:
+        if not self._present:
+            return []
         with self._mutex:
             rows = self._connection.execute(
                 "SELECT record, tiles FROM slides ORDER BY slide_id"
             ).fetchall()
         return [_record_from_json(body, tiles) for body, tiles in rows]
+
+
+def _has_table(connection: sqlite3.Connection) -> bool:
+    row = connection.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'slides'"
+    ).fetchone()
+    return row is not None
 
 
 def _record_from_json(body: str, tiles: int | None) -> SlideRecord:

@@ -6,11 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
+from indexer.index.slides import SLIDE_POOL
 from indexer.index.store import ItemRecord, SearchFilters
 from service.deps import EngineDep, ReadAccess, SettingsDep
 from service.engine import SearchOutcome
 from service.errors import ServiceError
 from service.routes.images import item_fields
+from service.routes.slides import SlidesDep, slide_results
 from service.routes.uploads import read_upload
 from service.schemas import ErrorResponse, QueryImage, SearchHit, SearchResponse, Timings
 
@@ -25,6 +27,7 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 async def search(
     engine: EngineDep,
     settings: SettingsDep,
+    slides: SlidesDep,
     image: Annotated[UploadFile, File(description="The query image (JPEG, PNG, TIFF, ...).")],
     k: Annotated[int, Form(ge=1, description="How many results (at most HISTOSEARCH_MAX_K).")] = 10,
     label: Annotated[str | None, Form(description="Only items with this label.")] = None,
@@ -37,11 +40,13 @@ async def search(
         raise ServiceError(422, "k_too_large", f"k={k} exceeds the limit of {settings.max_k}")
     upload = await read_upload(image, settings.max_upload_bytes)
     filters = _filters(label, dataset, exclude_group)
+    # Slides are ranked from a wider pool of hits than k (when the index has slides at all).
+    pool = max(k, SLIDE_POOL) if slides.slide_count else k
 
     def search_and_serialise() -> bytes:
         # The response is built and turned into JSON in the worker too: the event loop only
         # moves bytes, and FastAPI does not validate and serialise the same model a second time.
-        return _response(k, engine.search_upload(upload, k, filters)).model_dump_json().encode()
+        return _response(k, engine.search_upload(upload, pool, filters)).model_dump_json().encode()
 
     body = await engine.offload(search_and_serialise)
     return Response(body, media_type="application/json")
@@ -66,8 +71,10 @@ def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
     return SearchResponse(
         k=k,
         results=[
-            _hit(rank, score, record) for rank, (score, record) in enumerate(outcome.hits, start=1)
+            _hit(rank, score, record)
+            for rank, (score, record) in enumerate(outcome.hits[:k], start=1)
         ],
+        slides=slide_results(outcome.hits, limit=k),
         query=QueryImage(
             width=width,
             height=height,
