@@ -87,6 +87,10 @@ class SlideLibrary:
         """The Deep Zoom descriptor (XML) of a slide."""
         return self._opened(slide_id).deepzoom.get_dzi(DZI_FORMAT)
 
+    def level_tiles(self, slide_id: str) -> tuple[tuple[int, int], ...]:
+        """(columns, rows) of Deep Zoom tiles at each level, coarsest first."""
+        return tuple(self._opened(slide_id).deepzoom.level_tiles)
+
     def tile(self, slide_id: str, level: int, col: int, row: int) -> bytes:
         """One JPEG Deep Zoom tile, from the cache when it is there."""
         key = (slide_id, level, col, row)

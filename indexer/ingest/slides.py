@@ -34,7 +34,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -423,8 +423,10 @@ def _encode_tiles(
                     bar.update(len(batch))
                 batch = []
     finally:
+        # The slide is closed after this returns: no read may still be running on it then.
         for future in in_flight:
             future.cancel()
+        wait(in_flight)
         if bar is not None:
             bar.close()
 

@@ -44,8 +44,11 @@ MAX_SATURATION: Final = 0.10
 DARK_VALUE: Final = 0.20
 PEN_HUE_DEGREES: Final = (70.0, 200.0)
 PEN_MIN_SATURATION: Final = 0.15
-# The overview is read in regions of this many mask pixels a side, so memory stays bounded.
+# The overview is read in regions of at most this many mask pixels a side, and of at most
+# `MAX_READ_SIDE` pixels of the level they come from (a slide with no reduced levels is read from
+# level 0 in 2048 px pieces, 16 MB each), so memory stays bounded whatever the pyramid.
 OVERVIEW_REGION: Final = 512
+MAX_READ_SIDE: Final = 2048
 # A level whose downsample exceeds the wanted one by less than this still counts as "at or below":
 # pyramids of odd-sized slides report downsamples such as 4.0003 for a nominal 4.
 DOWNSAMPLE_TOLERANCE: Final = 1e-3
@@ -100,10 +103,11 @@ def read_overview(slide: OpenSlide, downsample: float) -> npt.NDArray[np.uint8]:
     cols, rows = max(1, math.ceil(width / downsample)), max(1, math.ceil(height / downsample))
     level = best_level(slide, downsample)
     scale = downsample / slide.level_downsamples[level]
+    step = max(1, min(OVERVIEW_REGION, int(MAX_READ_SIDE / scale)))
     overview = np.empty((rows, cols, 3), dtype=np.uint8)
-    for top in range(0, rows, OVERVIEW_REGION):
-        for left in range(0, cols, OVERVIEW_REGION):
-            out_w, out_h = min(OVERVIEW_REGION, cols - left), min(OVERVIEW_REGION, rows - top)
+    for top in range(0, rows, step):
+        for left in range(0, cols, step):
+            out_w, out_h = min(step, cols - left), min(step, rows - top)
             size = (max(1, round(out_w * scale)), max(1, round(out_h * scale)))
             origin = (round(left * downsample), round(top * downsample))
             region = to_rgb(slide.read_region(origin, level, size))

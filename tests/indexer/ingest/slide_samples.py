@@ -29,20 +29,25 @@ Cell = tuple[int, int]
 
 @dataclass(slots=True)
 class Mosaic:
-    """Cells of ``cell`` level-0 pixels; ``tissue`` maps (col, row) to the image laid there."""
+    """Cells of ``cell`` level-0 pixels; ``tissue`` maps (col, row) to the image laid there.
+
+    Many cells may share one image object: scaled copies are cached per image and level, so a
+    50,000 px mosaic of a few hundred distinct tiles stays small in memory.
+    """
 
     width: int
     height: int
     cell: int
     tissue: Mapping[Cell, Image.Image]
-    _scaled: dict[tuple[float, Cell], npt.NDArray[np.uint8]] = field(default_factory=dict)
+    _scaled: dict[tuple[float, int], npt.NDArray[np.uint8]] = field(default_factory=dict)
 
     def scaled_cell(self, downsample: float, cell: Cell) -> npt.NDArray[np.uint8]:
-        key = (downsample, cell)
+        image = self.tissue[cell]
+        key = (downsample, id(image))
         if key not in self._scaled:
             side = max(1, round(self.cell / downsample))
-            image = self.tissue[cell].convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
-            self._scaled[key] = np.asarray(image)
+            scaled = image.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
+            self._scaled[key] = np.asarray(scaled)
         return self._scaled[key]
 
     def region(self, downsample: float, x: int, y: int, size: int) -> npt.NDArray[np.uint8]:
@@ -80,13 +85,23 @@ def _level_tiles(mosaic: Mosaic, downsample: float, shape: tuple[int, int]) -> I
             yield tile
 
 
-def write_mosaic_slide(path: Path, mosaic: Mosaic, mpp: float | None, *, quality: int = 90) -> Path:
-    """Write the mosaic as a pyramidal JPEG-tiled TIFF; ``mpp=None`` leaves out resolution tags."""
+def write_mosaic_slide(
+    path: Path,
+    mosaic: Mosaic,
+    mpp: float | None,
+    *,
+    quality: int = 90,
+    max_levels: int | None = None,
+) -> Path:
+    """Write the mosaic as a pyramidal JPEG-tiled TIFF; ``mpp=None`` leaves out resolution tags.
+
+    Levels halve until one fits a TIFF tile, or stop after ``max_levels``.
+    """
     levels, downsample = [], 1
     while True:
         shape = (max(1, mosaic.height // downsample), max(1, mosaic.width // downsample))
         levels.append((downsample, shape))
-        if max(shape) <= TIFF_TILE:
+        if max(shape) <= TIFF_TILE or len(levels) == max_levels:
             break
         downsample *= 2
     with tifffile.TiffWriter(path, bigtiff=True) as writer:

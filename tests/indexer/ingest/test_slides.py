@@ -87,6 +87,15 @@ def test_tissue_mask_keeps_exactly_the_tissue_cells_and_never_reads_glass(slides
     assert plan.background == COLS * ROWS - len(TISSUE_CELLS)
 
 
+def test_a_slide_without_reduced_levels_is_tiled_alike_from_level_zero(mosaic, tmp_path):
+    path = write_mosaic_slide(tmp_path / "flat.tif", mosaic, 0.25, max_levels=1)
+    slide = open_slide(path)
+    assert slide.level_count == 1
+    plan = plan_tiles(slide, slide_resolution(slide, path, None), config())
+    assert plan.level == 0 and plan.read_size == (CELL, CELL)
+    assert sorted((x // CELL, y // CELL) for x, y, _, _ in plan.boxes) == sorted(TISSUE_CELLS)
+
+
 def test_tiles_at_half_micron_from_a_quarter_micron_slide_match_their_stored_coordinates(
     slides, mosaic, tmp_path
 ):
