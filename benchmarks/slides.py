@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
 import platform
 import random
 import shutil
@@ -190,6 +191,7 @@ def main() -> None:
     args = parser.parse_args()
 
     slide_path, generation_s = generated_slide(args.workdir, args.side)
+    load_before = os.getloadavg()
     torch.manual_seed(0)
     card = ModelCard()
     model = build_model(card).eval()
@@ -254,6 +256,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "workers": args.workers,
         "torch_threads": torch.get_num_threads(),
+        # The machine is shared: its load average says how much the figures were disturbed.
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
+        "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "torch": torch.__version__,
     }

@@ -7,6 +7,8 @@ defaults of OpenSlide's example viewer). Open slides are kept in an LRU of ``ope
 entries and encoded tiles in an LRU bounded by ``tile_cache_bytes``; all slide reading runs in a
 small thread pool of its own, so a viewer's burst of tile requests neither blocks the event loop
 nor queues behind searches.
+
+"More like this" (`item_query`) re-reads an item's own tile from its source, here too.
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 
-from indexer.index.slides import SlideRecord, SlideRegistry
+from PIL import Image
+
+from indexer.index.records import ItemRecord
+from indexer.index.slides import SlideRecord, SlideRegistry, read_slide_tile, slide_id_of
+from indexer.index.store import ArchiveIndex
+from model.preprocess import open_upright_rgb
 
 if TYPE_CHECKING:
     from openslide import OpenSlide
@@ -44,6 +51,10 @@ class SlideUnavailableError(LookupError):
 
 class TileOutOfRangeError(LookupError):
     """A Deep Zoom level, column or row outside the slide's pyramid."""
+
+
+class ItemSourceUnavailableError(LookupError):
+    """An item whose tile cannot be read again: unknown id, or its source is gone."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +125,43 @@ class SlideLibrary:
         data = buffer.getvalue()
         self._remember(key, data)
         return data
+
+    def item_query(self, index: ArchiveIndex, item_id: int) -> bytes:
+        """An item's own tile, re-read from its source, as PNG bytes to search with.
+
+        A slide tile is read from its slide exactly as the indexer read it (same level, box and
+        size: `indexer.index.slides.read_slide_tile`); another item from its source file on this
+        host, cropped to its tile box. The path comes from the index, never from the client.
+        """
+        record = index.get(item_id)
+        if record is None:
+            raise ItemSourceUnavailableError(f"no archive item with id {item_id}")
+        pixels = self._item_pixels(record)
+        buffer = io.BytesIO()
+        pixels.save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+
+    def _item_pixels(self, record: ItemRecord) -> Image.Image:
+        slide_id = slide_id_of(record)
+        if slide_id is not None and record.tile is not None:
+            slide = self._opened(slide_id).slide
+            extra = record.extra
+            return read_slide_tile(slide, int(extra["level"]), record.tile, int(extra["tile_px"]))
+        source = Path(record.source)
+        if not source.is_absolute() or not source.is_file():
+            raise ItemSourceUnavailableError(
+                f"the source of item {record.id} cannot be read by the service: {record.source}"
+            )
+        try:
+            pixels = open_upright_rgb(source)
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            raise ItemSourceUnavailableError(
+                f"the source of item {record.id} is no longer readable: {error}"
+            ) from error
+        if record.tile is None:
+            return pixels
+        x, y, width, height = record.tile
+        return pixels.crop((x, y, x + width, y + height))
 
     def _remember(self, key: tuple[str, int, int, int], data: bytes) -> None:
         with self._lock:

@@ -20,9 +20,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-from indexer.index.records import ItemRecord
+from indexer.index.records import ItemRecord, TileBox
+from model.preprocess import resized_pixels, to_rgb
+
+if TYPE_CHECKING:
+    from openslide import OpenSlide
+    from PIL import Image
 
 METADATA_FILE: Final = "metadata.sqlite"
 # Search results considered when ranking slides: enough that a slide's hit count means something,
@@ -137,6 +142,31 @@ def _record_from_json(body: str, tiles: int | None) -> SlideRecord:
     fields["level_dimensions"] = [tuple(pair) for pair in fields["level_dimensions"]]
     fields["tiles"] = tiles
     return SlideRecord(**fields)
+
+
+# ---- tile pixels -------------------------------------------------------------------------------
+
+
+def level_read_size(box: TileBox, level_downsample: float) -> tuple[int, int]:
+    """Pixels to read at a level of this downsample to cover a level-0 box."""
+    return (
+        max(1, round(box[2] / level_downsample)),
+        max(1, round(box[3] / level_downsample)),
+    )
+
+
+def read_slide_tile(slide: OpenSlide, level: int, box: TileBox, tile_size: int) -> Image.Image:
+    """The RGB tile at level-0 ``box``, read from ``level`` and resized to ``tile_size`` a side.
+
+    Transparent pixels (outside the scanned area) become white glass (`model.preprocess.to_rgb`).
+    """
+    from PIL import Image
+
+    size = level_read_size(box, float(slide.level_downsamples[level]))
+    region = to_rgb(slide.read_region((box[0], box[1]), level, size))
+    if region.size == (tile_size, tile_size):
+        return region
+    return Image.fromarray(resized_pixels(region, (tile_size, tile_size)))
 
 
 # ---- aggregation -------------------------------------------------------------------------------

@@ -44,7 +44,12 @@ from PIL import Image
 from indexer.index.hashing import tile_hash
 from indexer.index.metadata import FinishedSource
 from indexer.index.records import NewItem, TileBox
-from indexer.index.slides import SlideRecord, SlideRegistry
+from indexer.index.slides import (
+    SlideRecord,
+    SlideRegistry,
+    level_read_size,
+    read_slide_tile,
+)
 from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
 from indexer.ingest.pipeline import Encoder, IndexingSummary, Tile, embed_tiles, write_tiles
@@ -52,7 +57,6 @@ from indexer.ingest.sources import ArchiveImage, SourceError, load_csv
 from indexer.ingest.tiling import tile_starts
 from indexer.ingest.tissue import TissueMask, best_level, tissue_mask
 from model.errors import HistosearchError
-from model.preprocess import resized_pixels, to_rgb
 
 if TYPE_CHECKING:
     from openslide import OpenSlide
@@ -227,10 +231,7 @@ def plan_tiles(slide: OpenSlide, mpp: tuple[float, float], config: SlideConfig) 
     downsample = min(side) / config.tile_size
     level = best_level(slide, downsample)
     level_downsample = float(slide.level_downsamples[level])
-    read_size = (
-        max(1, round(side[0] / level_downsample)),
-        max(1, round(side[1] / level_downsample)),
-    )
+    read_size = level_read_size((0, 0, *side), level_downsample)
     boxes = [
         (x, y, side[0], side[1])
         for y in tile_starts(height, side[1], step[1])
@@ -247,10 +248,7 @@ def plan_tiles(slide: OpenSlide, mpp: tuple[float, float], config: SlideConfig) 
 
 def read_tile(slide: OpenSlide, plan: TilePlan, box: TileBox, tile_size: int) -> Image.Image:
     """The RGB tile at level-0 ``box``, read from the plan's level and resized to ``tile_size``."""
-    region = to_rgb(slide.read_region((box[0], box[1]), plan.level, plan.read_size))
-    if region.size == (tile_size, tile_size):
-        return region
-    return Image.fromarray(resized_pixels(region, (tile_size, tile_size)))
+    return read_slide_tile(slide, plan.level, box, tile_size)
 
 
 def tile_content_hash(hash_hex: str, box: TileBox, tile_size: int) -> str:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from indexer.cli import main
 from model import build_model, save_checkpoint
+from tests.indexer.index_helpers import SHARED_DATA
 from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
 from tests.service.conftest import SMALL_CARD, LiveServer
 
@@ -178,3 +179,51 @@ def test_search_filters_and_exclude_group_apply_to_slides_as_to_tiles(slide_serv
     assert all(r["group"] == "slide-b" for r in excluded["results"])
     assert [s["slide_id"] for s in labelled["slides"]] == [ids["slide-a"]]
     assert labelled["slides"][0]["hit_count"] == 16
+
+
+def test_an_index_without_slides_answers_searches_with_no_slides_and_404_for_any_slide(
+    live_server,
+):
+    query = sorted((SHARED_DATA / "kather2016-texture-240" / "01_TUMOR").glob("*.tif"))[0]
+    with live_server.client() as client:
+        body = client.post(
+            "/search", files={"image": ("q.tif", query.read_bytes())}, data={"k": "4"}
+        ).json()
+        assert len(body["results"]) == 4 and body["slides"] == []
+        assert client.get("/slides/0123456789abcdef").status_code == 404
+        assert client.get("/slides/0123456789abcdef.dzi").status_code == 404
+
+
+def test_more_like_this_searches_with_the_items_own_tile_re_read_from_its_slide(slide_server):
+    server, slides = slide_server
+    with server.client() as client:
+        item = client.get("/images/5").json()
+        by_item = client.post("/search", data={"item_id": "5", "k": "32"}).json()
+        # The reference: the item's box read from level 1 of its slide by OpenSlide, uploaded.
+        box = item["tile"]
+        path = slides[Path(item["source"]).stem]
+        assert item["extra"]["level"] == 1 and box["width"] == 2 * item["extra"]["tile_px"]
+        upload = query_png(path, box["x"], box["y"])
+        by_pixels = client.post("/search", files={"image": ("t.png", upload)}, data={"k": "32"})
+    expected = [(r["id"], r["score"]) for r in by_pixels.json()["results"]]
+    assert [(r["id"], r["score"]) for r in by_item["results"]] == expected
+    assert by_item["query"]["width"] == by_item["query"]["height"] == item["extra"]["tile_px"]
+    assert 5 in [r["id"] for r in by_item["results"]]
+
+
+def test_more_like_this_needs_exactly_one_query_and_a_known_item(slide_server, live_server):
+    server, _ = slide_server
+    with server.client() as client:
+        neither = client.post("/search", data={"k": "3"})
+        assert neither.status_code == 422 and neither.json()["code"] == "one_query"
+        both = client.post(
+            "/search", files={"image": ("q.png", b"x")}, data={"item_id": "1", "k": "3"}
+        )
+        assert both.status_code == 422 and both.json()["code"] == "one_query"
+        unknown = client.post("/search", data={"item_id": "999999", "k": "3"})
+        assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
+    # Kather items name a source that is not a path on this host: refused, the service stays up.
+    with live_server.client() as client:
+        response = client.post("/search", data={"item_id": "1", "k": "3"})
+        assert response.status_code == 404 and "cannot be read" in response.json()["detail"]
+        assert client.get("/health").status_code == 200
