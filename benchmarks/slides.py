@@ -286,7 +286,7 @@ def main() -> None:
             f"{bare:.1f} tiles/s (pipeline = {results['pipeline_over_bare']:.2f} x bare)",
         ),
         (
-            "peak RSS during run",
+            "peak RSS, indexing process",
             f"{peak / 2**20:.0f} MiB (before: {rss_before / 2**20:.0f} MiB; "
             f"level 0 decoded: {args.side**2 * 3 / 2**30:.1f} GiB)",
         ),

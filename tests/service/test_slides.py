@@ -12,36 +12,18 @@ from typing import Any
 
 import openslide
 import pytest
-import torch
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
-from indexer.cli import main
-from model import build_model, save_checkpoint
 from tests.indexer.index_helpers import SHARED_DATA
-from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
-from tests.service.conftest import SMALL_CARD, LiveServer
-
-CELL = 300
+from tests.service.conftest import LiveServer
+from tests.service.slide_index import CELL, build_slide_index
 
 
 @pytest.fixture(scope="module")
 def slide_server(tmp_path_factory):
-    root = tmp_path_factory.mktemp("slides")
-    slides = {}
-    for label, name, phase in (("TUMOR", "slide-a", 0), ("STROMA", "slide-b", 1)):
-        cells = [(c, r) for r in range(6) for c in range(8) if (c + r + phase) % 3 == 0]
-        (root / "archive" / label).mkdir(parents=True)
-        path = root / "archive" / label / f"{name}.tif"
-        write_mosaic_slide(path, checkerboard_mosaic(8 * CELL, 6 * CELL, CELL, cells), 0.25)
-        slides[name] = path
-    torch.manual_seed(0)
-    save_checkpoint(build_model(SMALL_CARD).eval(), root / "model.pt")
-    index_dir = root / "index"
-    argv = ["index", "--source", "slides", "--data", str(root / "archive"), "--index"]
-    argv += [str(index_dir), "--checkpoint", str(root / "model.pt"), "--mpp", "0.5"]
-    assert main([*argv, "--tile-size", "150", "--no-progress", "--device", "cpu"]) == 0
-    server = LiveServer(index_dir, root / "server.log").start()
+    index_dir, slides = build_slide_index(tmp_path_factory.mktemp("slides"))
+    server = LiveServer(index_dir, index_dir.parent / "server.log").start()
     try:
         yield server, slides
     finally:
