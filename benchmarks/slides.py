@@ -10,6 +10,8 @@ written tile by tile by tifffile (never held whole in memory).
 - ``tissue detection``: `plan_tiles` (overview read from the pyramid, mask, tile selection).
 - ``slide pipeline``: `index_slides` into a fresh index: tissue mask, region reads in the thread
   pool, resize, thumbnail, preprocess, embed, durable SQLite write, final snapshot.
+- ``pipeline, random descriptors``: the same run with random descriptors instead of the network,
+  i.e. what the pipeline itself costs per tile (reads, thumbnails, SQLite writes).
 - ``bare forward``: ``model.encode`` alone on the first ``--forward-tiles`` tissue tiles of the same
   slide, read and preprocessed before the clock starts: the floor the pipeline cannot beat.
 - ``peak RSS``: the process's high-water mark of resident memory (``VmHWM``, reset just before
@@ -177,6 +179,29 @@ def pipeline_run(slide_path: Path, index_dir: Path, config: SlideConfig) -> dict
     }
 
 
+def pipeline_without_model_tiles_per_s(
+    slide_path: Path, workdir: Path, config: SlideConfig, card: ModelCard, codebooks: Any
+) -> float:
+    """The slide pipeline with random descriptors instead of the network: its own cost alone."""
+    directory = workdir / "index-no-model"
+    shutil.rmtree(directory, ignore_errors=True)
+    rng = np.random.default_rng(0)
+
+    def random_descriptors(images: Any) -> Any:
+        return rng.standard_normal((len(images), card.descriptor_dim)).astype(np.float32)
+
+    index = ArchiveIndex.create_from_codebooks(
+        directory, codebooks, card=card.model_dump(mode="json")
+    )
+    started = time.perf_counter()
+    archive = [ArchiveImage(slide_path, "mosaic", "mosaic", "benchmark")]
+    summary = index_slides(archive, index, random_descriptors, config)
+    seconds = time.perf_counter() - started
+    index.close()
+    shutil.rmtree(directory, ignore_errors=True)
+    return summary.tiles_added / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=50_000, help="slide edge in level-0 px")
@@ -221,6 +246,9 @@ def main() -> None:
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         run = pool.apply(pipeline_run, (slide_path, index_dir, config))
     pipeline_s, peak, rss_before = run["seconds"], run["peak_rss"], run["rss_before"]
+    without_model = pipeline_without_model_tiles_per_s(
+        slide_path, args.workdir, config, card, model.codebooks().detach().numpy()
+    )
     summary_tiles = run["tiles_added"]
     deep_zoom = deep_zoom_latencies(index_dir, run["slide_id"], args.dzi_tiles)
 
@@ -245,6 +273,7 @@ def main() -> None:
             "seconds": pipeline_s,
             "tiles_per_s": summary_tiles / pipeline_s,
         },
+        "pipeline_without_model_tiles_per_s": without_model,
         "bare_forward": {"tiles": min(args.forward_tiles, len(plan.boxes)), "tiles_per_s": bare},
         "pipeline_over_bare": summary_tiles / pipeline_s / bare,
         "memory": {
@@ -281,6 +310,7 @@ def main() -> None:
             f"{summary_tiles / pipeline_s:.1f} tiles/s "
             f"({summary_tiles} tiles in {pipeline_s:.1f} s)",
         ),
+        ("pipeline, random descriptors", f"{without_model:.1f} tiles/s (its own cost, no network)"),
         (
             "bare forward",
             f"{bare:.1f} tiles/s (pipeline = {results['pipeline_over_bare']:.2f} x bare)",
