@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-def run_slides(args: argparse.Namespace, open_or_create: Callable[[Path, Path | None], Any]) -> int:
+def run_slides(args: argparse.Namespace) -> int:
+    from indexer.index.opening import open_or_create_index
     from indexer.index.store import IndexDirectoryError
     from indexer.ingest.slides import SlideConfig, index_slides, load_slides
     from indexer.ingest.sources import SourceError
-    from model import Embedder, load_checkpoint, select_device
+    from model import CheckpointMismatchError, select_device
 
     try:
         config = SlideConfig(
@@ -29,22 +27,12 @@ def run_slides(args: argparse.Namespace, open_or_create: Callable[[Path, Path | 
             progress=not args.no_progress,
         )
         slides = load_slides(args.data, args.dataset)
-        index = open_or_create(args.index, args.checkpoint)
-    except (SourceError, IndexDirectoryError, ValueError) as error:
+        opened = open_or_create_index(args.index, args.checkpoint, select_device(args.device))
+    except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2
-    try:
-        checkpoint = index.checkpoint_path
-        if checkpoint is None:
-            log.error("%s has no model.pt to encode with", args.index)
-            return 2
-        device = select_device(args.device)
-        model = load_checkpoint(checkpoint, map_location=device)
-        index.check_model(model.codebooks().detach().cpu().numpy())
-        embedder = Embedder(model, device, batch_size=args.batch_size)
-        summary = index_slides(slides, index, embedder, config)
-    finally:
-        index.close()
+    with opened:
+        summary = index_slides(slides, opened.index, opened.embedder(args.batch_size), config)
     print(f"index {args.index}: {len(slides)} slides in the archive")
     for line in summary.lines():
         print(f"  {line}")
