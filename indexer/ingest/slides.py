@@ -54,7 +54,7 @@ from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
 from indexer.ingest.pipeline import Encoder, IndexingSummary, Tile, embed_tiles, write_tiles
 from indexer.ingest.sources import ArchiveImage, SourceError, load_csv
-from indexer.ingest.tiling import tile_starts
+from indexer.ingest.tiling import DEFAULT_TILE_SIZE, tile_starts
 from indexer.ingest.tissue import TissueMask, best_level, tissue_mask
 from model.errors import HistosearchError
 
@@ -82,8 +82,9 @@ class SlideError(HistosearchError):
 def _slide_errors() -> tuple[type[BaseException], ...]:
     import openslide
 
-    # OpenSlideUnsupportedFormatError derives from OpenSlideError; OSError covers missing files.
-    return (SlideError, openslide.OpenSlideError, OSError, ValueError)
+    # Only reading a slide may fail as "unreadable" (OpenSlideUnsupportedFormatError derives from
+    # OpenSlideError; OSError covers files that vanish); an error anywhere else stops the run.
+    return (SlideError, openslide.OpenSlideError, OSError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +92,7 @@ class SlideConfig:
     """How slides are cut and encoded: resolution, tile edge, tissue share, batching."""
 
     mpp: float = 0.5
-    tile_size: int = 512
+    tile_size: int = DEFAULT_TILE_SIZE
     stride: int | None = None
     min_tissue: float = 0.25
     slide_mpp: float | None = None

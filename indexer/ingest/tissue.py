@@ -39,6 +39,8 @@ from model.preprocess import to_rgb
 if TYPE_CHECKING:
     from openslide import OpenSlide
 
+# Measured on a mosaic of Kather 2016 tiles on glass: glass has a saturation of about 0.01 at
+# overview scale, pale mucosa a median of 0.17, and Otsu's cut landed at 0.27, which dropped it.
 MIN_SATURATION: Final = 0.04
 MAX_SATURATION: Final = 0.10
 DARK_VALUE: Final = 0.20
