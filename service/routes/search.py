@@ -67,8 +67,14 @@ async def _query_upload(
     max_bytes: int,
 ) -> Upload:
     """The uploaded image, or an item's own tile re-read from its source ("more like this")."""
-    if (image is None) == (item_id is None):
-        raise ServiceError(422, "one_query", "send exactly one of an image file and an item_id")
+    if image is None and item_id is None:
+        raise ServiceError(
+            422,
+            "invalid_request",
+            "image: a query image file is required (or item_id, to search with an item's own tile)",
+        )
+    if image is not None and item_id is not None:
+        raise ServiceError(422, "invalid_request", "image and item_id: send one of them, not both")
     if image is not None:
         return await read_upload(image, max_bytes)
     assert item_id is not None

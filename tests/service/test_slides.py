@@ -197,11 +197,12 @@ def test_more_like_this_needs_exactly_one_query_and_a_known_item(slide_server, l
     server, _ = slide_server
     with server.client() as client:
         neither = client.post("/search", data={"k": "3"})
-        assert neither.status_code == 422 and neither.json()["code"] == "one_query"
+        assert neither.status_code == 422 and neither.json()["code"] == "invalid_request"
+        assert "item_id" in neither.json()["detail"]
         both = client.post(
             "/search", files={"image": ("q.png", b"x")}, data={"item_id": "1", "k": "3"}
         )
-        assert both.status_code == 422 and both.json()["code"] == "one_query"
+        assert both.status_code == 422 and "not both" in both.json()["detail"]
         unknown = client.post("/search", data={"item_id": "999999", "k": "3"})
         assert unknown.status_code == 404 and unknown.json()["code"] == "not_found"
     # Kather items name a source that is not a path on this host: refused, the service stays up.
