@@ -34,8 +34,8 @@ from indexer.index.store import ArchiveIndex
 from indexer.ingest.pipeline import PipelineConfig, index_archive
 from indexer.ingest.sources import ArchiveImage, load_folder
 from indexer.ingest.tiling import TilingConfig
-from model import Embedder, ModelCard, SPQModel, build_model, preprocess
-from model.preprocess import open_upright_rgb
+from model import Embedder, ModelCard, SPQModel, build_model
+from model.preprocess import open_upright_rgb, preprocess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"

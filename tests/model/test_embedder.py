@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import Embedder, ModelCard, SPQModel, build_model, normalize, preprocess
-from model.preprocess import open_upright_rgb
+from model import Embedder, ModelCard, SPQModel, build_model, normalize
+from model.preprocess import open_upright_rgb, preprocess
 
 KATHER = Path(__file__).resolve().parents[3] / "shared" / "data" / "kather2016-texture-240"
 CPU = torch.device("cpu")
