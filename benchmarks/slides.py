@@ -53,7 +53,8 @@ from indexer.ingest.slides import (
     slide_resolution,
 )
 from indexer.ingest.sources import ArchiveImage
-from model import Embedder, ModelCard, build_model, preprocess
+from model import Embedder, ModelCard, build_model
+from model.preprocess import preprocess
 from service.slide_library import SlideLibrary
 from tests.indexer.ingest.slide_samples import Mosaic, kather_images, write_mosaic_slide
 
@@ -123,8 +124,10 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(array, 50)), "p99_ms": float(np.percentile(array, 99))}
 
 
-def deep_zoom_latencies(index_dir: Path, slide_id: str, count: int) -> dict[str, Any]:
-    library = SlideLibrary(index_dir)
+def deep_zoom_latencies(
+    index_dir: Path, slide_path: Path, slide_id: str, count: int
+) -> dict[str, Any]:
+    library = SlideLibrary(index_dir, [slide_path.parent])
     try:
         level_tiles = library.level_tiles(slide_id)
         top = len(level_tiles) - 1
@@ -250,7 +253,7 @@ def main() -> None:
         slide_path, args.workdir, config, card, model.codebooks().detach().numpy()
     )
     summary_tiles = run["tiles_added"]
-    deep_zoom = deep_zoom_latencies(index_dir, run["slide_id"], args.dzi_tiles)
+    deep_zoom = deep_zoom_latencies(index_dir, slide_path, run["slide_id"], args.dzi_tiles)
 
     results: dict[str, Any] = {
         "slide": {

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,12 +70,14 @@ class SlideLibrary:
     def __init__(
         self,
         directory: Path,
+        archive_roots: Sequence[Path] = (),
         *,
         open_slides: int = OPEN_SLIDES,
         tile_cache_bytes: int = TILE_CACHE_BYTES,
         workers: int = SLIDE_WORKERS,
     ) -> None:
         self.registry = SlideRegistry(directory, create=False)
+        self.archive_roots = [Path(os.path.abspath(root)) for root in archive_roots]
         self.slide_count = self.registry.count()
         self._open_limit = open_slides
         self._tile_limit = tile_cache_bytes
@@ -121,7 +124,9 @@ class SlideLibrary:
                 f"tile {col}_{row} is outside the {cols} x {rows} tiles of level {level}"
             )
         buffer = io.BytesIO()
-        deepzoom.get_tile(level, (col, row)).save(buffer, format="JPEG", quality=DZI_QUALITY)
+        _read_or_unavailable(lambda: deepzoom.get_tile(level, (col, row))).save(
+            buffer, format="JPEG", quality=DZI_QUALITY
+        )
         data = buffer.getvalue()
         self._remember(key, data)
         return data
@@ -144,14 +149,21 @@ class SlideLibrary:
     def _item_pixels(self, record: ItemRecord) -> Image.Image:
         slide_id = slide_id_of(record)
         if slide_id is not None and record.tile is not None:
-            slide = self._opened(slide_id).slide
-            extra = record.extra
-            return read_slide_tile(slide, int(extra["level"]), record.tile, int(extra["tile_px"]))
-        source = Path(record.source)
-        if not source.is_absolute() or not source.is_file():
-            raise ItemSourceUnavailableError(
-                f"the source of item {record.id} cannot be read by the service: {record.source}"
-            )
+            try:
+                slide = self._opened(slide_id).slide
+            except SlideUnavailableError as error:
+                raise ItemSourceUnavailableError(f"item {record.id}: {error}") from error
+            extra, box = record.extra, record.tile
+            try:
+                return _read_or_unavailable(
+                    lambda: read_slide_tile(slide, int(extra["level"]), box, int(extra["tile_px"]))
+                )
+            except SlideUnavailableError as error:
+                raise ItemSourceUnavailableError(f"item {record.id}: {error}") from error
+        try:
+            source = self.locate(record.archive, record.source)
+        except SlideUnavailableError as error:
+            raise ItemSourceUnavailableError(f"item {record.id}: {error}") from error
         try:
             pixels = open_upright_rgb(source)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
@@ -162,6 +174,26 @@ class SlideLibrary:
             return pixels
         x, y, width, height = record.tile
         return pixels.crop((x, y, x + width, y + height))
+
+    def locate(self, archive: str | None, source: str) -> Path:
+        """The file of an archive source, under ``<root>/<archive>/`` or ``<root>/`` of a root.
+
+        Sources come from the index, never from a request; one that would lead outside its
+        root (an absolute path, ``..``) is not followed.
+        """
+        relative = Path(source)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise SlideUnavailableError(f"{source!r} is not a path inside an archive")
+        for root in self.archive_roots:
+            for folder in (root / archive, root) if archive else (root,):
+                candidate = folder / relative
+                if candidate.is_file():
+                    return candidate
+        where = f"archive {archive!r}" if archive else "its archive"
+        raise SlideUnavailableError(
+            f"{display_name(archive, source)} cannot be read by the service: it is not under "
+            f"any HISTOSEARCH_ARCHIVE_ROOTS folder (set it to the folder holding {where})"
+        )
 
     def _remember(self, key: tuple[str, int, int, int], data: bytes) -> None:
         with self._lock:
@@ -179,7 +211,8 @@ class SlideLibrary:
             if entry is not None:
                 self._open.move_to_end(slide_id)
                 return entry
-        entry = _open_slide(self.record(slide_id))
+        record = self.record(slide_id)
+        entry = _open_slide(record, self.locate(record.archive, record.source))
         with self._lock:
             self._open[slide_id] = entry
             self._open.move_to_end(slide_id)
@@ -197,12 +230,26 @@ class SlideLibrary:
         self.registry.close()
 
 
-def _open_slide(record: SlideRecord) -> _OpenSlide:
+def _read_or_unavailable(read: Callable[[], Image.Image]) -> Image.Image:
+    """``read()``, a damaged slide (a broken tile) reported as unavailable rather than a crash."""
+    import openslide
+
+    try:
+        return read()
+    except openslide.OpenSlideError as error:
+        raise SlideUnavailableError(f"the slide cannot be read here: {error}") from error
+
+
+def display_name(archive: str | None, source: str) -> str:
+    return source if archive is None else f"{archive}/{source}"
+
+
+def _open_slide(record: SlideRecord, path: Path) -> _OpenSlide:
     import openslide
     from openslide.deepzoom import DeepZoomGenerator
 
     try:
-        slide = openslide.OpenSlide(record.source)
+        slide = openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, OSError) as error:
         raise SlideUnavailableError(
             f"slide {record.slide_id} is in the index but its file cannot be opened: {error}"

@@ -19,7 +19,7 @@ class SlideMetadata(_Schema):
     """What the index knows about one whole-slide image (sizes in level-0 pixels)."""
 
     slide_id: str
-    source: str = Field(description="Where the slide lies on the indexing host (text only).")
+    source: str = Field(description="`<archive>/<path in the archive>` (text only).")
     width: int
     height: int
     mpp_x: float = Field(description="Micrometres per level-0 pixel, horizontally.")

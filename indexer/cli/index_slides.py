@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 def run_slides(args: argparse.Namespace) -> int:
     from indexer.index.opening import open_or_create_index
     from indexer.index.store import IndexDirectoryError
+    from indexer.ingest.archive_root import archive_folder
     from indexer.ingest.slides import SlideConfig, index_slides, load_slides
     from indexer.ingest.sources import SourceError
     from model import CheckpointMismatchError, select_device
@@ -32,7 +33,10 @@ def run_slides(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     with opened:
-        summary = index_slides(slides, opened.index, opened.embedder(args.batch_size), config)
+        # Sources are stored relative to the archive folder (a CSV's own folder), by its name.
+        embedder = opened.embedder(args.batch_size)
+        root = archive_folder(args.data)
+        summary = index_slides(slides, opened.index, embedder, config, root)
     print(f"index {args.index}: {len(slides)} slides in the archive")
     for line in summary.lines():
         print(f"  {line}")

@@ -1,10 +1,12 @@
 """Whole-slide images of an index: the slide registry, and ranking slides from tile hits.
 
 Registry: the ``slides`` table of the index's ``metadata.sqlite`` (the index's source of truth)
-holds one row per slide the indexer has opened: its path on the indexing host, level-0 size, mpp,
+holds one row per slide the indexer has opened: its path in its archive folder and that folder's
+name (no machine path, as for every item), level-0 size, mpp,
 vendor, pyramid, label / group / dataset and, once every tile is stored, how many tiles it has.
 Clients name slides by ``slide_id`` only (derived from OpenSlide's content hash of the slide);
-the service looks the path up here and never takes one from a request.
+the service looks the slide up here, finds its file under the archive folders it is configured
+with, and never takes a path from a request.
 
 Aggregation (`rank_slides`): the hits of a search's top N (``SLIDE_POOL``) that come from slides
 are grouped by slide; slides are ranked by their best hit's score, then by how many of the top N
@@ -47,7 +49,10 @@ CREATE TABLE IF NOT EXISTS slides (
 
 @dataclass(frozen=True, slots=True)
 class SlideRecord:
-    """What the index knows about one slide (dimensions are level-0 pixels)."""
+    """What the index knows about one slide (dimensions are level-0 pixels).
+
+    ``source`` is the slide's path relative to its archive folder, ``archive`` that folder's name.
+    """
 
     slide_id: str
     source: str
@@ -66,6 +71,7 @@ class SlideRecord:
     tile_size: int | None = None
     tiles: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
+    archive: str | None = None
 
 
 class SlideRegistry:

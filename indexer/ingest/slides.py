@@ -21,7 +21,8 @@ size). A slide recorded finished with that hash is skipped; a slide whose hash a
 under another path already has is a duplicate; tiles of a half-encoded slide that are already
 stored (same content hash: slide hash, level-0 box and output size) are not read again.
 
-Provenance of each tile item: ``source`` is the slide path, ``tile`` the level-0 box,
+Provenance of each tile item: ``source`` is the slide's path in its archive folder (``archive``
+the folder's name, as for images), ``tile`` the level-0 box,
 ``source_size`` the level-0 dimensions, and ``extra`` holds ``slide_id``, ``level`` (read from),
 ``mpp`` (of the tile), ``slide_mpp`` and ``tile_px``, with the manifest's own extra columns.
 Each slide's metadata is also kept in the index's slide registry (`indexer.index.slides`).
@@ -52,6 +53,7 @@ from indexer.index.slides import (
 )
 from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
+from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.pipeline import Encoder, IndexingSummary, Tile, embed_tiles, write_tiles
 from indexer.ingest.sources import ArchiveImage, SourceError, load_csv
 from indexer.ingest.tiling import DEFAULT_TILE_SIZE, tile_starts
@@ -263,11 +265,13 @@ def slide_record(
     hash_hex: str,
     mpp: tuple[float, float],
     config: SlideConfig,
+    root: ArchiveRoot,
 ) -> SlideRecord:
     width, height = slide.dimensions
     return SlideRecord(
         slide_id=slide_id_for(hash_hex),
-        source=str(image.path.resolve()),
+        source=root.source_of(image.path),
+        archive=root.name,
         slide_hash=hash_hex,
         width=int(width),
         height=int(height),
@@ -302,7 +306,8 @@ def tile_item(
         "tile_px": config.tile_size,
     }
     return NewItem(
-        source=str(image.path),
+        source=record.source,
+        archive=record.archive,
         content_hash=tile_content_hash(record.slide_hash, box, config.tile_size),
         label=image.label,
         group=image.group,
@@ -327,6 +332,7 @@ class _SlideRun:
     pool: ThreadPoolExecutor
     config: SlideConfig
     summary: IndexingSummary
+    root: ArchiveRoot
     since_flush: int = 0
 
 
@@ -335,9 +341,15 @@ def index_slides(
     index: ArchiveIndex,
     encoder: Encoder,
     config: SlideConfig | None = None,
+    archive_root: Path | None = None,
 ) -> IndexingSummary:
-    """Index every slide of an archive into ``index``; unreadable slides are reported, skipped."""
+    """Index every slide of an archive into ``index``; unreadable slides are reported, skipped.
+
+    Sources are stored relative to ``archive_root`` (default: the folder holding every slide),
+    with its name, as for images (`indexer.ingest.archive_root`: no machine path in the index).
+    """
     config = config or SlideConfig()
+    root = ArchiveRoot.of([image.path for image in slides], archive_root)
     summary = IndexingSummary()
     started = time.perf_counter()
     errors = _slide_errors()
@@ -345,7 +357,7 @@ def index_slides(
         SlideRegistry(index.directory) as registry,
         ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="slide-read") as pool,
     ):
-        run = _SlideRun(index, registry, encoder, pool, config, summary)
+        run = _SlideRun(index, registry, encoder, pool, config, summary, root)
         for image in _progress(slides, config.progress, "slides", "slide"):
             summary.images += 1
             try:
@@ -363,7 +375,8 @@ def _index_slide(image: ArchiveImage, run: _SlideRun) -> None:
     try:
         mpp = slide_resolution(slide, image.path, run.config.slide_mpp)
         hash_hex = slide_hash(slide, image.path)
-        source = str(image.path)
+        record = slide_record(image, slide, hash_hex, mpp, run.config, run.root)
+        source = journal_key(record.archive, record.source)
         if run.index.finished_source(source) == hash_hex:
             run.summary.images_finished_before += 1
             return
@@ -372,7 +385,6 @@ def _index_slide(image: ArchiveImage, run: _SlideRun) -> None:
             run.summary.duplicate_files += 1
             log.info("%s is the same slide as %s: skipped", source, twin)
             return
-        record = slide_record(image, slide, hash_hex, mpp, run.config)
         run.registry.put(record)
         plan = plan_tiles(slide, mpp, run.config)
         run.summary.tiles_background += plan.background

@@ -9,10 +9,15 @@ from fastapi import APIRouter, Depends, Path, Request, Response
 
 from indexer.index.records import ItemRecord
 from indexer.index.slides import RankedHit, RankedSlide, SlideRecord, rank_slides
-from service.deps import EngineDep, ReadAccess
+from service.deps import EngineDep, ReadAccess, SettingsDep
 from service.errors import ServiceError
 from service.schemas import ErrorResponse
-from service.slide_library import SlideLibrary, SlideUnavailableError, TileOutOfRangeError
+from service.slide_library import (
+    SlideLibrary,
+    SlideUnavailableError,
+    TileOutOfRangeError,
+    display_name,
+)
 from service.slide_schemas import SlideLevel, SlideMetadata, SlideResult, SlideTileHit
 
 router = APIRouter(tags=["slides"])
@@ -24,12 +29,14 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 _CACHEABLE = {"Cache-Control": "private, max-age=3600"}
 
 
-async def get_slide_library(request: Request, engine: EngineDep) -> SlideLibrary:
+async def get_slide_library(
+    request: Request, engine: EngineDep, settings: SettingsDep
+) -> SlideLibrary:
     """The app's slide library, opened on first use from the loaded index's directory."""
     library: SlideLibrary | None = getattr(request.app.state, "slide_library", None)
     if library is None:
-        directory = engine.index.directory
-        library = await engine.offload(lambda: SlideLibrary(directory))
+        directory, roots = engine.index.directory, settings.archive_roots
+        library = await engine.offload(lambda: SlideLibrary(directory, roots))
         # Another request may have opened one meanwhile: keep the first, close ours.
         existing: SlideLibrary | None = getattr(request.app.state, "slide_library", None)
         if existing is not None:
@@ -80,7 +87,7 @@ def _tile_hit(hit: RankedHit) -> SlideTileHit:
 def _metadata(record: SlideRecord) -> SlideMetadata:
     return SlideMetadata(
         slide_id=record.slide_id,
-        source=record.source,
+        source=display_name(record.archive, record.source),
         width=record.width,
         height=record.height,
         mpp_x=record.mpp_x,

@@ -2,7 +2,8 @@
 
 Two pyramidal TIFFs at 0.25 um/px (mosaics of real Kather 2016 tiles on glass, one 150 px tile at
 0.5 um/px per 300 px cell, 16 tissue cells each) in label folders TUMOR and STROMA, indexed with a
-small randomly initialised model.
+small randomly initialised model. The archive folder is ``<root>/archive``: a service reads the
+slides with ``HISTOSEARCH_ARCHIVE_ROOTS=<root>`` (`archive_roots`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from tests.service.conftest import SMALL_CARD
 
 CELL = 300
 TILES_PER_SLIDE = 16
+
+
+def archive_roots(index_dir: Path) -> dict[str, str]:
+    """The service's environment that lets it read the slides of `build_slide_index`."""
+    return {"HISTOSEARCH_ARCHIVE_ROOTS": str(index_dir.parent)}
 
 
 def build_slide_index(root: Path) -> tuple[Path, dict[str, Path]]:

@@ -14,7 +14,7 @@ import openslide
 import pytest
 
 from tests.service.conftest import LiveServer
-from tests.service.slide_index import build_slide_index
+from tests.service.slide_index import archive_roots, build_slide_index
 from tests.service.test_page_browser import CHROMIUM, CHROMIUM_FLAGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -23,7 +23,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def server_and_slides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     index_dir, slides = build_slide_index(tmp_path_factory.mktemp("viewer"))
-    server = LiveServer(index_dir, index_dir.parent / "server.log").start()
+    server = LiveServer(index_dir, index_dir.parent / "server.log", env=archive_roots(index_dir))
+    server.start()
     try:
         yield server, slides
     finally:

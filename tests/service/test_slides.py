@@ -17,17 +17,35 @@ from PIL import Image
 
 from tests.indexer.index_helpers import SHARED_DATA
 from tests.service.conftest import LiveServer
-from tests.service.slide_index import CELL, build_slide_index
+from tests.service.slide_index import CELL, archive_roots, build_slide_index
 
 
 @pytest.fixture(scope="module")
 def slide_server(tmp_path_factory):
     index_dir, slides = build_slide_index(tmp_path_factory.mktemp("slides"))
-    server = LiveServer(index_dir, index_dir.parent / "server.log").start()
+    server = LiveServer(index_dir, index_dir.parent / "server.log", env=archive_roots(index_dir))
+    server.start()
     try:
         yield server, slides
     finally:
         server.stop()
+
+
+def test_slide_files_outside_the_archive_roots_are_404_naming_the_setting(slide_server, tmp_path):
+    server, _ = slide_server
+    with server.client() as client:
+        slide_id = slide_ids(client)["slide-a"]
+    elsewhere = LiveServer(server.index_dir, tmp_path / "server.log").start()
+    try:
+        with elsewhere.client() as client:
+            assert client.get(f"/slides/{slide_id}").status_code == 200
+            response = client.get(f"/slides/{slide_id}.dzi")
+            assert response.status_code == 404
+            assert "HISTOSEARCH_ARCHIVE_ROOTS" in response.json()["detail"]
+            assert "archive/TUMOR/slide-a.tif" in response.json()["detail"]
+            assert client.post("/search", data={"item_id": "1"}).status_code == 404
+    finally:
+        elsewhere.stop()
 
 
 def slide_ids(client) -> dict[str, str]:
@@ -63,6 +81,7 @@ def test_slide_metadata_gives_dimensions_mpp_vendor_levels_and_tile_count(slide_
     assert body["label"] == "TUMOR" and body["group"] == "slide-a"
     assert body["levels"][1] == {"width": 4 * CELL, "height": 3 * CELL, "downsample": 2.0}
     assert body["dzi_url"] == f"/slides/{ids['slide-a']}.dzi"
+    assert body["source"] == "archive/TUMOR/slide-a.tif"
 
 
 def test_deep_zoom_descriptor_and_tiles_are_those_of_openslides_generator(slide_server):

@@ -134,7 +134,7 @@ def thumbnail_pixels(jpeg: bytes | None) -> np.ndarray:
 
 def test_slide_registry_records_dimensions_mpp_vendor_and_tile_count(slides, tmp_path):
     with new_index(tmp_path / "index") as index:
-        index_slides(load_slides(slides), index, ProjectionEncoder(), config())
+        index_slides(load_slides(slides), index, ProjectionEncoder(), config(), slides)
         with SlideRegistry(index.directory) as registry:
             (record,) = registry.all()
         item = index.get(1)
@@ -144,7 +144,10 @@ def test_slide_registry_records_dimensions_mpp_vendor_and_tile_count(slides, tmp
     assert record.vendor == "generic-tiff"
     assert record.tiles == len(TISSUE_CELLS)
     assert record.level_dimensions[1] == (COLS * CELL // 2, ROWS * CELL // 2)
-    assert record.label == "TUMOR" and record.source == str(slides / "TUMOR" / "slide-a.tif")
+    assert record.label == "TUMOR"
+    # As for images, no machine path: the slide's path in the archive folder, and its name.
+    assert (record.archive, record.source) == (slides.name, "TUMOR/slide-a.tif")
+    assert (item.archive, item.source) == (slides.name, "TUMOR/slide-a.tif")
 
 
 def test_a_slide_without_mpp_is_refused_naming_slide_mpp_and_indexed_when_stated(mosaic, tmp_path):
@@ -171,7 +174,7 @@ def test_unreadable_and_truncated_slides_are_reported_and_skipped_without_stoppi
     truncated.write_bytes(data[: len(data) // 2])
     (archive / "garbage.svs").write_bytes(b"II*\x00 this is no slide at all" * 10)
     (archive / "empty.ndpi").write_bytes(b"")
-    damaged = damaged_slide(archive / "damaged.tif")
+    damaged_slide(archive / "damaged.tif")
     images = load_slides(archive)
     assert {image.path.name for image in images} == {
         "slide-a.tif",
@@ -181,10 +184,10 @@ def test_unreadable_and_truncated_slides_are_reported_and_skipped_without_stoppi
         "damaged.tif",
     }
     with new_index(tmp_path / "index") as index:
-        summary = index_slides(images, index, ProjectionEncoder(), config())
-        assert index.finished_source(str(good)) is not None
-        assert index.finished_source(str(truncated)) is None
-        assert index.finished_source(str(damaged)) is None
+        summary = index_slides(images, index, ProjectionEncoder(), config(), archive)
+        assert index.finished_source("archive/TUMOR/slide-a.tif") is not None
+        assert index.finished_source("archive/truncated.tif") is None
+        assert index.finished_source("archive/damaged.tif") is None
         stored = len(index)
     reasons = {Path(path).name: reason for path, reason in summary.unreadable}
     assert sorted(reasons) == ["damaged.tif", "empty.ndpi", "garbage.svs", "truncated.tif"]
@@ -237,7 +240,7 @@ class DiesMidSlide(ProjectionEncoder):
         return super().__call__(images)
 
 index = ArchiveIndex.open(Path(sys.argv[2]))
-index_slides(load_slides(Path(sys.argv[1])), index, DiesMidSlide(), config())
+index_slides(load_slides(Path(sys.argv[1])), index, DiesMidSlide(), config(), Path(sys.argv[1]))
 """
 
 
@@ -257,13 +260,14 @@ def test_resuming_after_a_kill_mid_slide_re_encodes_nothing_already_stored(slide
     with ArchiveIndex.open(index_dir) as index:
         stored = len(index)
         assert stored == 12
-        assert index.finished_source(str(slides / "TUMOR" / "slide-a.tif")) is None
+        key = f"{slides.name}/TUMOR/slide-a.tif"
+        assert index.finished_source(key) is None
         encoder = ProjectionEncoder()
-        summary = index_slides(load_slides(slides), index, encoder, config())
+        summary = index_slides(load_slides(slides), index, encoder, config(), slides)
         assert encoder.tiles == len(TISSUE_CELLS) - stored
         assert summary.tiles_already_indexed == stored
         assert len(index) == len(TISSUE_CELLS)
-        assert index.finished_source(str(slides / "TUMOR" / "slide-a.tif")) is not None
+        assert index.finished_source(key) is not None
 
 
 def test_a_manifest_of_slides_gives_labels_and_groups(slides, tmp_path):
