@@ -31,9 +31,9 @@ from typing import Any
 import torch
 
 from indexer.index.store import ArchiveIndex
+from indexer.index.tiling import TilingConfig
 from indexer.ingest.pipeline import PipelineConfig, index_archive
 from indexer.ingest.sources import ArchiveImage, load_folder
-from indexer.ingest.tiling import TilingConfig
 from model import Embedder, ModelCard, SPQModel, build_model
 from model.preprocess import open_upright_rgb, preprocess
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from indexer.index.opening import open_or_create_index
+from indexer.index.tiling import DEFAULT_TILE_SIZE, TilingConfig
 from indexer.ingest.archive_root import archive_folder
 from indexer.ingest.pipeline import (
     TRUSTED_ARCHIVE_MAX_PIXELS,
@@ -23,7 +24,6 @@ from indexer.ingest.pipeline import (
     index_archive,
 )
 from indexer.ingest.sources import load_source
-from indexer.ingest.tiling import DEFAULT_TILE_SIZE, TilingConfig
 from indexer.learn.config import TrainConfig
 from indexer.learn.training import train
 from model import select_device

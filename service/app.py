@@ -18,9 +18,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from indexer.index.slides import SlideRegistry
 from service.engine import SearchEngine
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
+from service.regions import IndexTiling, index_tiling
 from service.routes import images, search, slides, system
 from service.settings import Settings
 
@@ -66,7 +68,18 @@ def load_engine(settings: Settings) -> SearchEngine:
         max_image_pixels=settings.max_image_pixels,
         snapshot_every_changes=settings.snapshot_every_changes,
         snapshot_every_seconds=settings.snapshot_every_seconds,
+        tiling=_index_tiling(settings.index_dir),
+        max_query_tiles=settings.max_query_tiles,
     )
+
+
+def _index_tiling(index_dir: Path) -> IndexTiling | None:
+    """The slide tiles' geometry, which region queries are cut with (None without slides)."""
+    with SlideRegistry(index_dir, create=False) as registry:
+        tiling = index_tiling(registry)
+    if tiling is not None:
+        logger.info("region queries: %d px tiles at %g um/px", tiling.tile_size, tiling.mpp)
+    return tiling
 
 
 def share_cores_between_workers(workers: int) -> None:

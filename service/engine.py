@@ -25,6 +25,13 @@ from indexer.index.thumbnails import make_thumbnail
 from model import Embedder, ModelCard, SPQModel
 from service.errors import ServiceError
 from service.imaging import DecodedImage, decode_upload
+from service.regions import (
+    IndexTiling,
+    aggregate_tile_hits,
+    at_index_mpp,
+    is_region,
+    region_tiles,
+)
 from service.snapshots import Snapshotter
 
 logger = logging.getLogger(__name__)
@@ -61,6 +68,8 @@ class SearchOutcome:
     decode_ms: float
     embed_ms: float
     search_ms: float
+    query_tiles: int = 1
+    tissue_tiles: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +97,17 @@ class SearchEngine:
         max_image_pixels: int,
         snapshot_every_changes: int = 0,
         snapshot_every_seconds: float = 0.0,
+        tiling: IndexTiling | None = None,
+        max_query_tiles: int = 64,
     ) -> None:
         self.embedder = Embedder(model.eval(), device, batch_size=EMBED_BATCH)
         self.model = self.embedder.model
         self.index = index
         self.device = device
         self.max_image_pixels = max_image_pixels
+        # None (an index without slides): every upload is one query image, whatever its size.
+        self.tiling = tiling
+        self.max_query_tiles = max_query_tiles
         self._max_pending = max_pending
         self._pending = 0
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histosearch")
@@ -134,11 +148,49 @@ class SearchEngine:
         """(N, D) float32 continuous descriptors; the queries are never quantised."""
         return self.embedder.embed([image.rgb for image in images])
 
-    def search_upload(self, upload: Upload, k: int, filters: SearchFilters | None) -> SearchOutcome:
-        """Decode, embed and search one query image (blocking: call through :meth:`offload`)."""
+    def search_upload(
+        self, upload: Upload, k: int, filters: SearchFilters | None, mpp: float | None = None
+    ) -> SearchOutcome:
+        """Decode, embed and search one query (blocking: call through :meth:`offload`).
+
+        An upload larger than one of the index's tiles at the index's mpp is a region query
+        (`service.regions`); any other upload is embedded whole, as one image.
+        """
         start = time.perf_counter()
         query = self.decode(upload)
+        tiling, region = self.tiling, None
+        if tiling is not None:
+            scaled = at_index_mpp(query.rgb, tiling.mpp if mpp is None else mpp, tiling)
+            if is_region(scaled, tiling):
+                region = region_tiles(scaled, tiling, self.max_query_tiles)
         decode_ms = _elapsed_ms(start)
+        if tiling is None or region is None:
+            return self._search_image(query, k, filters, decode_ms)
+        if not region.tiles:
+            width, height = query.size
+            raise ServiceError(
+                422,
+                "no_tissue",
+                f"the {width}x{height} region has no {tiling.tile_size} px tile with tissue "
+                "(only glass or black): upload a region of stained tissue",
+            )
+        start = time.perf_counter()
+        descriptors = self.embedder.embed(region.tiles)
+        embed_ms = _elapsed_ms(start)
+        start = time.perf_counter()
+        scores, ids = self.index.search_arrays(descriptors, k, filters)
+        ranked = aggregate_tile_hits(scores, ids, k)
+        records = self.index.records([item_id for item_id, _ in ranked])
+        # An item without a record was removed between the scan and the metadata read: drop it.
+        hits = [(score, records[item_id]) for item_id, score in ranked if item_id in records]
+        search_ms = _elapsed_ms(start)
+        return SearchOutcome(
+            query, hits, decode_ms, embed_ms, search_ms, len(region.tiles), region.tissue_tiles
+        )
+
+    def _search_image(
+        self, query: DecodedImage, k: int, filters: SearchFilters | None, decode_ms: float
+    ) -> SearchOutcome:
         start = time.perf_counter()
         descriptor = self.embed([query])
         embed_ms = _elapsed_ms(start)

@@ -88,6 +88,17 @@ class SearchResponse(_Schema):
         default_factory=list,
         description="Slides of the top results (up to 100), best first; empty without slides.",
     )
+    query_tiles: int = Field(
+        default=1,
+        ge=1,
+        description="Query tiles searched: 1 for a tile-sized upload, more for a region query.",
+    )
+    tissue_tiles: int = Field(
+        default=1,
+        ge=1,
+        description="Tissue tiles in the region; above query_tiles when only an evenly spaced "
+        "subset of HISTOSEARCH_MAX_QUERY_TILES was searched.",
+    )
 
 
 # --- index ----------------------------------------------------------------------------------------

@@ -52,6 +52,12 @@ class Settings(BaseSettings):
         default=32, gt=0, le=1000, description="Most files one POST /index may carry."
     )
     max_k: int = Field(default=100, gt=0, le=10_000, description="Largest k a search may ask for.")
+    max_query_tiles: int = Field(
+        default=64,
+        gt=0,
+        le=4096,
+        description="Most tiles of one region query searched (an evenly spaced subset beyond).",
+    )
     device: DevicePreference = Field(
         default="auto", description="Where the CNN runs (auto/cpu/cuda)."
     )

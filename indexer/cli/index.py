@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from indexer.ingest.tiling import DEFAULT_TILE_SIZE
+from indexer.index.tiling import DEFAULT_TILE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,10 @@ def run(args: argparse.Namespace) -> int:
 
     from indexer.index.opening import open_or_create_index
     from indexer.index.store import IndexDirectoryError
+    from indexer.index.tiling import TilingConfig
     from indexer.ingest.archive_root import archive_folder
     from indexer.ingest.pipeline import TRUSTED_ARCHIVE_MAX_PIXELS, PipelineConfig, index_archive
     from indexer.ingest.sources import SourceError, load_source
-    from indexer.ingest.tiling import TilingConfig
     from model import CheckpointMismatchError, select_device
 
     # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.

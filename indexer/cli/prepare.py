@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from indexer.ingest.tiling import DEFAULT_TILE_SIZE
+from indexer.index.tiling import DEFAULT_TILE_SIZE
 
 log = logging.getLogger(__name__)
 

@@ -36,9 +36,9 @@ from indexer.index.metadata import FinishedSource
 from indexer.index.records import NewItem, TileBox
 from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
+from indexer.index.tiling import TilingConfig, has_tissue, tile_boxes
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.sources import ArchiveImage
-from indexer.ingest.tiling import TilingConfig, has_tissue, tile_boxes
 from model.preprocess import upright_rgb
 
 log = logging.getLogger(__name__)

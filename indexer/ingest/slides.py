@@ -53,10 +53,10 @@ from indexer.index.slides import (
 )
 from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
+from indexer.index.tiling import DEFAULT_TILE_SIZE, tile_starts
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.pipeline import Encoder, IndexingSummary, Tile, embed_tiles, write_tiles
 from indexer.ingest.sources import ArchiveImage, SourceError, load_csv
-from indexer.ingest.tiling import DEFAULT_TILE_SIZE, tile_starts
 from indexer.ingest.tissue import TissueMask, best_level, tissue_mask
 from model.errors import HistosearchError
 

@@ -42,6 +42,10 @@ async def search(
         int | None,
         Form(ge=0, le=2**63 - 1, description="More like this: query with this item's own tile."),
     ] = None,
+    mpp: Annotated[
+        float | None,
+        Form(gt=0, le=1000, description="The upload's um/px (default: the index's tile mpp)."),
+    ] = None,
 ) -> Response:
     if k > settings.max_k:
         raise ServiceError(422, "k_too_large", f"k={k} exceeds the limit of {settings.max_k}")
@@ -53,7 +57,8 @@ async def search(
     def search_and_serialise() -> bytes:
         # The response is built and turned into JSON in the worker too: the event loop only
         # moves bytes, and FastAPI does not validate and serialise the same model a second time.
-        return _response(k, engine.search_upload(upload, pool, filters)).model_dump_json().encode()
+        outcome = engine.search_upload(upload, pool, filters, mpp)
+        return _response(k, outcome).model_dump_json().encode()
 
     body = await engine.offload(search_and_serialise)
     return Response(body, media_type="application/json")
@@ -120,4 +125,6 @@ def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
             search_ms=round(outcome.search_ms, 3),
             total_ms=round(outcome.decode_ms + outcome.embed_ms + outcome.search_ms, 3),
         ),
+        query_tiles=outcome.query_tiles,
+        tissue_tiles=outcome.tissue_tiles,
     )

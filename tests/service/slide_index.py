@@ -10,14 +10,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import openslide
 import torch
+from PIL import Image
 
 from indexer.cli import main
-from model import build_model, save_checkpoint
+from indexer.index.slides import read_slide_tile
+from model import Embedder, SPQModel, build_model, save_checkpoint
 from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
 from tests.service.conftest import SMALL_CARD
 
 CELL = 300
+TILE_PX = 150
 TILES_PER_SLIDE = 16
 
 
@@ -26,20 +30,52 @@ def archive_roots(index_dir: Path) -> dict[str, str]:
     return {"HISTOSEARCH_ARCHIVE_ROOTS": str(index_dir.parent)}
 
 
-def build_slide_index(root: Path) -> tuple[Path, dict[str, Path]]:
-    """(index directory, slide name -> path) under ``root``."""
+def tissue_cells(phase: int) -> list[tuple[int, int]]:
+    """(column, row) of the tissue cells of a slide (phase 0: slide-a, 1: slide-b)."""
+    return [(c, r) for r in range(6) for c in range(8) if (c + r + phase) % 3 == 0]
+
+
+def build_slide_index(
+    root: Path, *, codewords_from_slide_a: bool = False
+) -> tuple[Path, dict[str, Path]]:
+    """(index directory, slide name -> path) under ``root``.
+
+    A randomly initialised network gives nearly the same descriptor to every tile, so its random
+    codewords give most tiles one code. With ``codewords_from_slide_a`` the codewords are the 16
+    tissue tiles of slide-a's own sub-vectors: each of those tiles gets a code of its own and
+    finds itself first (score M), which tests of what a query finds need.
+    """
     slides = {}
     for label, name, phase in (("TUMOR", "slide-a", 0), ("STROMA", "slide-b", 1)):
-        cells = [(c, r) for r in range(6) for c in range(8) if (c + r + phase) % 3 == 0]
         (root / "archive" / label).mkdir(parents=True)
         path = root / "archive" / label / f"{name}.tif"
+        cells = tissue_cells(phase)
         write_mosaic_slide(path, checkerboard_mosaic(8 * CELL, 6 * CELL, CELL, cells), 0.25)
         slides[name] = path
     torch.manual_seed(0)
-    save_checkpoint(build_model(SMALL_CARD).eval(), root / "model.pt")
+    model = build_model(SMALL_CARD).eval()
+    if codewords_from_slide_a:
+        _codewords_from_tiles(model, slides["slide-a"])
+    save_checkpoint(model, root / "model.pt")
     index_dir = root / "index"
     argv = ["index", "--source", "slides", "--data", str(root / "archive"), "--index"]
     argv += [str(index_dir), "--checkpoint", str(root / "model.pt"), "--mpp", "0.5"]
-    if main([*argv, "--tile-size", "150", "--no-progress", "--device", "cpu"]) != 0:
+    if main([*argv, "--tile-size", str(TILE_PX), "--no-progress", "--device", "cpu"]) != 0:
         raise RuntimeError("histosearch index --source slides failed")
     return index_dir, slides
+
+
+def slide_tile(path: Path, cell: tuple[int, int]) -> Image.Image:
+    """The tile of one cell, read as the indexer reads it (level 1, TILE_PX a side)."""
+    slide = openslide.OpenSlide(str(path))
+    return read_slide_tile(slide, 1, (cell[0] * CELL, cell[1] * CELL, CELL, CELL), TILE_PX)
+
+
+def _codewords_from_tiles(model: SPQModel, slide_path: Path) -> None:
+    tiles = [slide_tile(slide_path, cell) for cell in tissue_cells(0)]
+    card = model.card
+    assert len(tiles) == card.codebook_size
+    descriptors = Embedder(model, torch.device("cpu")).embed(tiles)
+    sub_vectors = torch.from_numpy(descriptors).reshape(len(tiles), card.num_codebooks, -1)
+    with torch.no_grad():
+        model.quantizer.raw_codewords.copy_(sub_vectors.transpose(0, 1))

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from indexer.index.store import ArchiveIndex
+from indexer.index.tiling import TilingConfig
 from indexer.ingest import pipeline
 from indexer.ingest.pipeline import (
     DuplicateFile,
@@ -28,7 +29,6 @@ from indexer.ingest.pipeline import (
     write_tiles,
 )
 from indexer.ingest.sources import ArchiveImage
-from indexer.ingest.tiling import TilingConfig
 from tests.indexer.index_helpers import DIM, SHARED_DATA, new_index
 
 KATHER = SHARED_DATA / "kather2016-texture-240"

@@ -1,7 +1,7 @@
 import pytest
 from PIL import Image
 
-from indexer.ingest.tiling import TilingConfig, tile_boxes, tile_starts, tissue_fraction
+from indexer.index.tiling import TilingConfig, tile_boxes, tile_starts, tissue_fraction
 from tests.indexer.index_helpers import SHARED_DATA
 
 KATHER = SHARED_DATA / "kather2016-texture-240"

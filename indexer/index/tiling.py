@@ -1,5 +1,8 @@
 """Cutting large images into tiles, and the tissue check that skips empty glass.
 
+Part of the index's contract: the same boxes give the same content hashes, and the service cuts
+region queries with them (`service/regions.py`) as the indexer cuts the archive.
+
 Tiles start every ``stride`` pixels; when the image does not divide evenly, one more tile is placed
 flush with the right or bottom edge so that every pixel is covered (it overlaps its neighbour).
 An image no larger than a tile in both directions is one tile: the whole image.
