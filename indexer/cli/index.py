@@ -46,6 +46,11 @@ def register(subparsers: Any) -> None:
         default=None,
         help="largest image to decode, in pixels (default: 1e9; the archive is trusted)",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        help="split a new index into this many shards by group (default: one unsharded index)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -68,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     Image.MAX_IMAGE_PIXELS = args.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
     try:
         images = load_source(args.source, args.data, args.dataset)
-        index = _open_or_create(args.index, args.checkpoint)
+        index = _open_or_create(args.index, args.checkpoint, args.shards)
     except (SourceError, IndexDirectoryError, ValueError) as error:
         log.error("%s", error)
         return 2
@@ -97,11 +102,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_or_create(directory: Path, checkpoint: Path | None) -> Any:
+def _open_or_create(directory: Path, checkpoint: Path | None, shards: int | None) -> Any:
+    from indexer.index.shards import ShardedIndex, is_sharded
     from indexer.index.store import ArchiveIndex, IndexDirectoryError
 
-    if (directory / "manifest.json").exists():
-        index = ArchiveIndex.open(directory)
+    sharded = is_sharded(directory)
+    if sharded or (directory / "manifest.json").exists():
+        index: Any = ShardedIndex.open(directory) if sharded else ArchiveIndex.open(directory)
+        held = index.shard_count if sharded else None
+        if shards is not None and shards != held:
+            index.close()
+            raise IndexDirectoryError(
+                f"{directory} holds {held or 'an unsharded index'}{' shards' if held else ''}, "
+                f"not {shards}; index into a new directory to change that"
+            )
         if checkpoint is not None and not _same_checkpoint(index, checkpoint):
             index.close()
             raise IndexDirectoryError(
@@ -111,6 +125,8 @@ def _open_or_create(directory: Path, checkpoint: Path | None) -> Any:
         return index
     if checkpoint is None:
         raise IndexDirectoryError(f"{directory} is not an index yet: give --checkpoint")
+    if shards is not None:
+        return ShardedIndex.create(directory, checkpoint, shards)
     return ArchiveIndex.create(directory, checkpoint)
 
 

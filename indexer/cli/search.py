@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image, UnidentifiedImageError
 
-    from indexer.index.store import ArchiveIndex, IndexDirectoryError, SearchFilters
+    from indexer.index.shards import open_index
+    from indexer.index.store import IndexDirectoryError, SearchFilters
     from indexer.ingest.pipeline import model_encoder
     from model import UnsupportedPixelsError, load_checkpoint, select_device
     from model.preprocess import upright_rgb
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         with Image.open(args.image) as opened:
             # The same conversion the indexer and the service apply, so scores agree with theirs.
             query = upright_rgb(opened)
-        index = ArchiveIndex.open(args.index)
+        index = open_index(args.index)
     except (OSError, UnidentifiedImageError, UnsupportedPixelsError, IndexDirectoryError) as error:
         log.error("%s", error)
         return 2

@@ -81,3 +81,29 @@ def test_index_refuses_a_missing_checkpoint_and_a_non_index(
     assert "give --checkpoint" in caplog.text
     assert main(["stats", "--index", str(tmp_path)]) == 2
     assert "no manifest.json" in caplog.text
+
+
+def test_index_with_shards_searches_and_counts_as_one_index(
+    tmp_path, capsys, archive_and_checkpoint
+):
+    root, paths = archive_and_checkpoint
+    built = {}
+    for name, extra in (("single", []), ("sharded", ["--shards", "3"])):
+        index_dir = str(tmp_path / name)
+        argv = ["index", "--data", str(root / "archive"), "--checkpoint", str(root / "model.pt")]
+        assert main([*argv, "--index", index_dir, "--no-progress", *extra]) == 0
+        capsys.readouterr()
+        built[name] = index_dir
+    stats = run_json(capsys, "stats", "--index", built["sharded"], "--json")
+    assert stats["items"] == len(paths) and len(stats["shards"]) == 3
+    assert sum(shard["items"] for shard in stats["shards"]) == len(paths)
+    found = {
+        name: run_json(capsys, "search", "--index", d, str(paths[1]), "-k", "8", "--json")["hits"]
+        for name, d in built.items()
+    }
+    assert [(h["id"], h["score"]) for h in found["sharded"]] == [
+        (h["id"], h["score"]) for h in found["single"]
+    ]
+    # A sharded index keeps its shard count.
+    again = ["index", "--data", str(root / "archive"), "--index", built["sharded"], "--shards", "2"]
+    assert main([*again, "--no-progress"]) == 2
