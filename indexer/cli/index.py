@@ -51,6 +51,15 @@ def register(subparsers: Any) -> None:
         type=int,
         help="split a new index into this many shards by group (default: one unsharded index)",
     )
+    parser.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="encode on a Ray cluster: auto (RAY_ADDRESS, a running local one, or a new local "
+        "one) or its address; needs the `ray` extra (default: this process)",
+    )
+    parser.add_argument(
+        "--ray-actors", type=int, help="embedding actors (default: one per GPU, else CPUs / 4)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -68,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from indexer.ingest.sources import SourceError, load_source
     from indexer.ingest.tiling import TilingConfig
     from model import load_checkpoint, select_device
+    from model.errors import HistosearchError
 
     # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
     Image.MAX_IMAGE_PIXELS = args.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
@@ -91,7 +101,13 @@ def run(args: argparse.Namespace) -> int:
             workers=args.workers,
             progress=not args.no_progress,
         )
-        summary = index_archive(images, index, model_encoder(model, device), config)
+        if args.ray:
+            summary = _encode_on_ray(images, index, checkpoint, config, args)
+        else:
+            summary = index_archive(images, index, model_encoder(model, device), config)
+    except HistosearchError as error:
+        log.error("%s", error)
+        return 2
     finally:
         index.close()
     print(f"index {args.index}: {len(images)} images in the archive")
@@ -100,6 +116,23 @@ def run(args: argparse.Namespace) -> int:
     for path, reason in summary.unreadable:
         print(f"  unreadable: {path}: {reason}")
     return 0
+
+
+def _encode_on_ray(
+    images: Any, index: Any, checkpoint: Path, config: Any, args: argparse.Namespace
+) -> Any:
+    try:
+        import ray  # noqa: F401
+
+        from indexer.ingest.distributed import RayEncodingConfig, encode_archive_on_ray
+    except ImportError as error:
+        from model.errors import HistosearchError
+
+        raise HistosearchError(
+            f"--ray needs the `ray` extra (pip install '.[ray]'): {error}"
+        ) from error
+    ray_config = RayEncodingConfig(args.ray, args.ray_actors)
+    return encode_archive_on_ray(images, index, checkpoint, config, ray_config)
 
 
 def _open_or_create(directory: Path, checkpoint: Path | None, shards: int | None) -> Any:

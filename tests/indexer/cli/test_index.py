@@ -107,3 +107,14 @@ def test_index_with_shards_searches_and_counts_as_one_index(
     # A sharded index keeps its shard count.
     again = ["index", "--data", str(root / "archive"), "--index", built["sharded"], "--shards", "2"]
     assert main([*again, "--no-progress"]) == 2
+
+
+def test_index_on_an_unreachable_ray_cluster_fails_fast_naming_it(
+    tmp_path, caplog, archive_and_checkpoint
+):
+    pytest.importorskip("ray", reason="ray is not installed: install the `ray` extra")
+    root, _ = archive_and_checkpoint
+    argv = ["index", "--data", str(root / "archive"), "--index", str(tmp_path / "index")]
+    argv += ["--checkpoint", str(root / "model.pt"), "--ray", "127.0.0.1:9", "--no-progress"]
+    assert main(argv) == 2
+    assert "no Ray cluster answers at 127.0.0.1:9" in caplog.text
