@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from indexer.index.shards import ShardedIndex
-from indexer.index.store import ArchiveIndex
+from indexer.index.store import ArchiveIndex, ItemRecord
 from indexer.ingest.distributed import (
     RayClusterError,
     RayEncodingConfig,
@@ -52,7 +52,7 @@ def single_process_index(directory: Path, checkpoint: Path, archive: list[Archiv
     return index, summary
 
 
-def contents(index: ArchiveIndex | ShardedIndex) -> dict[int, tuple[object, ...]]:
+def contents(index: ArchiveIndex | ShardedIndex) -> dict[int, tuple[ItemRecord, list[int]]]:
     """Every stored item by id: its record (without the time it was added) and its code."""
     ids = [hit.id for hit in index.search(np.ones((1, index.descriptor_dim)), 1000)[0]]
     shards = index.shards if isinstance(index, ShardedIndex) else [index]
