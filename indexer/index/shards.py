@@ -38,8 +38,9 @@ import json
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -145,17 +146,110 @@ def merge_top_k(
     return merged_scores, merged_ids
 
 
+@dataclass(frozen=True, slots=True)
+class ShardAnswer:
+    """One shard's part of a search: its (Q, k) best, their (Q, k, M) codes (for scoring every
+    shard's candidates by one rule), its tombstone count, and the hits' records if asked for."""
+
+    scores: FloatArray
+    ids: IdArray
+    codes: CodeArray
+    tombstones: int
+    records: dict[int, ItemRecord]
+
+
+class LocalShard(ArchiveIndex):
+    """An `ArchiveIndex` that answers a sharded search in one call (see `ShardAnswer`)."""
+
+    @classmethod
+    def open_shard(cls, directory: Path) -> LocalShard:
+        shard = cls.open(directory)
+        assert isinstance(shard, LocalShard)  # `open` builds a `cls`
+        return shard
+
+    @classmethod
+    def create_shard(
+        cls,
+        directory: Path,
+        codebooks: FloatArray,
+        card: Mapping[str, Any],
+        card_key: Mapping[str, Any] | None,
+        checkpoint_path: Path | None,
+    ) -> LocalShard:
+        shard = cls.create_from_codebooks(directory, codebooks, card, card_key, checkpoint_path)
+        assert isinstance(shard, LocalShard)
+        return shard
+
+    def answer(
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None,
+        with_records: bool,
+    ) -> ShardAnswer:
+        tombstones = self.tombstones
+        scores, ids = self.search_arrays(queries, k, filters)
+        records: dict[int, ItemRecord] = {}
+        if with_records:
+            for record in self.records_of(ids[ids >= 0].tolist()):
+                records[record.id] = record
+        codes = self.codes_of(ids.ravel()).reshape(*ids.shape, self.num_codebooks)
+        return ShardAnswer(scores, ids, codes, tombstones, records)
+
+    def records_of(self, item_ids: Sequence[int]) -> list[ItemRecord]:
+        """Records (without thumbnails) of the given ids that this shard holds."""
+        return list(self._metadata.records(item_ids).values())
+
+
+class Shard(Protocol):
+    """What a `ShardedIndex` asks of each shard: a `LocalShard` or a client of a remote one."""
+
+    codebooks: FloatArray
+    descriptor_dim: int
+
+    def answer(
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None,
+        with_records: bool,
+    ) -> ShardAnswer: ...
+    def add_codes(
+        self,
+        codes: npt.NDArray[np.integer],
+        records: Sequence[NewItem],
+        *,
+        item_ids: Sequence[int] | None = None,
+    ) -> list[AddOutcome]: ...
+    def remove(self, item_ids: Sequence[int]) -> int: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def get(self, item_id: int) -> ItemRecord | None: ...
+    def thumbnail(self, item_id: int) -> bytes | None: ...
+    def known_hashes(self, hashes: Sequence[str]) -> dict[str, int]: ...
+    def finished_source(self, source: str) -> str | None: ...
+    def source_with_hash(self, file_hash: str) -> str | None: ...
+    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None: ...
+    def check_model(self, codebooks: npt.NDArray[np.floating]) -> None: ...
+    @property
+    def card(self) -> dict[str, Any]: ...
+    @property
+    def checkpoint_path(self) -> Path | None: ...
+    def __len__(self) -> int: ...
+    @property
+    def unsaved_changes(self) -> int: ...
+    def stats(self) -> IndexStats: ...
+
+
 class ShardedIndex:
     """S `ArchiveIndex` shards behind the `ArchiveIndex` surface (search, add, remove, get, stats).
 
     Use `create` or `open`, not the constructor.
     """
 
-    def __init__(
-        self, directory: Path, shards: list[ArchiveIndex], manifest: dict[str, Any]
-    ) -> None:
+    def __init__(self, directory: Path, shards: Sequence[Shard], manifest: dict[str, Any]) -> None:
         self.directory = directory
-        self.shards = shards
+        self.shards = list(shards)
         self._manifest = manifest
         self._next_id = int(manifest["next_id"])
         first = shards[0]
@@ -208,9 +302,7 @@ class ShardedIndex:
         unit = check_codebooks(codebooks)
         names = [shard_directory_name(number) for number in range(shard_count)]
         shards = [
-            ArchiveIndex.create_from_codebooks(
-                directory / name, unit, card, card_key=card_key, checkpoint_path=checkpoint_path
-            )
+            LocalShard.create_shard(directory / name, unit, card, card_key, checkpoint_path)
             for name in names
         ]
         first = _shard_manifest(directory / names[0])
@@ -229,8 +321,15 @@ class ShardedIndex:
         return index
 
     @classmethod
-    def open(cls, directory: Path) -> ShardedIndex:
-        """Open every shard, refusing shards that disagree with the top-level manifest."""
+    def open(
+        cls, directory: Path, open_shard: Callable[[Path], Shard] | None = None
+    ) -> ShardedIndex:
+        """Open every shard, refusing shards that disagree with the top-level manifest.
+
+        ``open_shard`` opens one shard directory (default: in this process); a server that holds
+        each shard in its own process passes a function returning a client of that process.
+        """
+        opener: Callable[[Path], Shard] = open_shard or LocalShard.open_shard
         directory = Path(directory)
         manifest = _read_shards_manifest(directory)
         names: list[str] = list(manifest["shards"])
@@ -250,10 +349,10 @@ class ShardedIndex:
                     f"{directory / name} holds id {snapshot_last} but {SHARDS_MANIFEST} allocates "
                     f"from {next_id}: the shard is not from this index"
                 )
-        shards: list[ArchiveIndex] = []
+        shards: list[Shard] = []
         try:
             for name in names:
-                shards.append(ArchiveIndex.open(directory / name))
+                shards.append(opener(directory / name))
         except BaseException:
             for shard in shards:
                 shard.close()
@@ -383,63 +482,59 @@ class ShardedIndex:
         with_records: bool = True,
     ) -> list[list[Hit]]:
         """The k best items per query over all shards, exactly as one index would rank them."""
-        array = self._checked_queries(queries)
-        tables = self._common_tables(array, filters)
-
-        def shard_hits(shard: ArchiveIndex) -> tuple[list[list[Hit]], CodeArray | None]:
-            hits = shard.search(array, k, filters, with_records=with_records)
-            wanted = [hit.id for row in hits for hit in row]
-            return hits, None if tables is None else shard.codes_of(wanted)
-
-        per_shard = self._each(shard_hits)
-        merged: list[list[Hit]] = []
-        offsets = [0] * len(per_shard)
-        for query in range(len(array)):
-            candidates: list[Hit] = []
-            for number, (hits, codes) in enumerate(per_shard):
-                row = hits[query]
-                if codes is not None and tables is not None:
-                    row_codes = codes[offsets[number] : offsets[number] + len(row)]
-                    offsets[number] += len(row)
-                    row = _rescored(row, row_codes, tables[query : query + 1])
-                candidates.extend(row)
-            candidates.sort(key=lambda hit: (-hit.score, hit.id))
-            merged.append(candidates[:k])
-        return merged
+        scores, ids, records = self._merged(queries, k, filters, with_records)
+        return [
+            [
+                Hit(item_id, score, records.get(item_id))
+                for score, item_id in zip(row_scores, row_ids, strict=True)
+                if item_id >= 0
+            ]
+            for row_scores, row_ids in zip(scores.tolist(), ids.tolist(), strict=True)
+        ]
 
     def search_arrays(
         self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None = None
     ) -> tuple[FloatArray, IdArray]:
         """`search` as (Q, k) arrays (see `ArchiveIndex.search_arrays`), merged over shards."""
+        scores, ids, _ = self._merged(queries, k, filters, False)
+        return scores, ids
+
+    def _merged(
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None,
+        with_records: bool,
+    ) -> tuple[FloatArray, IdArray, dict[int, ItemRecord]]:
         array = self._checked_queries(queries)
-        tables = self._common_tables(array, filters)
-
-        def shard_arrays(shard: ArchiveIndex) -> tuple[FloatArray, IdArray, CodeArray | None]:
-            scores, ids = shard.search_arrays(array, k, filters)
-            if tables is None:
-                return scores, ids, None
-            return scores, ids, shard.codes_of(ids.ravel()).reshape(*ids.shape, -1)
-
-        per_shard = self._each(shard_arrays)
-        codes = None if tables is None else [c for _, _, c in per_shard if c is not None]
-        return merge_top_k(
-            [s for s, _, _ in per_shard], [i for _, i, _ in per_shard], k, codes, tables
+        answers = self._each(lambda shard: shard.answer(array, k, filters, with_records))
+        tables = self._common_tables(array, filters, answers)
+        scores, ids = merge_top_k(
+            [answer.scores for answer in answers],
+            [answer.ids for answer in answers],
+            k,
+            None if tables is None else [answer.codes for answer in answers],
+            tables,
         )
+        records: dict[int, ItemRecord] = {}
+        for answer in answers:
+            records.update(answer.records)
+        return scores, ids, records
 
     def _common_tables(
-        self, queries: FloatArray, filters: SearchFilters | None
+        self, queries: FloatArray, filters: SearchFilters | None, answers: Sequence[ShardAnswer]
     ) -> FloatArray | None:
         """Lookup tables to score every shard's candidates with, when shards may disagree.
 
         One index scores an unfiltered search over a table without tombstones in FAISS and every
         other search with `gathered_adc` in numpy; shards decide that each for itself (a shard
         that never stored the excluded group sees no filter), so those searches are scored again
-        here by the numpy rule. None when every shard takes the FAISS path, as one index would.
+        here by the numpy rule. None when every shard took the FAISS path, as one index would.
         """
         constrained = filters is not None and any(
             value is not None for value in (filters.label, filters.dataset, filters.exclude_group)
         )
-        if not constrained and not any(shard.tombstones for shard in self.shards):
+        if not constrained and not any(answer.tombstones for answer in answers):
             return None
         unit = normalise_subvectors(queries, self.num_codebooks)
         return unit_lookup_tables(unit, self.codebooks)
@@ -453,7 +548,7 @@ class ShardedIndex:
             )
         return array
 
-    def _each(self, work: Callable[[ArchiveIndex], _Result]) -> list[_Result]:
+    def _each(self, work: Callable[[Shard], _Result]) -> list[_Result]:
         """``work`` on every shard, in shard order; one shard runs in the calling thread."""
         if len(self.shards) == 1:
             return [work(self.shards[0])]
@@ -519,7 +614,7 @@ class ShardedIndex:
     def __len__(self) -> int:
         return sum(len(shard) for shard in self.shards)
 
-    def __iter__(self) -> Iterator[ArchiveIndex]:
+    def __iter__(self) -> Iterator[Shard]:
         return iter(self.shards)
 
     @property
@@ -548,15 +643,6 @@ class ShardedIndex:
             memory_bytes=sum(part.memory_bytes for part in parts),
             card=first.card,
         )
-
-
-def _rescored(row: list[Hit], codes: CodeArray, tables: FloatArray) -> list[Hit]:
-    """The hits of one query with scores recomputed from their codes (see `_common_tables`)."""
-    if not row:
-        return row
-    candidates = np.arange(len(row), dtype=np.intp)[None, :]
-    scores = gathered_adc(tables, codes, candidates)[0].tolist()
-    return [Hit(hit.id, score, hit.record) for hit, score in zip(row, scores, strict=True)]
 
 
 def _outcome(entry: AddOutcome | int | None, position: int, ids_of: dict[int, int]) -> AddOutcome:

@@ -10,7 +10,13 @@ import pytest
 
 from indexer.index.metadata import FinishedSource
 from indexer.index.pq import adc_scores, assign_codes, lookup_tables
-from indexer.index.shards import SHARDS_MANIFEST, ShardedIndex, ShardedIndexError, shard_of
+from indexer.index.shards import (
+    SHARDS_MANIFEST,
+    LocalShard,
+    ShardedIndex,
+    ShardedIndexError,
+    shard_of,
+)
 from indexer.index.store import AddOutcome, ArchiveIndex, Hit, NewItem, SearchFilters
 from tests.indexer.index_helpers import (
     M,
@@ -160,6 +166,7 @@ def test_unflushed_adds_and_removals_survive_a_crash_in_every_shard(tmp_path):
     sharded.remove([3, 250])
     expected = sharded.search(vectors[:5], 8)
     for shard in sharded.shards:
+        assert isinstance(shard, LocalShard)
         shard._metadata.close()  # the process dies: no flush, no close
     with ShardedIndex.open(tmp_path / "sharded") as reopened:
         assert len(reopened) == 298

@@ -56,11 +56,16 @@ def contents(index: ArchiveIndex | ShardedIndex) -> dict[int, tuple[ItemRecord, 
     """Every stored item by id: its record (without the time it was added) and its code."""
     ids = [hit.id for hit in index.search(np.ones((1, index.descriptor_dim)), 1000)[0]]
     shards = index.shards if isinstance(index, ShardedIndex) else [index]
+    assert all(isinstance(shard, ArchiveIndex) for shard in shards)
     found = {}
     for item_id in ids:
         record = index.get(item_id)
         assert record is not None
-        codes = [shard.codes_of([item_id])[0] for shard in shards if shard.get(item_id)]
+        codes = [
+            shard.codes_of([item_id])[0]
+            for shard in shards
+            if isinstance(shard, ArchiveIndex) and shard.get(item_id)
+        ]
         found[item_id] = (replace(record, added_at=0.0), codes[0].tolist())
     return found
 
