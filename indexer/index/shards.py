@@ -74,6 +74,7 @@ __all__ = [
     "is_sharded",
     "merge_top_k",
     "open_index",
+    "read_shards_manifest",
     "shard_of",
 ]
 
@@ -257,6 +258,9 @@ class ShardedIndex:
         self.num_codebooks, self.codebook_size, self.codeword_dim = self.codebooks.shape
         self.descriptor_dim = first.descriptor_dim
         self._writer = threading.Lock()
+        # Kept here rather than asked of every shard: a server answers /ready with it on its event
+        # loop, where asking shards in other processes would block.
+        self._count = sum(len(shard) for shard in self.shards)
         # Shard searches release the GIL in FAISS, so a thread per shard scans them in parallel.
         self._pool = ThreadPoolExecutor(
             max_workers=len(shards), thread_name_prefix="histosearch-shard"
@@ -331,7 +335,7 @@ class ShardedIndex:
         """
         opener: Callable[[Path], Shard] = open_shard or LocalShard.open_shard
         directory = Path(directory)
-        manifest = _read_shards_manifest(directory)
+        manifest = read_shards_manifest(directory)
         names: list[str] = list(manifest["shards"])
         _check_shard_list(directory, manifest, names)
         next_id = int(manifest["next_id"])
@@ -410,6 +414,7 @@ class ShardedIndex:
                     [records[p] for p in positions],
                     item_ids=[ids_of[p] for p in positions],
                 )
+                self._count += sum(outcome.added for outcome in written)
                 if not all(outcome.added for outcome in written):
                     # Another writer stored one of these hashes meanwhile: not supported.
                     raise ShardedIndexError(
@@ -452,7 +457,9 @@ class ShardedIndex:
         """
         wanted = [int(item_id) for item_id in item_ids]
         with self._writer:
-            return sum(self._each(lambda shard: shard.remove(wanted)))
+            removed = sum(self._each(lambda shard: shard.remove(wanted)))
+            self._count -= removed
+            return removed
 
     def flush(self) -> None:
         """Snapshot every shard (the id counter is already durable)."""
@@ -612,7 +619,8 @@ class ShardedIndex:
         return self.shards[0].checkpoint_path
 
     def __len__(self) -> int:
-        return sum(len(shard) for shard in self.shards)
+        """Items in all shards (as changed through this object)."""
+        return self._count
 
     def __iter__(self) -> Iterator[Shard]:
         return iter(self.shards)
@@ -665,7 +673,8 @@ def _summed(counts: Iterator[dict[str | None, int]]) -> dict[str | None, int]:
 # ---- directory checks ------------------------------------------------------------------------
 
 
-def _read_shards_manifest(directory: Path) -> dict[str, Any]:
+def read_shards_manifest(directory: Path) -> dict[str, Any]:
+    """The top-level manifest of a sharded index, checked for its format and keys."""
     path = directory / SHARDS_MANIFEST
     if not path.is_file():
         raise ShardedIndexError(f"{directory} has no {SHARDS_MANIFEST}: not a sharded index")
