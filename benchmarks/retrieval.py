@@ -16,14 +16,15 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from indexer.evaluate.run import evaluate_checkpoint, markdown_table, write_report
-from indexer.learn.training import TrainConfig, train
+from indexer.learn.config import TrainConfig
+from indexer.learn.training import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -108,7 +109,7 @@ def run_dataset(plan: DatasetPlan, minutes: float | None, threads: int | None) -
             "compute_dtype": resolved["compute_dtype"],
             "torch_threads": torch.get_num_threads(),
             "train_images_per_second": _median([row["images_per_s"] for row in history]),
-            "config": asdict(config),
+            "config": config.model_dump(mode="json"),
         },
         "evaluation": report.as_dict(),
         "table": markdown_table(report),

@@ -23,8 +23,9 @@ from indexer.ingest.pipeline import (
     model_encoder,
 )
 from indexer.ingest.sources import load_source
-from indexer.ingest.tiling import TilingConfig
-from indexer.learn.training import TrainConfig, train
+from indexer.ingest.tiling import DEFAULT_TILE_SIZE, TilingConfig
+from indexer.learn.config import TrainConfig
+from indexer.learn.training import train
 from model import load_checkpoint, select_device
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class PrepareConfig:
     train_minutes: float = 5.0
     train_epochs: int = 300
     device: str = "auto"
-    tile_size: int = 512
+    tile_size: int = DEFAULT_TILE_SIZE
     dataset: str | None = None
 
     @property

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from indexer.ingest.tiling import DEFAULT_TILE_SIZE
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,12 @@ def register(subparsers: Any) -> None:
         help="archive layout (default: auto = csv for a file, folder otherwise)",
     )
     parser.add_argument("--dataset", help="dataset name stored with each item")
-    parser.add_argument("--tile-size", type=int, default=512, help="tile edge in pixels")
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=DEFAULT_TILE_SIZE,
+        help=f"tile edge in pixels (default: {DEFAULT_TILE_SIZE})",
+    )
     parser.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
     parser.add_argument(
         "--min-tissue", type=float, default=0.25, help="tissue share a tile needs (0-1)"

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from indexer.ingest.tiling import DEFAULT_TILE_SIZE
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -54,8 +56,9 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, defaults: dict[str, A
     parser.add_argument(
         "--tile-size",
         type=int,
-        default=512,
-        help="images larger than this are cut into tiles of this edge (default: 512)",
+        default=DEFAULT_TILE_SIZE,
+        help="images larger than this are cut into tiles of this edge "
+        f"(default: {DEFAULT_TILE_SIZE})",
     )
     parser.add_argument("--dataset", help="dataset name stored with each indexed item")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])

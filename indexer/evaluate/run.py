@@ -27,7 +27,9 @@ from indexer.evaluate.metrics import (
 )
 from indexer.evaluate.plots import plot_precision_at_k
 from indexer.ingest.manifest import ManifestEntry, load_entries
-from indexer.learn.training import TrainConfig, make_split
+from indexer.learn.config import recorded_config
+from indexer.learn.splits import SplitError
+from indexer.learn.training import make_split
 from model import SPQModel, adc_scores, codeword_usage, load_checkpoint, preprocess, select_device
 
 logger = logging.getLogger(__name__)
@@ -69,12 +71,10 @@ def entries_of_part(checkpoint_model: SPQModel, data: Path, part: str) -> list[M
     entries = [entry for entry in load_entries(data) if entry.label is not None]
     if part == "all":
         return entries
-    training = dict(checkpoint_model.card.training)
-    training.update(data=str(data), out="")
-    split = make_split(TrainConfig(**training), entries)
+    split = make_split(recorded_config(checkpoint_model.card), entries)
     selected = split.entries(entries, part)
     if not selected:
-        raise ValueError(f"the split recorded in the checkpoint has no {part} images in {data}")
+        raise SplitError(f"the split recorded in the checkpoint has no {part} images in {data}")
     return selected
 
 

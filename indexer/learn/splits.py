@@ -11,6 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from indexer.ingest.manifest import ManifestEntry
+from model.errors import HistosearchError
+
+
+class SplitError(HistosearchError, ValueError):
+    """A split that cannot be made: unknown group names, or no group left for a part."""
+
 
 # Shuffles `random_group_split` tries at most when the archive has labels.
 SPLIT_CANDIDATES = 64
@@ -27,9 +33,9 @@ class GroupSplit:
     def __post_init__(self) -> None:
         parts = [set(self.train), set(self.validation), set(self.test)]
         if (parts[0] & parts[1]) or (parts[0] & parts[2]) or (parts[1] & parts[2]):
-            raise ValueError("a group appears in two parts of the split")
+            raise SplitError("a group appears in two parts of the split")
         if not self.train:
-            raise ValueError("the split leaves no group for training")
+            raise SplitError("the split leaves no group for training")
 
     def entries(self, entries: Sequence[ManifestEntry], part: str) -> list[ManifestEntry]:
         groups = set(getattr(self, part))
@@ -53,7 +59,7 @@ def random_group_split(
     part is kept. Labels only choose the split; training never sees them.
     """
     if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
-        raise ValueError("fractions must be >= 0 and leave some groups for training")
+        raise SplitError("fractions must be >= 0 and leave some groups for training")
     groups = sorted({entry.group for entry in entries})
     n_test = _part_size(len(groups), test_fraction)
     n_validation = _part_size(len(groups), validation_fraction)
@@ -103,7 +109,7 @@ def explicit_group_split(
     known = {entry.group for entry in entries}
     unknown = sorted((set(validation_groups) | set(test_groups)) - known)
     if unknown:
-        raise ValueError(f"groups not in the data: {unknown}")
+        raise SplitError(f"groups not in the data: {unknown}")
     held_out = set(validation_groups) | set(test_groups)
     return GroupSplit(
         train=tuple(sorted(known - held_out)),

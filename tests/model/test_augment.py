@@ -54,3 +54,12 @@ def test_rotation_is_a_step_before_the_crop_only_when_asked_for() -> None:
     assert len(rotating) == len(build_augmentation(AugmentationConfig(), 32)) + 1
     assert type(rotating[0]).__name__ == "RandomAffine"
     assert rotating(_tissue_like_batch()).shape == (6, 3, 32, 32)
+
+
+def test_augmentation_settings_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="blur_p"):
+        AugmentationConfig(blur_p=1.5)
+    with pytest.raises(ValueError, match="min_crop_scale"):
+        AugmentationConfig(min_crop_scale=0)
+    with pytest.raises(ValueError, match="Extra inputs"):
+        AugmentationConfig.model_validate({"colour": 0.1})

@@ -22,14 +22,6 @@ def test_every_option_is_explained(command: str) -> None:
         assert action.help and len(action.help) > 10, action.option_strings
 
 
-def test_train_options_default_to_the_library_defaults() -> None:
-    from indexer.cli.train import config_from_args
-    from indexer.learn.training import TrainConfig
-
-    args = build_parser().parse_args(["train", "--data", "archive", "--out", "run"])
-    assert config_from_args(args) == TrainConfig(data="archive", out="run")
-
-
 def test_train_then_evaluate_from_the_command_line(tmp_path: Path, capsys) -> None:
     data = _write_tiny_dataset(tmp_path / "data")
     run = tmp_path / "run"
