@@ -108,6 +108,7 @@ class ShardClient:
     def __init__(self, handle: DeploymentHandle[Any]) -> None:
         self._handle = handle
         self.codebooks, self.descriptor_dim = handle.describe.remote().result()
+        self._tombstones = int(self._call("tombstones"))
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self._handle.call.remote(method, args, kwargs).result()
@@ -117,10 +118,20 @@ class ShardClient:
         queries: npt.NDArray[np.floating],
         k: int,
         filters: SearchFilters | None,
-        with_records: bool,
+        with_codes: bool,
     ) -> ShardAnswer:
-        answer: ShardAnswer = self._call("answer", queries, k, filters, with_records)
+        answer: ShardAnswer = self._call("answer", queries, k, filters, with_codes)
+        self._tombstones = answer.tombstones
         return answer
+
+    def records_of(self, item_ids: Sequence[int]) -> list[ItemRecord]:
+        records: list[ItemRecord] = self._call("records_of", list(item_ids))
+        return records
+
+    @property
+    def tombstones(self) -> int:
+        """The count the shard gave with its last answer (asking would cost a round trip)."""
+        return self._tombstones
 
     def add_codes(
         self,
@@ -135,7 +146,9 @@ class ShardClient:
         return outcomes
 
     def remove(self, item_ids: Sequence[int]) -> int:
-        return int(self._call("remove", list(item_ids)))
+        removed = int(self._call("remove", list(item_ids)))
+        self._tombstones += removed
+        return removed
 
     def flush(self) -> None:
         self._call("flush")

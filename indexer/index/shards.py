@@ -122,17 +122,21 @@ def merge_top_k(
     k: int,
     codes: Sequence[CodeArray] | None = None,
     tables: FloatArray | None = None,
-) -> tuple[FloatArray, IdArray]:
+) -> tuple[FloatArray, IdArray, npt.NDArray[np.intp]]:
     """Merge per-shard (Q, k) best-first results into the (Q, k) best of their union.
 
-    Order: score descending, then id ascending (the single index's tie rule); rows end in -inf /
-    -1 where fewer than k items were eligible anywhere. With ``codes`` (per shard (Q, k, M), the
-    codes of ``ids``) and ``tables`` (the queries' (Q, M, K) lookup tables), every candidate is
-    scored again by `gathered_adc`, the rule one index applies to filtered searches, so that
-    shards that scored by different paths cannot reorder equal codes (see the module doc).
+    Returns scores, ids and the shard each entry came from. Order: score descending, then id
+    ascending (the single index's tie rule); rows end in -inf / -1 where fewer than k items were
+    eligible anywhere. With ``codes`` (per shard (Q, k, M), the codes of ``ids``) and ``tables``
+    (the queries' (Q, M, K) lookup tables), every candidate is scored again by `gathered_adc`, the
+    rule one index applies to filtered searches, so that shards that scored by different paths
+    cannot reorder equal codes (see the module doc).
     """
     all_scores = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores], axis=1)
     all_ids = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids], axis=1)
+    origin = np.concatenate(
+        [np.full(np.shape(i), number, dtype=np.intp) for number, i in enumerate(ids)], axis=1
+    )
     if codes is not None and tables is not None:
         all_codes = np.concatenate(list(codes), axis=1)
         rows, width = all_ids.shape
@@ -144,19 +148,18 @@ def merge_top_k(
     order = np.lexsort((sort_ids, -all_scores), axis=1)[:, :k]
     merged_scores: FloatArray = np.take_along_axis(all_scores, order, axis=1)
     merged_ids: IdArray = np.take_along_axis(all_ids, order, axis=1)
-    return merged_scores, merged_ids
+    return merged_scores, merged_ids, np.take_along_axis(origin, order, axis=1)
 
 
 @dataclass(frozen=True, slots=True)
 class ShardAnswer:
-    """One shard's part of a search: its (Q, k) best, their (Q, k, M) codes (for scoring every
-    shard's candidates by one rule), its tombstone count, and the hits' records if asked for."""
+    """One shard's part of a search: its (Q, k) best, its tombstone count, and when asked for
+    the (Q, k, M) codes of those items (to score every shard's candidates by one rule)."""
 
     scores: FloatArray
     ids: IdArray
-    codes: CodeArray
     tombstones: int
-    records: dict[int, ItemRecord]
+    codes: CodeArray | None
 
 
 class LocalShard(ArchiveIndex):
@@ -186,16 +189,14 @@ class LocalShard(ArchiveIndex):
         queries: npt.NDArray[np.floating],
         k: int,
         filters: SearchFilters | None,
-        with_records: bool,
+        with_codes: bool,
     ) -> ShardAnswer:
         tombstones = self.tombstones
         scores, ids = self.search_arrays(queries, k, filters)
-        records: dict[int, ItemRecord] = {}
-        if with_records:
-            for record in self.records_of(ids[ids >= 0].tolist()):
-                records[record.id] = record
-        codes = self.codes_of(ids.ravel()).reshape(*ids.shape, self.num_codebooks)
-        return ShardAnswer(scores, ids, codes, tombstones, records)
+        codes = None
+        if with_codes:
+            codes = self.codes_of(ids.ravel()).reshape(*ids.shape, self.num_codebooks)
+        return ShardAnswer(scores, ids, tombstones, codes)
 
     def records_of(self, item_ids: Sequence[int]) -> list[ItemRecord]:
         """Records (without thumbnails) of the given ids that this shard holds."""
@@ -213,8 +214,11 @@ class Shard(Protocol):
         queries: npt.NDArray[np.floating],
         k: int,
         filters: SearchFilters | None,
-        with_records: bool,
+        with_codes: bool,
     ) -> ShardAnswer: ...
+    def records_of(self, item_ids: Sequence[int]) -> list[ItemRecord]: ...
+    @property
+    def tombstones(self) -> int: ...
     def add_codes(
         self,
         codes: npt.NDArray[np.integer],
@@ -263,7 +267,7 @@ class ShardedIndex:
         self._count = sum(len(shard) for shard in self.shards)
         # Shard searches release the GIL in FAISS, so a thread per shard scans them in parallel.
         self._pool = ThreadPoolExecutor(
-            max_workers=len(shards), thread_name_prefix="histosearch-shard"
+            max_workers=max(1, len(shards) - 1), thread_name_prefix="histosearch-shard"
         )
 
     @property
@@ -489,7 +493,13 @@ class ShardedIndex:
         with_records: bool = True,
     ) -> list[list[Hit]]:
         """The k best items per query over all shards, exactly as one index would rank them."""
-        scores, ids, records = self._merged(queries, k, filters, with_records)
+        scores, ids, origin = self._merged(queries, k, filters)
+        records: dict[int, ItemRecord] = {}
+        if with_records:
+            # Only the winners' records, each from the shard that holds it.
+            for number in np.unique(origin[ids >= 0]).tolist():
+                wanted = ids[(origin == number) & (ids >= 0)].tolist()
+                records.update((r.id, r) for r in self.shards[number].records_of(wanted))
         return [
             [
                 Hit(item_id, score, records.get(item_id))
@@ -503,48 +513,42 @@ class ShardedIndex:
         self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None = None
     ) -> tuple[FloatArray, IdArray]:
         """`search` as (Q, k) arrays (see `ArchiveIndex.search_arrays`), merged over shards."""
-        scores, ids, _ = self._merged(queries, k, filters, False)
+        scores, ids, _ = self._merged(queries, k, filters)
         return scores, ids
 
     def _merged(
-        self,
-        queries: npt.NDArray[np.floating],
-        k: int,
-        filters: SearchFilters | None,
-        with_records: bool,
-    ) -> tuple[FloatArray, IdArray, dict[int, ItemRecord]]:
-        array = self._checked_queries(queries)
-        answers = self._each(lambda shard: shard.answer(array, k, filters, with_records))
-        tables = self._common_tables(array, filters, answers)
-        scores, ids = merge_top_k(
-            [answer.scores for answer in answers],
-            [answer.ids for answer in answers],
-            k,
-            None if tables is None else [answer.codes for answer in answers],
-            tables,
-        )
-        records: dict[int, ItemRecord] = {}
-        for answer in answers:
-            records.update(answer.records)
-        return scores, ids, records
-
-    def _common_tables(
-        self, queries: FloatArray, filters: SearchFilters | None, answers: Sequence[ShardAnswer]
-    ) -> FloatArray | None:
-        """Lookup tables to score every shard's candidates with, when shards may disagree.
+        self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None
+    ) -> tuple[FloatArray, IdArray, npt.NDArray[np.intp]]:
+        """Every shard's k best, merged.
 
         One index scores an unfiltered search over a table without tombstones in FAISS and every
         other search with `gathered_adc` in numpy; shards decide that each for itself (a shard
-        that never stored the excluded group sees no filter), so those searches are scored again
-        here by the numpy rule. None when every shard took the FAISS path, as one index would.
+        that never stored the excluded group sees no filter), so every search one index would
+        score in numpy is scored again here, from the candidates' codes, by the numpy rule.
         """
+        array = self._checked_queries(queries)
         constrained = filters is not None and any(
             value is not None for value in (filters.label, filters.dataset, filters.exclude_group)
         )
-        if not constrained and not any(answer.tombstones for answer in answers):
-            return None
-        unit = normalise_subvectors(queries, self.num_codebooks)
-        return unit_lookup_tables(unit, self.codebooks)
+        with_codes = constrained or any(shard.tombstones for shard in self.shards)
+        answers = self._each(lambda shard: shard.answer(array, k, filters, with_codes))
+        if not with_codes and any(answer.tombstones for answer in answers):
+            # A shard gained tombstones since it was last asked (a remote shard's count is the
+            # one it last reported): ask again, with codes.
+            with_codes = True
+            answers = self._each(lambda shard: shard.answer(array, k, filters, True))
+        codes = [answer.codes for answer in answers if answer.codes is not None]
+        tables = None
+        if with_codes:
+            unit = normalise_subvectors(array, self.num_codebooks)
+            tables = unit_lookup_tables(unit, self.codebooks)
+        return merge_top_k(
+            [answer.scores for answer in answers],
+            [answer.ids for answer in answers],
+            k,
+            codes if with_codes else None,
+            tables,
+        )
 
     def _checked_queries(self, queries: npt.NDArray[np.floating]) -> FloatArray:
         array = np.asarray(queries, dtype=np.float32)
@@ -559,7 +563,10 @@ class ShardedIndex:
         """``work`` on every shard, in shard order; one shard runs in the calling thread."""
         if len(self.shards) == 1:
             return [work(self.shards[0])]
-        return list(self._pool.map(work, self.shards))
+        # The calling thread takes the first shard itself: one hand-off fewer per search.
+        rest = [self._pool.submit(work, shard) for shard in self.shards[1:]]
+        first = work(self.shards[0])
+        return [first, *(future.result() for future in rest)]
 
     def get(self, item_id: int) -> ItemRecord | None:
         for shard in self.shards:

@@ -26,6 +26,7 @@ filesystem), as a cluster of one machine does.
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 import socket
 import time
@@ -321,7 +322,7 @@ def _encoded_rows(
         fn_constructor_kwargs={
             "checkpoint": str(checkpoint),
             "device": plan.device,
-            "threads": max(1, int(plan.cpus_per_actor)),
+            "threads": max(1, math.ceil(plan.cpus_per_actor)),
         },
         batch_size=config.batch_size,
         batch_format="numpy",

@@ -98,6 +98,27 @@ def test_sharded_search_equals_unsharded_search_in_ids_and_scores(tmp_path, sing
             )
 
 
+def test_after_a_group_is_removed_sharded_search_still_equals_unsharded_search(tmp_path):
+    with new_index(tmp_path / "single") as single, new_sharded(tmp_path / "sharded", 3) as sharded:
+        vectors, records = archive_with_ties(sharded.codebooks)
+        for index in (single, sharded):
+            fill(index, vectors, records)
+            # One shard now holds tombstones, the others none: their paths differ unless merged
+            # by one rule.
+            index.remove([n + 1 for n, r in enumerate(records) if r.group == "patient-5"])
+        assert len(sharded) == len(single) == 1200 - 52
+        assert sum(shard.tombstones > 0 for shard in sharded.shards) == 1
+        queries = np.concatenate(
+            [descriptors_near_codewords(20, sharded.codebooks, seed=9), vectors[:10]]
+        )
+        for filters in (None, SearchFilters(exclude_group="patient-4")):
+            expected, got = (
+                single.search_arrays(queries, 25, filters),
+                sharded.search_arrays(queries, 25, filters),
+            )
+            assert np.array_equal(got[1], expected[1]) and np.array_equal(got[0], expected[0])
+
+
 def test_ties_between_shards_are_ordered_by_id_as_in_one_index(tmp_path):
     with new_sharded(tmp_path / "sharded", 4) as sharded:
         vectors, records = archive_with_ties(sharded.codebooks)
