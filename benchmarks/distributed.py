@@ -9,9 +9,9 @@
    costs at most 1.2x. The two are also checked to return the same ids.
 2. Encoding: real Kather 2016 tiles (cut into 64 px tiles) through `index_archive` in this
    process, and through `encode_archive_on_ray` on a local Ray cluster of this machine's CPUs
-   with 1 and 2 embedding actors. Ray's fixed start (actors starting, loading the model) is
-   measured on a two-image archive and reported apart. Goal: Ray with 1 actor takes at most
-   1.15x the single process's time once started.
+   with 1 and 2 embedding actors, every model on one torch thread. Ray's fixed start (actors
+   starting, loading the model) is measured on a two-image archive and reported apart. Goal:
+   Ray with 1 actor takes at most 1.15x the single process's time once started.
 
 Results: a table on stdout and ``benchmarks/results/distributed.json``.
 """
@@ -53,6 +53,9 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MAX_MERGE_RATIO = 1.2
 MAX_RAY_RATIO = 1.15
 K = 10
+# Torch threads of every model, in the process and in each actor. One: on a loaded 2-core machine
+# two threads per forward ran 4x slower than one (24 vs 6 ms per 64 px tile, load average 6-9).
+MODEL_THREADS = 1
 
 
 # ---- search --------------------------------------------------------------------------------------
@@ -152,11 +155,13 @@ def encode_once(
     with ArchiveIndex.create(directory, checkpoint) as index:
         started = time.perf_counter()
         if actors is None:
+            torch.set_num_threads(MODEL_THREADS)
             embedder = Embedder(index_model(checkpoint), torch.device("cpu"))
             summary = index_archive(archive, index, embedder, config)
         else:
-            cpus = (os.cpu_count() or 2) - 0.5
-            ray_config = RayEncodingConfig("auto", actors, cpus / actors)
+            # One CPU per actor gives each actor's model MODEL_THREADS threads, as in the process.
+            cpus = min(float(MODEL_THREADS), ((os.cpu_count() or 2) - 0.5) / actors)
+            ray_config = RayEncodingConfig("auto", actors, cpus)
             summary = encode_archive_on_ray(archive, index, checkpoint, config, ray_config)
         seconds = time.perf_counter() - started
     shutil.rmtree(directory.parent)
