@@ -2,14 +2,13 @@
 
 Names are loaded on first use (PEP 562): importing a light part (`model.card`, `model.errors`,
 `model.augment.config`) does not load torch, so `histosearch --help`, which builds every verb's
-options from those configurations, stays instant.
+options from those configurations, stays instant. `preprocess` (the function) is imported from
+`model.preprocess`: a package attribute of that name would be the submodule as soon as it loads.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -28,7 +27,6 @@ if TYPE_CHECKING:
     from model.preprocess import (
         UnsupportedPixelsError,
         normalize,
-        preprocess,
         select_device,
         to_rgb,
     )
@@ -53,7 +51,6 @@ _SOURCES = {
     "CrossQuantizedContrastiveLoss": "model.loss",
     "UnsupportedPixelsError": "model.preprocess",
     "normalize": "model.preprocess",
-    "preprocess": "model.preprocess",
     "select_device": "model.preprocess",
     "to_rgb": "model.preprocess",
     "ProductQuantizer": "model.quantizer",
@@ -82,7 +79,6 @@ __all__ = [
     "codeword_usage",
     "load_checkpoint",
     "normalize",
-    "preprocess",
     "read_card",
     "read_checkpoint",
     "save_checkpoint",
@@ -97,16 +93,3 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(_SOURCES[name]), name)
     globals()[name] = value
     return value
-
-
-class _Package(types.ModuleType):
-    """Importing the submodule `model.preprocess` binds the package's ``preprocess`` to that
-    module; the export of that name is the function, as it was when this file imported eagerly."""
-
-    def __setattr__(self, name: str, value: object) -> None:
-        if isinstance(value, types.ModuleType) and _SOURCES.get(name) == value.__name__:
-            value = getattr(value, name)
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from indexer.index.hashing import tile_hash
 from indexer.index.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
 from indexer.index.thumbnails import make_thumbnail
-from model import ModelCard, SPQModel, preprocess
+from model import Embedder, ModelCard, SPQModel
 from service.errors import ServiceError
 from service.imaging import DecodedImage, decode_upload
 from service.snapshots import Snapshotter
@@ -88,7 +89,8 @@ class SearchEngine:
         snapshot_every_changes: int = 0,
         snapshot_every_seconds: float = 0.0,
     ) -> None:
-        self.model = model.eval().to(device)
+        self.embedder = Embedder(model.eval(), device, batch_size=EMBED_BATCH)
+        self.model = self.embedder.model
         self.index = index
         self.device = device
         self.max_image_pixels = max_image_pixels
@@ -128,15 +130,9 @@ class SearchEngine:
             upload.data, max_pixels=self.max_image_pixels, filename=upload.filename
         )
 
-    def embed(self, images: Sequence[DecodedImage]) -> np.ndarray:
+    def embed(self, images: Sequence[DecodedImage]) -> npt.NDArray[np.float32]:
         """(N, D) float32 continuous descriptors; the queries are never quantised."""
-        chunks = []
-        for start in range(0, len(images), EMBED_BATCH):
-            batch = [image.rgb for image in images[start : start + EMBED_BATCH]]
-            tensor = preprocess(batch, self.card).to(self.device)
-            with torch.inference_mode():
-                chunks.append(self.model.encode(tensor).float().cpu().numpy())
-        return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+        return self.embedder.embed([image.rgb for image in images])
 
     def search_upload(self, upload: Upload, k: int, filters: SearchFilters | None) -> SearchOutcome:
         """Decode, embed and search one query image (blocking: call through :meth:`offload`)."""

@@ -46,7 +46,12 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="threads reading and decoding")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
     parser.add_argument(
         "--max-image-pixels",
         type=int,
@@ -74,49 +79,42 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from indexer.index.opening import open_or_create_index
     from indexer.index.store import IndexDirectoryError
-    from indexer.ingest.pipeline import (
-        TRUSTED_ARCHIVE_MAX_PIXELS,
-        PipelineConfig,
-        index_archive,
-        model_encoder,
-    )
+    from indexer.ingest.archive_root import archive_folder
+    from indexer.ingest.pipeline import TRUSTED_ARCHIVE_MAX_PIXELS, PipelineConfig, index_archive
     from indexer.ingest.sources import SourceError, load_source
     from indexer.ingest.tiling import TilingConfig
-    from model import load_checkpoint, select_device
+    from model import CheckpointMismatchError, select_device
     from model.errors import HistosearchError
 
     # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
     Image.MAX_IMAGE_PIXELS = args.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
     try:
         images = load_source(args.source, args.data, args.dataset)
-        index = _open_or_create(args.index, args.checkpoint, args.shards)
-    except (SourceError, IndexDirectoryError, ValueError) as error:
+        device = select_device(args.device)
+        opened = open_or_create_index(args.index, args.checkpoint, device, args.shards)
+    except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2
-    try:
-        checkpoint = index.checkpoint_path
-        if checkpoint is None:
-            log.error("%s has no model.pt to encode with", args.index)
-            return 2
-        device = select_device(args.device)
-        model = load_checkpoint(checkpoint, map_location=device)
-        index.check_model(model.codebooks().detach().cpu().numpy())
+    with opened:
         config = PipelineConfig(
             tiling=TilingConfig(args.tile_size, args.stride, args.min_tissue),
             batch_size=args.batch_size,
             workers=args.workers,
             progress=not args.no_progress,
         )
+        embedder = opened.embedder(args.batch_size)
+        # Sources are stored relative to the archive folder (a CSV's own folder), by its name.
+        root = archive_folder(args.data)
         if args.ray:
-            summary = _encode_on_ray(images, index, checkpoint, config, args)
+            try:
+                summary = _encode_on_ray(images, opened.index, config, root, args)
+            except HistosearchError as error:
+                log.error("%s", error)
+                return 2
         else:
-            summary = index_archive(images, index, model_encoder(model, device), config)
-    except HistosearchError as error:
-        log.error("%s", error)
-        return 2
-    finally:
-        index.close()
+            summary = index_archive(images, opened.index, embedder, config, root)
     print(f"index {args.index}: {len(images)} images in the archive")
     for line in summary.lines():
         print(f"  {line}")
@@ -126,50 +124,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _encode_on_ray(
-    images: Any, index: Any, checkpoint: Path, config: Any, args: argparse.Namespace
+    images: Any, index: Any, config: Any, root: Path, args: argparse.Namespace
 ) -> Any:
+    """The same run on a Ray cluster (`indexer.ingest.distributed`)."""
+    from model.errors import HistosearchError
+
     try:
         import ray  # noqa: F401
 
         from indexer.ingest.distributed import RayEncodingConfig, encode_archive_on_ray
     except ImportError as error:
-        from model.errors import HistosearchError
-
         raise HistosearchError(
             f"--ray needs the `ray` extra (pip install '.[ray]'): {error}"
         ) from error
     ray_config = RayEncodingConfig(args.ray, args.ray_actors)
-    return encode_archive_on_ray(images, index, checkpoint, config, ray_config)
-
-
-def _open_or_create(directory: Path, checkpoint: Path | None, shards: int | None) -> Any:
-    from indexer.index.shards import ShardedIndex, is_sharded
-    from indexer.index.store import ArchiveIndex, IndexDirectoryError
-
-    sharded = is_sharded(directory)
-    if sharded or (directory / "manifest.json").exists():
-        index: Any = ShardedIndex.open(directory) if sharded else ArchiveIndex.open(directory)
-        held = index.shard_count if sharded else None
-        if shards is not None and shards != held:
-            index.close()
-            raise IndexDirectoryError(
-                f"{directory} holds {held or 'an unsharded index'}{' shards' if held else ''}, "
-                f"not {shards}; index into a new directory to change that"
-            )
-        if checkpoint is not None and not _same_checkpoint(index, checkpoint):
-            index.close()
-            raise IndexDirectoryError(
-                f"{directory} was built with another model than {checkpoint}; "
-                "index into a new directory"
-            )
-        return index
-    if checkpoint is None:
-        raise IndexDirectoryError(f"{directory} is not an index yet: give --checkpoint")
-    if shards is not None:
-        return ShardedIndex.create(directory, checkpoint, shards)
-    return ArchiveIndex.create(directory, checkpoint)
-
-
-def _same_checkpoint(index: Any, checkpoint: Path) -> bool:
-    existing = index.checkpoint_path
-    return existing is not None and existing.read_bytes() == checkpoint.read_bytes()
+    return encode_archive_on_ray(
+        images, index, index.checkpoint_path, config, ray_config, archive_root=root
+    )

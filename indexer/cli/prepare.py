@@ -61,7 +61,12 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, defaults: dict[str, A
         f"(default: {DEFAULT_TILE_SIZE})",
     )
     parser.add_argument("--dataset", help="dataset name stored with each indexed item")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -80,6 +85,7 @@ def prepare_from_args(args: argparse.Namespace) -> int:
     from indexer.index.store import IndexDirectoryError
     from indexer.ingest.sources import SourceError
     from indexer.prepare import PrepareConfig, prepare
+    from model import CheckpointMismatchError
 
     config = PrepareConfig(
         archive=args.archive,
@@ -93,7 +99,7 @@ def prepare_from_args(args: argparse.Namespace) -> int:
     )
     try:
         summary = prepare(config)
-    except (SourceError, IndexDirectoryError, ValueError) as error:
+    except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2
     for path, reason in summary.unreadable:

@@ -41,11 +41,14 @@ import numpy.typing as npt
 
 from indexer.index.metadata import FinishedSource
 from indexer.index.records import NewItem
+from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.pipeline import (
     UNREADABLE,
+    UNREADABLE_FILE,
     IndexingSummary,
     PipelineConfig,
     Tile,
+    Unreadable,
     cut_tiles,
     decode_image,
     read_image,
@@ -144,40 +147,50 @@ def plan_actors(config: RayEncodingConfig, resources: dict[str, float]) -> Actor
 # ---- stage 1-3 on the cluster: one image in, one row per tile out --------------------------------
 
 
-def _image_row(position: int, image: ArchiveImage, finished_hash: str | None) -> dict[str, Any]:
+def _journal_names(image: ArchiveImage, root: ArchiveRoot) -> tuple[str, str]:
+    """The finished-source journal's names for an image: relative, and (older journals) the
+    absolute path, as the single-process run looks them up."""
+    return journal_key(root.name, root.source_of(image.path)), str(image.path)
+
+
+def _image_row(
+    position: int, image: ArchiveImage, index: ArchiveIndex | ShardedIndex, root: ArchiveRoot
+) -> dict[str, Any]:
+    finished = [index.finished_source(name) for name in _journal_names(image, root)]
     return {
         "position": position,
-        "path": str(image.path),
-        "label": image.label,
-        "group": image.group,
-        "dataset": image.dataset,
-        "extra": pickle.dumps(dict(image.extra)),
-        "finished_hash": finished_hash or "",
+        "image": pickle.dumps(image),
+        "finished_hashes": pickle.dumps([found for found in finished if found]),
     }
 
 
-def tile_rows(row: dict[str, Any], tiling: TilingConfig) -> list[dict[str, Any]]:
-    """Read, decode and tile one image (the pipeline's stages); a status row if none is kept."""
-    image = ArchiveImage(
-        Path(row["path"]), row["label"], row["group"], row["dataset"], pickle.loads(row["extra"])
-    )
-    status = {"position": row["position"], "file_hash": "", "tiles": 0, "background": 0}
+def tile_rows(row: dict[str, Any], tiling: TilingConfig, root: str) -> list[dict[str, Any]]:
+    """Read, decode and tile one image (the pipeline's stages); a status row if none is kept.
+
+    As in `indexer.ingest.pipeline.prepare`, only reading and decoding may fail as an unreadable
+    image; anything tiling raises is a bug and fails the run.
+    """
+    image: ArchiveImage = pickle.loads(row["image"])
+    status = {"position": row["position"], "file_hash": "", "journal_key": ""}
+    status |= {"tiles": 0, "background": 0, "reason": "", "payload": b""}
     try:
-        raw = read_image(image)
-        if raw.file_hash == row["finished_hash"]:
-            return [{**status, "kind": FINISHED, "reason": "", "payload": b""}]
-        tiled = cut_tiles(raw, decode_image(raw), tiling)
+        raw = read_image(image, ArchiveRoot(Path(root)))
+    except UNREADABLE_FILE as error:
+        reason = Unreadable.because(image, error).reason
+        return [{**status, "kind": UNREADABLE_IMAGE, "reason": reason}]
+    if raw.file_hash in pickle.loads(row["finished_hashes"]):
+        return [{**status, "kind": FINISHED}]
+    try:
+        pixels = decode_image(raw)
     except UNREADABLE as error:
-        reason = f"{type(error).__name__}: {error}"
-        return [{**status, "kind": UNREADABLE_IMAGE, "reason": reason, "payload": b""}]
-    status = {**status, "file_hash": raw.file_hash, "tiles": len(tiled.tiles)}
-    status["background"] = tiled.background
+        reason = Unreadable.because(image, error).reason
+        return [{**status, "kind": UNREADABLE_IMAGE, "reason": reason}]
+    tiled = cut_tiles(raw, pixels, tiling)
+    status |= {"file_hash": raw.file_hash, "journal_key": raw.journal_key}
+    status |= {"tiles": len(tiled.tiles), "background": tiled.background}
     if not tiled.tiles:
-        return [{**status, "kind": NO_TISSUE, "reason": "", "payload": b""}]
-    return [
-        {**status, "kind": TILE, "reason": "", "payload": pickle.dumps(tile)}
-        for tile in tiled.tiles
-    ]
+        return [{**status, "kind": NO_TISSUE}]
+    return [{**status, "kind": TILE, "payload": pickle.dumps(tile)} for tile in tiled.tiles]
 
 
 # ---- stage 4 on the cluster: an actor per model ----------------------------------------------
@@ -255,7 +268,7 @@ class _Writer:
                 self.summary.tiles_duplicate += len(fresh) - added
                 self.since_flush += added
             for item in self.items:
-                self.waiting[item.source] -= 1
+                self.waiting[journal_key(item.archive, item.source)] -= 1
             self.items, self.descriptors = [], []
         self.finish_sources()
         if self.since_flush >= self.flush_every:
@@ -275,8 +288,12 @@ def encode_archive_on_ray(
     checkpoint: Path,
     config: PipelineConfig | None = None,
     ray_config: RayEncodingConfig | None = None,
+    archive_root: Path | None = None,
 ) -> IndexingSummary:
-    """Index every image of an archive into ``index``, encoding on a Ray cluster."""
+    """Index every image of an archive into ``index``, encoding on a Ray cluster.
+
+    Sources are stored relative to ``archive_root`` as by `index_archive`.
+    """
     import ray
 
     config, ray_config = config or PipelineConfig(), ray_config or RayEncodingConfig()
@@ -287,9 +304,11 @@ def encode_archive_on_ray(
     started = time.perf_counter()
     summary = IndexingSummary()
     writer = _Writer(index, config.batch_size, config.flush_every, summary)
-    rows = _encoded_rows(images, index, Path(checkpoint).resolve(), config, plan)
+    root = ArchiveRoot.of([image.path for image in images], archive_root)
+    rows = _encoded_rows(images, index, Path(checkpoint).resolve(), config, plan, root)
     for position, image_rows in _progress(_by_image(rows), len(images), config.progress):
-        _take_image(images[position], image_rows, index, writer, summary)
+        names = _journal_names(images[position], root)
+        _take_image(images[position], names, image_rows, index, writer, summary)
     writer.write()
     index.flush()
     summary.seconds = time.perf_counter() - started
@@ -302,21 +321,21 @@ def _encoded_rows(
     checkpoint: Path,
     config: PipelineConfig,
     plan: ActorPlan,
+    root: ArchiveRoot,
 ) -> Iterable[dict[str, Any]]:
     import ray
 
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    inputs = [
-        _image_row(position, image, index.finished_source(str(image.path)))
-        for position, image in enumerate(images)
-    ]
+    inputs = [_image_row(position, image, index, root) for position, image in enumerate(images)]
     if not inputs:
         return []
     blocks = max(1, min(len(inputs), 200))
     dataset: ray.data.Dataset = ray.data.from_items(inputs, override_num_blocks=blocks)
-    dataset = dataset.flat_map(partial(tile_rows, tiling=config.tiling), num_cpus=TILING_TASK_CPUS)
+    dataset = dataset.flat_map(
+        partial(tile_rows, tiling=config.tiling, root=str(root.folder)), num_cpus=TILING_TASK_CPUS
+    )
     dataset = dataset.map_batches(
         EmbeddingActor,
         fn_constructor_kwargs={
@@ -349,24 +368,26 @@ def _by_image(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[int, list[dict[s
 
 def _take_image(
     image: ArchiveImage,
+    names: tuple[str, str],
     rows: list[dict[str, Any]],
     index: ArchiveIndex | ShardedIndex,
     writer: _Writer,
     summary: IndexingSummary,
 ) -> None:
     summary.images += 1
-    first, source = rows[0], str(image.path)
+    first = rows[0]
     if first["kind"] == UNREADABLE_IMAGE:
-        summary.unreadable.append((source, str(first["reason"])))
-        log.warning("skipping unreadable image %s: %s", source, first["reason"])
+        summary.unreadable.append((str(image.path), str(first["reason"])))
+        log.warning("skipping unreadable image %s: %s", image.path, first["reason"])
         return
     if first["kind"] == FINISHED:
         summary.images_finished_before += 1
         return
     twin = index.source_with_hash(str(first["file_hash"]))
-    if twin is not None and twin != source:
+    if twin is not None and twin not in names:
         summary.duplicate_files += 1
         return
+    source = str(first["journal_key"])
     summary.tiles_background += int(first["background"])
     kept = [row for row in rows if row["kind"] == TILE]
     entry = FinishedSource(

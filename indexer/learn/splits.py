@@ -10,7 +10,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from indexer.ingest.manifest import ManifestEntry
+from indexer.ingest.sources import ArchiveImage
 from model.errors import HistosearchError
 
 
@@ -37,13 +37,13 @@ class GroupSplit:
         if not self.train:
             raise SplitError("the split leaves no group for training")
 
-    def entries(self, entries: Sequence[ManifestEntry], part: str) -> list[ManifestEntry]:
+    def entries(self, entries: Sequence[ArchiveImage], part: str) -> list[ArchiveImage]:
         groups = set(getattr(self, part))
         return [entry for entry in entries if entry.group in groups]
 
 
 def random_group_split(
-    entries: Sequence[ManifestEntry],
+    entries: Sequence[ArchiveImage],
     validation_fraction: float,
     test_fraction: float,
     seed: int,
@@ -82,7 +82,7 @@ def random_group_split(
     return best
 
 
-def findable_share(split: GroupSplit, entries: Sequence[ManifestEntry]) -> float:
+def findable_share(split: GroupSplit, entries: Sequence[ArchiveImage]) -> float:
     """The smaller, over validation and test, of the share of labelled items whose class also
     lies in another group of the same part (1.0 for a part that is empty or unlabelled)."""
     shares = []
@@ -101,7 +101,7 @@ def _part_size(total: int, fraction: float) -> int:
 
 
 def explicit_group_split(
-    entries: Sequence[ManifestEntry],
+    entries: Sequence[ArchiveImage],
     validation_groups: Sequence[str],
     test_groups: Sequence[str],
 ) -> GroupSplit:

@@ -20,15 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from indexer.evaluate.metrics import near_duplicate_top1, retrieval_metrics
-from indexer.ingest.manifest import ManifestEntry, load_entries
+from indexer.ingest.sources import ArchiveImage, load_source
 from indexer.learn.config import TrainConfig
 from indexer.learn.splits import GroupSplit, explicit_group_split, random_group_split
 from model import (
     CodewordUsageRegularizer,
     CrossQuantizedContrastiveLoss,
+    Embedder,
     SPQModel,
     adc_scores,
     build_augmentation,
@@ -40,7 +40,7 @@ from model import (
     select_device,
 )
 from model.atomic import atomic_write, atomic_write_bytes
-from model.preprocess import image_to_tensor, select_precision
+from model.preprocess import image_to_tensor, open_upright_rgb, select_precision
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_split(config: TrainConfig, entries: Sequence[ManifestEntry]) -> GroupSplit:
+def archive_images(data: str | Path) -> list[ArchiveImage]:
+    """The images of the archive at ``data``, in any layout `histosearch index` accepts (a CSV
+    manifest, class sub-folders, BRACS, extended CRC, BACH: `load_source` recognises them).
+    Evaluation lists them the same way, so that it recomputes the same split."""
+    return load_source("auto", Path(data))
+
+
+def make_split(config: TrainConfig, entries: Sequence[ArchiveImage]) -> GroupSplit:
     if config.validation_groups is not None or config.test_groups is not None:
         return explicit_group_split(
             entries, config.validation_groups or [], config.test_groups or []
@@ -75,7 +82,7 @@ def make_split(config: TrainConfig, entries: Sequence[ManifestEntry]) -> GroupSp
     )
 
 
-def dataset_fingerprint(entries: Sequence[ManifestEntry], split: GroupSplit) -> str:
+def dataset_fingerprint(entries: Sequence[ArchiveImage], split: GroupSplit) -> str:
     """SHA-256 over the training images' bytes and the split: same data, same fingerprint."""
     digest = hashlib.sha256()
     for entry in sorted(entries, key=lambda e: e.path.name):
@@ -85,13 +92,14 @@ def dataset_fingerprint(entries: Sequence[ManifestEntry], split: GroupSplit) -> 
     return digest.hexdigest()[:16]
 
 
-def load_tensor_set(entries: Sequence[ManifestEntry], size: int) -> torch.Tensor:
+def load_tensor_set(entries: Sequence[ArchiveImage], size: int) -> torch.Tensor:
     """All images as one (N, 3, size, size) uint8 tensor: the sets are small and decoding every
     epoch would cost more than the network on a CPU."""
     tensors = []
     for entry in entries:
-        with Image.open(entry.path) as image:
-            tensors.append(image_to_tensor(image, size).mul(255).round().to(torch.uint8))
+        # Decoded by the project's one rule (EXIF orientation, then RGB), as indexing decodes.
+        image = open_upright_rgb(entry.path)
+        tensors.append(image_to_tensor(image, size).mul(255).round().to(torch.uint8))
     return torch.stack(tensors)
 
 
@@ -115,23 +123,10 @@ class ValidationSet:
     groups: list[str]
 
 
-@torch.no_grad()
-def encode_tensor_set(
-    model: SPQModel, images: torch.Tensor, device: torch.device, batch_size: int = 128
-) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    parts = [
-        model.encode(normalize(images[i : i + batch_size].to(device).float(), model.card)).cpu()
-        for i in range(0, images.shape[0], batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(parts)
-
-
 def validate(model: SPQModel, validation: ValidationSet, device: torch.device) -> dict[str, float]:
     """P@10 of codes (ADC) and of the float descriptor on held-out validation groups."""
-    descriptors = encode_tensor_set(model, validation.images, device)
+    # Embedded as every caller embeds (eval mode, no gradients); the model's mode is given back.
+    descriptors = torch.from_numpy(Embedder(model, device).embed_tensors(validation.images))
     with torch.no_grad():
         codes = model.codes_from_descriptors(descriptors.to(device)).cpu()
         code_scores = adc_scores(descriptors, codes, model.codebooks().detach().cpu())
@@ -160,7 +155,7 @@ class Trainer:
         seed_everything(config.seed)
         self.device = select_device(config.device)
         self.compute_dtype = select_precision(config.precision, self.device)
-        entries = load_entries(Path(config.data))
+        entries = archive_images(config.data)
         self.split = make_split(config, entries)
         train_entries = self.split.entries(entries, "train")
         validation_entries = [e for e in self.split.entries(entries, "validation") if e.label]

@@ -102,11 +102,14 @@ def test_a_ray_run_resumes_skipping_finished_images_and_duplicate_files(
 ):
     with ArchiveIndex.create(tmp_path / "index", checkpoint) as index:
         quiet = replace(CONFIG, progress=False)
-        encode_archive_on_ray(archive[:6], index, checkpoint, quiet)
+        # Sources are named relative to one archive folder in both runs, as `histosearch index`
+        # names them (the folder holding every image here: the slide lies beside the archive).
+        root = tmp_path
+        encode_archive_on_ray(archive[:6], index, checkpoint, quiet, archive_root=root)
         twin = tmp_path / "archive" / "twin.tif"
         shutil.copyfile(archive[0].path, twin)
         again = [*archive, ArchiveImage(twin, None, "elsewhere", "kather")]
-        summary = encode_archive_on_ray(again, index, checkpoint, quiet)
+        summary = encode_archive_on_ray(again, index, checkpoint, quiet, archive_root=root)
         assert summary.images_finished_before == 6
         assert summary.duplicate_files == 1
         assert summary.tiles_added == 14 - 6 and len(index) == 14

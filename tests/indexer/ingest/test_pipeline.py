@@ -12,12 +12,18 @@ import pytest
 from PIL import Image
 
 from indexer.index.store import ArchiveIndex
+from indexer.ingest import pipeline
 from indexer.ingest.pipeline import (
+    DuplicateFile,
+    FinishedBefore,
     PipelineConfig,
+    TiledImage,
+    Unreadable,
     cut_tiles,
     decode_image,
     embed_tiles,
     index_archive,
+    prepare,
     read_image,
     write_tiles,
 )
@@ -95,7 +101,9 @@ def test_stages_read_decode_tile_embed_write_one_by_one(tmp_path):
         assert write_tiles(index, tiled.tiles, descriptors) == 4
         record = index.search(descriptors[2:3], 1)[0][0].record
         assert record is not None
-        assert record.tile == (0, 150, 150, 150) and record.source == str(slide.path)
+        assert record.tile == (0, 150, 150, 150)
+        # Without an archive folder named, the image's own folder is the archive.
+        assert (record.source, record.archive) == ("slide.png", slide.path.parent.name)
 
 
 def test_unreadable_images_are_reported_and_skipped(tmp_path):
@@ -116,6 +124,41 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path):
         "gone.tif",
         "truncated.jpeg",
     ]
+
+
+def test_preparing_an_image_says_what_it_comes_to(tmp_path):
+    archive = kather_archive(tmp_path, 2)
+    twin = tmp_path / "twin.tif"
+    shutil.copyfile(archive[0].path, twin)
+    missing = ArchiveImage(tmp_path / "gone.tif", None, "gone", "kather")
+    tiling = TilingConfig()
+    with new_index(tmp_path / "index") as index:
+        fresh = prepare(archive[0], index, tiling)
+        assert isinstance(fresh, TiledImage) and len(fresh.tiles) == 1
+        index_archive(archive, index, CountingEncoder(), quiet())
+        assert prepare(archive[0], index, tiling) == FinishedBefore(archive[0])
+        copy = ArchiveImage(twin, None, "twin", "kather")
+        # The twin is named as the journal names it: archive folder name and relative path.
+        twin_name = f"{archive[0].path.parent.name}/{archive[0].path.name}"
+        assert prepare(copy, index, tiling) == DuplicateFile(copy, twin_name)
+        unreadable = prepare(missing, index, tiling)
+    assert isinstance(unreadable, Unreadable)
+    assert unreadable.reason.startswith("FileNotFoundError")
+
+
+def test_a_bug_in_tiling_stops_the_run_instead_of_counting_an_unreadable_image(
+    tmp_path, monkeypatch
+):
+    archive = kather_archive(tmp_path, 3)
+
+    def broken_tiling(*args, **kwargs):
+        raise ValueError("a bug after decoding")
+
+    monkeypatch.setattr(pipeline, "cut_tiles", broken_tiling)
+    with new_index(tmp_path / "index") as index:
+        with pytest.raises(ValueError, match="a bug after decoding"):
+            index_archive(archive, index, CountingEncoder(), quiet())
+        assert len(index) == 0
 
 
 def test_floating_point_images_are_reported_unreadable_and_skipped(tmp_path):
