@@ -331,7 +331,9 @@ def _encoded_rows(
     inputs = [_image_row(position, image, index, root) for position, image in enumerate(images)]
     if not inputs:
         return []
-    blocks = max(1, min(len(inputs), 200))
+    # A tiling task per block: at least 200 of them, and at most about 100 images each, so that
+    # a large archive spreads over a large cluster.
+    blocks = min(len(inputs), max(200, len(inputs) // 100))
     dataset: ray.data.Dataset = ray.data.from_items(inputs, override_num_blocks=blocks)
     dataset = dataset.flat_map(
         partial(tile_rows, tiling=config.tiling, root=str(root.folder)), num_cpus=TILING_TASK_CPUS
