@@ -243,7 +243,7 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
     def open_shard(directory: Path) -> ShardClient:
         return ShardClient(by_name[directory.name])
 
-    index = ShardedIndex.open(settings.index_dir, open_shard=open_shard)
+    index = ShardedIndex.open(settings.index_dir, open_shard=open_shard, parallel=True)
     if index.checkpoint_path is None:
         raise IndexDirectoryError(f"{settings.index_dir} has no model.pt to embed queries with")
     # The ingress keeps a CPU copy of the model for its card and the codebook check only.

@@ -274,3 +274,15 @@ def test_explicit_ids_at_or_below_held_ids_are_refused_before_anything_is_writte
         with pytest.raises(ValueError, match="increasing ids above 10"):
             index.add(vectors[1:], items(2, start=1), item_ids=[11, 9])
         assert len(index) == 1 and index.get(10) is not None
+
+
+def test_shards_asked_from_threads_answer_as_shards_asked_in_turn(saved):
+    with (
+        ShardedIndex.open(saved, parallel=True) as threaded,
+        ShardedIndex.open(saved, parallel=False) as in_turn,
+    ):
+        queries = descriptors_near_codewords(12, threaded.codebooks, seed=4)
+        for filters in (None, SearchFilters(label="class-1")):
+            assert comparable(threaded.search(queries, 9, filters)) == comparable(
+                in_turn.search(queries, 9, filters)
+            )
