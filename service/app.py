@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.engine import SearchEngine
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
-from service.routes import images, search, system
+from service.routes import images, search, slides, system
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -183,6 +183,7 @@ def body_limit_for(settings: Settings) -> Callable[[str], int]:
 
 def _include_routers(app: FastAPI, settings: Settings) -> None:
     app.include_router(system.router)
+    app.include_router(slides.router)
     app.include_router(search.router, form_limits={"max_files": 1, "max_fields": 16})
     app.include_router(
         images.router,
