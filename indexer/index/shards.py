@@ -744,6 +744,6 @@ def _shard_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def open_index(directory: Path) -> ArchiveIndex | ShardedIndex:
+def open_index_directory(directory: Path) -> ArchiveIndex | ShardedIndex:
     """Open an index directory, sharded or not (both answer the same search/add/remove calls)."""
     return ShardedIndex.open(directory) if is_sharded(directory) else ArchiveIndex.open(directory)
