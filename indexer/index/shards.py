@@ -74,7 +74,7 @@ __all__ = [
     "ShardedIndexError",
     "is_sharded",
     "merge_top_k",
-    "open_index",
+    "open_index_directory",
     "read_shards_manifest",
     "shard_of",
 ]
