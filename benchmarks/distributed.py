@@ -44,9 +44,9 @@ from benchmarks.index_scale import (
 from indexer.index.pq import FloatArray
 from indexer.index.shards import ShardedIndex
 from indexer.index.store import ArchiveIndex, NewItem
+from indexer.index.tiling import TilingConfig
 from indexer.ingest.pipeline import PipelineConfig, index_archive
 from indexer.ingest.sources import ArchiveImage, load_folder
-from indexer.ingest.tiling import TilingConfig
 from model import Embedder, ModelCard, build_model, save_checkpoint
 
 RESULTS = Path(__file__).resolve().parent / "results"

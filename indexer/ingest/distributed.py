@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from indexer.index.metadata import FinishedSource
 from indexer.index.records import NewItem
+from indexer.index.tiling import TilingConfig
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.pipeline import (
     UNREADABLE,
@@ -54,7 +55,6 @@ from indexer.ingest.pipeline import (
     read_image,
 )
 from indexer.ingest.sources import ArchiveImage
-from indexer.ingest.tiling import TilingConfig
 from model.errors import HistosearchError
 
 if TYPE_CHECKING:

@@ -120,7 +120,7 @@ def test_region_hits_are_each_items_best_score_over_the_query_tiles_then_tile_co
     ]
     assert [r["rank"] for r in region["results"]] == list(range(1, len(by_hand) + 1))
     # Slides are ranked over the pooled hits by the usual rule: best score, then hit count.
-    slides = {}
+    slides: dict[str, tuple[float, int]] = {}
     for result in region["results"]:
         slide = result["extra"]["slide_id"]
         slides.setdefault(slide, (result["score"], 0))

@@ -12,6 +12,7 @@ import torch
 
 from indexer.index.shards import ShardedIndex
 from indexer.index.store import ArchiveIndex, ItemRecord
+from indexer.index.tiling import TilingConfig
 from indexer.ingest.distributed import (
     RayClusterError,
     RayEncodingConfig,
@@ -21,7 +22,6 @@ from indexer.ingest.distributed import (
 )
 from indexer.ingest.pipeline import IndexingSummary, PipelineConfig, index_archive
 from indexer.ingest.sources import ArchiveImage
-from indexer.ingest.tiling import TilingConfig
 from model import Embedder, ModelCard, build_model, load_checkpoint, save_checkpoint
 from tests.indexer.ingest.test_pipeline import kather_archive, large_slide
 
