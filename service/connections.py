@@ -128,7 +128,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ---- headers --------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        if self._header_timer is not None:
+        awaiting = self._header_timer is not None
+        super().data_received(data)
+        # Still waiting for the end of the headers after this chunk: all of it was header bytes.
+        if awaiting and self._header_timer is not None:
             self._header_bytes += len(data)
             if self._header_bytes > self.registry.policy.max_header_bytes:
                 self._drop(
@@ -137,8 +140,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
                     reason="Request Header Fields Too Large",
                     code=ErrorCode.BAD_REQUEST,
                 )
-                return
-        super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
