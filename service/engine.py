@@ -37,7 +37,7 @@ EMBED_BATCH = 32
 # by id a small fraction of one.
 FORWARD_COST = 0.5
 LOOKUP_COST = 0.05
-# Jobs from this cost up (about 4 MP decoded, 70 ms) are kept off one of the workers.
+# Jobs from this cost up (about 4 MP decoded, 70 ms) leave a thread to cheap ones (fairness).
 HEAVY_COST = 4.0
 # Queries are decoded at reduced size when their shorter side is at least twice this many times
 # the model's input side: resizing to the input afterwards makes the difference invisible.

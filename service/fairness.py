@@ -2,14 +2,15 @@
 
 Every blocking job (decode, embed, search, add) names its client and its cost, in work units
 (about a megapixel of decoding each; see `service.engine` for how a request's cost is
-estimated). Jobs wait in one queue per client and are started by start-time fair queueing: each
-job's tag is where its client's previous job ended, in a virtual clock that advances with the
-work started, and the lowest tag goes first. A client sending costly uploads back to back queues
-behind itself; a client sending one ordinary search is next as soon as a worker is free.
+estimated). Jobs wait in one queue per client. Each job is stamped, on a virtual clock that
+advances with the work started, with where it starts (its client's previous job's end, or now if
+that is past) and where it ends (start + cost); the waiting job that ends first goes first. Over
+time every client gets an equal share of work units: a client sending costly uploads back to back
+queues behind itself, and one sending an ordinary search is next as soon as a thread is free.
 
-Expensive jobs may also hold at most ``workers - 1`` of the workers (when there are two or more),
-so a cheap job never waits for a large decode to finish: measured on two cores, a 6000 x 6000
-PNG costs 0.63 s of decoding, a tile search about 10 ms.
+Expensive jobs cannot be interrupted (a 6000 x 6000 PNG costs 0.63 s of decoding here, a tile
+search about 10 ms), so they may hold at most ``workers`` threads, and while any runs one more
+thread takes cheap jobs only: a cheap job never waits for a large decode to finish.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ T = TypeVar("T")
 @dataclass(slots=True)
 class _Job:
     client: str
-    tag: float
+    start: float
+    finish: float
     heavy: bool
     function: Callable[[], Any]
     done: asyncio.Future[Any]
@@ -55,9 +57,10 @@ class FairScheduler:
         self.max_pending = max_pending
         self.max_in_flight_per_client = max_in_flight_per_client
         self.heavy_cost = heavy_cost
-        # One worker stays free of expensive jobs, unless there is only one.
-        self.heavy_workers = max(1, workers - 1)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histosearch")
+        # The extra thread takes cheap jobs while expensive ones run.
+        self._executor = ThreadPoolExecutor(
+            max_workers=workers + 1, thread_name_prefix="histosearch"
+        )
         self._queues: dict[str, deque[_Job]] = {}
         self._last_finish: dict[str, float] = {}
         self._in_flight: Counter[str] = Counter()
@@ -106,11 +109,13 @@ class FairScheduler:
 
     def _enqueue(self, function: Callable[[], Any], client: str, cost: float) -> _Job:
         start = max(self._virtual_time, self._last_finish.get(client, 0.0))
-        self._last_finish[client] = start + max(cost, 0.0)
+        finish = start + max(cost, 0.0)
+        self._last_finish[client] = finish
         job = _Job(
             client=client,
-            tag=start,
-            heavy=cost >= self.heavy_cost and self.workers > 1,
+            start=start,
+            finish=finish,
+            heavy=cost >= self.heavy_cost,
             function=function,
             done=asyncio.get_running_loop().create_future(),
             order=next(self._arrivals),
@@ -133,18 +138,23 @@ class FairScheduler:
         if client not in self._queues and self._last_finish.get(client, 0.0) <= self._virtual_time:
             self._last_finish.pop(client, None)
 
+    def _may_start(self, job: _Job) -> bool:
+        if job.heavy:
+            return self._running < self.workers
+        return self._running < self.workers + (self._running_heavy > 0)
+
     def _next_job(self) -> _Job | None:
         best: _Job | None = None
         for queue in self._queues.values():
             head = queue[0]
-            if head.heavy and self._running_heavy >= self.heavy_workers:
+            if not self._may_start(head):
                 continue
-            if best is None or (head.tag, head.order) < (best.tag, best.order):
+            if best is None or (head.finish, head.order) < (best.finish, best.order):
                 best = head
         return best
 
     def _dispatch(self) -> None:
-        while self._running < self.workers:
+        while True:
             job = self._next_job()
             if job is None:
                 return
@@ -156,7 +166,7 @@ class FairScheduler:
             self._start(job)
 
     def _start(self, job: _Job) -> None:
-        self._virtual_time = max(self._virtual_time, job.tag)
+        self._virtual_time = max(self._virtual_time, job.start)
         self._running += 1
         self._running_heavy += job.heavy
         loop = asyncio.get_running_loop()
