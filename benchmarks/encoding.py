@@ -29,13 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 
 from indexer.index.store import ArchiveIndex
-from indexer.ingest.pipeline import PipelineConfig, index_archive, model_encoder
+from indexer.ingest.pipeline import PipelineConfig, index_archive
 from indexer.ingest.sources import ArchiveImage, load_folder
 from indexer.ingest.tiling import TilingConfig
-from model import ModelCard, SPQModel, build_model, preprocess
+from model import Embedder, ModelCard, SPQModel, build_model
+from model.preprocess import open_upright_rgb, preprocess
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -56,7 +56,7 @@ def archive(per_dataset: int) -> list[ArchiveImage]:
 
 def bare_forward_seconds(model: SPQModel, images: Sequence[ArchiveImage], batch_size: int) -> float:
     """Time of ``encode`` alone over the same batches, inputs prepared beforehand."""
-    decoded = [Image.open(image.path).convert("RGB") for image in images]
+    decoded = [open_upright_rgb(image.path) for image in images]
     batches = [
         preprocess(decoded[start : start + batch_size], model.card)
         for start in range(0, len(decoded), batch_size)
@@ -82,7 +82,8 @@ def pipeline_seconds(
         tiling=TilingConfig(tile_size=224), batch_size=batch_size, workers=2, progress=False
     )
     started = time.perf_counter()
-    summary = index_archive(images, index, model_encoder(model, torch.device("cpu")), config)
+    embedder = Embedder(model, torch.device("cpu"), batch_size)
+    summary = index_archive(images, index, embedder, config)
     elapsed = time.perf_counter() - started
     index.close()
     return elapsed, summary.tiles_added

@@ -5,7 +5,9 @@ the 32-bit codes, the float descriptor and two baselines on held-out test groups
 
 Data is read from ``$HISTOSEARCH_SHARED_DATA`` or ``../shared/data`` beside the repository.
 Results: ``benchmarks/results/retrieval.json`` and, per dataset, a run folder with the model,
-training curve, evaluation table and precision@k plot.
+training curve, evaluation table and precision@k plot. The run works from the repository root
+and names every path relative to it (``../shared/data/...``, ``benchmarks/results/...``), so the
+results record no machine's own folders.
 """
 
 from __future__ import annotations
@@ -16,14 +18,15 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from indexer.evaluate.run import evaluate_checkpoint, markdown_table, write_report
-from indexer.learn.training import TrainConfig, train
+from indexer.learn.config import TrainConfig
+from indexer.learn.training import train
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS = REPO_ROOT / "benchmarks" / "results"
@@ -32,6 +35,12 @@ RESULTS = REPO_ROOT / "benchmarks" / "results"
 def shared_data_root() -> Path:
     override = os.environ.get("HISTOSEARCH_SHARED_DATA")
     return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
+
+
+def repository_relative(path: Path) -> Path:
+    """``path`` relative to the repository root, which the benchmark runs from (not resolved:
+    ``../shared`` may be a link, and the relative name is what another checkout has too)."""
+    return Path(os.path.relpath(os.path.abspath(path), REPO_ROOT))
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,8 @@ COMMON_SETTINGS: dict[str, Any] = {"epochs": 10_000, "seed": 0}
 
 def run_dataset(plan: DatasetPlan, minutes: float | None, threads: int | None) -> dict[str, Any]:
     minutes = plan.minutes if minutes is None else minutes
-    out = RESULTS / plan.name
-    data = shared_data_root() / plan.folder
+    out = repository_relative(RESULTS / plan.name)
+    data = repository_relative(shared_data_root() / plan.folder)
     config = TrainConfig(
         data=str(data),
         out=str(out),
@@ -108,7 +117,7 @@ def run_dataset(plan: DatasetPlan, minutes: float | None, threads: int | None) -
             "compute_dtype": resolved["compute_dtype"],
             "torch_threads": torch.get_num_threads(),
             "train_images_per_second": _median([row["images_per_s"] for row in history]),
-            "config": asdict(config),
+            "config": config.model_dump(mode="json"),
         },
         "evaluation": report.as_dict(),
         "table": markdown_table(report),
@@ -133,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # Relative paths in the results (see the module doc) name files from here.
+    os.chdir(REPO_ROOT)
     if args.threads:
         torch.set_num_threads(args.threads)
     results = {name: run_dataset(PLANS[name], args.minutes, args.threads) for name in args.datasets}

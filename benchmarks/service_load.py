@@ -40,12 +40,12 @@ from typing import Any
 import httpx
 import numpy as np
 import torch
-from PIL import Image
 
 from indexer.index.hashing import file_hash
 from indexer.index.store import ArchiveIndex, NewItem
 from indexer.index.thumbnails import make_thumbnail
-from model import ModelCard, build_model, load_checkpoint, preprocess, save_checkpoint
+from model import Embedder, ModelCard, build_model, load_checkpoint, save_checkpoint
+from model.preprocess import open_upright_rgb
 from service.app import load_engine
 from service.engine import Upload
 from service.settings import Settings
@@ -96,14 +96,15 @@ def load_or_build_model(checkpoint: Path | None, workdir: Path) -> Path:
 def build_archive(checkpoint: Path, directory: Path) -> int:
     """Real codes for every real tile, then perturbed copies up to ARCHIVE_SIZE items."""
     model = load_checkpoint(checkpoint).eval()
+    embedder = Embedder(model, torch.device("cpu"), EMBED_BATCH)
     index = ArchiveIndex.create(directory, checkpoint)
     tiles = real_tiles()
     codes, items = [], []
     for start in range(0, len(tiles), EMBED_BATCH):
         batch = tiles[start : start + EMBED_BATCH]
-        images = [Image.open(path).convert("RGB") for path, _, _ in batch]
-        with torch.inference_mode():
-            codes.append(model.assign_codes(preprocess(images, model.card)).numpy())
+        images = [open_upright_rgb(path) for path, _, _ in batch]
+        descriptors = torch.from_numpy(embedder.embed(images))
+        codes.append(model.codes_from_descriptors(descriptors).numpy())
         for (path, label, group), image in zip(batch, images, strict=True):
             items.append(
                 NewItem(

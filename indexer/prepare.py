@@ -14,18 +14,18 @@ from pathlib import Path
 
 from PIL import Image
 
-from indexer.index.store import ArchiveIndex, IndexDirectoryError
+from indexer.index.opening import open_or_create_index
 from indexer.ingest.pipeline import (
     TRUSTED_ARCHIVE_MAX_PIXELS,
     IndexingSummary,
     PipelineConfig,
     index_archive,
-    model_encoder,
 )
 from indexer.ingest.sources import load_source
-from indexer.ingest.tiling import TilingConfig
-from indexer.learn.training import TrainConfig, train
-from model import load_checkpoint, select_device
+from indexer.ingest.tiling import DEFAULT_TILE_SIZE, TilingConfig
+from indexer.learn.config import TrainConfig
+from indexer.learn.training import train
+from model import select_device
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PrepareConfig:
     train_minutes: float = 5.0
     train_epochs: int = 300
     device: str = "auto"
-    tile_size: int = 512
+    tile_size: int = DEFAULT_TILE_SIZE
     dataset: str | None = None
 
     @property
@@ -73,32 +73,19 @@ def ensure_model(config: PrepareConfig) -> Path:
 
 
 def ensure_index(config: PrepareConfig, checkpoint: Path) -> IndexingSummary:
-    """Create the index on first use, then encode whatever the archive holds that it lacks."""
+    """Create the index on first use, then encode whatever the archive holds that it lacks.
+
+    An existing index built with another model is refused (`IndexDirectoryError`); one whose
+    model disagrees with its card or codebooks too (see `indexer.index.opening`).
+    """
     images = load_source("auto", config.archive, config.dataset)
     # The archive is the operator's own data: large slides are expected, not an attack.
     Image.MAX_IMAGE_PIXELS = TRUSTED_ARCHIVE_MAX_PIXELS
-    index = _open_or_create(config.index_dir, checkpoint)
-    try:
-        device = select_device(config.device)
-        model = load_checkpoint(checkpoint, map_location=device)
+    device = select_device(config.device)
+    with open_or_create_index(config.index_dir, checkpoint, device) as opened:
         pipeline = PipelineConfig(tiling=TilingConfig(tile_size=config.tile_size))
-        return index_archive(images, index, model_encoder(model, device), pipeline)
-    finally:
-        index.close()
-
-
-def _open_or_create(directory: Path, checkpoint: Path) -> ArchiveIndex:
-    if not (directory / "manifest.json").exists():
-        return ArchiveIndex.create(directory, checkpoint)
-    index = ArchiveIndex.open(directory)
-    existing = index.checkpoint_path
-    if existing is None or existing.read_bytes() != checkpoint.read_bytes():
-        index.close()
-        raise IndexDirectoryError(
-            f"{directory} was built with another model than {checkpoint}: "
-            "delete the index directory (or choose another) to rebuild it with this model"
-        )
-    return index
+        embedder = opened.embedder(pipeline.batch_size)
+        return index_archive(images, opened.index, embedder, pipeline)
 
 
 def prepare(config: PrepareConfig) -> IndexingSummary:

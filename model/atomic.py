@@ -21,6 +21,9 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     os.close(handle)
     temporary = Path(temporary_name)
     try:
+        # mkstemp makes the file private (0600); keep the mode a plain write would give, so a
+        # service running as another user can still read a model or an index written here.
+        os.chmod(temporary, _mode_for(path))
         write(temporary)
         with temporary.open("rb+") as stream:
             os.fsync(stream.fileno())
@@ -29,6 +32,16 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_directory(path.parent)
+
+
+def _mode_for(path: Path) -> int:
+    """The replaced file's mode, or what ``open(path, "w")`` would create under the umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -1,7 +1,14 @@
-"""Checkpoints that carry their model card, written atomically and checked on load."""
+"""Checkpoints that carry their model card, written atomically and checked on load.
+
+A checkpoint holds tensors and plain data only (the card as JSON-ready data, numbers, strings,
+lists, dicts), and is read with ``torch.load(weights_only=True)``: checkpoints travel inside index
+directories, and unpickling anything else from a file could run code. Every checkpoint
+histosearch has written has had this form, so older ones load unchanged.
+"""
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -9,17 +16,41 @@ import torch
 
 from model.atomic import atomic_write
 from model.card import ModelCard
+from model.errors import HistosearchError
 from model.spq import SPQModel, count_parameters
 
 CHECKPOINT_FORMAT = 1
+_PLAIN_LEAVES = (torch.Tensor, str, int, float, bool, type(None))
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(HistosearchError, ValueError):
     """A checkpoint whose card disagrees with what was expected or with its own weights."""
 
 
+class UnsafeCheckpointError(CheckpointMismatchError):
+    """A file that holds pickled Python objects beyond tensors and plain data: refused unread."""
+
+
+def _check_plain(value: object, where: str = "checkpoint") -> None:
+    """Refuse to write what ``weights_only`` loading would refuse to read."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str | int):
+                raise TypeError(f"{where} has a key of type {type(key).__name__}: {key!r}")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, list | tuple):
+        for position, item in enumerate(value):
+            _check_plain(item, f"{where}[{position}]")
+    elif not isinstance(value, _PLAIN_LEAVES):
+        raise TypeError(
+            f"{where} is a {type(value).__name__}: checkpoints hold tensors and plain data only"
+        )
+
+
 def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
-    """`torch.save` through the project's atomic write: never half a file."""
+    """`torch.save` through the project's atomic write: never half a file. Only tensors and plain
+    data are accepted, so that the file reads back with ``weights_only=True``."""
+    _check_plain(payload)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
@@ -37,7 +68,20 @@ def save_checkpoint(model: SPQModel, path: Path, extra: dict[str, Any] | None = 
 
 
 def read_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    payload: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=False)
+    """The checkpoint's payload, read without unpickling anything but tensors and plain data."""
+    try:
+        payload: dict[str, Any] = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message names the offending global ("... unsupported GLOBAL posix.system ...").
+        named = [line for line in str(error).splitlines() if "GLOBAL" in line]
+        reason = named[0].strip() if named else "not tensors and plain data"
+        raise UnsafeCheckpointError(
+            f"{path} holds pickled Python objects besides tensors and plain data and is refused, "
+            f"since loading it could run code ({reason}); histosearch checkpoints hold tensors "
+            "and plain data only"
+        ) from None
+    except (RuntimeError, EOFError) as error:
+        raise CheckpointMismatchError(f"{path} is not a readable checkpoint: {error}") from None
     if not isinstance(payload, dict) or "card" not in payload or "state_dict" not in payload:
         raise CheckpointMismatchError(f"{path} is not a histosearch checkpoint (no model card)")
     return payload

@@ -73,13 +73,17 @@ class Embedder:
 
     def _forward(self, batch: torch.Tensor) -> FloatArray:
         # Training validates its model mid-run: embed in eval mode, then give back the mode it had.
+        # A model already in eval mode (the service, indexing) is left alone: no per-batch walk
+        # over its modules, and concurrent searches never see the mode change.
         was_training = self.model.training
-        self.model.eval()
+        if was_training:
+            self.model.eval()
         try:
             with torch.inference_mode():
                 descriptors = self.model.encode(batch.to(self.device)).float().cpu().numpy()
         finally:
-            self.model.train(was_training)
+            if was_training:
+                self.model.train()
         return descriptors
 
 

@@ -57,24 +57,15 @@ _DOCS_PATHS = ("/docs", "/redoc")
 
 def load_engine(settings: Settings) -> SearchEngine:
     """Open the index and the model its codes came from (blocking; run once at start-up)."""
-    from indexer.index.store import ArchiveIndex, IndexDirectoryError
-    from model import ModelCard, load_checkpoint, select_device
+    from indexer.index.opening import open_index
+    from model import select_device
 
-    index = ArchiveIndex.open(settings.index_dir)
-    try:
-        if index.checkpoint_path is None:
-            raise IndexDirectoryError(
-                f"{settings.index_dir} has no model.pt: queries cannot be embedded without it"
-            )
-        device = select_device(settings.device)
-        if device.type == "cpu":
-            share_cores_between_workers(settings.workers)
-        card = ModelCard.model_validate(index.card)
-        model = load_checkpoint(index.checkpoint_path, expected_card=card, map_location=device)
-        index.check_model(model.codebooks().detach().cpu().numpy())
-    except BaseException:
-        index.close()
-        raise
+    device = select_device(settings.device)
+    if device.type == "cpu":
+        share_cores_between_workers(settings.workers)
+    # Checks once that the index has its model.pt, and that card and codebooks agree with it.
+    opened = open_index(settings.index_dir, device)
+    index, model, card = opened.index, opened.model, opened.model.card
     logger.info(
         "loaded index %s (%d items, %d-bit codes) and model %s on %s",
         settings.index_dir,

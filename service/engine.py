@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from indexer.index.hashing import tile_hash
 from indexer.index.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
 from indexer.index.thumbnails import make_thumbnail
-from model import ModelCard, SPQModel, preprocess
+from model import Embedder, ModelCard, SPQModel
 from service.fairness import FairScheduler
 from service.imaging import DecodedImage, decode_upload, decoded_megapixels
 from service.snapshots import Snapshotter
@@ -99,7 +100,8 @@ class SearchEngine:
         snapshot_every_changes: int = 0,
         snapshot_every_seconds: float = 0.0,
     ) -> None:
-        self.model = model.eval().to(device)
+        self.embedder = Embedder(model.eval(), device, batch_size=EMBED_BATCH)
+        self.model = self.embedder.model
         self.index = index
         self.device = device
         self.max_image_pixels = max_image_pixels
@@ -143,15 +145,9 @@ class SearchEngine:
             reduce_to=self.query_decode_side if as_query else None,
         )
 
-    def embed(self, images: Sequence[DecodedImage]) -> np.ndarray:
+    def embed(self, images: Sequence[DecodedImage]) -> npt.NDArray[np.float32]:
         """(N, D) float32 continuous descriptors; the queries are never quantised."""
-        chunks = []
-        for start in range(0, len(images), EMBED_BATCH):
-            batch = [image.rgb for image in images[start : start + EMBED_BATCH]]
-            tensor = preprocess(batch, self.card).to(self.device)
-            with torch.inference_mode():
-                chunks.append(self.model.encode(tensor).float().cpu().numpy())
-        return np.ascontiguousarray(np.concatenate(chunks), dtype=np.float32)
+        return self.embedder.embed([image.rgb for image in images])
 
     def search_upload(self, upload: Upload, k: int, filters: SearchFilters | None) -> SearchOutcome:
         """Decode, embed and search one query image (blocking: call through :meth:`offload`)."""

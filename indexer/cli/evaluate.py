@@ -10,8 +10,9 @@ DESCRIPTION = """\
 Evaluate a trained checkpoint on the groups it was neither trained nor selected on.
 
 Every image of the chosen part is a query against all others, never counting hits from its own
-group. Methods: the PQ codes searched by asymmetric distance (queries stay float), the float
-descriptor, an RGB colour histogram, and the same backbone with random weights.
+group. Methods: the PQ codes searched by the index's own search (asymmetric distance, queries
+stay float: the figures the service delivers), the float descriptor, an RGB colour histogram,
+and the same backbone with random weights.
 Metrics: precision@k, mAP@k, majority-vote top-k accuracy, and how often a query's own group
 mate is ranked first (near-duplicate retrieval).
 
@@ -35,6 +36,13 @@ def register(subparsers: Any) -> None:
         type=Path,
         help="the image folder or CSV manifest the model was trained from "
         "(or another labelled set with --part all)",
+    )
+    parser.add_argument(
+        "--source",
+        default="auto",
+        choices=["auto", "folder", "csv", "bracs", "crc-extended", "bach"],
+        help="archive layout (default: auto, as training reads it: csv for a file, else the "
+        "public dataset layout every image follows, else class sub-folders)",
     )
     parser.add_argument(
         "--out", type=Path, help="folder for the results (default: the checkpoint's folder)"
@@ -67,7 +75,13 @@ def run(args: argparse.Namespace) -> int:
     from indexer.evaluate.run import evaluate_checkpoint, markdown_table, write_report
 
     report = evaluate_checkpoint(
-        args.checkpoint, args.data, args.part, args.ks, args.device, args.batch_size
+        args.checkpoint,
+        args.data,
+        args.part,
+        args.ks,
+        args.device,
+        args.batch_size,
+        source=args.source,
     )
     out = args.out or args.checkpoint.parent
     k = 10 if 10 in args.ks else max(args.ks)

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from indexer.ingest.tiling import DEFAULT_TILE_SIZE
+
 log = logging.getLogger(__name__)
 
 
@@ -32,14 +34,24 @@ def register(subparsers: Any) -> None:
         help="archive layout (default: auto = csv for a file, folder otherwise)",
     )
     parser.add_argument("--dataset", help="dataset name stored with each item")
-    parser.add_argument("--tile-size", type=int, default=512, help="tile edge in pixels")
+    parser.add_argument(
+        "--tile-size",
+        type=int,
+        default=DEFAULT_TILE_SIZE,
+        help=f"tile edge in pixels (default: {DEFAULT_TILE_SIZE})",
+    )
     parser.add_argument("--stride", type=int, help="tile stride in pixels (default: tile size)")
     parser.add_argument(
         "--min-tissue", type=float, default=0.25, help="tissue share a tile needs (0-1)"
     )
     parser.add_argument("--batch-size", type=int, default=64, help="tiles per forward pass")
     parser.add_argument("--workers", type=int, default=2, help="threads reading and decoding")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
     parser.add_argument(
         "--max-image-pixels",
         type=int,
@@ -53,67 +65,33 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from PIL import Image
 
+    from indexer.index.opening import open_or_create_index
     from indexer.index.store import IndexDirectoryError
-    from indexer.ingest.pipeline import (
-        TRUSTED_ARCHIVE_MAX_PIXELS,
-        PipelineConfig,
-        index_archive,
-        model_encoder,
-    )
+    from indexer.ingest.pipeline import TRUSTED_ARCHIVE_MAX_PIXELS, PipelineConfig, index_archive
     from indexer.ingest.sources import SourceError, load_source
     from indexer.ingest.tiling import TilingConfig
-    from model import load_checkpoint, select_device
+    from model import CheckpointMismatchError, select_device
 
     # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
     Image.MAX_IMAGE_PIXELS = args.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
     try:
         images = load_source(args.source, args.data, args.dataset)
-        index = _open_or_create(args.index, args.checkpoint)
-    except (SourceError, IndexDirectoryError, ValueError) as error:
+        opened = open_or_create_index(args.index, args.checkpoint, select_device(args.device))
+    except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2
-    try:
-        checkpoint = index.checkpoint_path
-        if checkpoint is None:
-            log.error("%s has no model.pt to encode with", args.index)
-            return 2
-        device = select_device(args.device)
-        model = load_checkpoint(checkpoint, map_location=device)
-        index.check_model(model.codebooks().detach().cpu().numpy())
+    with opened:
         config = PipelineConfig(
             tiling=TilingConfig(args.tile_size, args.stride, args.min_tissue),
             batch_size=args.batch_size,
             workers=args.workers,
             progress=not args.no_progress,
         )
-        summary = index_archive(images, index, model_encoder(model, device), config)
-    finally:
-        index.close()
+        embedder = opened.embedder(args.batch_size)
+        summary = index_archive(images, opened.index, embedder, config)
     print(f"index {args.index}: {len(images)} images in the archive")
     for line in summary.lines():
         print(f"  {line}")
     for path, reason in summary.unreadable:
         print(f"  unreadable: {path}: {reason}")
     return 0
-
-
-def _open_or_create(directory: Path, checkpoint: Path | None) -> Any:
-    from indexer.index.store import ArchiveIndex, IndexDirectoryError
-
-    if (directory / "manifest.json").exists():
-        index = ArchiveIndex.open(directory)
-        if checkpoint is not None and not _same_checkpoint(index, checkpoint):
-            index.close()
-            raise IndexDirectoryError(
-                f"{directory} was built with another model than {checkpoint}; "
-                "index into a new directory"
-            )
-        return index
-    if checkpoint is None:
-        raise IndexDirectoryError(f"{directory} is not an index yet: give --checkpoint")
-    return ArchiveIndex.create(directory, checkpoint)
-
-
-def _same_checkpoint(index: Any, checkpoint: Path) -> bool:
-    existing = index.checkpoint_path
-    return existing is not None and existing.read_bytes() == checkpoint.read_bytes()

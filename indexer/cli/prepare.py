@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from indexer.ingest.tiling import DEFAULT_TILE_SIZE
+
 log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
@@ -54,11 +56,17 @@ def add_prepare_arguments(parser: argparse.ArgumentParser, defaults: dict[str, A
     parser.add_argument(
         "--tile-size",
         type=int,
-        default=512,
-        help="images larger than this are cut into tiles of this edge (default: 512)",
+        default=DEFAULT_TILE_SIZE,
+        help="images larger than this are cut into tiles of this edge "
+        f"(default: {DEFAULT_TILE_SIZE})",
     )
     parser.add_argument("--dataset", help="dataset name stored with each indexed item")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -77,6 +85,7 @@ def prepare_from_args(args: argparse.Namespace) -> int:
     from indexer.index.store import IndexDirectoryError
     from indexer.ingest.sources import SourceError
     from indexer.prepare import PrepareConfig, prepare
+    from model import CheckpointMismatchError
 
     config = PrepareConfig(
         archive=args.archive,
@@ -90,7 +99,7 @@ def prepare_from_args(args: argparse.Namespace) -> int:
     )
     try:
         summary = prepare(config)
-    except (SourceError, IndexDirectoryError, ValueError) as error:
+    except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2
     for path, reason in summary.unreadable:

@@ -24,39 +24,38 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--label", help="only items with this label")
     parser.add_argument("--dataset", help="only items from this dataset")
     parser.add_argument("--exclude-group", help="leave out items of this group (patient, slide)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="where the model runs (default: auto, CUDA when available)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image, UnidentifiedImageError
-
-    from indexer.index.store import ArchiveIndex, IndexDirectoryError, SearchFilters
-    from indexer.ingest.pipeline import model_encoder
-    from model import UnsupportedPixelsError, load_checkpoint, select_device
-    from model.preprocess import upright_rgb
+    from indexer.index.opening import open_index
+    from indexer.index.store import IndexDirectoryError, SearchFilters
+    from model import CheckpointMismatchError, select_device
+    from model.preprocess import open_upright_rgb
 
     if args.k < 1:
         log.error("-k must be at least 1")
         return 2
     try:
-        with Image.open(args.image) as opened:
-            # The same conversion the indexer and the service apply, so scores agree with theirs.
-            query = upright_rgb(opened)
-        index = ArchiveIndex.open(args.index)
-    except (OSError, UnidentifiedImageError, UnsupportedPixelsError, IndexDirectoryError) as error:
+        # The same decode rule the indexer and the service apply, so scores agree with theirs.
+        query = open_upright_rgb(args.image)
+        opened = open_index(args.index, select_device(args.device))
+    except (OSError, ValueError, IndexDirectoryError, CheckpointMismatchError) as error:
+        # OSError covers unreadable files (UnidentifiedImageError); ValueError pixels with no
+        # RGB meaning (UnsupportedPixelsError).
         log.error("%s", error)
         return 2
-    with index:
-        if index.checkpoint_path is None:
-            log.error("%s has no model.pt to embed the query with", args.index)
-            return 2
-        device = select_device(args.device)
-        model = load_checkpoint(index.checkpoint_path, map_location=device)
-        descriptor = model_encoder(model, device)([query])
+    with opened:
+        descriptor = opened.embedder().embed([query])
         filters = SearchFilters(args.label, args.dataset, args.exclude_group)
-        hits = index.search(descriptor, args.k, filters)[0]
+        hits = opened.index.search(descriptor, args.k, filters)[0]
     if args.json:
         rows = [_hit_json(rank, hit) for rank, hit in enumerate(hits, start=1)]
         print(json.dumps({"query": str(args.image), "hits": rows}, indent=2))

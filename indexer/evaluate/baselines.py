@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from model import ModelCard, preprocess
+from model import ModelCard
 from model.backbones import build_backbone
-from model.preprocess import to_rgb
+from model.preprocess import preprocess, to_rgb
 
 HISTOGRAM_BINS_PER_CHANNEL = 8
 

@@ -2,6 +2,10 @@
 
 Every image of the evaluated set is a query against all the others; hits from the query's own
 group are removed before ranking, so a tile never finds its twin from the same source image.
+
+Metrics come from rankings (`ranking_metrics`): a method either ranks by a score matrix
+(`retrieval_metrics`) or hands in the ranking a search engine returned (the PQ codes are ranked
+by the index's own search, so the figures are those of the shipped search path).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from indexer.ingest.manifest import ManifestEntry
+from indexer.ingest.sources import ArchiveImage
+from model.preprocess import open_upright_rgb
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
 
@@ -59,7 +64,25 @@ def retrieval_metrics(
     groups: Sequence[str],
     ks: Sequence[int] = DEFAULT_KS,
 ) -> RetrievalMetrics:
-    """Metrics of a (Q, Q) score matrix (higher = more similar) over one labelled set.
+    """Metrics of a (Q, Q) score matrix (higher = more similar) over one labelled set; see
+    `ranking_metrics`."""
+    group_ids = _codes_for(groups)
+    ranked = rank_group_disjoint(scores.float().cpu(), groups, max(ks))
+    gallery_sizes = (group_ids[:, None] != group_ids[None, :]).sum(dim=1)
+    real = torch.arange(ranked.shape[1])[None, :] < gallery_sizes[:, None]
+    return ranking_metrics(torch.where(real, ranked, -1), labels, groups, ks)
+
+
+def ranking_metrics(
+    ranked: torch.Tensor,
+    labels: Sequence[str],
+    groups: Sequence[str],
+    ks: Sequence[int] = DEFAULT_KS,
+) -> RetrievalMetrics:
+    """Metrics of group-disjoint rankings over one labelled set, each image a query.
+
+    ``ranked`` is (Q, depth): row i lists the positions in the set of the items retrieved for
+    item i, best first, none of its own group, and -1 where its gallery ran out.
 
     AP@k = sum_{i<=k} P@i * rel_i / (relevant items in the top k), 0 when there are none: the
     convention of the SPQ and hashing literature. Majority vote: the most frequent label in the
@@ -70,11 +93,16 @@ def retrieval_metrics(
     group_ids = _codes_for(groups)
     eligible = (group_ids[:, None] != group_ids[None, :]).sum(dim=1) > 0
     depth = max(ks)
-    ranked = rank_group_disjoint(scores.float().cpu(), groups, depth)[eligible]
+    ranked = ranked.long()[:, :depth]
+    if ranked.shape[1] < depth:
+        padding = torch.full((ranked.shape[0], depth - ranked.shape[1]), -1, dtype=torch.long)
+        ranked = torch.cat([ranked, padding], dim=1)
+    ranked = ranked[eligible]
     query_labels = label_ids[eligible]
-    valid = _valid_ranks(group_ids, eligible, ranked.shape[1])
-    relevant = (label_ids[ranked] == query_labels[:, None]) & valid
-    ranked_labels = torch.where(valid, label_ids[ranked], -1)
+    valid = ranked >= 0
+    found_labels = label_ids[ranked.clamp(min=0)]
+    relevant = (found_labels == query_labels[:, None]) & valid
+    ranked_labels = torch.where(valid, found_labels, -1)
     num_classes = int(label_ids.max()) + 1
     return RetrievalMetrics(
         ks=tuple(ks),
@@ -85,12 +113,6 @@ def retrieval_metrics(
         },
         num_queries=int(eligible.sum()),
     )
-
-
-def _valid_ranks(group_ids: torch.Tensor, eligible: torch.Tensor, depth: int) -> torch.Tensor:
-    """(Q', depth) mask of rank positions that hold a real gallery item (not a masked one)."""
-    gallery_sizes = (group_ids[:, None] != group_ids[None, :]).sum(dim=1)[eligible]
-    return torch.arange(depth)[None, :] < gallery_sizes[:, None]
 
 
 def _map_at(relevant: torch.Tensor, k: int) -> float:
@@ -121,12 +143,16 @@ def _majority_vote_accuracy(
 def near_duplicate_top1(scores: torch.Tensor, groups: Sequence[str]) -> float:
     """Share of queries whose best match (itself excluded) is from its own group, over queries
     whose group has another member: "is the cluster mate ranked first?"."""
-    group_ids = _codes_for(groups).to(scores.device)
-    masked = scores.float().clone()
+    masked = scores.float().cpu().clone()
     masked.fill_diagonal_(float("-inf"))
+    return near_duplicate_rate(masked.argmax(dim=1), groups)
+
+
+def near_duplicate_rate(best: torch.Tensor, groups: Sequence[str]) -> float:
+    """`near_duplicate_top1` from (Q,) positions of each query's best match other than itself."""
+    group_ids = _codes_for(groups)
     has_mate = (group_ids[:, None] == group_ids[None, :]).sum(dim=1) > 1
-    best = masked.argmax(dim=1)
-    hit = group_ids[best] == group_ids
+    hit = group_ids[best.long()] == group_ids
     return float(hit[has_mate].float().mean()) if bool(has_mate.any()) else float("nan")
 
 
@@ -136,17 +162,13 @@ def cosine_scores(descriptors: torch.Tensor) -> torch.Tensor:
     return unit @ unit.T
 
 
-def load_images(entries: Sequence[ManifestEntry]) -> list[Image.Image]:
-    images = []
-    for entry in entries:
-        with Image.open(entry.path) as image:
-            image.load()
-            images.append(image.copy())
-    return images
+def load_images(entries: Sequence[ArchiveImage]) -> list[Image.Image]:
+    """Decoded by the project's one rule (EXIF orientation, then RGB), as indexing decodes."""
+    return [open_upright_rgb(entry.path) for entry in entries]
 
 
 def describe_in_batches(
-    entries: Sequence[ManifestEntry],
+    entries: Sequence[ArchiveImage],
     describe: Callable[[list[Image.Image]], torch.Tensor],
     batch_size: int = 64,
 ) -> torch.Tensor:
@@ -181,6 +203,7 @@ def score_method(
     groups: Sequence[str],
     ks: Sequence[int],
 ) -> MethodResult:
+    """A method ranked by a (Q, Q) score matrix."""
     return MethodResult(
         name=name,
         metrics=retrieval_metrics(scores, labels, groups, ks),

@@ -9,7 +9,11 @@ file hash) in the same database once all its tiles are written; a later run skip
 and tiles of a half-written image that are already stored (same content hash) are not embedded
 again. Files with the same bytes as a finished one are recognised as duplicates.
 
-Unreadable images are logged, counted and listed in the summary; the run goes on.
+Unreadable images (a file that cannot be read, bytes that do not decode to RGB pixels) are
+logged, counted and listed in the summary, and the run goes on. Only reading and decoding are
+guarded: an error in tiling, embedding or writing is a bug or a broken index and stops the run.
+
+The embedding stage takes any `Encoder`; programs pass a `model.Embedder`.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -36,19 +39,16 @@ from indexer.ingest.sources import ArchiveImage
 from indexer.ingest.tiling import TilingConfig, has_tissue, tile_boxes
 from model.preprocess import upright_rgb
 
-if TYPE_CHECKING:
-    import torch
-
-    from model import SPQModel
-
 log = logging.getLogger(__name__)
 
 # Images from a trusted archive may be far above PIL's default bomb limit (89 Mpx): extended CRC
 # images are ~35 Mpx, BRACS RoIs can be larger. One gigapixel RGB is 3 GB decoded: the default the
 # `index` command sets (PIL's limit is process-wide, so the library leaves it to the program).
 TRUSTED_ARCHIVE_MAX_PIXELS = 1_000_000_000
-# Exceptions that mean "this file is not a usable image", as opposed to a bug in this program
-# (`UnsupportedPixelsError` from the RGB conversion is a ValueError).
+# Exceptions of reading a file (missing, unreadable) and of decoding its bytes that mean "this
+# file is not a usable image" (`UnsupportedPixelsError` from the RGB conversion is a ValueError).
+# Caught around those two stages only, never around code of this program.
+UNREADABLE_FILE = (OSError,)
 UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 Encoder = Callable[[Sequence[Image.Image]], npt.NDArray[np.float32]]
@@ -78,6 +78,37 @@ class TiledImage:
     raw: RawImage
     tiles: list[Tile]
     background: int
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedBefore:
+    """The file, with the same bytes, was indexed whole by an earlier run: nothing to do."""
+
+    image: ArchiveImage
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateFile:
+    """The file has the same bytes as ``twin``, another source already indexed: nothing to do."""
+
+    image: ArchiveImage
+    twin: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """The file could not be read or decoded; ``reason`` says why, for the summary."""
+
+    image: ArchiveImage
+    reason: str
+
+    @classmethod
+    def because(cls, image: ArchiveImage, error: BaseException) -> Unreadable:
+        return cls(image, f"{type(error).__name__}: {error}")
+
+
+# What preparing one image (stages 1-3) comes to.
+Prepared = TiledImage | FinishedBefore | DuplicateFile | Unreadable
 
 
 @dataclass(slots=True)
@@ -122,6 +153,7 @@ def decode_image(raw: RawImage) -> Image.Image:
 
     The same conversion as the service's uploads (`model.preprocess.upright_rgb`); raises one of
     `UNREADABLE` for a bad file, including pixels that have no RGB meaning (floating-point data).
+    (Decoded from the bytes already read and hashed, so the pixels are those of that hash.)
     """
     with Image.open(io.BytesIO(raw.data)) as opened:
         opened.load()
@@ -192,16 +224,27 @@ class _Pending:
     finished: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
-def prepare(image: ArchiveImage, index: ArchiveIndex, config: TilingConfig) -> TiledImage | str:
-    """Stages 1-3 for one image, or a short reason why it needs no work."""
-    raw = read_image(image)
+def prepare(image: ArchiveImage, index: ArchiveIndex, config: TilingConfig) -> Prepared:
+    """Stages 1-3 for one image: its tiles, or why it needs no work or cannot be read.
+
+    Only reading and decoding may fail as an unreadable image; anything raised by tiling is a
+    bug and propagates.
+    """
+    try:
+        raw = read_image(image)
+    except UNREADABLE_FILE as error:
+        return Unreadable.because(image, error)
     source = str(image.path)
     if index.finished_source(source) == raw.file_hash:
-        return "finished"
+        return FinishedBefore(image)
     twin = index.source_with_hash(raw.file_hash)
     if twin is not None and twin != source:
-        return "duplicate"
-    return cut_tiles(raw, decode_image(raw), config)
+        return DuplicateFile(image, twin)
+    try:
+        pixels = decode_image(raw)
+    except UNREADABLE as error:
+        return Unreadable.because(image, error)
+    return cut_tiles(raw, pixels, config)
 
 
 def index_archive(
@@ -217,19 +260,11 @@ def index_archive(
     since_flush = 0
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
         prepared = _prefetched(pool, images, index, config)
-        for image, outcome in _progress(prepared, len(images), config.progress):
+        for outcome in _progress(prepared, len(images), config.progress):
             summary.images += 1
-            if isinstance(outcome, BaseException):
-                summary.unreadable.append((str(image.path), f"{type(outcome).__name__}: {outcome}"))
-                log.warning("skipping unreadable image %s: %s", image.path, outcome)
+            if not isinstance(outcome, TiledImage):
+                _count_skipped(outcome, summary)
                 continue
-            if outcome == "finished":
-                summary.images_finished_before += 1
-                continue
-            if outcome == "duplicate":
-                summary.duplicate_files += 1
-                continue
-            assert isinstance(outcome, TiledImage)
             _queue(outcome, index, pending, summary)
             wrote = False
             while len(pending.tiles) >= config.batch_size:
@@ -249,12 +284,25 @@ def index_archive(
     return summary
 
 
+def _count_skipped(
+    outcome: FinishedBefore | DuplicateFile | Unreadable, summary: IndexingSummary
+) -> None:
+    match outcome:
+        case FinishedBefore():
+            summary.images_finished_before += 1
+        case DuplicateFile():
+            summary.duplicate_files += 1
+        case Unreadable(image, reason):
+            summary.unreadable.append((str(image.path), reason))
+            log.warning("skipping unreadable image %s: %s", image.path, reason)
+
+
 def _prefetched(
     pool: ThreadPoolExecutor,
     images: Sequence[ArchiveImage],
     index: ArchiveIndex,
     config: PipelineConfig,
-) -> Iterator[tuple[ArchiveImage, TiledImage | str | BaseException]]:
+) -> Iterator[Prepared]:
     """Results of `prepare` in archive order, with a bounded number of images in flight.
 
     The bound follows the tiles an image yields: about two batches of tiles stay prepared ahead,
@@ -263,29 +311,24 @@ def _prefetched(
     """
     floor, ceiling = max(2, 2 * config.workers), max(2, 2 * config.workers, 2 * config.batch_size)
     ahead, tiles_seen, images_seen = floor, 0, 0
-    futures: deque[tuple[ArchiveImage, Future[TiledImage | str]]] = deque()
+    futures: deque[Future[Prepared]] = deque()
     queue = iter(images)
     while True:
         while len(futures) < ahead and (image := next(queue, None)) is not None:
-            futures.append((image, pool.submit(prepare, image, index, config.tiling)))
+            futures.append(pool.submit(prepare, image, index, config.tiling))
         if not futures:
             return
-        image, future = futures.popleft()
-        try:
-            outcome: TiledImage | str | BaseException = future.result()
-        except UNREADABLE as error:
-            outcome = error
+        # A bug raised while preparing is raised here again, and stops the run.
+        outcome = futures.popleft().result()
         if isinstance(outcome, TiledImage):
             tiles_seen += len(outcome.tiles) + outcome.background
             images_seen += 1
             per_image = max(1.0, tiles_seen / images_seen)
             ahead = int(min(ceiling, max(floor, 2 * config.batch_size / per_image)))
-        yield image, outcome
+        yield outcome
 
 
-def _progress(
-    items: Iterable[tuple[ArchiveImage, TiledImage | str | BaseException]], total: int, show: bool
-) -> Iterable[tuple[ArchiveImage, TiledImage | str | BaseException]]:
+def _progress(items: Iterable[Prepared], total: int, show: bool) -> Iterable[Prepared]:
     if not show:
         return items
     from tqdm import tqdm
@@ -332,20 +375,3 @@ def _finish_sources(index: ArchiveIndex, pending: _Pending) -> None:
         finished.append(FinishedSource(source, file_hash, items, skipped))
         del pending.waiting[source]
     index.mark_sources_finished(finished)
-
-
-def model_encoder(model: SPQModel, device: torch.device) -> Encoder:
-    """An `Encoder` running an SPQ model's ``encode`` (continuous descriptors) without gradients."""
-    import torch
-
-    from model import preprocess
-
-    spq, target = model.eval().to(device), device
-
-    def encode(images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
-        batch = preprocess(list(images), spq.card).to(target)
-        with torch.inference_mode():
-            descriptors = spq.encode(batch).float().cpu().numpy()
-        return np.ascontiguousarray(descriptors, dtype=np.float32)
-
-    return encode

@@ -1,9 +1,13 @@
 """Archive sources: where the images of an archive are, with their label, group and dataset.
 
-Every loader returns `ArchiveImage` records, whatever the layout:
+The one record of an archive image (`ArchiveImage`) and the one set of readers: indexing,
+training and evaluation all list an archive through `load_source`, so every verb accepts every
+layout below.
 
-- ``folder``: class sub-folders (``root/<label>/.../image``), or a folder holding ``labels.csv``.
-- ``csv``: a ``path,label,group`` manifest; any further columns are kept as item metadata.
+- ``folder``: class sub-folders (``root/<label>/.../image``; images directly in ``root`` have no
+  label), or a folder holding ``labels.csv``, which is then read as the manifest.
+- ``csv``: a ``path,label,group`` manifest; only ``path`` is required, paths are relative to the
+  CSV's own folder, and any further columns are kept as item metadata.
 - ``bracs``: BRACS RoIs,
   ``[BRACS_RoI/latest_version/]{train,val,test}/<n>_<CLASS>/BRACS_<wsi>_<CLASS>_<k>.png``;
   the label is the class code (N, PB, UDH, FEA, ADH, DCIS, IC), the group the whole-slide image
@@ -14,6 +18,14 @@ Every loader returns `ArchiveImage` records, whatever the layout:
 - ``bach``: BACH / ICIAR 2018 microscopy photos, ``[ICIAR2018_BACH_Challenge/]Photos/{Normal,
   Benign,InSitu,Invasive}/*.tif``; labels from ``microscopy_ground_truth.csv`` when present (else
   the folder). BACH publishes no patient ids, so each photo is its own group.
+- ``auto``: ``csv`` for a file; for a folder, ``folder`` when it holds ``labels.csv``, else the
+  public dataset whose layout every image of the tree follows (`detect_source`), else ``folder``.
+
+A ``group`` ties together images that are not independent (same source image, patient or
+near-duplicate cluster); retrieval metrics never count hits inside a query's own group. When a
+source does not say, each image is its own group (its path relative to the source), which is the
+only safe default: it never merges images that might be independent, it just cannot protect
+against leakage it was not told about.
 """
 
 from __future__ import annotations
@@ -25,10 +37,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from indexer.ingest.manifest import IMAGE_SUFFIXES, ManifestError, load_entries, read_manifest
+from model.errors import HistosearchError
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"})
+LABELS_CSV = "labels.csv"
 BRACS_CLASSES = ("N", "PB", "UDH", "FEA", "ADH", "DCIS", "IC")
 BACH_CLASSES = ("Normal", "Benign", "InSitu", "Invasive")
 CRC_GRADES = {
@@ -47,10 +61,12 @@ _BRACS_FILE = re.compile(r"^BRACS_(?P<wsi>\d+)_(?P<cls>[A-Z]+)_(?P<roi>\d+)$")
 _FOLD_FOLDER = re.compile(r"^fold[\s_-]*(?P<fold>\d+)$", re.IGNORECASE)
 _SPLITS = ("train", "val", "test")
 BACH_GROUND_TRUTH = "microscopy_ground_truth.csv"
+_MANIFEST_COLUMNS = ("path", "label", "group")
 
 
-class SourceError(ValueError):
-    """An archive that does not have the layout its loader expects."""
+class SourceError(HistosearchError, ValueError):
+    """An archive that does not have the layout its loader expects, or a manifest that cannot be
+    read as a list of images (the message names the file and line)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,35 +90,61 @@ def _images_under(root: Path) -> Iterator[Path]:
 
 
 def load_folder(root: Path, dataset: str | None = None) -> list[ArchiveImage]:
-    """Class sub-folders, or a folder with its own ``labels.csv``."""
-    if (root / "labels.csv").is_file():
-        return load_csv(root / "labels.csv", dataset or root.name)
-    try:
-        entries = load_entries(root)
-    except ManifestError as error:
-        raise SourceError(str(error)) from error
+    """Class sub-folders (the first sub-folder names the label), or a folder with its own
+    ``labels.csv``, read as the manifest so that the groups it declares are kept."""
+    if (root / LABELS_CSV).is_file():
+        return load_csv(root / LABELS_CSV, dataset or root.name)
+    if not root.is_dir():
+        raise SourceError(f"{root}: not a folder")
     name = dataset or root.name
-    return [ArchiveImage(entry.path, entry.label, entry.group, name) for entry in entries]
+    images = [_folder_image(path, root, name) for path in _images_under(root)]
+    if not images:
+        suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
+        raise SourceError(f"{root}: no images found (looked for {suffixes})")
+    return images
+
+
+def _folder_image(path: Path, root: Path, dataset: str) -> ArchiveImage:
+    relative = path.relative_to(root)
+    label = relative.parts[0] if len(relative.parts) > 1 else None
+    return ArchiveImage(path.resolve(), label, relative.as_posix(), dataset)
 
 
 def load_csv(path: Path, dataset: str | None = None) -> list[ArchiveImage]:
-    """A ``path,label,group`` CSV; other columns become metadata (``extra``)."""
-    try:
-        entries = read_manifest(path)
-    except ManifestError as error:
-        raise SourceError(str(error)) from error
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    """A ``path,label,group`` CSV; paths are resolved against the CSV's folder, a missing group
+    makes the image its own group, and other columns become metadata (``extra``).
+
+    Raises SourceError naming the line of the first missing file or empty path.
+    """
     name = dataset or path.parent.name
-    images = []
-    for entry, row in zip(entries, rows, strict=True):
-        extra = {
-            key: value or ""
-            for key, value in row.items()
-            if key not in ("path", "label", "group") and key is not None
-        }
-        images.append(ArchiveImage(entry.path, entry.label, entry.group, name, extra))
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise SourceError(f"{path}: the header must name a 'path' column")
+        images = [
+            _csv_image(row, path.parent, name, f"{path}:{line}")
+            for line, row in enumerate(reader, start=2)
+        ]
+    if not images:
+        raise SourceError(f"{path}: the manifest lists no images")
     return images
+
+
+def _csv_image(row: dict[str, str | None], base: Path, dataset: str, where: str) -> ArchiveImage:
+    relative = (row.get("path") or "").strip()
+    if not relative:
+        raise SourceError(f"{where}: empty path")
+    image_path = (base / relative).resolve()
+    if not image_path.is_file():
+        raise SourceError(f"{where}: no such image {image_path}")
+    label = (row.get("label") or "").strip() or None
+    group = (row.get("group") or "").strip() or relative
+    extra = {
+        key: value or ""
+        for key, value in row.items()
+        if key is not None and key not in _MANIFEST_COLUMNS
+    }
+    return ArchiveImage(image_path, label, group, dataset, extra)
 
 
 def load_bracs(root: Path, dataset: str | None = None) -> list[ArchiveImage]:
@@ -127,9 +169,7 @@ def load_crc_extended(root: Path, dataset: str | None = None) -> list[ArchiveIma
     images = []
     for path in _images_under(root):
         relative = path.relative_to(root).parts[:-1]
-        grade = next(
-            (CRC_GRADES[k] for k in map(_folded, reversed(relative)) if k in CRC_GRADES), None
-        )
+        grade = _crc_grade(relative)
         if grade is None:
             continue
         fold = next((m["fold"] for m in map(_FOLD_FOLDER.match, relative) if m), "")
@@ -196,12 +236,59 @@ SOURCES: dict[str, SourceLoader] = {
 
 
 def load_source(kind: str, path: Path, dataset: str | None = None) -> list[ArchiveImage]:
-    """Load an archive with the named loader; ``auto`` picks ``csv`` for a file, else ``folder``."""
-    if kind == "auto":
-        kind = "csv" if path.is_file() else "folder"
-    loader = SOURCES.get(kind)
-    if loader is None:
+    """Load an archive with the named loader (``auto``: see `detect_source`)."""
+    path = Path(path)
+    if kind != "auto" and kind not in SOURCES:
         raise SourceError(f"unknown source {kind!r}; choose one of auto, {', '.join(SOURCES)}")
     if not path.exists():
         raise SourceError(f"{path}: no such file or folder")
-    return loader(path, dataset)
+    if kind == "auto":
+        kind = detect_source(path)
+    return SOURCES[kind](path, dataset)
+
+
+def detect_source(path: Path) -> str:
+    """The loader for ``path``: ``csv`` for a file, ``folder`` for a folder with ``labels.csv``,
+    else the public dataset whose layout every image of the tree follows, else ``folder``.
+
+    Every image must fit, not just some: a class-folder archive that happens to have a
+    ``Normal/`` folder stays a class-folder archive.
+    """
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise SourceError(f"{path}: expected a .csv manifest or a folder of images")
+        return "csv"
+    if (path / LABELS_CSV).is_file():
+        return "folder"
+    images = list(_images_under(path))
+    for kind, follows in (("bracs", _follows_bracs), ("bach", _follows_bach)):
+        if images and all(follows(image) for image in images):
+            log.info("%s: every image follows the %s layout", path, kind)
+            return kind
+    if images and _follows_crc_extended(path, images):
+        log.info("%s: every image follows the crc-extended layout", path)
+        return "crc-extended"
+    return "folder"
+
+
+def _follows_bracs(image: Path) -> bool:
+    folder = _BRACS_FOLDER.match(image.parent.name)
+    return (
+        folder is not None
+        and folder["cls"] in BRACS_CLASSES
+        and _BRACS_FILE.match(image.stem) is not None
+    )
+
+
+def _follows_bach(image: Path) -> bool:
+    return image.parent.name in BACH_CLASSES
+
+
+def _follows_crc_extended(root: Path, images: list[Path]) -> bool:
+    grades = [_crc_grade(image.relative_to(root).parts[:-1]) for image in images]
+    # A lone Normal/ folder is too common a name to mean this dataset: a graded one must appear.
+    return all(grades) and any(grade != "Normal" for grade in grades)
+
+
+def _crc_grade(folders: tuple[str, ...]) -> str | None:
+    return next((CRC_GRADES[k] for k in map(_folded, reversed(folders)) if k in CRC_GRADES), None)

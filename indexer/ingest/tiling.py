@@ -26,13 +26,15 @@ _CHECK_SIZE = 128
 BRIGHT_VALUE = 0.80
 GREY_SATURATION = 0.08
 DARK_VALUE = 0.10
+# Tile edge in source pixels: the one default of `TilingConfig`, `histosearch index` and `prepare`.
+DEFAULT_TILE_SIZE = 512
 
 
 @dataclass(frozen=True, slots=True)
 class TilingConfig:
     """How to cut images: tile edge and stride in source pixels, and the tissue share to keep."""
 
-    tile_size: int = 512
+    tile_size: int = DEFAULT_TILE_SIZE
     stride: int | None = None
     min_tissue: float = 0.25
 

@@ -10,7 +10,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from indexer.ingest.manifest import ManifestEntry
+from indexer.ingest.sources import ArchiveImage
+from model.errors import HistosearchError
+
+
+class SplitError(HistosearchError, ValueError):
+    """A split that cannot be made: unknown group names, or no group left for a part."""
+
 
 # Shuffles `random_group_split` tries at most when the archive has labels.
 SPLIT_CANDIDATES = 64
@@ -27,17 +33,17 @@ class GroupSplit:
     def __post_init__(self) -> None:
         parts = [set(self.train), set(self.validation), set(self.test)]
         if (parts[0] & parts[1]) or (parts[0] & parts[2]) or (parts[1] & parts[2]):
-            raise ValueError("a group appears in two parts of the split")
+            raise SplitError("a group appears in two parts of the split")
         if not self.train:
-            raise ValueError("the split leaves no group for training")
+            raise SplitError("the split leaves no group for training")
 
-    def entries(self, entries: Sequence[ManifestEntry], part: str) -> list[ManifestEntry]:
+    def entries(self, entries: Sequence[ArchiveImage], part: str) -> list[ArchiveImage]:
         groups = set(getattr(self, part))
         return [entry for entry in entries if entry.group in groups]
 
 
 def random_group_split(
-    entries: Sequence[ManifestEntry],
+    entries: Sequence[ArchiveImage],
     validation_fraction: float,
     test_fraction: float,
     seed: int,
@@ -53,7 +59,7 @@ def random_group_split(
     part is kept. Labels only choose the split; training never sees them.
     """
     if validation_fraction < 0 or test_fraction < 0 or validation_fraction + test_fraction >= 1:
-        raise ValueError("fractions must be >= 0 and leave some groups for training")
+        raise SplitError("fractions must be >= 0 and leave some groups for training")
     groups = sorted({entry.group for entry in entries})
     n_test = _part_size(len(groups), test_fraction)
     n_validation = _part_size(len(groups), validation_fraction)
@@ -76,7 +82,7 @@ def random_group_split(
     return best
 
 
-def findable_share(split: GroupSplit, entries: Sequence[ManifestEntry]) -> float:
+def findable_share(split: GroupSplit, entries: Sequence[ArchiveImage]) -> float:
     """The smaller, over validation and test, of the share of labelled items whose class also
     lies in another group of the same part (1.0 for a part that is empty or unlabelled)."""
     shares = []
@@ -95,7 +101,7 @@ def _part_size(total: int, fraction: float) -> int:
 
 
 def explicit_group_split(
-    entries: Sequence[ManifestEntry],
+    entries: Sequence[ArchiveImage],
     validation_groups: Sequence[str],
     test_groups: Sequence[str],
 ) -> GroupSplit:
@@ -103,7 +109,7 @@ def explicit_group_split(
     known = {entry.group for entry in entries}
     unknown = sorted((set(validation_groups) | set(test_groups)) - known)
     if unknown:
-        raise ValueError(f"groups not in the data: {unknown}")
+        raise SplitError(f"groups not in the data: {unknown}")
     held_out = set(validation_groups) | set(test_groups)
     return GroupSplit(
         train=tuple(sorted(known - held_out)),

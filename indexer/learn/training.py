@@ -20,16 +20,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from indexer.evaluate.metrics import near_duplicate_top1, retrieval_metrics
-from indexer.ingest.manifest import ManifestEntry, load_entries
+from indexer.ingest.sources import ArchiveImage, load_source
+from indexer.learn.config import TrainConfig
 from indexer.learn.splits import GroupSplit, explicit_group_split, random_group_split
 from model import (
-    AugmentationConfig,
     CodewordUsageRegularizer,
     CrossQuantizedContrastiveLoss,
-    ModelCard,
+    Embedder,
     SPQModel,
     adc_scores,
     build_augmentation,
@@ -40,73 +39,14 @@ from model import (
     save_checkpoint,
     select_device,
 )
-from model.card import DEFAULT_STAGES
-from model.preprocess import image_to_tensor, select_precision
+from model.atomic import atomic_write, atomic_write_bytes
+from model.preprocess import image_to_tensor, open_upright_rgb, select_precision
 
 logger = logging.getLogger(__name__)
 
 FINAL_CHECKPOINT = "model.pt"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run; written as ``config.json`` beside its outputs."""
-
-    data: str
-    out: str
-    epochs: int = 300
-    minutes: float | None = None
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
-    warmup_fraction: float = 0.05
-    seed: int = 0
-    temperature: float = 0.5
-    codeword_regularizer: float = 1.0
-    reset_dead_codewords: bool = True
-    backbone: str = "resnet18"
-    small_input_stem: bool = False
-    stages: list[int] = field(default_factory=lambda: list(DEFAULT_STAGES))
-    pooling: list[str] = field(default_factory=lambda: ["spoc", "mac", "gem"])
-    hidden_dim: int = 512
-    num_codebooks: int = 8
-    codebook_size: int = 16
-    codeword_dim: int = 16
-    soft_quantization_scale: float = 5.0
-    input_size: int = 64
-    preload_size: int = 128
-    backbone_weights: str | None = None
-    augmentation: dict[str, Any] = field(default_factory=lambda: AugmentationConfig().as_dict())
-    validation_groups: list[str] | None = None
-    test_groups: list[str] | None = None
-    validation_fraction: float = 0.15
-    test_fraction: float = 0.3
-    validate_every: int = 10
-    checkpoint_every_minutes: float = 2.0
-    device: str = "auto"
-    # Mixed precision of the forward and backward pass; losses and codebooks stay float32.
-    precision: str = "auto"
-    threads: int | None = None
-
-    def model_card(self, dataset_fingerprint: str) -> ModelCard:
-        return ModelCard.model_validate(
-            {
-                "backbone": self.backbone,
-                "small_input_stem": self.small_input_stem,
-                "stages": self.stages,
-                "pooling": self.pooling,
-                "hidden_dim": self.hidden_dim,
-                "num_codebooks": self.num_codebooks,
-                "codebook_size": self.codebook_size,
-                "codeword_dim": self.codeword_dim,
-                "input_size": self.input_size,
-                "soft_quantization_scale": self.soft_quantization_scale,
-                "training": asdict(self),
-                "dataset_fingerprint": dataset_fingerprint,
-            }
-        )
 
 
 @dataclass
@@ -125,7 +65,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_split(config: TrainConfig, entries: Sequence[ManifestEntry]) -> GroupSplit:
+def archive_images(data: str | Path) -> list[ArchiveImage]:
+    """The images of the archive at ``data``, in any layout `histosearch index` accepts (a CSV
+    manifest, class sub-folders, BRACS, extended CRC, BACH: `load_source` recognises them).
+    Evaluation lists them the same way, so that it recomputes the same split."""
+    return load_source("auto", Path(data))
+
+
+def make_split(config: TrainConfig, entries: Sequence[ArchiveImage]) -> GroupSplit:
     if config.validation_groups is not None or config.test_groups is not None:
         return explicit_group_split(
             entries, config.validation_groups or [], config.test_groups or []
@@ -135,7 +82,7 @@ def make_split(config: TrainConfig, entries: Sequence[ManifestEntry]) -> GroupSp
     )
 
 
-def dataset_fingerprint(entries: Sequence[ManifestEntry], split: GroupSplit) -> str:
+def dataset_fingerprint(entries: Sequence[ArchiveImage], split: GroupSplit) -> str:
     """SHA-256 over the training images' bytes and the split: same data, same fingerprint."""
     digest = hashlib.sha256()
     for entry in sorted(entries, key=lambda e: e.path.name):
@@ -145,13 +92,14 @@ def dataset_fingerprint(entries: Sequence[ManifestEntry], split: GroupSplit) -> 
     return digest.hexdigest()[:16]
 
 
-def load_tensor_set(entries: Sequence[ManifestEntry], size: int) -> torch.Tensor:
+def load_tensor_set(entries: Sequence[ArchiveImage], size: int) -> torch.Tensor:
     """All images as one (N, 3, size, size) uint8 tensor: the sets are small and decoding every
     epoch would cost more than the network on a CPU."""
     tensors = []
     for entry in entries:
-        with Image.open(entry.path) as image:
-            tensors.append(image_to_tensor(image, size).mul(255).round().to(torch.uint8))
+        # Decoded by the project's one rule (EXIF orientation, then RGB), as indexing decodes.
+        image = open_upright_rgb(entry.path)
+        tensors.append(image_to_tensor(image, size).mul(255).round().to(torch.uint8))
     return torch.stack(tensors)
 
 
@@ -175,23 +123,10 @@ class ValidationSet:
     groups: list[str]
 
 
-@torch.no_grad()
-def encode_tensor_set(
-    model: SPQModel, images: torch.Tensor, device: torch.device, batch_size: int = 128
-) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    parts = [
-        model.encode(normalize(images[i : i + batch_size].to(device).float(), model.card)).cpu()
-        for i in range(0, images.shape[0], batch_size)
-    ]
-    model.train(was_training)
-    return torch.cat(parts)
-
-
 def validate(model: SPQModel, validation: ValidationSet, device: torch.device) -> dict[str, float]:
     """P@10 of codes (ADC) and of the float descriptor on held-out validation groups."""
-    descriptors = encode_tensor_set(model, validation.images, device)
+    # Embedded as every caller embeds (eval mode, no gradients); the model's mode is given back.
+    descriptors = torch.from_numpy(Embedder(model, device).embed_tensors(validation.images))
     with torch.no_grad():
         codes = model.codes_from_descriptors(descriptors.to(device)).cpu()
         code_scores = adc_scores(descriptors, codes, model.codebooks().detach().cpu())
@@ -220,7 +155,7 @@ class Trainer:
         seed_everything(config.seed)
         self.device = select_device(config.device)
         self.compute_dtype = select_precision(config.precision, self.device)
-        entries = load_entries(Path(config.data))
+        entries = archive_images(config.data)
         self.split = make_split(config, entries)
         train_entries = self.split.entries(entries, "train")
         validation_entries = [e for e in self.split.entries(entries, "validation") if e.label]
@@ -229,16 +164,16 @@ class Trainer:
         self.train_images = load_tensor_set(train_entries, config.preload_size)
         self.validation = (
             ValidationSet(
-                load_tensor_set(validation_entries, config.input_size).float().div(255),
+                load_tensor_set(validation_entries, config.model.input_size).float().div(255),
                 [str(e.label) for e in validation_entries],
                 [e.group for e in validation_entries],
             )
             if validation_entries
             else None
         )
-        self.augment = build_augmentation(
-            AugmentationConfig(**config.augmentation), config.input_size
-        ).to(self.device)
+        self.augment = build_augmentation(config.augmentation, config.model.input_size).to(
+            self.device
+        )
         self.loss = CrossQuantizedContrastiveLoss(config.temperature)
         self.regularizer = CodewordUsageRegularizer()
         self.optimizer = torch.optim.Adam(
@@ -255,7 +190,7 @@ class Trainer:
 
     def _write_config(self) -> None:
         resolved = {
-            "config": asdict(self.config),
+            "config": self.config.model_dump(mode="json"),
             "split": asdict(self.split),
             "num_train_images": int(self.train_images.shape[0]),
             "num_validation_images": 0 if self.validation is None else len(self.validation.labels),
@@ -263,7 +198,7 @@ class Trainer:
             "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
             "model_card": self.model.card.model_dump(mode="json"),
         }
-        (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
+        atomic_write_bytes(self.out / "config.json", json.dumps(resolved, indent=2).encode())
 
     def _restore(self, path: Path) -> None:
         payload = read_checkpoint(path, map_location=self.device)
@@ -405,8 +340,10 @@ class Trainer:
             BEST_CHECKPOINT if (self.out / BEST_CHECKPOINT).exists() else LAST_CHECKPOINT
         )
         final = self.out / FINAL_CHECKPOINT
-        shutil.copyfile(chosen, final)
-        (self.out / "history.json").write_text(json.dumps(self.state.history, indent=2))
+        # `prepare` reuses any model.pt it finds, so it must never see half of one.
+        atomic_write(final, lambda temporary: shutil.copyfile(chosen, temporary))
+        history = json.dumps(self.state.history, indent=2).encode()
+        atomic_write_bytes(self.out / "history.json", history)
         from indexer.evaluate.plots import plot_training_history
 
         plot_training_history(self.state.history, self.out / "training.png")

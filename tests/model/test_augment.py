@@ -3,6 +3,8 @@ import torch
 
 from model import AugmentationConfig, build_augmentation
 from model.augment import RandomHEDJitter
+from model.augment.colour import colour_jitter
+from model.augment.geometry import dihedral_symmetries
 
 
 def _tissue_like_batch(n: int = 6, size: int = 48) -> torch.Tensor:
@@ -42,11 +44,41 @@ def test_hed_jitter_rejects_bad_probability() -> None:
         RandomHEDJitter(p=1.5)
 
 
-def test_switched_off_steps_are_left_out() -> None:
-    lean = AugmentationConfig(dihedral=False, hed_p=0, colour_p=0, grayscale_p=0, blur_p=0)
-    assert len(build_augmentation(lean, 32)) == 1
-    assert len(build_augmentation(AugmentationConfig(), 32)) == 7
-    assert len(build_augmentation(AugmentationConfig.spq_reference(), 32)) == 8
+def _dihedral_images(image: torch.Tensor) -> list[torch.Tensor]:
+    """The eight flips and quarter-turns of a (3, H, W) image, written out by hand."""
+    turns = [torch.rot90(image, times, dims=(1, 2)) for times in range(4)]
+    return turns + [turn.flip(2) for turn in turns]
+
+
+def test_dihedral_steps_give_only_the_eight_symmetries_of_the_input_and_all_of_them() -> None:
+    torch.manual_seed(1)
+    image = torch.rand(3, 16, 16)
+    symmetries = _dihedral_images(image)
+    steps = torch.nn.Sequential(*dihedral_symmetries())
+    views = steps(image.expand(64, 3, 16, 16).clone())
+    matched = set()
+    for view in views:
+        # A flip or quarter-turn to float rounding (kornia turns by a warp): no pixel blended.
+        found = [i for i, s in enumerate(symmetries) if torch.allclose(view, s, atol=1e-4)]
+        assert len(found) == 1
+        matched.add(found[0])
+    assert len(matched) >= 6  # 64 draws of 8 equally likely symmetries
+
+
+def test_colour_jitter_changes_colours_but_moves_no_pixel() -> None:
+    # A checkerboard of two tissue colours: a colour-only change maps every pixel of one input
+    # colour to one output colour, so the checkerboard must survive untouched in layout.
+    pink, purple = torch.tensor([0.9, 0.6, 0.8]), torch.tensor([0.5, 0.25, 0.65])
+    board = (torch.arange(16)[:, None] + torch.arange(16)[None, :]) % 2 == 0
+    image = torch.where(board, pink[:, None, None], purple[:, None, None])
+    torch.manual_seed(2)
+    jittered = colour_jitter(0.4, 0.1, p=1.0)(image.expand(4, 3, 16, 16).clone())
+    for view in jittered:
+        on, off = view[:, board], view[:, ~board]
+        torch.testing.assert_close(on, on[:, :1].expand_as(on), atol=1e-5, rtol=0)
+        torch.testing.assert_close(off, off[:, :1].expand_as(off), atol=1e-5, rtol=0)
+        assert float((on[:, 0] - pink).abs().max()) > 0.01  # the colour did change
+    assert not torch.allclose(jittered[0], jittered[1])  # each view draws its own jitter
 
 
 def test_rotation_is_a_step_before_the_crop_only_when_asked_for() -> None:
@@ -54,3 +86,12 @@ def test_rotation_is_a_step_before_the_crop_only_when_asked_for() -> None:
     assert len(rotating) == len(build_augmentation(AugmentationConfig(), 32)) + 1
     assert type(rotating[0]).__name__ == "RandomAffine"
     assert rotating(_tissue_like_batch()).shape == (6, 3, 32, 32)
+
+
+def test_augmentation_settings_out_of_range_are_refused() -> None:
+    with pytest.raises(ValueError, match="blur_p"):
+        AugmentationConfig(blur_p=1.5)
+    with pytest.raises(ValueError, match="min_crop_scale"):
+        AugmentationConfig(min_crop_scale=0)
+    with pytest.raises(ValueError, match="Extra inputs"):
+        AugmentationConfig.model_validate({"colour": 0.1})

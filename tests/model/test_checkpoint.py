@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,11 @@ from model import (
     build_model,
     load_checkpoint,
     read_card,
+    read_checkpoint,
     save_checkpoint,
 )
+from model.checkpoint import UnsafeCheckpointError
+from model.errors import HistosearchError
 
 # The whole ResNet-18 (stage 4 only feeds the head), so its FLOPs have a closed form below.
 SMALL_CARD = ModelCard(
@@ -45,7 +49,7 @@ def test_card_rejects_bad_values() -> None:
     with pytest.raises(ValueError):
         ModelCard(pooling=["avg"])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="stages"):
-        ModelCard(stages=[5])
+        ModelCard(stages=[5])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="shallowest first"):
         ModelCard(stages=[3, 2])
 
@@ -114,7 +118,7 @@ def test_loading_refuses_a_card_that_disagrees(model, tmp_path: Path) -> None:
 def test_loading_refuses_weights_that_do_not_fit_the_card(model, tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     save_checkpoint(model, path)
-    payload = torch.load(path, weights_only=False)
+    payload = torch.load(path, weights_only=True)
     payload["card"]["codeword_dim"] = 4
     torch.save(payload, path)
     with pytest.raises(CheckpointMismatchError, match="do not fit"):
@@ -126,3 +130,77 @@ def test_loading_refuses_a_file_without_card(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(1)}, path)
     with pytest.raises(CheckpointMismatchError, match="no model card"):
         load_checkpoint(path)
+
+
+class _WritesAFileWhenUnpickled:
+    """What a hostile checkpoint could carry: unpickling it calls a function of its choice."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (os.rename, (str(self.marker), str(self.marker) + ".moved"))
+
+
+def test_a_checkpoint_carrying_a_pickled_object_is_refused_not_executed(
+    model, tmp_path: Path
+) -> None:
+    marker = tmp_path / "marker"
+    marker.write_text("untouched")
+    path = tmp_path / "model.pt"
+    torch.save(
+        {
+            "format": 1,
+            "card": model.card.model_dump(mode="json"),
+            "state_dict": model.state_dict(),
+            "extra": {"hook": _WritesAFileWhenUnpickled(marker)},
+        },
+        path,
+    )
+    for read in (load_checkpoint, read_card):
+        with pytest.raises(UnsafeCheckpointError, match=r"refused.*could run code.*rename"):
+            read(path)
+    assert marker.read_text() == "untouched"
+
+
+def test_an_earlier_checkpoint_with_optimiser_state_and_a_flat_record_still_loads(
+    model, tmp_path: Path
+) -> None:
+    # Written as checkpoints were before weights-only loading: plain torch.save of plain data.
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.encode(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    card = model.card.model_dump(mode="json")
+    card["training"] = {"data": "archive", "out": "run", "epochs": 2, "num_codebooks": 4}
+    path = tmp_path / "last.pt"
+    torch.save(
+        {
+            "format": 1,
+            "card": card,
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "extra": {
+                "state": {"epoch": 2, "elapsed_s": 1.5, "best_validation": 0.3, "history": []},
+                "optimizer": optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+            },
+        },
+        path,
+    )
+    loaded = load_checkpoint(path, expected_card=model.card)
+    torch.testing.assert_close(loaded.codebooks(), model.codebooks())
+    extra = read_checkpoint(path)["extra"]
+    optimizer.load_state_dict(extra["optimizer"])
+    assert extra["state"]["epoch"] == 2
+
+
+def test_saving_refuses_what_weights_only_loading_could_not_read(model, tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match=r"\['extra'\]\['when'\] is a PosixPath"):
+        save_checkpoint(model, tmp_path / "model.pt", extra={"when": tmp_path})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_errors_are_project_errors_and_value_errors() -> None:
+    assert issubclass(CheckpointMismatchError, HistosearchError)
+    assert issubclass(CheckpointMismatchError, ValueError)
+    assert issubclass(UnsafeCheckpointError, CheckpointMismatchError)

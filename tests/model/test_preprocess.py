@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from model import ModelCard, UnsupportedPixelsError, preprocess, select_device, to_rgb
-from model.preprocess import bfloat16_is_native, resized_pixels, select_precision
+from model import ModelCard, UnsupportedPixelsError, select_device, to_rgb
+from model.preprocess import bfloat16_is_native, preprocess, resized_pixels, select_precision
 
 KATHER_TILE = next(
     (

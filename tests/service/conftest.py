@@ -26,7 +26,8 @@ from PIL import Image
 from indexer.index.hashing import file_hash
 from indexer.index.store import ArchiveIndex, NewItem
 from indexer.index.thumbnails import make_thumbnail
-from model import ModelCard, build_model, preprocess, save_checkpoint
+from model import ModelCard, build_model, save_checkpoint
+from model.preprocess import preprocess
 from tests.service import samples
 
 API_KEY = "test-key-0123456789abcdef"

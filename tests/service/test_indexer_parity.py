@@ -18,11 +18,10 @@ from indexer.ingest.pipeline import (
     PipelineConfig,
     decode_image,
     index_archive,
-    model_encoder,
     read_image,
 )
 from indexer.ingest.sources import ArchiveImage
-from model import load_checkpoint
+from model import Embedder, load_checkpoint
 from service.app import create_app
 from service.imaging import decode_upload
 from service.settings import Settings
@@ -103,7 +102,7 @@ def test_a_file_indexed_from_disk_is_a_duplicate_when_uploaded(
     with ArchiveIndex.open(index_copy) as index:
         assert index.checkpoint_path is not None
         model = load_checkpoint(index.checkpoint_path)
-        encoder = model_encoder(model, torch.device("cpu"))
+        encoder = Embedder(model, torch.device("cpu"))
         summary = index_archive(archive, index, encoder, PipelineConfig(progress=False))
         assert summary.tiles_added == 2 and not summary.unreadable
         records = [index.get(item_id) for item_id in range(1, len(index) + 1)]

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from indexer.cli import main
-from model import ModelCard, build_model, save_checkpoint
+from indexer.index.store import ArchiveIndex
+from model import ModelCard, build_model, load_checkpoint, save_checkpoint
 from tests.indexer.index_helpers import SHARED_DATA
 
 KATHER = SHARED_DATA / "kather2016-texture-240"
@@ -81,3 +82,19 @@ def test_index_refuses_a_missing_checkpoint_and_a_non_index(
     assert "give --checkpoint" in caplog.text
     assert main(["stats", "--index", str(tmp_path)]) == 2
     assert "no manifest.json" in caplog.text
+
+
+def test_search_refuses_an_index_whose_model_disagrees_with_its_card(
+    tmp_path, caplog, archive_and_checkpoint
+):
+    root, paths = archive_and_checkpoint
+    model = load_checkpoint(root / "model.pt")
+    card = model.card.model_copy(update={"input_size": 64})
+    ArchiveIndex.create_from_codebooks(
+        tmp_path / "index",
+        model.codebooks().detach().numpy(),
+        card=card.model_dump(mode="json"),
+        checkpoint_path=root / "model.pt",
+    ).close()
+    assert main(["search", "--index", str(tmp_path / "index"), str(paths[0])]) == 2
+    assert "input_size: expected 64, checkpoint has 32" in caplog.text

@@ -15,19 +15,64 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
     return sub
 
 
-@pytest.mark.parametrize("command", ["train", "evaluate"])
+# Every verb and the flags a user's scripts rely on; verbs and flags may be added, never dropped.
+KEY_FLAGS = {
+    "delete": ["--index"],
+    "demo": ["--archive", "--workdir", "--index", "--train-minutes", "--port", "--no-serve"],
+    "evaluate": ["--checkpoint", "--data", "--source", "--out", "--part", "--ks", "--device"],
+    "index": [
+        "--data",
+        "--index",
+        "--checkpoint",
+        "--source",
+        "--dataset",
+        "--tile-size",
+        "--stride",
+        "--min-tissue",
+        "--batch-size",
+        "--workers",
+        "--max-image-pixels",
+        "--no-progress",
+    ],
+    "prepare": ["--archive", "--workdir", "--index", "--train-minutes", "--tile-size"],
+    "search": ["--index", "-k", "--label", "--dataset", "--exclude-group", "--json"],
+    "serve": ["--index", "--host", "--port", "--workers"],
+    "stats": ["--index", "--json"],
+    "train": ["--data", "--out", "--epochs", "--minutes", "--validation-groups", "--test-groups"],
+}
+
+
+def _help_of(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    with pytest.raises(SystemExit) as exited:
+        main([*argv, "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
+def test_the_help_lists_every_verb(capsys: pytest.CaptureFixture[str]) -> None:
+    text = _help_of(capsys)
+    listed = {line.split()[0] for line in text.splitlines() if line.startswith("    ")}
+    assert set(KEY_FLAGS) <= listed
+
+
+@pytest.mark.parametrize("command", sorted(KEY_FLAGS))
+def test_each_verbs_help_shows_its_key_flags(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = {
+        word.rstrip(",")
+        for line in _help_of(capsys, command).splitlines()
+        for word in line.split()
+        if word.startswith("-")
+    }
+    assert set(KEY_FLAGS[command]) <= options, set(KEY_FLAGS[command]) - options
+
+
+@pytest.mark.parametrize("command", ["demo", "evaluate", "index", "prepare", "search", "train"])
 def test_every_option_is_explained(command: str) -> None:
     parser = _subcommand_parser(command)
     for action in parser._actions:
         assert action.help and len(action.help) > 10, action.option_strings
-
-
-def test_train_options_default_to_the_library_defaults() -> None:
-    from indexer.cli.train import config_from_args
-    from indexer.learn.training import TrainConfig
-
-    args = build_parser().parse_args(["train", "--data", "archive", "--out", "run"])
-    assert config_from_args(args) == TrainConfig(data="archive", out="run")
 
 
 def test_train_then_evaluate_from_the_command_line(tmp_path: Path, capsys) -> None:

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from indexer.index.store import ArchiveIndex, NewItem
-from model import ModelCard, build_model, preprocess
+from model import ModelCard, build_model
+from model.preprocess import preprocess
 from model.quantizer import adc_scores
 from tests.indexer.index_helpers import SHARED_DATA
 

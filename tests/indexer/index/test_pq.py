@@ -38,10 +38,13 @@ def test_adc_scores_equal_the_dot_product_with_decoded_codewords():
 def test_codes_are_the_most_similar_codeword_per_subspace():
     codebooks = unit_codebooks()
     vectors = descriptors_near_codewords(30, codebooks)
-    tables = lookup_tables(vectors, codebooks)
     codes = assign_codes(vectors, codebooks)
-    chosen = np.take_along_axis(tables, codes[:, :, None].astype(np.intp), axis=2)[..., 0]
-    assert np.all(chosen >= tables.max(axis=2) - 1e-7)
+    sub_dim = codebooks.shape[2]
+    for vector, code in zip(vectors, codes, strict=True):
+        for m in range(M):
+            part = vector[m * sub_dim : (m + 1) * sub_dim]
+            similarities = [float(np.dot(part, codeword)) for codeword in codebooks[m]]
+            assert code[m] == max(range(len(similarities)), key=similarities.__getitem__)
 
 
 def test_codebooks_must_be_unit_length_and_power_of_two_sized():

@@ -12,12 +12,18 @@ import pytest
 from PIL import Image
 
 from indexer.index.store import ArchiveIndex
+from indexer.ingest import pipeline
 from indexer.ingest.pipeline import (
+    DuplicateFile,
+    FinishedBefore,
     PipelineConfig,
+    TiledImage,
+    Unreadable,
     cut_tiles,
     decode_image,
     embed_tiles,
     index_archive,
+    prepare,
     read_image,
     write_tiles,
 )
@@ -116,6 +122,39 @@ def test_unreadable_images_are_reported_and_skipped(tmp_path):
         "gone.tif",
         "truncated.jpeg",
     ]
+
+
+def test_preparing_an_image_says_what_it_comes_to(tmp_path):
+    archive = kather_archive(tmp_path, 2)
+    twin = tmp_path / "twin.tif"
+    shutil.copyfile(archive[0].path, twin)
+    missing = ArchiveImage(tmp_path / "gone.tif", None, "gone", "kather")
+    tiling = TilingConfig()
+    with new_index(tmp_path / "index") as index:
+        fresh = prepare(archive[0], index, tiling)
+        assert isinstance(fresh, TiledImage) and len(fresh.tiles) == 1
+        index_archive(archive, index, CountingEncoder(), quiet())
+        assert prepare(archive[0], index, tiling) == FinishedBefore(archive[0])
+        copy = ArchiveImage(twin, None, "twin", "kather")
+        assert prepare(copy, index, tiling) == DuplicateFile(copy, str(archive[0].path))
+        unreadable = prepare(missing, index, tiling)
+    assert isinstance(unreadable, Unreadable)
+    assert unreadable.reason.startswith("FileNotFoundError")
+
+
+def test_a_bug_in_tiling_stops_the_run_instead_of_counting_an_unreadable_image(
+    tmp_path, monkeypatch
+):
+    archive = kather_archive(tmp_path, 3)
+
+    def broken_tiling(*args, **kwargs):
+        raise ValueError("a bug after decoding")
+
+    monkeypatch.setattr(pipeline, "cut_tiles", broken_tiling)
+    with new_index(tmp_path / "index") as index:
+        with pytest.raises(ValueError, match="a bug after decoding"):
+            index_archive(archive, index, CountingEncoder(), quiet())
+        assert len(index) == 0
 
 
 def test_floating_point_images_are_reported_unreadable_and_skipped(tmp_path):

@@ -1,11 +1,19 @@
-"""Each loader on a small tree laid out like the public dataset, built from real images."""
+"""Each loader on a small tree laid out like the public dataset, built from real images; the CSV
+and folder readers; how ``auto`` picks a loader."""
 
 import shutil
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
-from indexer.ingest.sources import SourceError, load_source
+from indexer.ingest.sources import (
+    SourceError,
+    detect_source,
+    load_csv,
+    load_folder,
+    load_source,
+)
 from tests.indexer.index_helpers import SHARED_DATA
 
 BREAKHIS = SHARED_DATA / "breakhis-400x-8"
@@ -103,3 +111,119 @@ def test_a_tree_without_the_expected_layout_is_refused(tmp_path):
         load_source("bracs", tmp_path)
     with pytest.raises(SourceError, match="unknown source"):
         load_source("tcga", tmp_path)
+
+
+def _write_image(path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (200, 100, 150)).save(path)
+
+
+def test_manifest_paths_are_resolved_against_the_csv_folder(tmp_path: Path) -> None:
+    _write_image(tmp_path / "a" / "x.png")
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("path,label,group\na/x.png,tumour,slide-1\n")
+    (image,) = load_csv(csv_path)
+    assert image.path == (tmp_path / "a" / "x.png").resolve()
+    assert (image.label, image.group, image.dataset, image.extra) == (
+        "tumour",
+        "slide-1",
+        tmp_path.name,
+        {},
+    )
+
+
+def test_manifest_without_group_makes_each_image_its_own_group(tmp_path: Path) -> None:
+    _write_image(tmp_path / "x.png")
+    _write_image(tmp_path / "y.png")
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("path\nx.png\ny.png\n")
+    images = load_csv(csv_path)
+    assert [i.group for i in images] == ["x.png", "y.png"]
+    assert all(i.label is None for i in images)
+
+
+def test_manifest_names_the_line_of_a_missing_image(tmp_path: Path) -> None:
+    _write_image(tmp_path / "x.png")
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("path,label\nx.png,a\nmissing.png,b\n")
+    with pytest.raises(SourceError, match=r"list\.csv:3"):
+        load_csv(csv_path)
+
+
+def test_manifest_without_path_column_is_refused(tmp_path: Path) -> None:
+    csv_path = tmp_path / "list.csv"
+    csv_path.write_text("file,label\nx.png,a\n")
+    with pytest.raises(SourceError, match="'path'"):
+        load_csv(csv_path)
+
+
+def test_image_folder_labels_come_from_the_first_sub_folder(tmp_path: Path) -> None:
+    _write_image(tmp_path / "stroma" / "deep" / "b.png")
+    _write_image(tmp_path / "tumour" / "a.png")
+    _write_image(tmp_path / "loose.png")
+    (tmp_path / "tumour" / "notes.txt").write_text("not an image")
+    images = load_folder(tmp_path)
+    assert [(i.label, i.group) for i in images] == [
+        (None, "loose.png"),
+        ("stroma", "stroma/deep/b.png"),
+        ("tumour", "tumour/a.png"),
+    ]
+
+
+def test_a_folder_with_labels_csv_is_read_through_that_manifest(tmp_path: Path) -> None:
+    _write_image(tmp_path / "tumour" / "a.png")
+    (tmp_path / "labels.csv").write_text("path,label,group\ntumour/a.png,tumour,slide-7\n")
+    (image,) = load_source("auto", tmp_path)
+    assert image.group == "slide-7"
+
+
+def test_auto_refuses_a_file_that_is_not_a_csv(tmp_path: Path) -> None:
+    _write_image(tmp_path / "a.png")
+    with pytest.raises(SourceError, match=r"expected a \.csv"):
+        load_source("auto", tmp_path / "a.png")
+
+
+def test_an_empty_folder_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="no images"):
+        load_source("auto", tmp_path)
+
+
+def test_auto_recognises_each_public_dataset_layout(tmp_path: Path) -> None:
+    bracs = tmp_path / "bracs" / "BRACS_RoI" / "latest_version"
+    _write_image(bracs / "train" / "0_N" / "BRACS_1003_N_1.png")
+    _write_image(bracs / "test" / "6_IC" / "BRACS_745_IC_12.png")
+    crc = tmp_path / "crc"
+    _write_image(crc / "Fold 1" / "Normal" / "H06-00174_A1H_E_1_1_grade_1_0001.png")
+    _write_image(crc / "Fold 2" / "High-Grade" / "H10-01423_A1H_E_1_3_grade_3_0007.png")
+    bach = tmp_path / "bach" / "ICIAR2018_BACH_Challenge" / "Photos"
+    _write_image(bach / "Benign" / "b001.tif")
+    _write_image(bach / "Invasive" / "iv002.tif")
+    assert detect_source(tmp_path / "bracs") == "bracs"
+    assert detect_source(crc) == "crc-extended"
+    assert detect_source(tmp_path / "bach") == "bach"
+    assert {i.group for i in load_source("auto", tmp_path / "bracs")} == {
+        "BRACS_1003",
+        "BRACS_745",
+    }
+    assert {i.group for i in load_source("auto", crc)} == {"H06-00174", "H10-01423"}
+
+
+def test_auto_keeps_class_folders_unless_every_image_fits_a_dataset_layout(tmp_path):
+    _write_image(tmp_path / "Normal" / "img_1.png")  # a CRC grade name...
+    _write_image(tmp_path / "Tumour" / "img_2.png")  # ...but not every image is under one
+    _write_image(tmp_path / "Benign" / "img_3.png")
+    assert detect_source(tmp_path) == "folder"
+    assert sorted(i.group for i in load_source("auto", tmp_path)) == [
+        "Benign/img_3.png",
+        "Normal/img_1.png",
+        "Tumour/img_2.png",
+    ]
+
+
+def test_training_lists_a_bracs_archive_as_indexing_does(tmp_path: Path) -> None:
+    from indexer.learn.training import archive_images
+
+    root = tmp_path / "BRACS_RoI"
+    _write_image(root / "train" / "0_N" / "BRACS_1003_N_1.png")
+    _write_image(root / "val" / "5_DCIS" / "BRACS_1486_DCIS_3.png")
+    assert archive_images(str(tmp_path)) == load_source("bracs", tmp_path)

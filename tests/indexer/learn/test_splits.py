@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.ingest.manifest import ManifestEntry
+from indexer.ingest.sources import ArchiveImage
 from indexer.learn.splits import (
     GroupSplit,
     explicit_group_split,
@@ -11,9 +11,9 @@ from indexer.learn.splits import (
 )
 
 
-def _entries(groups: int, per_group: int = 3) -> list[ManifestEntry]:
+def _entries(groups: int, per_group: int = 3) -> list[ArchiveImage]:
     return [
-        ManifestEntry(path=Path(f"g{g}_{i}.png"), label="x", group=f"g{g}")
+        ArchiveImage(path=Path(f"g{g}_{i}.png"), label="x", group=f"g{g}", dataset="d")
         for g in range(groups)
         for i in range(per_group)
     ]
@@ -50,9 +50,9 @@ def test_explicit_split_rejects_unknown_or_overlapping_groups() -> None:
         random_group_split(_entries(3), 0.5, 0.5, seed=0)
 
 
-def _labelled(labels_by_group: dict[str, list[str]]) -> list[ManifestEntry]:
+def _labelled(labels_by_group: dict[str, list[str]]) -> list[ArchiveImage]:
     return [
-        ManifestEntry(path=Path(f"{group}_{i}.png"), label=label, group=group)
+        ArchiveImage(path=Path(f"{group}_{i}.png"), label=label, group=group, dataset="d")
         for group, labels in labels_by_group.items()
         for i, label in enumerate(labels)
     ]
@@ -69,7 +69,7 @@ def test_labelled_split_gives_held_out_items_a_same_class_item_in_another_group(
     for seed in range(10):
         chosen = random_group_split(entries, 0.2, 0.2, seed=seed)
         blind = random_group_split(
-            [ManifestEntry(e.path, None, e.group) for e in entries], 0.2, 0.2, seed=seed
+            [ArchiveImage(e.path, None, e.group, "d") for e in entries], 0.2, 0.2, seed=seed
         )
         chosen_shares.append(findable_share(chosen, entries))
         blind_shares.append(findable_share(blind, entries))
@@ -79,6 +79,6 @@ def test_labelled_split_gives_held_out_items_a_same_class_item_in_another_group(
 
 
 def test_unlabelled_split_is_the_first_shuffle_of_the_seed() -> None:
-    entries = [ManifestEntry(e.path, None, e.group) for e in _entries(20)]
+    entries = [ArchiveImage(e.path, None, e.group, "d") for e in _entries(20)]
     split = random_group_split(entries, 0.1, 0.3, seed=5)
     assert split == random_group_split(_entries(20), 0.1, 0.3, seed=5)  # one label: all findable

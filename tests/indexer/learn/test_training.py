@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,8 @@ import torch
 from PIL import Image
 
 from indexer.evaluate.run import evaluate_checkpoint
-from indexer.learn.training import TrainConfig, Trainer, learning_rate_at, train
+from indexer.learn.config import TrainConfig, recorded_config
+from indexer.learn.training import Trainer, learning_rate_at, train
 from model import load_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
@@ -38,17 +40,15 @@ def _tiny_config(tmp_path: Path, **overrides: object) -> TrainConfig:
         "out": str(tmp_path / "run"),
         "epochs": 2,
         "batch_size": 8,
-        "input_size": 32,
+        "model": {"input_size": 32, "num_codebooks": 4, "codeword_dim": 8},
         "preload_size": 40,
-        "num_codebooks": 4,
-        "codeword_dim": 8,
         "validation_groups": ["g4"],
         "test_groups": ["g5"],
         "validate_every": 1,
         "threads": 1,
     }
     settings.update(overrides)
-    return TrainConfig(**settings)  # type: ignore[arg-type]
+    return TrainConfig.model_validate(settings)
 
 
 def test_training_writes_model_config_history_and_plot(tmp_path: Path) -> None:
@@ -67,6 +67,36 @@ def test_training_writes_model_config_history_and_plot(tmp_path: Path) -> None:
     card = load_checkpoint(final).card
     assert card.training["epochs"] == 2 and card.dataset_fingerprint
     assert card.flops_per_image > 0
+
+
+def test_the_run_records_its_validated_config_in_config_json_and_in_the_card(
+    tmp_path: Path,
+) -> None:
+    config = _tiny_config(tmp_path, epochs=1, validate_every=5)
+    card = load_checkpoint(train(config)).card
+    written = json.loads((Path(config.out) / "config.json").read_text())
+    assert TrainConfig.model_validate(written["config"]) == config
+    assert recorded_config(card) == config
+    assert (card.input_size, card.num_codebooks, card.codeword_dim) == (32, 4, 8)
+
+
+def test_a_crash_while_writing_model_pt_leaves_the_previous_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _tiny_config(tmp_path, epochs=1, validate_every=5)
+    final = train(config)
+    before = final.read_bytes()
+
+    def copy_half_then_crash(source: Path, target: Path) -> None:
+        Path(target).write_bytes(Path(source).read_bytes()[: len(before) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(shutil, "copyfile", copy_half_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        Trainer(config, resume=True).run()
+    assert final.read_bytes() == before
+    assert sorted(p.name for p in final.parent.glob(".model.pt*")) == []
+    load_checkpoint(final)
 
 
 def test_training_resumes_where_it_stopped(tmp_path: Path) -> None:

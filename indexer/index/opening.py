@@ -1,0 +1,118 @@
+"""Opening an index directory together with the model its codes came from, checked once.
+
+Every program that embeds images into or against an index (`histosearch index`, `search`,
+`prepare`, the service) opens it here, so each gets the same three checks before any work:
+
+1. the index holds its model (``model.pt``): without it queries cannot be embedded;
+2. that checkpoint's card agrees with the index's card on every field of
+   `ModelCard.compatibility_key` (architecture, codebook geometry, input size, mean/std);
+3. the model's codebooks are exactly the ones the stored codes use (`ArchiveIndex.check_model`).
+
+`open_or_create_index` also takes the checkpoint the caller means to encode with: a new
+directory is created for it, an existing one must have been built with a byte-identical copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from indexer.index.store import MANIFEST, ArchiveIndex, IndexDirectoryError
+from model.card import ModelCard
+from model.checkpoint import load_checkpoint
+from model.embedder import Embedder
+from model.spq import SPQModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class OpenedIndex:
+    """An open index with its checked model on a device; closing it closes the index."""
+
+    index: ArchiveIndex
+    model: SPQModel
+    device: torch.device
+
+    def embedder(self, batch_size: int | None = None) -> Embedder:
+        """An `Embedder` of this index's model (``batch_size``: images per forward pass)."""
+        if batch_size is None:
+            return Embedder(self.model, self.device)
+        return Embedder(self.model, self.device, batch_size)
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> OpenedIndex:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_index(directory: Path, device: torch.device) -> OpenedIndex:
+    """Open an existing index and load its own model on ``device``, both checked.
+
+    Raises IndexDirectoryError (no index, no ``model.pt``, codebooks that differ) or
+    `model.CheckpointMismatchError` (a card that disagrees, naming each field).
+    """
+    index = ArchiveIndex.open(directory)
+    try:
+        model = _checked_model(index, device)
+    except BaseException:
+        index.close()
+        raise
+    return OpenedIndex(index, model, device)
+
+
+def open_or_create_index(
+    directory: Path, checkpoint: Path | None, device: torch.device
+) -> OpenedIndex:
+    """Open the index in ``directory`` to encode with ``checkpoint``, creating it if none exists.
+
+    An existing index must have been built with the same checkpoint (same bytes); without a
+    ``checkpoint`` it is opened with its own model. A new index needs a ``checkpoint``.
+    """
+    directory = Path(directory)
+    if not (directory / MANIFEST).exists():
+        if checkpoint is None:
+            raise IndexDirectoryError(
+                f"{directory} is not an index yet: give --checkpoint, the model to create it for"
+            )
+        log.info("creating index %s for model %s", directory, checkpoint)
+        ArchiveIndex.create(directory, checkpoint).close()
+    opened = open_index(directory, device)
+    own = opened.index.checkpoint_path
+    if checkpoint is not None and own is not None and _digest(own) != _digest(checkpoint):
+        opened.close()
+        raise IndexDirectoryError(
+            f"{directory} was built with another model than {checkpoint}: its codes cannot be "
+            "mixed with this model's. Index into a new directory, or delete this one to rebuild "
+            "it with this model."
+        )
+    return opened
+
+
+def _checked_model(index: ArchiveIndex, device: torch.device) -> SPQModel:
+    checkpoint = index.checkpoint_path
+    if checkpoint is None:
+        raise IndexDirectoryError(
+            f"{index.directory} has no model.pt: images cannot be embedded for it without the "
+            "model its codes came from"
+        )
+    card = ModelCard.model_validate(index.card)
+    model = load_checkpoint(checkpoint, expected_card=card, map_location=device)
+    index.check_model(model.codebooks().detach().cpu().numpy())
+    return model
+
+
+def _digest(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.digest()

@@ -1,0 +1,238 @@
+"""The settings of a training run: one validated model, read back wherever a run is reused.
+
+`TrainConfig` is the only place a training setting and its default are written. `histosearch
+train` generates its options, their help and their defaults from it (``indexer/cli/options.py``);
+the run writes it to ``config.json`` and into the model card (``card.training``), and evaluation
+reads the split back from there through `recorded_config`. The model's own settings (backbone,
+descriptor, M, K, d, input size) are the card's `ModelSpec`, nested rather than repeated, and the
+augmentation recipe is `AugmentationConfig`, nested likewise.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from model.augment import AugmentationConfig
+from model.card import ModelCard, ModelSpec
+from model.errors import HistosearchError
+
+# Help sections of `histosearch train --help`, in the order they are listed.
+DATA = "data and split"
+BUDGET = "budget and schedule"
+MODEL = "model and loss"
+AUGMENTATION = "augmentation (two views per image)"
+HARDWARE = "hardware"
+
+
+def _section(name: str, **extra: Any) -> dict[str, Any]:
+    return {"cli_group": name, **extra}
+
+
+class TrainConfigError(HistosearchError, ValueError):
+    """Training settings that do not validate, or a checkpoint without a usable training record."""
+
+
+class TrainConfig(BaseModel):
+    """Every setting of a training run; written as ``config.json`` beside its outputs and kept in
+    the model card."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    data: str = Field(
+        description="image folder (class sub-folders) or CSV manifest (path,label,group)",
+        json_schema_extra=_section(DATA),
+    )
+    out: str = Field(
+        description="run folder for checkpoints, config, history and plot",
+        json_schema_extra=_section(DATA),
+    )
+    validation_groups: list[str] | None = Field(
+        default=None,
+        description="groups held out for validation (default: a seeded random "
+        "--validation-fraction of groups, chosen so that held-out classes recur in another "
+        "held-out group)",
+        json_schema_extra=_section(DATA, cli_metavar="GROUP"),
+    )
+    test_groups: list[str] | None = Field(
+        default=None,
+        description="groups held out for testing (default: a random --test-fraction of groups)",
+        json_schema_extra=_section(DATA, cli_metavar="GROUP"),
+    )
+    validation_fraction: float = Field(
+        default=0.15,
+        ge=0.0,
+        lt=1.0,
+        description="share of groups for validation when none are named",
+        json_schema_extra=_section(DATA),
+    )
+    test_fraction: float = Field(
+        default=0.3,
+        ge=0.0,
+        lt=1.0,
+        description="share of groups for testing when none are named",
+        json_schema_extra=_section(DATA),
+    )
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="random seed for split, initialisation and augmentation",
+        json_schema_extra=_section(BUDGET),
+    )
+    epochs: int = Field(
+        default=300,
+        gt=0,
+        description="maximum number of epochs",
+        json_schema_extra=_section(BUDGET),
+    )
+    minutes: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="stop after this many minutes of training (default: no time limit); the "
+        "learning-rate schedule follows whichever budget runs out first",
+        json_schema_extra=_section(BUDGET),
+    )
+    batch_size: int = Field(
+        default=32,
+        ge=2,
+        description="images per step, each giving two views (at least 2: the other images of a "
+        "batch are the contrastive negatives)",
+        json_schema_extra=_section(BUDGET),
+    )
+    learning_rate: float = Field(
+        default=1e-3,
+        gt=0.0,
+        description="peak Adam learning rate, reached after warm-up, then cosine decay",
+        json_schema_extra=_section(BUDGET),
+    )
+    warmup_fraction: float = Field(
+        default=0.05,
+        gt=0.0,
+        lt=1.0,
+        description="share of the run spent warming the learning rate up linearly",
+        json_schema_extra=_section(BUDGET),
+    )
+    weight_decay: float = Field(
+        default=1e-5, ge=0.0, description="Adam weight decay", json_schema_extra=_section(BUDGET)
+    )
+    validate_every: int = Field(
+        default=10,
+        gt=0,
+        description="epochs between validations",
+        json_schema_extra=_section(BUDGET),
+    )
+    checkpoint_every_minutes: float = Field(
+        default=2.0,
+        gt=0.0,
+        description="minutes between last.pt saves",
+        json_schema_extra=_section(BUDGET),
+    )
+    model: ModelSpec = Field(
+        default_factory=ModelSpec,
+        description="architecture, code geometry and input size, as recorded in the model card",
+        json_schema_extra=_section(MODEL, cli_prefix=""),
+    )
+    backbone_weights: str | None = Field(
+        default=None,
+        description="local state-dict file for the backbone, or 'torchvision' to download "
+        "ImageNet weights (default: random initialisation)",
+        json_schema_extra=_section(MODEL),
+    )
+    preload_size: int = Field(
+        default=128,
+        ge=16,
+        description="side at which images are kept in memory and cropped from",
+        json_schema_extra=_section(MODEL),
+    )
+    temperature: float = Field(
+        default=0.5,
+        gt=0.0,
+        description="CQC loss temperature dividing cosine similarities",
+        json_schema_extra=_section(MODEL),
+    )
+    codeword_regularizer: float = Field(
+        default=1.0,
+        ge=0.0,
+        description="weight of the codeword-usage regulariser, 0 to disable",
+        json_schema_extra=_section(MODEL),
+    )
+    reset_dead_codewords: bool = Field(
+        default=True,
+        description="move codewords no code used in an epoch onto the data, during the first "
+        "half of training",
+        json_schema_extra=_section(MODEL),
+    )
+    augmentation: AugmentationConfig = Field(
+        default_factory=AugmentationConfig,
+        description="the augmentation recipe",
+        json_schema_extra=_section(AUGMENTATION, cli_prefix=""),
+    )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        description="auto (CUDA if available), cpu, cuda or cuda:N",
+        json_schema_extra=_section(HARDWARE),
+    )
+    # Mixed precision of the forward and backward pass; losses and codebooks stay float32.
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="arithmetic of the network during training: auto uses bfloat16 mixed "
+        "precision where the GPU or CPU computes it natively (AVX512-BF16, AMX), else float32; "
+        "losses and codebooks are always float32",
+        json_schema_extra=_section(HARDWARE),
+    )
+    threads: int | None = Field(
+        default=None,
+        gt=0,
+        description="CPU threads for torch (default: torch's choice)",
+        json_schema_extra=_section(HARDWARE),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_model_settings(cls, data: Any) -> Any:
+        """Training records written before the model settings were nested kept them at the top
+        level (``{"backbone": ..., "num_codebooks": ...}``): move them under ``model``."""
+        if not isinstance(data, dict):
+            return data
+        flat = {name: data[name] for name in ModelSpec.model_fields if name in data}
+        if not flat:
+            return data
+        nested = data.get("model", {})
+        if isinstance(nested, ModelSpec):
+            nested = nested.model_dump()
+        rest = {name: value for name, value in data.items() if name not in flat}
+        return {**rest, "model": {**flat, **nested}}
+
+    @model_validator(mode="after")
+    def _held_out_fractions_leave_training_groups(self) -> TrainConfig:
+        if self.validation_fraction + self.test_fraction >= 1:
+            raise ValueError(
+                "validation_fraction + test_fraction must stay below 1 to leave groups for "
+                f"training, got {self.validation_fraction} + {self.test_fraction}"
+            )
+        return self
+
+    def model_card(self, dataset_fingerprint: str) -> ModelCard:
+        """The card of a model trained with these settings, carrying them as ``training``."""
+        return ModelCard(
+            **self.model.model_dump(),
+            training=self.model_dump(mode="json"),
+            dataset_fingerprint=dataset_fingerprint,
+        )
+
+
+def recorded_config(card: ModelCard) -> TrainConfig:
+    """The validated settings a checkpoint was trained with, read from its card."""
+    if not card.training:
+        raise TrainConfigError(
+            "the model card records no training run (the model was not trained by "
+            "`histosearch train`), so it has no split to evaluate on; evaluate --part all"
+        )
+    try:
+        return TrainConfig.model_validate(card.training)
+    except ValidationError as error:
+        raise TrainConfigError(
+            f"the model card's training record is not a valid training config: {error}"
+        ) from None
