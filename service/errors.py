@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from model.errors import HistosearchError
 from service.schemas import ErrorCode, ErrorResponse
@@ -101,6 +102,11 @@ def install_error_handlers(app: FastAPI) -> None:
         detail = _describe_validation_error(error)
         return error_response(422, ErrorCode.INVALID_REQUEST, detail)
 
+    async def on_client_gone(request: Request, error: Exception) -> JSONResponse:
+        # The client left mid-body (or was dropped for stalling): nobody reads this answer.
+        logger.info("client left during %s %s", request.method, request.url.path)
+        return error_response(400, ErrorCode.BAD_REQUEST, "the client disconnected")
+
     async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path)
         detail = "internal server error; see the server log"
@@ -109,4 +115,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(StarletteHTTPException, on_http_exception)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
