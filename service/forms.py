@@ -91,8 +91,9 @@ class StrictMultiPartParser(MultiPartParser):
             # RFC 7578 makes a file part's filename optional; a part that declares a non-text
             # media type is a file whether or not it names one (it is given its field's name).
             filename = name
+            quoted = name.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
             self._current_part.content_disposition = (
-                (self._current_part.content_disposition or b"") + b'; filename="' + name + b'"'
+                (self._current_part.content_disposition or b"") + b'; filename="' + quoted + b'"'
             )
         if filename is not None:
             if name is not None and name.decode("latin-1") in self.checked_fields:

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         description="Requests that may wait for a worker thread; more are answered 503 at once.",
     )
     max_requests_per_client: int = Field(
-        default=8,
+        default=16,
         gt=0,
         description="Requests one client address may have in flight (waiting or running); "
         "more are answered 429 with Retry-After.",
