@@ -32,6 +32,7 @@ benchmark: install
 	$(VENV)/bin/python -m benchmarks.retrieval
 	$(VENV)/bin/python -m benchmarks.indexer
 	$(VENV)/bin/python -m benchmarks.service_load
+	$(VENV)/bin/python -m benchmarks.service_hardening
 
 clean-demo:
 	rm -rf var/demo
