@@ -371,6 +371,9 @@ def main() -> int:
     parser.add_argument("--searches", type=int, default=40)
     parser.add_argument("--baseline-wait", type=float, default=30.0)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument(
+        "--output", type=Path, default=RESULTS / "service_hardening.json", help="results JSON"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="histosearch-hardening-") as scratch:
         workdir = Path(scratch)
@@ -384,8 +387,8 @@ def main() -> int:
             "fairness": fairness_run(index_dir, workdir, args.greedy, args.searches),
             "contract": contract_run(index_dir, workdir),
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "service_hardening.json").write_text(json.dumps(results, indent=2) + "\n")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
     return 0
 
