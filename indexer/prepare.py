@@ -15,6 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from indexer.index.opening import open_or_create_index
+from indexer.ingest.archive_root import archive_folder
 from indexer.ingest.pipeline import (
     TRUSTED_ARCHIVE_MAX_PIXELS,
     IndexingSummary,
@@ -85,7 +86,9 @@ def ensure_index(config: PrepareConfig, checkpoint: Path) -> IndexingSummary:
     with open_or_create_index(config.index_dir, checkpoint, device) as opened:
         pipeline = PipelineConfig(tiling=TilingConfig(tile_size=config.tile_size))
         embedder = opened.embedder(pipeline.batch_size)
-        return index_archive(images, opened.index, embedder, pipeline)
+        return index_archive(
+            images, opened.index, embedder, pipeline, archive_folder(config.archive)
+        )
 
 
 def prepare(config: PrepareConfig) -> IndexingSummary:

@@ -1,9 +1,9 @@
 """Writing the index's FAISS snapshot while the server runs, so a restart replays little.
 
-Every acknowledged change is already durable in SQLite; the snapshot (``codes.faiss``,
-``columns.npz`` and the manifest that vouches for them) only bounds how much of that journal the
-next start has to replay. :class:`Snapshotter` flushes the index on its own thread, never on the
-event loop and never in a request's worker, when either
+Every acknowledged change is already durable in SQLite; the snapshot (``codes.<gen>.faiss``,
+``columns.<gen>.npz`` and the manifest that commits them as one) only bounds how much of that
+journal the next start has to replay. :class:`Snapshotter` flushes the index on its own thread,
+never on the event loop and never in a request's worker, when either
 
 - ``every_changes`` adds and removals have accumulated since the last snapshot, or
 - ``every_seconds`` have passed since the last snapshot and there was at least one change.
@@ -68,8 +68,11 @@ class Snapshotter:
         return self.every_changes > 0 or self.every_seconds > 0
 
     def start(self) -> None:
+        """Start the thread; it flushes at once if opening left enough unsaved changes (a long
+        replay, or a snapshot rebuilt from SQLite), so the next start does not redo that work."""
         if self.enabled:
             self._thread.start()
+            self.changed()
 
     def changed(self) -> None:
         """Note that the index changed; wakes the snapshot thread once enough changes piled up."""

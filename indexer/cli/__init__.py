@@ -32,7 +32,17 @@ Typical session:
 COMMAND_GROUP = "histosearch.commands"
 OFFLINE_COMMANDS = {
     name: f"{__name__}.{name}"
-    for name in ("delete", "demo", "evaluate", "index", "prepare", "search", "stats", "train")
+    for name in (
+        "delete",
+        "demo",
+        "evaluate",
+        "index",
+        "prepare",
+        "repair",
+        "search",
+        "stats",
+        "train",
+    )
 }
 
 

@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from indexer.index.opening import open_or_create_index
     from indexer.index.store import IndexDirectoryError
+    from indexer.ingest.archive_root import archive_folder
     from indexer.ingest.pipeline import TRUSTED_ARCHIVE_MAX_PIXELS, PipelineConfig, index_archive
     from indexer.ingest.sources import SourceError, load_source
     from indexer.ingest.tiling import TilingConfig
@@ -88,7 +89,9 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         embedder = opened.embedder(args.batch_size)
-        summary = index_archive(images, opened.index, embedder, config)
+        # Sources are stored relative to the archive folder (a CSV's own folder), by its name.
+        root = archive_folder(args.data)
+        summary = index_archive(images, opened.index, embedder, config, root)
     print(f"index {args.index}: {len(images)} images in the archive")
     for line in summary.lines():
         print(f"  {line}")

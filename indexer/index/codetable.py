@@ -15,14 +15,16 @@ Searching asks FAISS for a shortlist and re-ranks it with exact ADC:
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
+from indexer.index.errors import IndexInputError
 from indexer.index.pq import (
     CodeArray,
     FloatArray,
@@ -70,16 +72,40 @@ class Columns:
         return Columns(*(np.empty(0, dtype=np.int32) for _ in range(3)))
 
 
+class Everything(enum.Enum):
+    """The one value `ALL`: every item passes (no constraint on this term, or no mask at all)."""
+
+    ALL = "all"
+
+
+class Nothing(enum.Enum):
+    """The one value `NONE`: no item passes (or, for an exclusion, no item is left out)."""
+
+    NONE = "none"
+
+
+ALL: Final = Everything.ALL
+NONE: Final = Nothing.NONE
+
+
 @dataclass(frozen=True, slots=True)
 class TermFilter:
-    """Which items a search may return, as vocabulary ids (None: no constraint)."""
+    """Which items a search may return, as vocabulary ids.
 
-    label: int | None = None
-    dataset: int | None = None
-    exclude_group: int | None = None
+    ``label`` and ``dataset`` keep only items with that term (`ALL`: any); ``exclude_group`` drops
+    the items of that group (`NONE`: drops nothing).
+    """
+
+    label: int | Everything = ALL
+    dataset: int | Everything = ALL
+    exclude_group: int | Nothing = NONE
+
+    @property
+    def constrained(self) -> bool:
+        return self.label is not ALL or self.dataset is not ALL or self.exclude_group is not NONE
 
 
-NO_FILTER = TermFilter()
+NO_FILTER: Final = TermFilter()
 
 
 class CodeTable:
@@ -139,6 +165,10 @@ class CodeTable:
                 terms.groups[: self._size][keep].copy(),
             ),
         )
+
+    def live_id_sum(self) -> int:
+        """Sum of the live ids: with the count, a cheap check against SQLite's id set."""
+        return int(self._ids[: self._size][self._alive[: self._size]].sum())
 
     def position_of(self, item_ids: npt.ArrayLike) -> npt.NDArray[np.intp]:
         """Positions of the given ids, -1 for ids absent or removed."""
@@ -221,46 +251,44 @@ class CodeTable:
 
     # ---- search --------------------------------------------------------------------------------
 
-    def eligible(self, term_filter: TermFilter | None) -> BoolArray | None:
-        """Mask of the items a search may return; None when every position is allowed."""
-        constrained = term_filter is not None and (
-            term_filter.label is not None
-            or term_filter.dataset is not None
-            or term_filter.exclude_group is not None
-        )
-        if not constrained and not self._removed:
-            return None
+    def eligible(self, term_filter: TermFilter | Nothing) -> BoolArray | Everything:
+        """Mask of the items a search may return; `ALL` when every position is allowed.
+
+        `NONE` (a label or dataset that was never stored) gives a mask no item passes.
+        """
+        if term_filter is NONE:
+            return np.zeros(self._size, dtype=bool)
+        if not term_filter.constrained and not self._removed:
+            return ALL
         mask = self._alive[: self._size].copy()
-        if term_filter is not None:
-            terms, n = self._terms, self._size
-            if term_filter.label is not None:
-                mask &= terms.labels[:n] == term_filter.label
-            if term_filter.dataset is not None:
-                mask &= terms.datasets[:n] == term_filter.dataset
-            if term_filter.exclude_group is not None:
-                mask &= terms.groups[:n] != term_filter.exclude_group
+        terms, n = self._terms, self._size
+        if term_filter.label is not ALL:
+            mask &= terms.labels[:n] == term_filter.label
+        if term_filter.dataset is not ALL:
+            mask &= terms.datasets[:n] == term_filter.dataset
+        if term_filter.exclude_group is not NONE:
+            mask &= terms.groups[:n] != term_filter.exclude_group
         return mask
 
-    def nothing_eligible(self) -> BoolArray:
-        """The mask of a filter no item passes (a label or dataset never stored)."""
-        return np.zeros(self._size, dtype=bool)
-
     def search(
-        self, queries: npt.NDArray[np.floating], k: int, eligible: BoolArray | None = None
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        eligible: BoolArray | Everything = ALL,
     ) -> tuple[FloatArray, IdArray]:
         """Top-k exact ADC scores and ids per query, best first, ties broken by smaller id.
 
         Rows hold fewer than k results (score -inf, id -1) only when fewer items are eligible.
         """
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise IndexInputError(f"k must be at least 1, got {k}")
         unit = normalise_subvectors(queries, self.num_codebooks)
-        available = self._size if eligible is None else int(np.count_nonzero(eligible))
+        available = self._size if eligible is ALL else int(np.count_nonzero(eligible))
         found = min(k, available)
         if found == 0:
             top_scores = np.empty((len(unit), 0), dtype=np.float32)
             top_positions = np.empty((len(unit), 0), dtype=np.intp)
-        elif eligible is None:
+        elif eligible is ALL:
             top_scores, top_positions = self._ranked(unit, found)
         elif available <= max(EXACT_SCAN_MIN, self._size // EXACT_SCAN_DIVISOR):
             top_scores, top_positions = self._exact_scan(unit, np.flatnonzero(eligible), found)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from indexer.index.errors import IndexDirectoryError, IndexInputError, with_repair_hint
 from indexer.index.records import ItemRecord, NewItem
 
 TERM_KINDS = ("label", "dataset", "group")
@@ -39,7 +40,8 @@ CREATE TABLE IF NOT EXISTS items (
     source_w INTEGER, source_h INTEGER,
     thumbnail BLOB,
     extra TEXT NOT NULL DEFAULT '{}',
-    added_at REAL NOT NULL
+    added_at REAL NOT NULL,
+    archive TEXT
 );
 CREATE TABLE IF NOT EXISTS removals (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, item_id INTEGER NOT NULL, removed_at REAL NOT NULL
@@ -51,9 +53,13 @@ CREATE TABLE IF NOT EXISTS sources (
 CREATE INDEX IF NOT EXISTS sources_by_hash ON sources (file_hash);
 """
 
+# Columns added after the first release, with their type: opening an older database adds them.
+# `archive` is the name (never the path) of the archive folder an item's relative source is in;
+# rows written before it have NULL there and may hold absolute sources.
+_ADDED_ITEM_COLUMNS = {"archive": "TEXT"}
 _RECORD_COLUMNS = (
     "id, added_at, source, content_hash, label, grp, dataset, tile_x, tile_y, tile_w, tile_h, "
-    "source_w, source_h, extra"
+    "source_w, source_h, extra, archive"
 )
 # SQLite's default limit on host parameters is 32766; stay far below it.
 _IN_CLAUSE_CHUNK = 900
@@ -92,14 +98,27 @@ class MetadataStore:
     """The ``metadata.sqlite`` file of an index directory."""
 
     def __init__(self, path: Path) -> None:
+        """Open (or create) the database; IndexDirectoryError if SQLite cannot read it."""
         self.path = path
         self._mutex = threading.Lock()
-        self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._connection.execute("PRAGMA journal_mode=WAL")
-        # FULL: a commit that returned survives power loss, which is what "acknowledged" means.
-        self._connection.execute("PRAGMA synchronous=FULL")
-        self._connection.executescript(_SCHEMA)
-        self._terms = self._load_terms()
+        try:
+            self._connection = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit that returned survives power loss: what "acknowledged" means.
+            self._connection.execute("PRAGMA synchronous=FULL")
+            self._connection.executescript(_SCHEMA)
+            self._add_missing_columns()
+            self._terms = self._load_terms()
+        except sqlite3.DatabaseError as error:
+            raise IndexDirectoryError(
+                with_repair_hint(f"{path} is not a readable SQLite database: {error}", path.parent)
+            ) from error
+
+    def _add_missing_columns(self) -> None:
+        present = {row[1] for row in self._connection.execute("PRAGMA table_info(items)")}
+        for name, kind in _ADDED_ITEM_COLUMNS.items():
+            if name not in present:
+                self._connection.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         with self._mutex:
@@ -173,8 +192,8 @@ class MetadataStore:
         size = item.source_size or (None, None)
         cursor = self._connection.execute(
             "INSERT INTO items (code, source, content_hash, label, grp, dataset, tile_x, tile_y, "
-            "tile_w, tile_h, source_w, source_h, thumbnail, extra, added_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "tile_w, tile_h, source_w, source_h, thumbnail, extra, added_at, archive) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 code,
                 item.source,
@@ -187,6 +206,7 @@ class MetadataStore:
                 item.thumbnail,
                 json.dumps(item.extra, sort_keys=True),
                 now,
+                item.archive,
             ),
         )
         assert cursor.lastrowid is not None
@@ -246,12 +266,28 @@ class MetadataStore:
 
     def counts_by(self, column: str) -> dict[str | None, int]:
         if column not in ("label", "dataset", "grp"):
-            raise ValueError(f"cannot count by {column!r}")
+            raise IndexInputError(f"cannot count by {column!r}")
         with self._mutex:
             rows = self._connection.execute(
                 f"SELECT {column}, COUNT(*) FROM items GROUP BY {column} ORDER BY {column}"
             )
             return {name: int(count) for name, count in rows}
+
+    def count_and_id_sum(self) -> tuple[int, int]:
+        """How many items there are and the sum of their ids: a cheap fingerprint of the id set."""
+        with self._mutex:
+            count, total = self._connection.execute(
+                "SELECT COUNT(*), COALESCE(SUM(id), 0) FROM items"
+            ).fetchone()
+        return int(count), int(total)
+
+    def last_allocated_id(self) -> int:
+        """The largest id SQLite ever gave an item (deleted ones included); 0 before the first."""
+        with self._mutex:
+            row = self._connection.execute(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'items'"
+            ).fetchone()
+        return 0 if row is None else int(row[0])
 
     def last_removal_seq(self) -> int:
         with self._mutex:
@@ -336,6 +372,24 @@ class MetadataStore:
         return MetadataStore._Transaction(self._connection)
 
 
+def integrity_problems(path: Path) -> list[str]:
+    """What ``PRAGMA integrity_check`` finds wrong with the database at ``path``.
+
+    Empty when it is sound; a database SQLite cannot open at all gives one message. (Opening
+    replays a WAL journal a killed process left, as any open does; the check itself writes nothing.)
+    """
+    try:
+        connection = sqlite3.connect(path)
+        try:
+            rows = connection.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError as error:
+        return [str(error)]
+    messages = [str(row[0]) for row in rows]
+    return [] if messages == ["ok"] else messages
+
+
 def _terms_of(item: NewItem) -> tuple[str | None, str | None, str | None]:
     return item.label, item.dataset, item.group
 
@@ -347,7 +401,7 @@ def _chunks(values: list[Any]) -> Iterator[list[Any]]:
 
 def _record_from_row(row: Sequence[Any], thumbnail: bytes | None) -> ItemRecord:
     (item_id, added_at, source, content_hash, label, group, dataset, *rest) = row
-    tile_x, tile_y, tile_w, tile_h, source_w, source_h, extra = rest
+    tile_x, tile_y, tile_w, tile_h, source_w, source_h, extra, archive = rest
     tile = None if tile_x is None else (tile_x, tile_y, tile_w, tile_h)
     size = None if source_w is None else (source_w, source_h)
     return ItemRecord(
@@ -362,4 +416,5 @@ def _record_from_row(row: Sequence[Any], thumbnail: bytes | None) -> ItemRecord:
         source_size=size,
         thumbnail=None if thumbnail is None else bytes(thumbnail),
         extra=json.loads(extra),
+        archive=archive,
     )

@@ -4,15 +4,22 @@ Directory contents (each file written to a temporary name, fsynced, then renamed
 
 - ``metadata.sqlite`` - the source of truth: every item with its packed code, the removal journal,
   the vocabulary of labels / datasets / groups, the codebooks and the finished-source journal.
-- ``codes.faiss`` - snapshot of the codes as a FAISS ``IndexIDMap(IndexPQ)`` over the model's own
-  codewords and our stable ids (readable by plain FAISS).
-- ``columns.npz`` - snapshot of the filter columns (label, dataset, group vocabulary ids) in the
-  order of ``codes.faiss``, so that opening never has to read every SQLite row.
+- ``codes.<gen>.faiss`` - snapshot of the codes as a FAISS ``IndexIDMap(IndexPQ)`` over the
+  model's own codewords and our stable ids (readable by plain FAISS).
+- ``columns.<gen>.npz`` - snapshot of the filter columns (label, dataset, group vocabulary ids) in
+  the order of the codes, so that opening never has to read every SQLite row.
 - ``model.pt`` and ``model_card.json`` - the checkpoint the codes came from, and its card.
-- ``manifest.json`` - written last: format version, counts, code geometry, codebook fingerprint,
-  card key and the size + SHA-256 of every other file, so that parts that disagree are refused.
+- ``manifest.json`` - written last (`indexer.index.manifest`): format version, code geometry,
+  codebook fingerprint, card key, the digests of the card and checkpoint, and the snapshot: its
+  generation, how far into the SQLite journal it reaches, and the size + SHA-256 of its files.
+  Replacing it commits a snapshot as one (`indexer.index.snapshot_files`). Indexes of format 1
+  (fixed names ``codes.faiss`` and ``columns.npz``) open as generation 0.
 
-Items added or removed after the last snapshot are replayed from SQLite on open.
+Items added or removed after the last snapshot are replayed from SQLite on open. A snapshot that
+does not match (size or digest, a missing file, other items than SQLite holds) is rebuilt from
+SQLite with a warning: every item row holds its code. What SQLite cannot vouch for is refused
+with a message naming `histosearch repair`: an unreadable database, or a model card, checkpoint or
+codebooks other than the ones the manifest recorded.
 """
 
 from __future__ import annotations
@@ -21,19 +28,37 @@ import hashlib
 import json
 import logging
 import shutil
+import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 
-from indexer.index.codetable import NO_FILTER, NO_TERM, CodeTable, Columns, TermFilter
+from indexer.index.codetable import (
+    ALL,
+    NO_FILTER,
+    NO_TERM,
+    NONE,
+    CodeTable,
+    Columns,
+    Everything,
+    Nothing,
+)
+from indexer.index.codetable import TermFilter as TermFilter
+from indexer.index.errors import (
+    IndexDirectoryError,
+    IndexInputError,
+    SnapshotMismatchError,
+    with_repair_hint,
+)
 from indexer.index.locks import ReadWriteLock
-from indexer.index.metadata import TERM_KINDS, FinishedSource, MetadataStore
+from indexer.index.manifest import MANIFEST as MANIFEST
+from indexer.index.manifest import IndexManifest, Snapshot, read_manifest
+from indexer.index.metadata import TERM_KINDS, CodeRow, FinishedSource, MetadataStore
 from indexer.index.pq import (
     CodeArray,
     FloatArray,
@@ -42,13 +67,16 @@ from indexer.index.pq import (
     check_codebooks,
     code_size_bytes,
     codebook_fingerprint,
-    codebooks_of,
-    flat_pq_index,
     pack_codes,
-    packed_codes_of,
     unpack_codes,
 )
 from indexer.index.records import ItemRecord, NewItem
+from indexer.index.snapshot_files import (
+    read_generation,
+    remove_other_generations,
+    sha256_of,
+    write_generation,
+)
 from model.atomic import atomic_write
 
 __all__ = [
@@ -56,27 +84,21 @@ __all__ = [
     "ArchiveIndex",
     "Hit",
     "IndexDirectoryError",
+    "IndexInputError",
     "IndexStats",
     "ItemRecord",
     "NewItem",
     "SearchFilters",
+    "SnapshotMismatchError",
 ]
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 CARD = "model_card.json"
 CHECKPOINT = "model.pt"
-CODES = "codes.faiss"
-COLUMNS = "columns.npz"
 METADATA = "metadata.sqlite"
 # Compact the in-memory table once this share of its positions are tombstones.
 _COMPACT_SHARE = 0.2
-
-
-class IndexDirectoryError(RuntimeError):
-    """An index directory that is missing, damaged, or whose parts disagree with each other."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +165,7 @@ class ArchiveIndex:
         directory: Path,
         codebooks: FloatArray,
         metadata: MetadataStore,
-        manifest: dict[str, Any],
+        manifest: IndexManifest,
     ) -> None:
         self.directory = directory
         self.codebooks = codebooks
@@ -159,6 +181,8 @@ class ArchiveIndex:
         self._writer = threading.Lock()
         self._flush_lock = threading.Lock()
         self._unsaved = 0
+        # How the table was filled on open, for logs and `histosearch repair`'s report.
+        self.opened_from = "a new index"
 
     # ---- creating and opening ------------------------------------------------------------------
 
@@ -203,25 +227,25 @@ class ArchiveIndex:
         card_bytes = json.dumps(dict(card), indent=2, sort_keys=True).encode()
         atomic_write(directory / CARD, lambda path: path.write_bytes(card_bytes))
         num_codebooks, codebook_size, codeword_dim = unit_codebooks.shape
-        manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "num_codebooks": num_codebooks,
-            "codebook_size": codebook_size,
-            "codeword_dim": codeword_dim,
-            "code_size": code_size_bytes(num_codebooks, codebook_size),
-            "codebook_fingerprint": codebook_fingerprint(unit_codebooks),
-            "card_key": dict(card_key) if card_key is not None else _geometry_of(card),
-            "card_sha256": _sha256_bytes(card_bytes),
-            "checkpoint_sha256": None
+        manifest = IndexManifest(
+            num_codebooks=num_codebooks,
+            codebook_size=codebook_size,
+            codeword_dim=codeword_dim,
+            code_size=code_size_bytes(num_codebooks, codebook_size),
+            codebook_fingerprint=codebook_fingerprint(unit_codebooks),
+            card_key=dict(card_key) if card_key is not None else _geometry_of(card),
+            card_sha256=hashlib.sha256(card_bytes).hexdigest(),
+            checkpoint_sha256=None
             if checkpoint_path is None
-            else _sha256(directory / CHECKPOINT),
-        }
+            else sha256_of(directory / CHECKPOINT),
+        )
         metadata = MetadataStore(directory / METADATA)
         metadata.set_properties(
             {
-                "format_version": str(FORMAT_VERSION),
-                "codebook_fingerprint": manifest["codebook_fingerprint"],
-                "code_size": str(manifest["code_size"]),
+                # The SQLite schema's own version; the manifest has its own format version.
+                "format_version": "1",
+                "codebook_fingerprint": manifest.codebook_fingerprint,
+                "code_size": str(manifest.code_size),
                 "codebooks": unit_codebooks.tobytes(),
                 "codebooks_shape": json.dumps(list(unit_codebooks.shape)),
             }
@@ -234,75 +258,91 @@ class ArchiveIndex:
     def open(cls, directory: Path) -> ArchiveIndex:
         """Open an index directory, checking that its parts agree, and replay unsaved changes.
 
-        Raises IndexDirectoryError naming the first disagreement found.
+        A snapshot that does not match the manifest or SQLite is rebuilt from SQLite (logged as a
+        warning). Raises IndexDirectoryError, naming the first disagreement and the repair
+        command, for what SQLite cannot vouch for.
         """
         directory = Path(directory)
         manifest = _read_manifest(directory)
-        _check_side_files(directory, manifest)
+        _check_model_files(directory, manifest)
         metadata = MetadataStore(directory / METADATA)
         try:
             codebooks = _codebooks_from_metadata(directory, metadata, manifest)
             index = cls(directory, codebooks, metadata, manifest)
-            index._load_snapshot()
-            index._replay_journal()
-            index._check_counts()
+            index._load_or_rebuild()
+        except sqlite3.DatabaseError as error:
+            metadata.close()
+            raise IndexDirectoryError(
+                with_repair_hint(f"{METADATA} cannot be read: {error}", directory)
+            ) from error
         except BaseException:
             metadata.close()
             raise
         return index
 
-    def _load_snapshot(self) -> None:
-        snapshot = self._manifest["snapshot"]
-        for name in (CODES, COLUMNS):
-            _check_file(self.directory, name, snapshot[name])
-        wrapper: Any = faiss.read_index(str(self.directory / CODES))
-        inner = faiss.downcast_index(wrapper.index)
-        ids = faiss.vector_to_array(wrapper.id_map).astype(np.int64)
-        if not isinstance(inner, faiss.IndexPQ) or wrapper.ntotal != snapshot["items"]:
-            raise IndexDirectoryError(
-                f"{CODES} holds {wrapper.ntotal} codes but {MANIFEST} says {snapshot['items']}"
-            )
-        if inner.code_size != self._manifest["code_size"]:
-            raise IndexDirectoryError(
-                f"{CODES} has {inner.code_size}-byte codes, {MANIFEST} says "
-                f"{self._manifest['code_size']}"
-            )
-        if codebook_fingerprint(codebooks_of(inner)) != self._manifest["codebook_fingerprint"]:
-            raise IndexDirectoryError(f"the codebooks in {CODES} are not the model's codebooks")
-        codes = unpack_codes(packed_codes_of(inner), self.num_codebooks, self.codebook_size)
-        self._table.reset(codes, ids, self._read_columns(len(ids)))
+    def _load_or_rebuild(self) -> None:
+        try:
+            self._load_snapshot()
+            self._replay_journal()
+            self._check_against_metadata()
+        except SnapshotMismatchError as mismatch:
+            log.warning("%s: %s; rebuilding the codes from %s", self.directory, mismatch, METADATA)
+            self.rebuild_from_metadata(reason=str(mismatch))
 
-    def _read_columns(self, expected: int) -> Columns:
-        with np.load(self.directory / COLUMNS, allow_pickle=False) as arrays:
-            columns = Columns(arrays["labels"], arrays["datasets"], arrays["groups"])
-        for name, values in zip(
-            TERM_KINDS, (columns.labels, columns.datasets, columns.groups), strict=True
-        ):
-            if len(values) != expected:
-                raise IndexDirectoryError(
-                    f"{COLUMNS} has {len(values)} {name} entries for {expected} codes in {CODES}"
-                )
-        return columns
+    def rebuild_from_metadata(self, reason: str = "asked to") -> None:
+        """Refill the table from every SQLite row, ignoring the snapshot on disk.
+
+        Every item then counts as unsaved (at least one change, so that the next `flush` replaces
+        the snapshot even of an empty index).
+        """
+        with self._writer, self._lock.writing():
+            rows = list(self._metadata.rows_after(0))
+            codes, ids, columns = self._table_arrays(rows)
+            self._table.reset(codes, ids, columns)
+            self._unsaved = max(1, len(rows))
+        self.opened_from = f"rebuilt from {METADATA} ({len(rows)} items): {reason}"
+
+    def _load_snapshot(self) -> None:
+        snapshot = self._manifest.committed()
+        codes, ids, columns = read_generation(
+            self.directory, snapshot, self.codebooks, self._manifest.code_size
+        )
+        self._table.reset(codes, ids, columns)
+
+    def _table_arrays(self, rows: Sequence[CodeRow]) -> tuple[CodeArray, IdArray, Columns]:
+        """Codes, ids and filter columns of SQLite rows, as the table holds them."""
+        packed = np.frombuffer(b"".join(row.code for row in rows), dtype=np.uint8)
+        codes = unpack_codes(
+            packed.reshape(len(rows), self._manifest.code_size),
+            self.num_codebooks,
+            self.codebook_size,
+        )
+        ids = np.array([row.id for row in rows], dtype=np.int64)
+        terms = Columns(
+            *(
+                np.array([self._term(kind, getattr(row, kind)) for row in rows], dtype=np.int32)
+                for kind in TERM_KINDS
+            )
+        )
+        return codes, ids, terms
 
     def _replay_journal(self) -> None:
-        snapshot = self._manifest["snapshot"]
-        rows = list(self._metadata.rows_after(snapshot["last_item_id"]))
+        snapshot = self._manifest.committed()
+        rows = list(self._metadata.rows_after(snapshot.last_item_id))
+        if rows and rows[0].id <= self._table.last_id:
+            raise SnapshotMismatchError(
+                f"the snapshot holds ids up to {self._table.last_id} but says it ends at "
+                f"{snapshot.last_item_id}"
+            )
         if rows:
-            packed = np.frombuffer(b"".join(row.code for row in rows), dtype=np.uint8)
-            codes = unpack_codes(
-                packed.reshape(len(rows), -1), self.num_codebooks, self.codebook_size
-            )
-            ids = np.array([row.id for row in rows], dtype=np.int64)
-            terms = Columns(
-                *(
-                    np.array([self._term(kind, getattr(row, kind)) for row in rows], dtype=np.int32)
-                    for kind in TERM_KINDS
-                )
-            )
-            self._table.append(codes, ids, terms)
-        removed = self._metadata.removals_after(snapshot["last_removal_seq"])
+            self._table.append(*self._table_arrays(rows))
+        removed = self._metadata.removals_after(snapshot.last_removal_seq)
         self._table.remove(removed)
         self._unsaved = len(rows) + len(removed)
+        self.opened_from = (
+            f"snapshot generation {snapshot.generation} ({snapshot.items} items) with "
+            f"{len(rows)} adds and {len(removed)} removals replayed from {METADATA}"
+        )
         if self._unsaved:
             log.info(
                 "replayed %d adds and %d removals newer than the snapshot", len(rows), len(removed)
@@ -312,12 +352,29 @@ class ArchiveIndex:
         term = self._metadata.term_id(kind, name)
         return NO_TERM if term is None else term
 
-    def _check_counts(self) -> None:
-        stored = self._metadata.count()
-        if stored != len(self._table):
-            raise IndexDirectoryError(
-                f"{METADATA} holds {stored} items but {CODES} plus the journal give "
-                f"{len(self._table)}: the snapshot does not belong to this metadata"
+    def _check_against_metadata(self) -> None:
+        """SnapshotMismatchError unless snapshot + journal hold exactly SQLite's items.
+
+        Compares the count and the sum of the ids (one indexed SQLite query), and that the
+        snapshot does not reach past SQLite's journal (a snapshot of a newer or another database).
+        """
+        snapshot = self._manifest.committed()
+        if snapshot.last_item_id > self._metadata.last_allocated_id():
+            raise SnapshotMismatchError(
+                f"the snapshot reaches item id {snapshot.last_item_id}, past the last id "
+                f"{METADATA} gave ({self._metadata.last_allocated_id()})"
+            )
+        if snapshot.last_removal_seq > self._metadata.last_removal_seq():
+            raise SnapshotMismatchError(
+                f"the snapshot reaches removal {snapshot.last_removal_seq}, past the last one "
+                f"{METADATA} journalled ({self._metadata.last_removal_seq()})"
+            )
+        stored, id_sum = self._metadata.count_and_id_sum()
+        held, held_sum = len(self._table), self._table.live_id_sum()
+        if (stored, id_sum) != (held, held_sum):
+            raise SnapshotMismatchError(
+                f"{METADATA} holds {stored} items but the snapshot plus the journal give {held}"
+                + ("" if stored != held else " with other ids")
             )
 
     # ---- changes -------------------------------------------------------------------------------
@@ -339,12 +396,12 @@ class ArchiveIndex:
         """Add items whose (N, M) codes were already assigned with this index's codebooks."""
         code_array = np.asarray(codes)
         if code_array.shape != (len(records), self.num_codebooks):
-            raise ValueError(
+            raise IndexInputError(
                 f"expected codes of shape ({len(records)}, {self.num_codebooks}), "
                 f"got {code_array.shape}"
             )
         if code_array.size and (code_array.min() < 0 or code_array.max() >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size})")
+            raise IndexInputError(f"codes must lie in [0, {self.codebook_size})")
         small: CodeArray = code_array.astype(np.uint8)
         packed = pack_codes(small, self.codebook_size)
         with self._writer:
@@ -379,45 +436,40 @@ class ArchiveIndex:
         return removed
 
     def flush(self) -> None:
-        """Write the FAISS and column snapshot, then the manifest that vouches for them."""
+        """Write a new snapshot generation, then the manifest that commits it, then drop the old.
+
+        A crash at any point leaves the old snapshot or the new one whole (see
+        `indexer.index.snapshot_files`); either way SQLite replays what it lacks.
+        """
         with self._flush_lock:
             with self._writer, self._lock.writing():
                 self._table.compact()
                 ids, codes, columns = self._table.live_arrays()
-                last_item_id = self._table.last_id
+                # Every id SQLite gave so far is in the table or journalled as removed, so the
+                # snapshot reaches that far even when the newest items were removed again.
+                last_item_id = self._metadata.last_allocated_id()
                 last_removal_seq = self._metadata.last_removal_seq()
                 unsaved_before = self._unsaved
-            snapshot = {
-                "items": len(ids),
-                "last_item_id": max(
-                    last_item_id, self._manifest.get("snapshot", {}).get("last_item_id", 0)
-                ),
-                "last_removal_seq": last_removal_seq,
-                CODES: self._write_codes(ids, codes),
-                COLUMNS: self._write_columns(columns),
-            }
-            self._manifest = {**self._manifest, "snapshot": snapshot}
-            manifest_bytes = json.dumps(self._manifest, indent=2, sort_keys=True).encode()
+            previous = self._manifest.snapshot
+            generation = 1 if previous is None else previous.generation + 1
+            codes_entry, columns_entry = write_generation(
+                self.directory, generation, self.codebooks, ids, codes, columns
+            )
+            snapshot = Snapshot(
+                generation=generation,
+                items=len(ids),
+                last_item_id=last_item_id,
+                last_removal_seq=last_removal_seq,
+                codes=codes_entry,
+                columns=columns_entry,
+            )
+            manifest = self._manifest.with_snapshot(snapshot)
+            manifest_bytes = manifest.to_bytes()
             atomic_write(self.directory / MANIFEST, lambda path: path.write_bytes(manifest_bytes))
+            self._manifest = manifest
             with self._writer:
                 self._unsaved -= unsaved_before
-
-    def _write_codes(self, ids: IdArray, codes: CodeArray) -> dict[str, Any]:
-        wrapper = faiss.IndexIDMap(flat_pq_index(self.codebooks))
-        if len(ids):
-            wrapper.add_sa_codes(pack_codes(codes, self.codebook_size), ids)
-        atomic_write(self.directory / CODES, lambda path: faiss.write_index(wrapper, str(path)))
-        return _file_entry(self.directory / CODES)
-
-    def _write_columns(self, columns: Columns) -> dict[str, Any]:
-        def write(path: Path) -> None:
-            with path.open("wb") as stream:
-                np.savez(
-                    stream, labels=columns.labels, datasets=columns.datasets, groups=columns.groups
-                )
-
-        atomic_write(self.directory / COLUMNS, write)
-        return _file_entry(self.directory / COLUMNS)
+            remove_other_generations(self.directory, snapshot)
 
     def close(self) -> None:
         """Flush if anything changed since the last snapshot, then release the database."""
@@ -466,35 +518,38 @@ class ArchiveIndex:
         """
         array = self._checked_vectors(queries, "queries")
         with self._lock.reading():
-            term_filter = self._term_filter(filters)
-            eligible = (
-                self._table.nothing_eligible()
-                if term_filter is None
-                else self._table.eligible(term_filter)
-            )
+            eligible = self._table.eligible(self._term_filter(filters))
             return self._table.search(array, k, eligible)
 
-    def _term_filter(self, filters: SearchFilters | None) -> TermFilter | None:
-        """Vocabulary ids of the filter; None when a required label or dataset was never stored."""
+    def _term_filter(self, filters: SearchFilters | None) -> TermFilter | Nothing:
+        """Vocabulary ids of the filter; `NONE` when a required label or dataset was never
+        stored (no item can pass)."""
         if filters is None:
             return NO_FILTER
-        label = self._metadata.term_id("label", filters.label)
-        dataset = self._metadata.term_id("dataset", filters.dataset)
-        if (filters.label is not None and label is None) or (
-            filters.dataset is not None and dataset is None
-        ):
-            return None
-        return TermFilter(label, dataset, self._metadata.term_id("group", filters.exclude_group))
+        label = self._required_term("label", filters.label)
+        dataset = self._required_term("dataset", filters.dataset)
+        if label is NONE or dataset is NONE:
+            return NONE
+        group = self._metadata.term_id("group", filters.exclude_group)
+        # A group never stored leaves out nothing.
+        return TermFilter(label, dataset, NONE if group is None else group)
+
+    def _required_term(self, kind: str, name: str | None) -> int | Everything | Nothing:
+        """The term id of a required name, `ALL` when none is asked, `NONE` if never stored."""
+        if name is None:
+            return ALL
+        term = self._metadata.term_id(kind, name)
+        return NONE if term is None else term
 
     def _checked_vectors(self, vectors: npt.NDArray[np.floating], what: str) -> FloatArray:
         array = np.asarray(vectors, dtype=np.float32)
         if array.ndim != 2 or array.shape[1] != self.descriptor_dim:
-            raise ValueError(
+            raise IndexInputError(
                 f"{what} must have shape (N, {self.descriptor_dim}) for this index, "
                 f"got {array.shape}"
             )
         if not np.isfinite(array).all():
-            raise ValueError(f"{what} contain NaN or infinite values")
+            raise IndexInputError(f"{what} contain NaN or infinite values")
         return array
 
     def get(self, item_id: int) -> ItemRecord | None:
@@ -532,7 +587,7 @@ class ArchiveIndex:
         """Raise IndexDirectoryError unless ``codebooks`` are exactly the ones the codes use."""
         if (
             codebook_fingerprint(np.asarray(codebooks, dtype=np.float32))
-            != self._manifest["codebook_fingerprint"]
+            != self._manifest.codebook_fingerprint
         ):
             raise IndexDirectoryError(
                 f"the model's codebooks differ from those of the index in {self.directory}"
@@ -551,6 +606,11 @@ class ArchiveIndex:
     def __len__(self) -> int:
         with self._lock.reading():
             return len(self._table)
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The snapshot the manifest on disk commits (None before the first flush)."""
+        return self._manifest.snapshot
 
     @property
     def unsaved_changes(self) -> int:
@@ -572,8 +632,8 @@ class ArchiveIndex:
             num_codebooks=self.num_codebooks,
             codebook_size=self.codebook_size,
             codeword_dim=self.codeword_dim,
-            code_bytes=int(self._manifest["code_size"]),
-            codebook_fingerprint=str(self._manifest["codebook_fingerprint"]),
+            code_bytes=self._manifest.code_size,
+            codebook_fingerprint=self._manifest.codebook_fingerprint,
             unsaved_changes=unsaved,
             tombstones=tombstones,
             memory_bytes=memory,
@@ -584,75 +644,66 @@ class ArchiveIndex:
 # ---- directory checks ------------------------------------------------------------------------
 
 
-def _read_manifest(directory: Path) -> dict[str, Any]:
-    if not directory.is_dir():
-        raise IndexDirectoryError(f"{directory} is not a directory")
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise IndexDirectoryError(f"{directory} has no {MANIFEST}: not an index directory")
+def _read_manifest(directory: Path) -> IndexManifest:
     try:
-        manifest: dict[str, Any] = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise IndexDirectoryError(f"{path} is unreadable: {error}") from error
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IndexDirectoryError(
-            f"{path} has format version {manifest.get('format_version')!r}; this program reads "
-            f"version {FORMAT_VERSION}"
-        )
-    missing = [
-        key for key in ("snapshot", "codebook_fingerprint", "code_size") if key not in manifest
-    ]
-    if missing:
-        raise IndexDirectoryError(f"{path} lacks {', '.join(missing)}")
-    return manifest
+        return read_manifest(directory)
+    except IndexDirectoryError as error:
+        if (directory / METADATA).is_file():
+            raise IndexDirectoryError(with_repair_hint(str(error), directory)) from error
+        raise
 
 
-def _check_side_files(directory: Path, manifest: dict[str, Any]) -> None:
-    for name in (METADATA, CARD, CODES, COLUMNS):
+def _check_model_files(directory: Path, manifest: IndexManifest) -> None:
+    """The database, card and checkpoint the manifest recorded: SQLite cannot vouch for these."""
+    for name in (METADATA, CARD):
         if not (directory / name).is_file():
-            raise IndexDirectoryError(f"{directory} has no {name}")
-    if _sha256(directory / CARD) != manifest["card_sha256"]:
-        raise IndexDirectoryError(f"{CARD} is not the model card this index was built with")
-    expected = manifest.get("checkpoint_sha256")
+            raise IndexDirectoryError(with_repair_hint(f"{directory} has no {name}", directory))
+    if sha256_of(directory / CARD) != manifest.card_sha256:
+        raise IndexDirectoryError(
+            with_repair_hint(f"{CARD} is not the model card this index was built with", directory)
+        )
+    expected = manifest.checkpoint_sha256
     if expected is not None:
         if not (directory / CHECKPOINT).is_file():
-            raise IndexDirectoryError(f"{directory} has no {CHECKPOINT}")
-        if _sha256(directory / CHECKPOINT) != expected:
-            raise IndexDirectoryError(f"{CHECKPOINT} is not the checkpoint the codes came from")
+            raise IndexDirectoryError(
+                with_repair_hint(f"{directory} has no {CHECKPOINT}", directory)
+            )
+        if sha256_of(directory / CHECKPOINT) != expected:
+            raise IndexDirectoryError(
+                with_repair_hint(
+                    f"{CHECKPOINT} is not the checkpoint the codes came from", directory
+                )
+            )
 
 
 def _codebooks_from_metadata(
-    directory: Path, metadata: MetadataStore, manifest: dict[str, Any]
+    directory: Path, metadata: MetadataStore, manifest: IndexManifest
 ) -> FloatArray:
     properties = metadata.properties()
     if "codebooks" not in properties:
-        raise IndexDirectoryError(f"{METADATA} holds no codebooks: not an index database")
+        raise IndexDirectoryError(
+            with_repair_hint(f"{METADATA} holds no codebooks: not an index database", directory)
+        )
     shape = tuple(json.loads(properties["codebooks_shape"]))
     codebooks = np.frombuffer(properties["codebooks"], dtype=np.float32).reshape(shape).copy()
     fingerprint = codebook_fingerprint(codebooks)
-    if fingerprint != manifest["codebook_fingerprint"]:
+    if fingerprint != manifest.codebook_fingerprint:
         raise IndexDirectoryError(
-            f"codebook fingerprint of {METADATA} ({fingerprint[:12]}) differs from {MANIFEST} "
-            f"({str(manifest['codebook_fingerprint'])[:12]}) in {directory}"
+            with_repair_hint(
+                f"codebook fingerprint of {METADATA} ({fingerprint[:12]}) differs from "
+                f"{MANIFEST} ({manifest.codebook_fingerprint[:12]}) in {directory}",
+                directory,
+            )
         )
-    if str(properties.get("code_size")) != str(manifest["code_size"]):
+    if str(properties.get("code_size")) != str(manifest.code_size):
         raise IndexDirectoryError(
-            f"code size of {METADATA} ({properties.get('code_size')}) differs from {MANIFEST} "
-            f"({manifest['code_size']})"
+            with_repair_hint(
+                f"code size of {METADATA} ({properties.get('code_size')}) differs from "
+                f"{MANIFEST} ({manifest.code_size})",
+                directory,
+            )
         )
     return codebooks
-
-
-def _check_file(directory: Path, name: str, entry: Mapping[str, Any]) -> None:
-    path = directory / name
-    size = path.stat().st_size
-    if size != entry["bytes"]:
-        raise IndexDirectoryError(
-            f"{name} has {size} bytes but {MANIFEST} recorded {entry['bytes']}: the snapshot is "
-            "damaged or from another write"
-        )
-    if _sha256(path) != entry["sha256"]:
-        raise IndexDirectoryError(f"{name} does not match the checksum in {MANIFEST}")
 
 
 def _geometry_of(card: Mapping[str, Any]) -> dict[str, Any]:
@@ -665,19 +716,3 @@ def _geometry_of(card: Mapping[str, Any]) -> dict[str, Any]:
         "code_version",
     )
     return {key: card[key] for key in keys if key in card}
-
-
-def _file_entry(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

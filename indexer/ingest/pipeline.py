@@ -25,6 +25,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +36,7 @@ from indexer.index.metadata import FinishedSource
 from indexer.index.records import NewItem, TileBox
 from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
+from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.sources import ArchiveImage
 from indexer.ingest.tiling import TilingConfig, has_tissue, tile_boxes
 from model.preprocess import upright_rgb
@@ -56,11 +58,18 @@ Encoder = Callable[[Sequence[Image.Image]], npt.NDArray[np.float32]]
 
 @dataclass(frozen=True, slots=True)
 class RawImage:
-    """Stage 1 output: a file's bytes and their SHA-256."""
+    """Stage 1 output: a file's bytes and their SHA-256, and the source and archive name stored
+    for it (`indexer.ingest.archive_root`: no machine path)."""
 
     image: ArchiveImage
     data: bytes
     file_hash: str
+    source: str
+    archive: str | None
+
+    @property
+    def journal_key(self) -> str:
+        return journal_key(self.archive, self.source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +151,12 @@ class IndexingSummary:
 # ---- stages ------------------------------------------------------------------------------------
 
 
-def read_image(image: ArchiveImage) -> RawImage:
-    """Stage 1: the file's bytes and content hash."""
+def read_image(image: ArchiveImage, root: ArchiveRoot | None = None) -> RawImage:
+    """Stage 1: the file's bytes and content hash; sources relative to ``root`` (default: the
+    image's own folder)."""
     data = image.path.read_bytes()
-    return RawImage(image, data, file_hash(data))
+    root = root or ArchiveRoot.of([image.path])
+    return RawImage(image, data, file_hash(data), root.source_of(image.path), root.name)
 
 
 def decode_image(raw: RawImage) -> Image.Image:
@@ -189,7 +200,8 @@ def write_tiles(
 def _item_for(raw: RawImage, box: TileBox, size: tuple[int, int], tile: Image.Image) -> NewItem:
     image = raw.image
     return NewItem(
-        source=str(image.path),
+        source=raw.source,
+        archive=raw.archive,
         content_hash=tile_hash(raw.file_hash, box),
         label=image.label,
         group=image.group,
@@ -224,21 +236,24 @@ class _Pending:
     finished: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
-def prepare(image: ArchiveImage, index: ArchiveIndex, config: TilingConfig) -> Prepared:
+def prepare(
+    image: ArchiveImage, index: ArchiveIndex, config: TilingConfig, root: ArchiveRoot | None = None
+) -> Prepared:
     """Stages 1-3 for one image: its tiles, or why it needs no work or cannot be read.
 
     Only reading and decoding may fail as an unreadable image; anything raised by tiling is a
     bug and propagates.
     """
     try:
-        raw = read_image(image)
+        raw = read_image(image, root)
     except UNREADABLE_FILE as error:
         return Unreadable.because(image, error)
-    source = str(image.path)
-    if index.finished_source(source) == raw.file_hash:
+    # Journals written before sources were relative name the absolute path.
+    names = (raw.journal_key, str(image.path))
+    if raw.file_hash in (index.finished_source(name) for name in names):
         return FinishedBefore(image)
     twin = index.source_with_hash(raw.file_hash)
-    if twin is not None and twin != source:
+    if twin is not None and twin not in names:
         return DuplicateFile(image, twin)
     try:
         pixels = decode_image(raw)
@@ -252,14 +267,19 @@ def index_archive(
     index: ArchiveIndex,
     encoder: Encoder,
     config: PipelineConfig | None = None,
+    archive_root: Path | None = None,
 ) -> IndexingSummary:
-    """Index every image of an archive into ``index``; see the module doc for resuming."""
+    """Index every image of an archive into ``index``; see the module doc for resuming.
+
+    Sources are stored relative to ``archive_root`` (default: the folder holding every image).
+    """
     config = config or PipelineConfig()
+    root = ArchiveRoot.of([image.path for image in images], archive_root)
     summary, pending = IndexingSummary(), _Pending()
     started = time.perf_counter()
     since_flush = 0
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        prepared = _prefetched(pool, images, index, config)
+        prepared = _prefetched(pool, images, index, config, root)
         for outcome in _progress(prepared, len(images), config.progress):
             summary.images += 1
             if not isinstance(outcome, TiledImage):
@@ -302,6 +322,7 @@ def _prefetched(
     images: Sequence[ArchiveImage],
     index: ArchiveIndex,
     config: PipelineConfig,
+    root: ArchiveRoot,
 ) -> Iterator[Prepared]:
     """Results of `prepare` in archive order, with a bounded number of images in flight.
 
@@ -315,7 +336,7 @@ def _prefetched(
     queue = iter(images)
     while True:
         while len(futures) < ahead and (image := next(queue, None)) is not None:
-            futures.append(pool.submit(prepare, image, index, config.tiling))
+            futures.append(pool.submit(prepare, image, index, config.tiling, root))
         if not futures:
             return
         # A bug raised while preparing is raised here again, and stops the run.
@@ -344,7 +365,7 @@ def _queue(
     stored = index.known_hashes([tile.item.content_hash for tile in tiled.tiles])
     fresh = [tile for tile in tiled.tiles if tile.item.content_hash not in stored]
     summary.tiles_already_indexed += len(tiled.tiles) - len(fresh)
-    source = str(tiled.raw.image.path)
+    source = tiled.raw.journal_key
     pending.tiles.extend(fresh)
     pending.waiting[source] = pending.waiting.get(source, 0) + len(fresh)
     pending.finished[source] = (tiled.raw.file_hash, len(tiled.tiles), tiled.background)
@@ -362,7 +383,7 @@ def _write_batch(
     summary.tiles_added += added
     summary.tiles_duplicate += len(batch) - added
     for tile in batch:
-        pending.waiting[tile.item.source] -= 1
+        pending.waiting[journal_key(tile.item.archive, tile.item.source)] -= 1
     return added
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from indexer.index.codetable import CodeTable, Columns, TermFilter
+from indexer.index.codetable import ALL, NO_FILTER, NONE, CodeTable, Columns, TermFilter
 from indexer.index.pq import adc_scores, lookup_tables
 from tests.indexer.index_helpers import M, descriptors_near_codewords, unit_codebooks
 
@@ -90,6 +90,20 @@ def test_rows_are_padded_when_fewer_items_are_eligible():
     assert (found[:, :30] > 0).all() and (found[:, 30:] == -1).all()
     assert np.isneginf(scores[:, 30:]).all()
     _, none_found = table.search(
-        descriptors_near_codewords(1, table.codebooks), 3, table.nothing_eligible()
+        descriptors_near_codewords(1, table.codebooks), 3, table.eligible(NONE)
     )
     assert (none_found == -1).all()
+
+
+def test_no_filter_allows_every_item_and_none_allows_no_item():
+    table, ids = table_of(few_distinct_codes(30, distinct=5))
+    assert not NO_FILTER.constrained and TermFilter(label=0).constrained
+    assert table.eligible(NO_FILTER) is ALL
+    assert not table.eligible(NONE).any()  # type: ignore[union-attr]
+    table.remove(ids[:3])
+    # With tombstones "no filter" is a mask of the live items.
+    mask = table.eligible(NO_FILTER)
+    assert mask is not ALL and mask.sum() == 27  # type: ignore[union-attr]
+    # Excluding a group that is NONE leaves out nothing; excluding group 0 drops every 7th item.
+    kept = table.eligible(TermFilter(exclude_group=0))
+    assert kept is not ALL and kept.sum() == 27 - sum(1 for i in range(3, 30) if i % 7 == 0)  # type: ignore[union-attr]

@@ -4,6 +4,8 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -183,7 +185,7 @@ def test_concurrent_searches_while_adding_and_removing(tmp_path):
     index.close()
 
 
-# ---- directories that must be refused ---------------------------------------------------------
+# ---- damaged snapshots are rebuilt from SQLite; what SQLite cannot vouch for is refused ----------
 
 
 @pytest.fixture
@@ -194,24 +196,66 @@ def saved(tmp_path):
     return tmp_path / "index"
 
 
-def test_missing_manifest_is_refused(saved):
+def committed(directory: Path) -> dict[str, Any]:
+    snapshot: dict[str, Any] = json.loads((directory / "manifest.json").read_text())["snapshot"]
+    return snapshot
+
+
+def codes_file(directory: Path) -> Path:
+    return directory / f"codes.{committed(directory)['generation']}.faiss"
+
+
+def columns_file(directory: Path) -> Path:
+    return directory / f"columns.{committed(directory)['generation']}.npz"
+
+
+def reopens_with_every_item(directory, expected_ids, caplog, reason: str) -> None:
+    """Opening rebuilds from SQLite with a warning naming ``reason``, and loses nothing."""
+    vectors = descriptors_near_codewords(100, unit_codebooks(0))
+    with caplog.at_level("WARNING", logger="indexer.index.store"):
+        index = ArchiveIndex.open(directory)
+    with index:
+        assert re.search(reason, caplog.text), caplog.text
+        assert "rebuilding the codes from metadata.sqlite" in caplog.text
+        assert index.opened_from.startswith("rebuilt from metadata.sqlite")
+        assert len(index) == len(expected_ids)
+        found = {hit.id for hits in index.search(vectors, 1) for hit in hits}
+        assert found <= set(expected_ids)
+        assert {hit.id for hit in index.search(vectors[:1], 200)[0]} == set(expected_ids)
+    # The rebuilt snapshot was written on close: the next open loads it without a warning.
+    caplog.clear()
+    with ArchiveIndex.open(directory) as again:
+        assert again.opened_from.startswith("snapshot generation")
+        assert len(again) == len(expected_ids)
+    assert "rebuilding" not in caplog.text
+
+
+def test_missing_manifest_is_refused_naming_the_repair_command(saved):
     (saved / "manifest.json").unlink()
-    with pytest.raises(IndexDirectoryError, match=re.escape("no manifest.json")):
+    with pytest.raises(IndexDirectoryError, match=re.escape("no manifest.json")) as refused:
         ArchiveIndex.open(saved)
+    assert f"histosearch repair --index {saved}" in str(refused.value)
 
 
-def test_damaged_faiss_snapshot_is_refused(saved):
-    data = bytearray((saved / "codes.faiss").read_bytes())
+def test_damaged_faiss_snapshot_is_rebuilt_from_sqlite(saved, caplog):
+    data = bytearray(codes_file(saved).read_bytes())
     data[-3] ^= 0xFF
-    (saved / "codes.faiss").write_bytes(bytes(data))
-    with pytest.raises(IndexDirectoryError, match=r"codes.faiss does not match the checksum"):
-        ArchiveIndex.open(saved)
+    codes_file(saved).write_bytes(bytes(data))
+    reopens_with_every_item(
+        saved, range(1, 101), caplog, r"codes\.\d+\.faiss does not match the checksum"
+    )
 
 
-def test_truncated_columns_are_refused(saved):
-    (saved / "columns.npz").write_bytes((saved / "columns.npz").read_bytes()[:-10])
-    with pytest.raises(IndexDirectoryError, match=r"columns.npz has \d+ bytes"):
-        ArchiveIndex.open(saved)
+def test_truncated_columns_are_rebuilt_from_sqlite(saved, caplog):
+    columns_file(saved).write_bytes(columns_file(saved).read_bytes()[:-10])
+    reopens_with_every_item(saved, range(1, 101), caplog, r"columns\.\d+\.npz has \d+ bytes")
+
+
+def test_missing_snapshot_file_is_rebuilt_from_sqlite(saved, caplog):
+    codes_file(saved).unlink()
+    reopens_with_every_item(
+        saved, range(1, 101), caplog, r"codes\.\d+\.faiss, named by manifest.json, is missing"
+    )
 
 
 def test_metadata_of_an_index_with_other_codebooks_is_refused(tmp_path, saved):
@@ -220,24 +264,33 @@ def test_metadata_of_an_index_with_other_codebooks_is_refused(tmp_path, saved):
     shutil.copyfile(tmp_path / "other" / "metadata.sqlite", saved / "metadata.sqlite")
     with pytest.raises(
         IndexDirectoryError, match=re.escape("codebook fingerprint of metadata.sqlite")
-    ):
+    ) as refused:
         ArchiveIndex.open(saved)
+    assert "histosearch repair" in str(refused.value)
 
 
-def test_snapshot_from_another_index_is_refused(tmp_path, saved):
+def test_snapshot_of_other_items_than_sqlite_holds_is_rebuilt(tmp_path, saved, caplog):
     other = new_index(tmp_path / "other")
     other.add(descriptors_near_codewords(30, other.codebooks), items(30))
     other.close()
     shutil.copyfile(tmp_path / "other" / "metadata.sqlite", saved / "metadata.sqlite")
-    with pytest.raises(IndexDirectoryError, match=re.escape("holds 30 items but codes.faiss")):
-        ArchiveIndex.open(saved)
+    reopens_with_every_item(saved, range(1, 31), caplog, "past the last id metadata.sqlite gave")
 
 
-def test_rows_deleted_behind_the_index_are_refused(saved):
+def test_rows_deleted_behind_the_index_are_followed(saved, caplog):
     with sqlite3.connect(saved / "metadata.sqlite") as connection:
         connection.execute("DELETE FROM items WHERE id = 5")
-    with pytest.raises(IndexDirectoryError, match="holds 99 items"):
-        ArchiveIndex.open(saved)
+    expected = [i for i in range(1, 101) if i != 5]
+    reopens_with_every_item(saved, expected, caplog, "holds 99 items")
+
+
+def test_a_snapshot_with_the_same_count_but_other_ids_is_rebuilt(saved, caplog):
+    with ArchiveIndex.open(saved) as index:
+        index.remove([50])
+    with sqlite3.connect(saved / "metadata.sqlite") as connection:
+        connection.execute("UPDATE items SET id = 50 WHERE id = 49")
+    expected = [i for i in range(1, 101) if i != 49]
+    reopens_with_every_item(saved, expected, caplog, "holds 99 items .* with other ids")
 
 
 def test_edited_model_card_is_refused(saved):
@@ -246,7 +299,23 @@ def test_edited_model_card_is_refused(saved):
     (saved / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(
         IndexDirectoryError, match=re.escape("model_card.json is not the model card")
-    ):
+    ) as refused:
+        ArchiveIndex.open(saved)
+    assert "histosearch repair" in str(refused.value)
+
+
+def test_unreadable_metadata_is_refused_naming_the_repair_command(saved):
+    (saved / "metadata.sqlite").write_bytes(b"not a database" * 100)
+    with pytest.raises(IndexDirectoryError, match="not a readable SQLite database") as refused:
+        ArchiveIndex.open(saved)
+    assert "histosearch repair" in str(refused.value)
+
+
+def test_a_manifest_that_fails_validation_is_refused(saved):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    manifest["code_size"] = 5
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexDirectoryError, match="code_size 5 does not fit M=8 K=16"):
         ArchiveIndex.open(saved)
 
 
@@ -265,3 +334,13 @@ def test_other_codebooks_fail_the_model_check(saved):
 def test_descriptors_of_the_wrong_width_are_rejected(saved):
     with ArchiveIndex.open(saved) as index, pytest.raises(ValueError, match="shape"):
         index.search(np.zeros((1, 64), dtype=np.float32), 3)
+
+
+def test_a_database_damaged_past_its_header_is_refused_naming_the_repair_command(saved):
+    path = saved / "metadata.sqlite"
+    data = bytearray(path.read_bytes())
+    data[4096:] = b"\x07" * (len(data) - 4096)  # every page after the first
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexDirectoryError, match=re.escape("metadata.sqlite")) as refused:
+        ArchiveIndex.open(saved)
+    assert "histosearch repair" in str(refused.value)

@@ -101,7 +101,9 @@ def test_stages_read_decode_tile_embed_write_one_by_one(tmp_path):
         assert write_tiles(index, tiled.tiles, descriptors) == 4
         record = index.search(descriptors[2:3], 1)[0][0].record
         assert record is not None
-        assert record.tile == (0, 150, 150, 150) and record.source == str(slide.path)
+        assert record.tile == (0, 150, 150, 150)
+        # Without an archive folder named, the image's own folder is the archive.
+        assert (record.source, record.archive) == ("slide.png", slide.path.parent.name)
 
 
 def test_unreadable_images_are_reported_and_skipped(tmp_path):
@@ -136,7 +138,9 @@ def test_preparing_an_image_says_what_it_comes_to(tmp_path):
         index_archive(archive, index, CountingEncoder(), quiet())
         assert prepare(archive[0], index, tiling) == FinishedBefore(archive[0])
         copy = ArchiveImage(twin, None, "twin", "kather")
-        assert prepare(copy, index, tiling) == DuplicateFile(copy, str(archive[0].path))
+        # The twin is named as the journal names it: archive folder name and relative path.
+        twin_name = f"{archive[0].path.parent.name}/{archive[0].path.name}"
+        assert prepare(copy, index, tiling) == DuplicateFile(copy, twin_name)
         unreadable = prepare(missing, index, tiling)
     assert isinstance(unreadable, Unreadable)
     assert unreadable.reason.startswith("FileNotFoundError")
