@@ -35,11 +35,9 @@ def public_text(text: str) -> str:
 
 
 def display_source(record: ItemRecord) -> str:
-    """The source to show for an item: the store's display form when it has one, never a path
-    of this machine."""
-    shown: object = getattr(record, "display_source", None)
-    source = shown if isinstance(shown, str) else record.source
-    return public_text(source)
+    """The source to show for an item: the store's display form (``<archive>/<path in it>``),
+    checked once more here, so that no answer can carry a path of this machine."""
+    return public_text(record.display_source)
 
 
 def without_paths(value: Any) -> Any:
