@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3.11
 FAISS_EXTRA ?= cpu
 
-.PHONY: run check install lint typecheck test benchmark clean-demo
+.PHONY: run check install lint typecheck test benchmark clean-demo vendor-viewer
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap
 	VENV=$(VENV) PYTHON=$(PYTHON) FAISS_EXTRA=$(FAISS_EXTRA) scripts/bootstrap
@@ -33,6 +33,10 @@ benchmark: install
 	$(VENV)/bin/python -m benchmarks.indexer
 	$(VENV)/bin/python -m benchmarks.service_load
 	$(VENV)/bin/python -m benchmarks.service_hardening
+
+# Re-vendor OpenSeadragon (pinned in viewer/package-lock.json) into service/static/vendor/.
+vendor-viewer:
+	scripts/vendor-viewer
 
 clean-demo:
 	rm -rf var/demo

@@ -26,7 +26,7 @@ from service.engine import SearchEngine
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.methods import AllowedMethodsMiddleware
-from service.routes import images, search, system
+from service.routes import images, search, slides, system
 from service.routes.responses import error_responses
 from service.settings import Settings
 
@@ -187,7 +187,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _serve_page(app)
     keyed_routers = [images.write_router]
     if settings.require_key_for_search:
-        keyed_routers += [system.read_router, search.router, images.read_router]
+        keyed_routers += [system.read_router, slides.router, search.router, images.read_router]
     keyed_routes.extend(route for router in keyed_routers for route in router.routes)
     served_routes.extend(route for router in routers for route in router.routes)
     served_routes.extend(route for route in app.router.routes if isinstance(route, Route | Mount))
@@ -219,6 +219,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> list[APIRouter]:
     }
     app.include_router(system.router)
     app.include_router(system.read_router, **read_options)
+    app.include_router(slides.router, **read_options)
     app.include_router(
         search.router, form_limits={"max_files": 1, "max_fields": 16}, **read_options
     )
@@ -230,6 +231,7 @@ def _include_routers(app: FastAPI, settings: Settings) -> list[APIRouter]:
     return [
         system.router,
         system.read_router,
+        slides.router,
         search.router,
         images.read_router,
         images.write_router,
@@ -247,15 +249,41 @@ def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
         schema = build_schema()
         _form_property(schema, "/search", "k")["maximum"] = settings.max_k
         _form_property(schema, "/index", "images")["maxItems"] = settings.max_files_per_request
+        for path in ("/search", "/index"):
+            _without_null_alternatives(_form_schema(schema, path))
+        # A search takes an image or an item id, exactly one of them.
+        _form_schema(schema, "/search")["oneOf"] = [
+            {"required": ["image"]},
+            {"required": ["item_id"]},
+        ]
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-def _form_property(schema: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+def _without_null_alternatives(form: dict[str, Any]) -> None:
+    """A multipart field cannot be null, only absent: `X | None` fields are described as `X`
+    (not required), so that no client sends the text "null" for a number."""
+    for name, prop in form["properties"].items():
+        options = prop.get("anyOf")
+        if options is None:
+            continue
+        kept = [option for option in options if option.get("type") != "null"]
+        if len(kept) == 1:
+            rest = {key: value for key, value in prop.items() if key != "anyOf"}
+            form["properties"][name] = {**kept[0], **rest}
+
+
+def _form_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
     body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
-    form_name = body["schema"]["$ref"].rsplit("/", 1)[-1]
-    form_property: dict[str, Any] = schema["components"]["schemas"][form_name]["properties"][name]
+    form: dict[str, Any] = schema["components"]["schemas"][
+        body["schema"]["$ref"].rsplit("/", 1)[-1]
+    ]
+    return form
+
+
+def _form_property(schema: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    form_property: dict[str, Any] = _form_schema(schema, path)["properties"][name]
     return form_property
 
 

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.slide_schemas import SlideResult
+
 
 class _Schema(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -129,6 +131,10 @@ class SearchResponse(_Schema):
     results: list[SearchHit]
     query: QueryImage
     timings: Timings
+    slides: list[SlideResult] = Field(
+        default_factory=list,
+        description="Slides of the top results (up to 100), best first; empty without slides.",
+    )
 
 
 # --- index ----------------------------------------------------------------------------------------

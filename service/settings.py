@@ -59,6 +59,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated origins allowed to call the API from browsers (CORS).",
     )
+    archive_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated folders holding the archive folders (or being one) whose "
+        "files the service reads: slides for /slides, sources for a search by item_id.",
+    )
     workers: int = Field(
         default_factory=_default_workers,
         gt=0,
@@ -132,6 +137,13 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"index directory {value} does not exist; build it with `histosearch index`"
             )
+        return value
+
+    @field_validator("archive_roots", mode="before")
+    @classmethod
+    def _split_comma_separated_folders(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [Path(part.strip()) for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("cors_origins", mode="before")

@@ -30,8 +30,17 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--source",
         default="auto",
-        choices=["auto", "folder", "csv", "bracs", "crc-extended", "bach"],
-        help="archive layout (default: auto = csv for a file, folder otherwise)",
+        choices=["auto", "folder", "csv", "bracs", "crc-extended", "bach", "slides"],
+        help="archive layout (default: auto = csv for a file, folder otherwise); slides: "
+        "whole-slide images OpenSlide reads, in a folder or a path,label,group CSV",
+    )
+    parser.add_argument(
+        "--mpp", type=float, default=0.5, help="slides: micrometres per pixel of the tiles"
+    )
+    parser.add_argument(
+        "--slide-mpp",
+        type=float,
+        help="slides: level-0 micrometres per pixel, for slides that do not record it",
     )
     parser.add_argument("--dataset", help="dataset name stored with each item")
     parser.add_argument(
@@ -75,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
 
     # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
     Image.MAX_IMAGE_PIXELS = args.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
+    if args.source == "slides":
+        from indexer.cli.index_slides import run_slides
+
+        return run_slides(args)
     try:
         images = load_source(args.source, args.data, args.dataset)
         opened = open_or_create_index(args.index, args.checkpoint, select_device(args.device))

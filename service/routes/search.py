@@ -6,15 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
+from indexer.index.slides import SLIDE_POOL
 from indexer.index.store import ItemRecord, SearchFilters
 from service.deps import ClientDep, EngineDep, SettingsDep
-from service.engine import SearchOutcome
+from service.engine import SearchEngine, SearchOutcome, Upload
 from service.errors import ErrorCode, ServiceError
 from service.forms import TEXT_PATTERN, StrictFormRoute
 from service.routes.images import item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
+from service.routes.slides import SlidesDep, slide_results
 from service.routes.uploads import read_upload
 from service.schemas import QueryImage, SearchHit, SearchResponse, Timings
+from service.slide_library import ItemSourceUnavailableError, SlideLibrary
 
 router = APIRouter(tags=["search"], route_class=StrictFormRoute)
 
@@ -24,35 +27,72 @@ FilterText = Annotated[str | None, Form(max_length=1024, pattern=TEXT_PATTERN)]
 @router.post(
     "/search",
     response_model=SearchResponse,
-    responses=error_responses(*UPLOAD_ERRORS, *SERVER_LIMITS),
+    responses=error_responses(*UPLOAD_ERRORS, 404, *SERVER_LIMITS),
     openapi_extra=image_parts("image"),
 )
 async def search(
     engine: EngineDep,
     settings: SettingsDep,
     client: ClientDep,
-    image: Annotated[UploadFile, File(description="The query image (JPEG, PNG, TIFF, ...).")],
+    slides: SlidesDep,
+    image: Annotated[
+        UploadFile | None, File(description="The query image (JPEG, PNG, TIFF, ...).")
+    ] = None,
     k: Annotated[int, Form(ge=1, description="How many results (at most HISTOSEARCH_MAX_K).")] = 10,
     label: Annotated[FilterText, Form(description="Only items with this label.")] = None,
     dataset: Annotated[FilterText, Form(description="Only items from this dataset.")] = None,
     exclude_group: Annotated[
         FilterText, Form(description="Leave out items of this group (e.g. the query's patient).")
     ] = None,
+    item_id: Annotated[
+        int | None,
+        Form(ge=0, le=2**63 - 1, description="More like this: query with this item's own tile."),
+    ] = None,
 ) -> Response:
     if k > settings.max_k:
         raise ServiceError(
             422, ErrorCode.K_TOO_LARGE, f"k={k} exceeds the limit of {settings.max_k}"
         )
-    upload = await read_upload(image, settings.max_upload_bytes)
+    upload = await _query_upload(image, item_id, slides, engine, settings.max_upload_bytes)
     filters = _filters(label, dataset, exclude_group)
+    # Slides are ranked from a wider pool of hits than k (when the index has slides at all).
+    pool = max(k, SLIDE_POOL) if slides.slide_count else k
 
     def search_and_serialise() -> bytes:
         # The response is built and turned into JSON in the worker too: the event loop only
         # moves bytes, and FastAPI does not validate and serialise the same model a second time.
-        return _response(k, engine.search_upload(upload, k, filters)).model_dump_json().encode()
+        return _response(k, engine.search_upload(upload, pool, filters)).model_dump_json().encode()
 
     body = await engine.offload(search_and_serialise, client=client, cost=engine.query_cost(upload))
     return Response(body, media_type="application/json")
+
+
+async def _query_upload(
+    image: UploadFile | None,
+    item_id: int | None,
+    slides: SlideLibrary,
+    engine: SearchEngine,
+    max_bytes: int,
+) -> Upload:
+    """The uploaded image, or an item's own tile re-read from its source ("more like this")."""
+    if image is None and item_id is None:
+        raise ServiceError(
+            422,
+            ErrorCode.INVALID_REQUEST,
+            "image: a query image file is required (or item_id, to search with an item's own tile)",
+        )
+    if image is not None and item_id is not None:
+        raise ServiceError(
+            422, ErrorCode.INVALID_REQUEST, "image and item_id: send one of them, not both"
+        )
+    if image is not None:
+        return await read_upload(image, max_bytes)
+    assert item_id is not None
+    try:
+        data = await slides.run(lambda: slides.item_query(engine.index, item_id))
+    except ItemSourceUnavailableError as error:
+        raise ServiceError(404, ErrorCode.NOT_FOUND, str(error)) from error
+    return Upload(filename=f"item-{item_id}.png", data=data)
 
 
 def _filters(
@@ -75,8 +115,9 @@ def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
         k=k,
         results=[
             _hit(rank, score, record, record.id == outcome.exact_copy_id)
-            for rank, (score, record) in enumerate(outcome.hits, start=1)
+            for rank, (score, record) in enumerate(outcome.hits[:k], start=1)
         ],
+        slides=slide_results(outcome.hits, limit=k),
         query=QueryImage(
             width=width,
             height=height,

@@ -127,7 +127,21 @@ function renderResults(body) {
       `embed ${t.embed_ms.toFixed(1)} ms · search ${t.search_ms.toFixed(1)} ms`
     : "No archive items match these filters.";
   $("results").replaceChildren(...body.results.map(resultCard));
+  $("slide-results").replaceChildren(...(body.slides || []).map(slideLink));
   rememberLabels(body.results);
+}
+
+// A slide among the top hits: opens the slide viewer with the slide's hits outlined.
+function slideLink(slide) {
+  const item = document.createElement("li");
+  const link = document.createElement("a");
+  const items = slide.hits.map((hit) => hit.id).join(",");
+  link.href = `/static/slide.html?id=${encodeURIComponent(slide.slide_id)}&items=${items}`;
+  link.textContent =
+    `slide ${slide.group || slide.slide_id} · ${slide.label || "—"} · ` +
+    `best ${slide.best_score.toFixed(3)} · ${slide.hit_count} hits`;
+  item.append(link);
+  return item;
 }
 
 function resultCard(hit) {

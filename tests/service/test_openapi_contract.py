@@ -10,6 +10,7 @@ the one exclusion are in tests/service/schemathesis.toml; image parts are real t
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,6 +72,7 @@ def test_the_server_keeps_to_its_openapi_description(
     result = schemathesis_run(contract_server, tmp_path)
     report = result.stdout[-6000:] + result.stderr[-2000:]
     assert result.returncode == 0, report
-    assert "10 selected / 10 total" in result.stdout, report
+    selected = re.search(r"Operations:\s+(\d+) selected / (\d+) total", result.stdout)
+    assert selected is not None and selected[1] == selected[2], report
     for phase in ("Coverage", "Fuzzing"):
         assert f"✅  {phase}" in result.stdout, report
