@@ -1,21 +1,35 @@
-"""A small registry of convolutional backbones that return a spatial feature map.
+"""The backbones a card can name, each returning features for the global descriptor head.
 
-Each entry builds a torchvision network without its classifier and pooling, so the global
-descriptor head can pool the last feature map its own way.
+- torchvision ResNets (``resnet18``, ``resnet34``, ``resnet50``): one feature map per requested
+  residual stage, without classifier and pooling, so the head pools them its own way;
+- timm architectures (`model.timm_backbones`): a foundation-model preset (``uni``, ``virchow2``,
+  ... see `model.presets`) or ``timm:<model_name>``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from model.errors import HistosearchError
+from model.presets import PRESETS
+from model.timm_backbones import (
+    TIMM_PREFIX,
+    TimmTrunk,
+    build_timm_trunk,
+    is_timm_backbone,
+    load_timm_weights,
+)
+from model.weights import file_sha256, load_strictly, read_state_dict
 
-class UnknownBackboneError(ValueError):
+
+class UnknownBackboneError(HistosearchError, ValueError):
     """A backbone name that is not in the registry."""
 
 
@@ -55,7 +69,7 @@ def backbone_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        valid = ", ".join(sorted(BACKBONES))
+        valid = ", ".join([*sorted(BACKBONES), *PRESETS, f"{TIMM_PREFIX}<model_name>"])
         raise UnknownBackboneError(f"unknown backbone {name!r}; valid: {valid}") from None
 
 
@@ -81,6 +95,11 @@ class ResNetTrunk(nn.Module):
         layers = (resnet.layer1, resnet.layer2, resnet.layer3, resnet.layer4)
         self.stages = nn.Sequential(*layers[: self.output_stages[-1]])
 
+    def blocks(self) -> list[nn.Module]:
+        """The residual blocks that are built, input side first."""
+        stages: list[nn.Sequential] = list(self.stages)  # type: ignore[arg-type]
+        return [block for stage in stages for block in stage]
+
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         features = self.stem(images)
         outputs = []
@@ -91,43 +110,89 @@ class ResNetTrunk(nn.Module):
         return outputs
 
 
+@dataclass(frozen=True)
+class Backbone:
+    """A built trunk, what it feeds the head, and where its weights came from."""
+
+    trunk: ResNetTrunk | TimmTrunk
+    # Channels of each feature map (ResNets), or the token width (one entry) of a timm trunk.
+    channels: list[int]
+    # The embedding the backbone's publisher reads out (for a ResNet: its deepest map's channels).
+    embedding_dim: int
+    weights_source: str = ""  # "" for random weights, else "file:NAME", a hub id, "torchvision:..."
+    weights_sha256: str = ""
+
+    @property
+    def is_token_model(self) -> bool:
+        return isinstance(self.trunk, TimmTrunk) and self.trunk.is_token_model
+
+
 def build_backbone(
     name: str,
     small_input_stem: bool,
     weights: Path | str | None = None,
     stages: Sequence[int] = (4,),
-) -> tuple[ResNetTrunk, list[int]]:
-    """Build a trunk and return it with the channel count of each feature map it returns.
+) -> tuple[ResNetTrunk | TimmTrunk, list[int]]:
+    """Build a trunk and return it with the channel count of each feature map it returns."""
+    backbone = load_backbone(name, small_input_stem, weights, stages)
+    return backbone.trunk, backbone.channels
 
-    ``weights`` is a local state-dict file, or ``"torchvision"`` for torchvision's ImageNet
-    weights (downloaded on first use, so only where the machine can reach the internet).
-    Stem weights are skipped when the small-input stem replaces the pretrained one.
+
+def load_backbone(
+    name: str,
+    small_input_stem: bool,
+    weights: Path | str | None = None,
+    stages: Sequence[int] = (4,),
+) -> Backbone:
+    """Build the named backbone, with random weights or those of ``weights``.
+
+    ``weights`` is a local weights file (.safetensors, .bin, .pth), ``"torchvision"`` for
+    torchvision's ImageNet weights of a ResNet, or ``"hub"`` for timm's ``hf-hub:`` loader of a
+    preset; the last two download, so only where the machine can reach the internet. ResNet stem
+    weights are skipped when the small-input stem replaces the pretrained one.
     """
+    if is_timm_backbone(name):
+        if small_input_stem:
+            raise UnknownBackboneError(
+                f"small_input_stem applies to torchvision ResNets, not {name}"
+            )
+        trunk = build_timm_trunk(name)
+        source, digest = ("", "") if weights is None else load_timm_weights(trunk, name, weights)
+        return Backbone(trunk, [trunk.width], trunk.embedding_dim, source, digest)
     spec = backbone_spec(name)
     resnet = spec.factory()
+    source, digest = "", ""
     if weights is not None:
-        _load_backbone_weights(resnet, name, weights, small_input_stem)
-    trunk = ResNetTrunk(resnet, small_input_stem, stages)
-    return trunk, [spec.stage_channels[stage - 1] for stage in trunk.output_stages]
+        source, digest = _load_resnet_weights(resnet, name, weights, small_input_stem)
+    resnet_trunk = ResNetTrunk(resnet, small_input_stem, stages)
+    channels = [spec.stage_channels[stage - 1] for stage in resnet_trunk.output_stages]
+    return Backbone(resnet_trunk, channels, spec.stage_channels[-1], source, digest)
 
 
-def _load_backbone_weights(
+def _load_resnet_weights(
     resnet: Any, name: str, weights: Path | str, small_input_stem: bool
-) -> None:
+) -> tuple[str, str]:
     if weights == "torchvision":
         from torchvision.models import get_weight
 
-        state = get_weight(backbone_spec(name).torchvision_weights).get_state_dict(progress=False)
+        enum = get_weight(backbone_spec(name).torchvision_weights)
+        state = enum.get_state_dict(progress=False)
+        source = f"torchvision:{backbone_spec(name).torchvision_weights}"
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+        digest = file_sha256(cached) if cached.is_file() else _state_sha256(state)
     else:
-        state = torch.load(Path(weights), map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    if small_input_stem:
-        state.pop("conv1.weight", None)
-    missing, unexpected = resnet.load_state_dict(state, strict=False)
-    allowed_missing = {"fc.weight", "fc.bias"} | ({"conv1.weight"} if small_input_stem else set())
-    if unexpected or set(missing) - allowed_missing:
-        raise ValueError(
-            f"backbone weights {weights} do not fit {name}: "
-            f"missing {sorted(set(missing) - allowed_missing)[:5]}, unexpected {unexpected[:5]}"
-        )
+        state = read_state_dict(Path(weights))
+        source, digest = f"file:{Path(weights).name}", file_sha256(Path(weights))
+    ignored = {"fc.weight", "fc.bias"} | ({"conv1.weight"} if small_input_stem else set())
+    description = f"backbone weights {weights} for {name}"
+    load_strictly(resnet, state, description, ignored)
+    return source, digest
+
+
+def _state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A digest of the tensors themselves, where the file they came from cannot be found."""
+    digest = sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()

@@ -9,17 +9,48 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from model.presets import IMAGENET_MEAN, IMAGENET_STD, PRESETS
 
 PoolingName = Literal["spoc", "mac", "gem", "attention"]
 StageNumber = Literal[1, 2, 3, 4]
 
-# ImageNet statistics: the usual choice, and the right one for torchvision's pretrained weights.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelCard", "ModelSpec", "code_geometry"]
+
 CODE_VERSION = "spq-2"
 DEFAULT_POOLING: tuple[PoolingName, ...] = ("spoc", "mac", "gem")
 DEFAULT_STAGES: tuple[StageNumber, ...] = (2, 3)
+# timm backbones feed the head from their last output only: the token grid or the last map.
+TIMM_STAGES: list[StageNumber] = [4]
+TIMM_PREFIX = "timm:"
+# Bits per code -> sub-spaces M, for the two codebook sizes the index serves fast:
+# K=16 (4-bit codes, FAISS FastScan) and K=256 (8-bit codes, FAISS's flat IndexPQ).
+SUPPORTED_CODE_BITS = (32, 64, 128)
+
+
+def code_geometry(bits: int, codebook_size: int = 16) -> int:
+    """The number of sub-spaces M that gives ``bits``-bit codes at codebook size K."""
+    if bits not in SUPPORTED_CODE_BITS or codebook_size not in (16, 256):
+        raise ValueError(
+            f"supported codes: {SUPPORTED_CODE_BITS} bits at K=16 or K=256, got {bits} bits at "
+            f"K={codebook_size}"
+        )
+    return bits // round(math.log2(codebook_size))
+
+
+def is_timm_backbone_name(name: str) -> bool:
+    return name in PRESETS or name.startswith(TIMM_PREFIX)
+
+
+def _timm_preprocessing(name: str) -> dict[str, Any]:
+    """A preset's input size, mean and std; timm's own config (which loads torch) otherwise."""
+    preset = PRESETS.get(name)
+    if preset is not None:
+        return {"input_size": preset.input_size, "mean": preset.mean, "std": preset.std}
+    from model.timm_backbones import timm_preprocessing
+
+    return timm_preprocessing(name)
 
 
 class ModelSpec(BaseModel):
@@ -30,7 +61,11 @@ class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backbone: str = Field(
-        default="resnet18", description="backbone network: resnet18, resnet34 or resnet50"
+        default="resnet18",
+        description="backbone network: resnet18, resnet34, resnet50, a foundation-model preset "
+        "(uni, uni2-h, virchow2, h-optimus-0, h-optimus-1, h0-mini, prov-gigapath, "
+        "kaiko-vits16, lunit-vits16, phikon-v2: see `histosearch backbones`) or "
+        "timm:<model_name>; timm backbones default to their own input size and normalisation",
     )
     small_input_stem: bool = Field(
         default=False,
@@ -63,6 +98,29 @@ class ModelSpec(BaseModel):
         gt=0,
         description="multiplies squared distances in the soft assignment softmax",
     )
+    freeze_backbone: bool = Field(
+        default=False,
+        description="keep the backbone's weights fixed: only the descriptor head, projection "
+        "and codebooks learn",
+    )
+    train_last_blocks: int | None = Field(
+        default=None,
+        ge=0,
+        description="train only the last N blocks of the backbone (and the norm after them), "
+        "the rest fixed (default: the whole backbone learns)",
+        json_schema_extra={"cli_metavar": "N"},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _timm_backbones_default_to_their_own_preprocessing(cls, data: Any) -> Any:
+        """A timm backbone's input size (and, on a card, mean and std) default to those it was
+        trained with, and its stages to its last output."""
+        if not isinstance(data, dict) or not is_timm_backbone_name(str(data.get("backbone", ""))):
+            return data
+        own = {"stages": TIMM_STAGES, **_timm_preprocessing(str(data["backbone"]))}
+        defaults = {name: value for name, value in own.items() if name in cls.model_fields}
+        return {**defaults, **data}
 
     @field_validator("pooling")
     @classmethod
@@ -90,6 +148,38 @@ class ModelSpec(BaseModel):
             raise ValueError(f"codebook_size must be a power of two, got {value}")
         return value
 
+    @model_validator(mode="after")
+    def _timm_backbone_settings_fit(self) -> ModelSpec:
+        if not is_timm_backbone_name(self.backbone):
+            return self
+        if self.stages != TIMM_STAGES or self.small_input_stem:
+            raise ValueError(
+                f"{self.backbone} feeds the descriptor from its last output only: stages must be "
+                f"{TIMM_STAGES} and small_input_stem false (got stages {self.stages})"
+            )
+        preset = PRESETS.get(self.backbone)
+        fixed_size = preset is not None and not preset.timm_kwargs.get("dynamic_img_size", False)
+        if fixed_size and preset is not None and self.input_size != preset.input_size:
+            raise ValueError(
+                f"{self.backbone} takes {preset.input_size} px input only "
+                f"(built with dynamic_img_size=False, as published), got {self.input_size}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _training_modes_agree(self) -> ModelSpec:
+        if self.freeze_backbone and self.train_last_blocks:
+            raise ValueError(
+                "freeze_backbone freezes every block; train_last_blocks N trains the last N: "
+                "give one of them"
+            )
+        return self
+
+    @property
+    def backbone_is_frozen(self) -> bool:
+        """True when no backbone parameter learns."""
+        return self.freeze_backbone or self.train_last_blocks == 0
+
 
 class ModelCard(ModelSpec):
     """Architecture, code geometry, preprocessing and provenance of one SPQ model."""
@@ -102,6 +192,13 @@ class ModelCard(ModelSpec):
     code_version: str = CODE_VERSION
     parameter_count: int = 0
     flops_per_image: int = 0
+    # Where the backbone's initial weights came from ("" = random: "file:NAME", a hub id or
+    # "torchvision:..."), and the SHA-256 of that weights file; an index refuses a model whose
+    # backbone started from other weights (see `compatibility_key`).
+    backbone_weights: str = ""
+    backbone_weights_sha256: str = ""
+    # The embedding the backbone's publisher reads out (e.g. 1024 for UNI, 2560 for Virchow2).
+    embedding_dim: int = Field(default=0, ge=0)
 
     @field_validator("std")
     @classmethod
@@ -145,5 +242,6 @@ class ModelCard(ModelSpec):
             mean=list(self.mean),
             std=list(self.std),
             code_version=self.code_version,
+            backbone_weights_sha256=self.backbone_weights_sha256,
         )
         return key

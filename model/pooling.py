@@ -101,3 +101,33 @@ class CombinedGlobalDescriptor(nn.Module):
     def forward(self, feature_maps: Sequence[torch.Tensor]) -> torch.Tensor:
         branches = [branch(feature_maps) for branch in self.branches]
         return F.normalize(torch.cat(branches, dim=-1), dim=-1)
+
+
+class TokenDescriptor(nn.Module):
+    """A token backbone's output -> (N, output_dim) unit-length descriptor, combined as CGD does.
+
+    Branches: the class token, and each pooling method over the grid of patch tokens (register and
+    other prefix tokens are not in the grid). Each branch has its own linear layer and L2 norm;
+    the concatenation is L2-normalised again. Token features are signed: GeM clamps them at a
+    small epsilon, so it pools their positive part, as it pools a ReLU feature map in a CNN.
+    """
+
+    def __init__(
+        self, width: int, pooling: Sequence[str], branch_dim: int, has_class_token: bool
+    ) -> None:
+        super().__init__()
+        self.class_token_projection = nn.Linear(width, branch_dim) if has_class_token else None
+        self.grid_branches = nn.ModuleList(
+            DescriptorBranch(0, make_pool(name, width), nn.Linear(width, branch_dim))
+            for name in pooling
+        )
+        self.output_dim = branch_dim * (len(self.grid_branches) + int(has_class_token))
+
+    def forward(self, class_token: torch.Tensor | None, patch_grid: torch.Tensor) -> torch.Tensor:
+        """(N, C) class token (None if the backbone has none), (N, C, h, w) patch tokens."""
+        branches = [branch([patch_grid]) for branch in self.grid_branches]
+        if self.class_token_projection is not None:
+            if class_token is None:
+                raise ValueError("this descriptor was built for a backbone with a class token")
+            branches.insert(0, F.normalize(self.class_token_projection(class_token), dim=-1))
+        return F.normalize(torch.cat(branches, dim=-1), dim=-1)

@@ -8,10 +8,11 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from model.backbones import build_backbone
+from model.backbones import ResNetTrunk, load_backbone
 from model.card import ModelCard
-from model.pooling import CombinedGlobalDescriptor
+from model.pooling import CombinedGlobalDescriptor, TokenDescriptor
 from model.quantizer import ProductQuantizer, split_subvectors
+from model.timm_backbones import TimmTrunk, TokenFeatures
 
 
 class SPQModel(nn.Module):
@@ -23,12 +24,30 @@ class SPQModel(nn.Module):
 
     def __init__(self, card: ModelCard, backbone_weights: Path | str | None = None) -> None:
         super().__init__()
-        self.card = card
-        self.trunk, stage_channels = build_backbone(
+        backbone = load_backbone(
             card.backbone, card.small_input_stem, backbone_weights, card.stages
         )
-        branch_dim = max(1, card.hidden_dim // (len(card.pooling) * len(card.stages)))
-        self.global_descriptor = CombinedGlobalDescriptor(stage_channels, card.pooling, branch_dim)
+        self.trunk: ResNetTrunk | TimmTrunk = backbone.trunk
+        self.card = card.model_copy(update={"embedding_dim": backbone.embedding_dim})
+        if backbone_weights is not None:
+            self.card = self.card.model_copy(
+                update={
+                    "backbone_weights": backbone.weights_source,
+                    "backbone_weights_sha256": backbone.weights_sha256,
+                }
+            )
+        self.global_descriptor: CombinedGlobalDescriptor | TokenDescriptor
+        if backbone.is_token_model:
+            assert isinstance(self.trunk, TimmTrunk)
+            branch_dim = max(1, card.hidden_dim // (len(card.pooling) + 1))
+            self.global_descriptor = TokenDescriptor(
+                self.trunk.width, card.pooling, branch_dim, self.trunk.has_class_token
+            )
+        else:
+            branch_dim = max(1, card.hidden_dim // (len(card.pooling) * len(backbone.channels)))
+            self.global_descriptor = CombinedGlobalDescriptor(
+                backbone.channels, card.pooling, branch_dim
+            )
         self.projection = nn.Sequential(
             nn.Linear(self.global_descriptor.output_dim, card.hidden_dim),
             nn.ReLU(inplace=True),
@@ -40,10 +59,38 @@ class SPQModel(nn.Module):
             card.codeword_dim,
             card.soft_quantization_scale,
         )
+        self.frozen_modules = freeze_backbone(self.trunk, card)
+
+    def train(self, mode: bool = True) -> SPQModel:
+        """Training mode everywhere but in frozen backbone parts, which stay in eval mode:
+        their BatchNorm statistics must not drift while their weights are fixed."""
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()
+        return self
+
+    def descriptor_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, C) the combined global descriptor of the backbone's output."""
+        if self.card.backbone_is_frozen:
+            # Nothing upstream learns: no autograd graph through the backbone (its activations
+            # are most of a ViT's training memory).
+            with torch.no_grad():
+                features = self.trunk(images)
+        else:
+            features = self.trunk(images)
+        if isinstance(features, TokenFeatures):
+            assert isinstance(self.global_descriptor, TokenDescriptor)
+            combined: torch.Tensor = self.global_descriptor(
+                features.class_token, features.patch_grid
+            )
+            return combined
+        assert isinstance(self.global_descriptor, CombinedGlobalDescriptor)
+        pooled: torch.Tensor = self.global_descriptor(features)
+        return pooled
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, M*d) float32, each of the M sub-vectors of unit length."""
-        raw = self.projection(self.global_descriptor(self.trunk(images)))
+        raw = self.projection(self.descriptor_features(images))
         # Normalised in float32 even when the network ran in bfloat16 (mixed-precision training),
         # where the sub-vectors' unit length and the soft assignment need the precision.
         return split_subvectors(raw.float(), self.card.num_codebooks).reshape(images.shape[0], -1)
@@ -74,31 +121,65 @@ class SPQModel(nn.Module):
         return self.quantizer.decode(codes)
 
 
+def freeze_backbone(trunk: ResNetTrunk | TimmTrunk, card: ModelCard) -> list[nn.Module]:
+    """Apply the card's training mode to the backbone; return the modules left frozen.
+
+    ``freeze_backbone``: no backbone parameter learns. ``train_last_blocks`` N: only the last N
+    residual blocks (and, in a timm model, the norm after them) learn.
+    """
+    if not card.backbone_is_frozen and card.train_last_blocks is None:
+        return []
+    trunk.requires_grad_(False)
+    trainable: list[nn.Module] = []
+    if card.train_last_blocks:
+        blocks = trunk.blocks()
+        if card.train_last_blocks > len(blocks):
+            raise ValueError(
+                f"train_last_blocks={card.train_last_blocks} but {card.backbone} has "
+                f"{len(blocks)} blocks"
+            )
+        trainable = blocks[-card.train_last_blocks :]
+        if isinstance(trunk, TimmTrunk):
+            trainable += trunk.final_norms()
+    for module in trainable:
+        module.requires_grad_(True)
+    return [
+        module
+        for module in trunk.modules()
+        if any(True for _ in module.parameters(recurse=False))
+        and not any(parameter.requires_grad for parameter in module.parameters())
+    ]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(parameter.numel() for parameter in model.parameters())
 
 
 def count_flops_per_image(model: SPQModel) -> int:
-    """FLOPs of one ``encode`` at the card's input size (multiply-add counted as 2)."""
+    """FLOPs of one ``encode`` at the card's input size (multiply-add counted as 2).
+
+    Counted on a copy of the architecture on the meta device, which has shapes and no data: no
+    forward pass runs (one would take seconds for a ViT-g on a CPU).
+    """
     size = model.card.input_size
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    with torch.device("meta"):
+        shadow = SPQModel(model.card).eval()
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        model.encode(torch.zeros(1, 3, size, size, device=device))
-    model.train(was_training)
+        shadow.encode(torch.zeros(1, 3, size, size, device="meta"))
     return int(counter.get_total_flops())
 
 
 def build_model(card: ModelCard, backbone_weights: Path | str | None = None) -> SPQModel:
     """Build an SPQ model; its card gets the parameter count and FLOPs filled in.
 
-    ``backbone_weights``: a local state-dict file, ``"torchvision"`` for torchvision's ImageNet
-    weights (needs the internet once), or None for random initialisation.
+    ``backbone_weights``: a local weights file (.safetensors, .bin, .pth), ``"torchvision"`` for
+    torchvision's ImageNet weights of a ResNet or ``"hub"`` for timm's hub loader of a preset (both
+    need the internet once), or None for random initialisation. The card records where the
+    weights came from, their SHA-256 and the backbone's embedding size.
     """
     model = SPQModel(card, backbone_weights)
-    model.card = card.model_copy(
+    model.card = model.card.model_copy(
         update={
             "parameter_count": count_parameters(model),
             "flops_per_image": count_flops_per_image(model),

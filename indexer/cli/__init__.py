@@ -33,6 +33,7 @@ COMMAND_GROUP = "histosearch.commands"
 OFFLINE_COMMANDS = {
     name: f"{__name__}.{name}"
     for name in (
+        "backbones",
         "delete",
         "demo",
         "evaluate",

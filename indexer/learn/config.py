@@ -135,8 +135,10 @@ class TrainConfig(BaseModel):
     )
     backbone_weights: str | None = Field(
         default=None,
-        description="local state-dict file for the backbone, or 'torchvision' to download "
-        "ImageNet weights (default: random initialisation)",
+        description="backbone weights: a local file (.safetensors, .bin, .pth, in its "
+        "publisher's key layout), 'torchvision' to download a ResNet's ImageNet weights, or "
+        "'hub' for timm's hub loader of a preset (gated models need an accepted licence and a "
+        "login) (default: random initialisation)",
         json_schema_extra=_section(MODEL),
     )
     preload_size: int = Field(

@@ -14,6 +14,7 @@ from model import (
     read_checkpoint,
     save_checkpoint,
 )
+from model.backbones import ResNetTrunk
 from model.checkpoint import UnsafeCheckpointError
 from model.errors import HistosearchError
 
@@ -58,6 +59,7 @@ def test_shallow_stages_feed_the_descriptor_and_deeper_ones_are_not_built() -> N
     torch.manual_seed(0)
     card = SMALL_CARD.model_copy(update={"stages": [2, 3]})
     shallow = build_model(card).eval()
+    assert isinstance(shallow.trunk, ResNetTrunk)
     names = {name.split(".")[2] for name, _ in shallow.trunk.stages.named_parameters(prefix="x.y")}
     assert names == {"0", "1", "2"}  # layer1..layer3, no layer4
     assert shallow.card.parameter_count < build_model(SMALL_CARD).card.parameter_count / 2

@@ -95,6 +95,34 @@ def test_rows_are_padded_when_fewer_items_are_eligible():
     assert (none_found == -1).all()
 
 
+@pytest.mark.parametrize("codebook_size", [16, 256])
+@pytest.mark.parametrize("num_codebooks", [16, 32])
+def test_longer_codes_match_brute_force_unfiltered_and_filtered(num_codebooks, codebook_size):
+    """More sub-spaces add more 8-bit table rounding to FastScan's shortlist; the exact re-rank
+    must still return brute force's top-k, on the FAISS re-rank path and on the masked one."""
+    rng = np.random.default_rng(num_codebooks)
+    raw = rng.standard_normal((num_codebooks, codebook_size, 8)).astype(np.float32)
+    codebooks = raw / np.linalg.norm(raw, axis=2, keepdims=True)
+    table = CodeTable(codebooks)
+    # Codes clustered around a few hundred centres, as a trained model's are: near-ties abound.
+    centres = rng.integers(0, codebook_size, (300, num_codebooks))
+    clustered = centres[rng.integers(0, 300, 20_000)]
+    flip = rng.random(clustered.shape) < 0.3
+    noise = rng.integers(0, codebook_size, clustered.shape)
+    codes = np.where(flip, noise, clustered).astype(np.uint8)
+    ids = 10 * np.arange(1, len(codes) + 1, dtype=np.int64)
+    table.append(codes, ids, columns(len(codes)))
+    centre_vectors = codebooks[np.arange(num_codebooks)[None, :], centres[:6]].reshape(6, -1)
+    queries = (centre_vectors + 0.5 * rng.standard_normal(centre_vectors.shape)).astype(np.float32)
+    for term_filter in (NO_FILTER, TermFilter(dataset=1)):
+        eligible = table.eligible(term_filter)
+        scores, found = table.search(queries, 25, eligible)
+        keep = None if eligible is ALL else eligible
+        expected_scores, expected_ids = expected_top_k(table, codes, ids, queries, 25, keep)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+        np.testing.assert_array_equal(found, expected_ids)
+
+
 def test_no_filter_allows_every_item_and_none_allows_no_item():
     table, ids = table_of(few_distinct_codes(30, distinct=5))
     assert not NO_FILTER.constrained and TermFilter(label=0).constrained

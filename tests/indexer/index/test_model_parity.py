@@ -1,4 +1,8 @@
-"""FAISS through the archive index ranks and scores real tiles exactly as the model's own ADC."""
+"""FAISS through the archive index ranks and scores real tiles exactly as the model's own ADC.
+
+At every supported code length: 32, 64 and 128 bits with K=16 (4-bit codes, FastScan scan and
+exact re-rank) and with K=256 (8-bit codes, flat IndexPQ).
+"""
 
 import numpy as np
 import pytest
@@ -14,12 +18,31 @@ from tests.indexer.index_helpers import SHARED_DATA
 KATHER = SHARED_DATA / "kather2016-texture-240"
 
 
-@pytest.fixture(scope="module")
-def encoded_tiles():
+# (M, K, d): bits = M * log2(K).
+GEOMETRIES = {
+    "32 bits K=16": (8, 16, 16),
+    "64 bits K=16": (16, 16, 8),
+    "128 bits K=16": (32, 16, 8),
+    "32 bits K=256": (4, 256, 16),
+    "64 bits K=256": (8, 256, 16),
+    "128 bits K=256": (16, 256, 8),
+}
+
+
+@pytest.fixture(scope="module", params=list(GEOMETRIES), ids=list(GEOMETRIES))
+def encoded_tiles(request):
     if not KATHER.is_dir():
         pytest.skip(f"{KATHER} is missing")
+    num_codebooks, codebook_size, codeword_dim = GEOMETRIES[request.param]
     torch.manual_seed(3)
-    model = build_model(ModelCard(input_size=32)).eval()
+    card = ModelCard(
+        input_size=32,
+        num_codebooks=num_codebooks,
+        codebook_size=codebook_size,
+        codeword_dim=codeword_dim,
+    )
+    assert card.bits == int(request.param.split()[0])
+    model = build_model(card).eval()
     paths = sorted(KATHER.rglob("*.tif"))[::2]
     images = [Image.open(path).convert("RGB") for path in paths]
     with torch.inference_mode():

@@ -52,3 +52,29 @@ def test_codebooks_must_be_unit_length_and_power_of_two_sized():
         check_codebooks(2 * unit_codebooks())
     with pytest.raises(ValueError, match="power of two"):
         bits_per_code(12)
+
+
+@pytest.mark.parametrize(
+    ("num_codebooks", "codebook_size"),
+    [(16, 16), (32, 16), (8, 256), (16, 256)],
+    ids=["64 bits K=16", "128 bits K=16", "64 bits K=256", "128 bits K=256"],
+)
+def test_longer_codes_pack_as_faiss_encodes_them_and_score_as_decoded_codewords(
+    num_codebooks, codebook_size
+):
+    rng = np.random.default_rng(num_codebooks + codebook_size)
+    raw = rng.standard_normal((num_codebooks, codebook_size, 8)).astype(np.float32)
+    codebooks = raw / np.linalg.norm(raw, axis=2, keepdims=True)
+    vectors = rng.standard_normal((300, num_codebooks * 8)).astype(np.float32)
+    codes = assign_codes(vectors, codebooks)
+    index = flat_pq_index(codebooks)
+    faiss_packed = index.sa_encode(normalise_subvectors(vectors, num_codebooks))
+    assert faiss_packed.shape[1] == num_codebooks * int(np.log2(codebook_size)) // 8
+    assert np.array_equal(pack_codes(codes, codebook_size), faiss_packed)
+    assert np.array_equal(unpack_codes(faiss_packed, num_codebooks, codebook_size), codes)
+    # FAISS's own inner-product search over those codes scores what the model's ADC scores.
+    index.add_sa_codes(faiss_packed)
+    queries = normalise_subvectors(rng.standard_normal((4, num_codebooks * 8)), num_codebooks)
+    faiss_scores, faiss_ids = index.search(queries, 300)
+    model_scores = adc_scores(lookup_tables(queries, codebooks), codes)
+    assert np.allclose(np.take_along_axis(model_scores, faiss_ids, axis=1), faiss_scores, atol=1e-4)
