@@ -201,9 +201,10 @@ class SearchEngine:
         start = time.perf_counter()
         scores, ids = self.index.search_arrays(descriptors, k, filters)
         ranked = aggregate_tile_hits(scores, ids, k)
-        records = self.index.records([item_id for item_id, _ in ranked])
+        # One read per item (at most N): `get` is what every index kind answers, sharded or not.
+        records = [(score, self.index.get(item_id)) for item_id, score in ranked]
         # An item without a record was removed between the scan and the metadata read: drop it.
-        hits = [(score, records[item_id]) for item_id, score in ranked if item_id in records]
+        hits = [(score, record) for score, record in records if record is not None]
         search_ms = _elapsed_ms(start)
         return SearchOutcome(
             query,

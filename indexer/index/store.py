@@ -592,10 +592,6 @@ class ArchiveIndex:
     def get(self, item_id: int) -> ItemRecord | None:
         return self._metadata.record(int(item_id))
 
-    def records(self, item_ids: Sequence[int]) -> dict[int, ItemRecord]:
-        """Records (without thumbnails) of those of ``item_ids`` that exist."""
-        return self._metadata.records([int(item_id) for item_id in item_ids])
-
     def thumbnail(self, item_id: int) -> bytes | None:
         return self._metadata.thumbnail(int(item_id))
 
