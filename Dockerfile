@@ -64,7 +64,10 @@ COPY docker/constraints.txt docker/constraints.txt
 # by the constraints file (torch==2.14.1 matches the CPU build 2.14.1+cpu).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 # hadolint ignore=DL3013
-RUN pip install --constraint docker/constraints.txt --extra-index-url "${TORCH_INDEX_URL}" ".[cpu]"
+# HISTOSEARCH_EXTRAS=",ray" adds the Ray extra (the compose `ray` profile builds it so).
+ARG HISTOSEARCH_EXTRAS=""
+RUN pip install --constraint docker/constraints.txt --extra-index-url "${TORCH_INDEX_URL}" \
+    ".[cpu${HISTOSEARCH_EXTRAS}]"
 
 FROM ${PYTHON_IMAGE} AS cpu
 RUN apt-get update \

@@ -85,7 +85,7 @@ def share_cores_between_workers(workers: int) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     app.state.stopping = False
-    app.state.engine = await run_in_threadpool(load_engine, settings)
+    app.state.engine = await run_in_threadpool(app.state.engine_loader, settings)
     try:
         yield
     finally:
@@ -125,8 +125,15 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; settings come from ``HISTOSEARCH_*`` variables unless given."""
+def create_app(
+    settings: Settings | None = None,
+    engine_loader: Callable[[Settings], SearchEngine] = load_engine,
+) -> FastAPI:
+    """Build the app; settings come from ``HISTOSEARCH_*`` variables unless given.
+
+    ``engine_loader`` opens the model and index at start-up (service/ray_serve.py passes one
+    whose engine embeds and searches on Ray Serve deployments).
+    """
     settings = settings or Settings()  # type: ignore[call-arg]  # index_dir comes from the env
     logging.getLogger("service").setLevel(settings.log_level)
     app = FastAPI(
@@ -136,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.engine_loader = engine_loader
     app.state.engine = None
     install_error_handlers(app)
     # Bodies are capped while they stream in, before multipart parsing spools them to disk.

@@ -20,10 +20,11 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.index.store import ArchiveIndex, IndexDirectoryError
+    from indexer.index.shards import open_index_directory
+    from indexer.index.store import IndexDirectoryError
 
     try:
-        index = ArchiveIndex.open(args.index)
+        index = open_index_directory(args.index)
     except IndexDirectoryError as error:
         log.error("%s", error)
         return 2

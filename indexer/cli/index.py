@@ -67,6 +67,20 @@ def register(subparsers: Any) -> None:
         default=None,
         help="largest image to decode, in pixels (default: 1e9; the archive is trusted)",
     )
+    parser.add_argument(
+        "--shards",
+        type=int,
+        help="split a new index into this many shards by group (default: one unsharded index)",
+    )
+    parser.add_argument(
+        "--ray",
+        metavar="auto|ADDRESS",
+        help="encode on a Ray cluster: auto (RAY_ADDRESS, a running local one, or a new local "
+        "one) or its address; needs the `ray` extra (default: this process)",
+    )
+    parser.add_argument(
+        "--ray-actors", type=int, help="embedding actors (default: one per GPU, else CPUs / 4)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(handler=run)
 
@@ -81,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     from indexer.ingest.sources import SourceError, load_source
     from indexer.ingest.tiling import TilingConfig
     from model import CheckpointMismatchError, select_device
+    from model.errors import HistosearchError
 
     # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
     Image.MAX_IMAGE_PIXELS = args.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
@@ -90,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
         return run_slides(args)
     try:
         images = load_source(args.source, args.data, args.dataset)
-        opened = open_or_create_index(args.index, args.checkpoint, select_device(args.device))
+        device = select_device(args.device)
+        opened = open_or_create_index(args.index, args.checkpoint, device, args.shards)
     except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2
@@ -104,10 +120,37 @@ def run(args: argparse.Namespace) -> int:
         embedder = opened.embedder(args.batch_size)
         # Sources are stored relative to the archive folder (a CSV's own folder), by its name.
         root = archive_folder(args.data)
-        summary = index_archive(images, opened.index, embedder, config, root)
+        if args.ray:
+            try:
+                summary = _encode_on_ray(images, opened.index, config, root, args)
+            except HistosearchError as error:
+                log.error("%s", error)
+                return 2
+        else:
+            summary = index_archive(images, opened.index, embedder, config, root)
     print(f"index {args.index}: {len(images)} images in the archive")
     for line in summary.lines():
         print(f"  {line}")
     for path, reason in summary.unreadable:
         print(f"  unreadable: {path}: {reason}")
     return 0
+
+
+def _encode_on_ray(
+    images: Any, index: Any, config: Any, root: Path, args: argparse.Namespace
+) -> Any:
+    """The same run on a Ray cluster (`indexer.ingest.distributed`)."""
+    from model.errors import HistosearchError
+
+    try:
+        import ray  # noqa: F401
+
+        from indexer.ingest.distributed import RayEncodingConfig, encode_archive_on_ray
+    except ImportError as error:
+        raise HistosearchError(
+            f"--ray needs the `ray` extra (pip install '.[ray]'): {error}"
+        ) from error
+    ray_config = RayEncodingConfig(args.ray, args.ray_actors)
+    return encode_archive_on_ray(
+        images, index, index.checkpoint_path, config, ray_config, archive_root=root
+    )

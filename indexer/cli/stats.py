@@ -22,17 +22,23 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from indexer.index.store import ArchiveIndex, IndexDirectoryError
+    from indexer.index.shards import ShardedIndex, open_index_directory
+    from indexer.index.store import IndexDirectoryError
 
     try:
-        index = ArchiveIndex.open(args.index)
+        index = open_index_directory(args.index)
     except IndexDirectoryError as error:
         log.error("%s", error)
         return 2
     with index:
         stats = index.stats()
+        shards = index.shard_stats() if isinstance(index, ShardedIndex) else []
     if args.json:
-        print(json.dumps(asdict(stats), indent=2, default=str))
+        print(
+            json.dumps(
+                {**asdict(stats), "shards": [asdict(s) for s in shards]}, indent=2, default=str
+            )
+        )
         return 0
     bits = stats.num_codebooks * (stats.codebook_size.bit_length() - 1)
     print(f"index:      {stats.directory}")
@@ -47,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
         f"codebooks {stats.codebook_fingerprint[:16]}"
     )
     print(f"unsaved:    {stats.unsaved_changes} changes newer than the snapshot")
+    if shards:
+        print(f"shards:     {len(shards)}")
+        for shard in shards:
+            print(f"  {Path(shard.directory).name:<24} {shard.items} items")
     for title, counts in (("labels", stats.labels), ("datasets", stats.datasets)):
         print(f"{title}:")
         for name, count in counts.items():

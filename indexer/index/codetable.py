@@ -181,6 +181,11 @@ class CodeTable:
         found[found] = self._alive[positions[found]]
         return np.where(found, positions, -1)
 
+    def codes_at(self, positions: npt.NDArray[np.intp]) -> CodeArray:
+        """(N, M) codes at the given positions (copies)."""
+        codes: CodeArray = self._codes[positions]
+        return codes
+
     def memory_bytes(self) -> int:
         """Bytes held by the arrays and the FAISS scan index (capacity included)."""
         arrays = (self._codes, self._ids, self._alive, *self._column_arrays())

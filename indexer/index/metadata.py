@@ -159,8 +159,17 @@ class MetadataStore:
 
     # ---- writes --------------------------------------------------------------------------------
 
-    def insert(self, items: Sequence[NewItem], codes: Sequence[bytes]) -> InsertResult:
-        """Insert the items not already present (by content hash) in one durable transaction."""
+    def insert(
+        self,
+        items: Sequence[NewItem],
+        codes: Sequence[bytes],
+        item_ids: Sequence[int] | None = None,
+    ) -> InsertResult:
+        """Insert the items not already present (by content hash) in one durable transaction.
+
+        ``item_ids`` gives each new item its id instead of AUTOINCREMENT's next one: a sharded
+        index allocates ids for all its shards (indexer/index/shards.py).
+        """
         now = time.time()
         new_ids: list[int | None] = []
         duplicate_of: list[int | None] = []
@@ -170,13 +179,14 @@ class MetadataStore:
             terms_before = dict(self._terms)
             try:
                 with self._transaction():
-                    for item, code in zip(items, codes, strict=True):
+                    for number, (item, code) in enumerate(zip(items, codes, strict=True)):
                         existing = known.get(item.content_hash)
                         if existing is not None:
                             new_ids.append(None)
                             duplicate_of.append(existing)
                             continue
-                        item_id = self._insert_row(item, code, now)
+                        wanted = None if item_ids is None else item_ids[number]
+                        item_id = self._insert_row(item, code, now, wanted)
                         known[item.content_hash] = item_id
                         new_ids.append(item_id)
                         duplicate_of.append(None)
@@ -187,14 +197,15 @@ class MetadataStore:
                 raise
         return InsertResult(new_ids, duplicate_of, term_ids)
 
-    def _insert_row(self, item: NewItem, code: bytes, now: float) -> int:
+    def _insert_row(self, item: NewItem, code: bytes, now: float, item_id: int | None) -> int:
         tile = item.tile or (None, None, None, None)
         size = item.source_size or (None, None)
         cursor = self._connection.execute(
-            "INSERT INTO items (code, source, content_hash, label, grp, dataset, tile_x, tile_y, "
-            "tile_w, tile_h, source_w, source_h, thumbnail, extra, added_at, archive) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO items (id, code, source, content_hash, label, grp, dataset, tile_x, "
+            "tile_y, tile_w, tile_h, source_w, source_h, thumbnail, extra, added_at, archive) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                item_id,
                 code,
                 item.source,
                 item.content_hash,

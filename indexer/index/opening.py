@@ -60,7 +60,7 @@ def open_index(directory: Path, device: torch.device) -> OpenedIndex:
     Raises IndexDirectoryError (no index, no ``model.pt``, codebooks that differ) or
     `model.CheckpointMismatchError` (a card that disagrees, naming each field).
     """
-    index = ArchiveIndex.open(directory)
+    index = _open_either(directory)
     try:
         model = _checked_model(index, device)
     except BaseException:
@@ -70,21 +70,36 @@ def open_index(directory: Path, device: torch.device) -> OpenedIndex:
 
 
 def open_or_create_index(
-    directory: Path, checkpoint: Path | None, device: torch.device
+    directory: Path, checkpoint: Path | None, device: torch.device, shards: int | None = None
 ) -> OpenedIndex:
     """Open the index in ``directory`` to encode with ``checkpoint``, creating it if none exists.
 
     An existing index must have been built with the same checkpoint (same bytes); without a
-    ``checkpoint`` it is opened with its own model. A new index needs a ``checkpoint``.
+    ``checkpoint`` it is opened with its own model. A new index needs a ``checkpoint``; with
+    ``shards`` it is a sharded index of that many shards (`indexer.index.shards`), and an
+    existing one must have that many.
     """
+    from indexer.index.shards import ShardedIndex, is_sharded, read_shards_manifest
+
     directory = Path(directory)
-    if not (directory / MANIFEST).exists():
+    sharded = is_sharded(directory)
+    if not sharded and not (directory / MANIFEST).exists():
         if checkpoint is None:
             raise IndexDirectoryError(
                 f"{directory} is not an index yet: give --checkpoint, the model to create it for"
             )
         log.info("creating index %s for model %s", directory, checkpoint)
-        ArchiveIndex.create(directory, checkpoint).close()
+        if shards is not None:
+            ShardedIndex.create(directory, checkpoint, shards).close()
+        else:
+            ArchiveIndex.create(directory, checkpoint).close()
+    elif shards is not None:
+        held = int(read_shards_manifest(directory)["shard_count"]) if sharded else None
+        if held != shards:
+            raise IndexDirectoryError(
+                f"{directory} holds {f'{held} shards' if held else 'an unsharded index'}, not "
+                f"{shards}: index into a new directory to change that"
+            )
     opened = open_index(directory, device)
     own = opened.index.checkpoint_path
     if checkpoint is not None and own is not None and _digest(own) != _digest(checkpoint):
@@ -95,6 +110,16 @@ def open_or_create_index(
             "it with this model."
         )
     return opened
+
+
+def _open_either(directory: Path) -> ArchiveIndex:
+    """An index directory, sharded or not: a `ShardedIndex` answers every call made here and
+    through `OpenedIndex` as an `ArchiveIndex` does."""
+    from indexer.index.shards import ShardedIndex, is_sharded
+
+    if is_sharded(directory):
+        return ShardedIndex.open(directory)  # type: ignore[return-value]
+    return ArchiveIndex.open(directory)
 
 
 def _checked_model(index: ArchiveIndex, device: torch.device) -> SPQModel:

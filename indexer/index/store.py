@@ -380,20 +380,32 @@ class ArchiveIndex:
     # ---- changes -------------------------------------------------------------------------------
 
     def add(
-        self, descriptors: npt.NDArray[np.floating], records: Sequence[NewItem]
+        self,
+        descriptors: npt.NDArray[np.floating],
+        records: Sequence[NewItem],
+        *,
+        item_ids: Sequence[int] | None = None,
     ) -> list[AddOutcome]:
         """Add items from their (N, M*d) descriptors; codes come from the model's codebooks.
 
         Duplicates (same content hash, stored or earlier in this call) are not added again.
-        Durable when it returns.
+        Durable when it returns. ``item_ids``: see `add_codes`.
         """
         array = self._checked_vectors(descriptors, "descriptors")
-        return self.add_codes(assign_codes(array, self.codebooks), records)
+        return self.add_codes(assign_codes(array, self.codebooks), records, item_ids=item_ids)
 
     def add_codes(
-        self, codes: npt.NDArray[np.integer], records: Sequence[NewItem]
+        self,
+        codes: npt.NDArray[np.integer],
+        records: Sequence[NewItem],
+        *,
+        item_ids: Sequence[int] | None = None,
     ) -> list[AddOutcome]:
-        """Add items whose (N, M) codes were already assigned with this index's codebooks."""
+        """Add items whose (N, M) codes were already assigned with this index's codebooks.
+
+        ``item_ids`` (increasing, above every id this index has held) replaces the ids SQLite
+        would allocate: a sharded index allocates one id sequence over all its shards.
+        """
         code_array = np.asarray(codes)
         if code_array.shape != (len(records), self.num_codebooks):
             raise IndexInputError(
@@ -405,7 +417,9 @@ class ArchiveIndex:
         small: CodeArray = code_array.astype(np.uint8)
         packed = pack_codes(small, self.codebook_size)
         with self._writer:
-            result = self._metadata.insert(records, [row.tobytes() for row in packed])
+            if item_ids is not None:
+                self._check_given_ids(item_ids, len(records))
+            result = self._metadata.insert(records, [row.tobytes() for row in packed], item_ids)
             added = np.array(
                 [i for i, new in enumerate(result.new_ids) if new is not None], dtype=np.intp
             )
@@ -421,6 +435,13 @@ class ArchiveIndex:
             AddOutcome(new, duplicate)
             for new, duplicate in zip(result.new_ids, result.duplicate_of, strict=True)
         ]
+
+    def _check_given_ids(self, item_ids: Sequence[int], count: int) -> None:
+        """Refuse ids the journal replay could miss (at or below an id already held)."""
+        floor = max(self._table.last_id, self._metadata.last_allocated_id())
+        given = np.asarray(item_ids, dtype=np.int64)
+        if len(given) != count or (count and (given[0] <= floor or np.any(np.diff(given) <= 0))):
+            raise ValueError(f"item ids must be {count} increasing ids above {floor}")
 
     def remove(self, item_ids: Sequence[int]) -> int:
         """Remove items by id (unknown ids are ignored); returns how many were removed."""
@@ -520,6 +541,22 @@ class ArchiveIndex:
         with self._lock.reading():
             eligible = self._table.eligible(self._term_filter(filters))
             return self._table.search(array, k, eligible)
+
+    def codes_of(self, item_ids: npt.ArrayLike) -> CodeArray:
+        """(N, M) codes of the given ids (a row of zeros for an id not held), so that a sharded
+        index can score the candidates of all its shards with one rule (indexer/index/shards.py).
+        """
+        with self._lock.reading():
+            positions = self._table.position_of(item_ids)
+            held = positions >= 0
+            codes: CodeArray = np.zeros((len(positions), self.num_codebooks), dtype=np.uint8)
+            codes[held] = self._table.codes_at(positions[held])
+        return codes
+
+    @property
+    def tombstones(self) -> int:
+        """Removed items still held in the searchable table until its next compaction."""
+        return self._table.tombstones
 
     def _term_filter(self, filters: SearchFilters | None) -> TermFilter | Nothing:
         """Vocabulary ids of the filter; `NONE` when a required label or dataset was never

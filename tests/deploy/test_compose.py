@@ -79,5 +79,33 @@ def test_gpu_services_sit_behind_the_gpu_profile_and_reserve_a_gpu(compose):
 def test_every_compose_command_is_a_verb_the_entrypoint_knows(compose):
     entrypoint = (ROOT / "docker" / "entrypoint.sh").read_text()
     for service in compose["services"].values():
+        if "entrypoint" in service:
+            continue  # the Ray nodes: see the test below
         verb = service["command"][0]
         assert f"    {verb})" in entrypoint, f"docker/entrypoint.sh does not handle {verb!r}"
+
+
+def test_ray_profile_nodes_join_one_head_share_the_data_and_run_histosearch_verbs(compose):
+    from indexer.cli import build_parser
+
+    verbs = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr, arg-type]
+    ray_services = {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("profiles") == ["ray"]
+    }
+    assert set(ray_services) == {"ray-head", "ray-worker", "indexer-ray", "service-ray"}
+    assert (ROOT / "docker" / "ray-node.sh").stat().st_mode & 0o111
+    for name, service in ray_services.items():
+        assert service["entrypoint"] == ["/app/docker/ray-node.sh"]
+        assert service["shm_size"] == "2gb"
+        assert "histosearch-data:/data" in service["volumes"]
+        head = service["environment"].get("RAY_HEAD_ADDRESS")
+        assert head == (None if name == "ray-head" else "ray-head:6379")
+        if "command" in service:
+            assert service["command"][0] in verbs
+    assert ray_services["ray-head"]["build"]["args"]["HISTOSEARCH_EXTRAS"] == ",ray"
+    indexer = ray_services["indexer-ray"]["command"]
+    assert "--shards" in indexer and indexer[indexer.index("--ray") + 1] == "auto"
+    serve_depends = ray_services["service-ray"]["depends_on"]
+    assert serve_depends["indexer-ray"]["condition"] == "service_completed_successfully"

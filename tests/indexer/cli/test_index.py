@@ -84,6 +84,43 @@ def test_index_refuses_a_missing_checkpoint_and_a_non_index(
     assert "no manifest.json" in caplog.text
 
 
+def test_index_with_shards_searches_and_counts_as_one_index(
+    tmp_path, capsys, archive_and_checkpoint
+):
+    root, paths = archive_and_checkpoint
+    built = {}
+    for name, extra in (("single", []), ("sharded", ["--shards", "3"])):
+        index_dir = str(tmp_path / name)
+        argv = ["index", "--data", str(root / "archive"), "--checkpoint", str(root / "model.pt")]
+        assert main([*argv, "--index", index_dir, "--no-progress", *extra]) == 0
+        capsys.readouterr()
+        built[name] = index_dir
+    stats = run_json(capsys, "stats", "--index", built["sharded"], "--json")
+    assert stats["items"] == len(paths) and len(stats["shards"]) == 3
+    assert sum(shard["items"] for shard in stats["shards"]) == len(paths)
+    found = {
+        name: run_json(capsys, "search", "--index", d, str(paths[1]), "-k", "8", "--json")["hits"]
+        for name, d in built.items()
+    }
+    assert [(h["id"], h["score"]) for h in found["sharded"]] == [
+        (h["id"], h["score"]) for h in found["single"]
+    ]
+    # A sharded index keeps its shard count.
+    again = ["index", "--data", str(root / "archive"), "--index", built["sharded"], "--shards", "2"]
+    assert main([*again, "--no-progress"]) == 2
+
+
+def test_index_on_an_unreachable_ray_cluster_fails_fast_naming_it(
+    tmp_path, caplog, archive_and_checkpoint
+):
+    pytest.importorskip("ray", reason="ray is not installed: install the `ray` extra")
+    root, _ = archive_and_checkpoint
+    argv = ["index", "--data", str(root / "archive"), "--index", str(tmp_path / "index")]
+    argv += ["--checkpoint", str(root / "model.pt"), "--ray", "127.0.0.1:9", "--no-progress"]
+    assert main(argv) == 2
+    assert "no Ray cluster answers at 127.0.0.1:9" in caplog.text
+
+
 def test_search_refuses_an_index_whose_model_disagrees_with_its_card(
     tmp_path, caplog, archive_and_checkpoint
 ):

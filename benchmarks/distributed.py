@@ -1,0 +1,295 @@
+"""Scale-out costs: a sharded search against one index, and encoding on Ray against one process.
+
+    nice python -m benchmarks.distributed [--items 1000000] [--shards 4] [--queries 300]
+
+1. Search: ``--items`` seeded synthetic codes (as `benchmarks.index_scale` makes them) once in
+   one `ArchiveIndex` and once in a `ShardedIndex` of ``--shards`` shards, in this process. Times
+   one query per call (median over turns, the two indexes alternating) and batches of
+   ``--queries`` (best of rounds), `search_arrays` and `search` with records. Goal: the merge
+   costs at most 1.2x. The two are also checked to return the same ids.
+2. Encoding: real Kather 2016 tiles (cut into 64 px tiles) through `index_archive` in this
+   process, and through `encode_archive_on_ray` on a local Ray cluster of this machine's CPUs
+   with 1 and 2 embedding actors, every model on one torch thread. Ray's fixed start (actors
+   starting, loading the model) is measured on a two-image archive and reported apart. Goal:
+   Ray with 1 actor takes at most 1.15x the single process's time once started.
+
+Results: a table on stdout and ``benchmarks/results/distributed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.encoding import shared_data_root
+from benchmarks.index_scale import (
+    ADD_CHUNK,
+    median_single_query_us,
+    seeded_codebooks,
+    seeded_codes,
+    seeded_queries,
+)
+from indexer.index.pq import FloatArray
+from indexer.index.shards import ShardedIndex
+from indexer.index.store import ArchiveIndex, NewItem
+from indexer.ingest.pipeline import PipelineConfig, index_archive
+from indexer.ingest.sources import ArchiveImage, load_folder
+from indexer.ingest.tiling import TilingConfig
+from model import Embedder, ModelCard, build_model, save_checkpoint
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MAX_MERGE_RATIO = 1.2
+MAX_RAY_RATIO = 1.15
+K = 10
+# Torch threads of every model, in the process and in each actor. One: on a loaded 2-core machine
+# two threads per forward ran 4x slower than one (24 vs 6 ms per 64 px tile, load average 6-9).
+MODEL_THREADS = 1
+
+
+# ---- search --------------------------------------------------------------------------------------
+
+
+def synthetic_records(start: int, stop: int) -> list[NewItem]:
+    return [
+        NewItem(
+            source=f"slide-{i // 100}.svs",
+            content_hash=str(i),
+            label=f"class-{i % 8}",
+            group=f"patient-{i % 1000}",
+            dataset="archive",
+        )
+        for i in range(start, stop)
+    ]
+
+
+def fill(index: ArchiveIndex | ShardedIndex, count: int) -> float:
+    started = time.perf_counter()
+    codes = seeded_codes(count)
+    for start in range(0, count, ADD_CHUNK):
+        stop = min(count, start + ADD_CHUNK)
+        index.add_codes(codes[start:stop], synthetic_records(start, stop))
+    index.flush()
+    return time.perf_counter() - started
+
+
+def best_batch_us(
+    search: Callable[[FloatArray], object], queries: FloatArray, rounds: int
+) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        started = time.perf_counter()
+        search(queries)
+        best = min(best, time.perf_counter() - started)
+    return best / len(queries) * 1e6
+
+
+def measure_search(workdir: Path, items: int, shards: int, query_count: int) -> dict[str, Any]:
+    codebooks = seeded_codebooks()
+    single = ArchiveIndex.create_from_codebooks(workdir / "single", codebooks, card={})
+    sharded = ShardedIndex.create_from_codebooks(
+        workdir / "sharded", codebooks, card={}, shard_count=shards
+    )
+    build_single, build_sharded = fill(single, items), fill(sharded, items)
+    queries = seeded_queries(query_count, codebooks)
+    same = bool(
+        np.array_equal(single.search_arrays(queries, K)[1], sharded.search_arrays(queries, K)[1])
+    )
+    singles = median_single_query_us(
+        {
+            "one": (lambda q: single.search_arrays(q, K), queries),
+            "sharded": (lambda q: sharded.search_arrays(q, K), queries),
+            "one_records": (lambda q: single.search(q, K), queries),
+            "sharded_records": (lambda q: sharded.search(q, K), queries),
+        }
+    )
+    batch = {
+        "one": best_batch_us(lambda q: single.search_arrays(q, K), queries, 5),
+        "sharded": best_batch_us(lambda q: sharded.search_arrays(q, K), queries, 5),
+    }
+    single.close()
+    sharded.close()
+    return {
+        "items": items,
+        "shards": shards,
+        "k": K,
+        "queries": query_count,
+        "same_ids": same,
+        "build_seconds": {"one": build_single, "sharded": build_sharded},
+        "single_query_us": singles,
+        "batch_query_us": batch,
+        "ratio_single": singles["sharded"] / singles["one"],
+        "ratio_single_records": singles["sharded_records"] / singles["one_records"],
+        "ratio_batch": batch["sharded"] / batch["one"],
+    }
+
+
+# ---- encoding ------------------------------------------------------------------------------------
+
+TILING = TilingConfig(tile_size=64, min_tissue=0.25)
+
+
+def kather_archive() -> list[ArchiveImage]:
+    return load_folder(shared_data_root() / "kather2016-texture-240")
+
+
+def encode_once(
+    archive: Sequence[ArchiveImage], checkpoint: Path, workdir: Path, actors: int | None
+) -> tuple[float, int]:
+    """One run into a fresh index: in this process (``actors`` None) or on Ray."""
+    from indexer.ingest.distributed import RayEncodingConfig, encode_archive_on_ray
+
+    directory = Path(tempfile.mkdtemp(dir=workdir)) / "index"
+    config = PipelineConfig(tiling=TILING, batch_size=64, workers=2, progress=False)
+    with ArchiveIndex.create(directory, checkpoint) as index:
+        started = time.perf_counter()
+        if actors is None:
+            torch.set_num_threads(MODEL_THREADS)
+            embedder = Embedder(index_model(checkpoint), torch.device("cpu"))
+            summary = index_archive(archive, index, embedder, config)
+        else:
+            # One CPU per actor gives each actor's model MODEL_THREADS threads, as in the process.
+            cpus = min(float(MODEL_THREADS), ((os.cpu_count() or 2) - 0.5) / actors)
+            ray_config = RayEncodingConfig("auto", actors, cpus)
+            summary = encode_archive_on_ray(archive, index, checkpoint, config, ray_config)
+        seconds = time.perf_counter() - started
+    shutil.rmtree(directory.parent)
+    return seconds, summary.tiles_added
+
+
+def index_model(checkpoint: Path) -> Any:
+    from model import load_checkpoint
+
+    return load_checkpoint(checkpoint)
+
+
+def measure_encoding(workdir: Path, repeats: int) -> dict[str, Any]:
+    import ray
+
+    torch.manual_seed(0)
+    checkpoint = workdir / "model.pt"
+    save_checkpoint(build_model(ModelCard(input_size=64)), checkpoint)
+    archive = kather_archive()
+    ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        runs: dict[str, list[float]] = {"process": [], "ray_1": [], "ray_2": []}
+        startup: dict[str, float] = {}
+        tiles = 0
+        for count in (1, 2):
+            startup[f"ray_{count}"] = min(
+                encode_once(archive[:2], checkpoint, workdir, count)[0] for _ in range(repeats)
+            )
+        plans: list[tuple[str, int | None]] = [("process", None), ("ray_1", 1), ("ray_2", 2)]
+        for _ in range(repeats):
+            for name, actors in plans:
+                seconds, tiles = encode_once(archive, checkpoint, workdir, actors)
+                runs[name].append(seconds)
+    finally:
+        ray.shutdown()  # type: ignore[no-untyped-call]
+    best = {name: min(values) for name, values in runs.items()}
+    steady = {name: best[name] - startup[name] if name in startup else best[name] for name in best}
+    return {
+        "images": len(archive),
+        "tiles": tiles,
+        "input_size": 64,
+        "seconds": best,
+        "ray_start_seconds": startup,
+        "seconds_after_start": steady,
+        "tiles_per_second": {name: tiles / value for name, value in best.items()},
+        "ratio_ray_1_total": best["ray_1"] / best["process"],
+        "ratio_ray_1_after_start": steady["ray_1"] / steady["process"],
+        "ratio_ray_2_after_start": steady["ray_2"] / steady["process"],
+    }
+
+
+# ---- report --------------------------------------------------------------------------------------
+
+
+def print_table(search: dict[str, Any], encoding: dict[str, Any] | None) -> None:
+    rows = [
+        (
+            f"sharded / one index, one query per call, {search['items']:,} codes",
+            f"<= {MAX_MERGE_RATIO}x",
+            search["ratio_single"],
+            f"{search['single_query_us']['one']:.0f} -> "
+            f"{search['single_query_us']['sharded']:.0f} us",
+        ),
+        (
+            "  the same with records (what the service asks)",
+            f"<= {MAX_MERGE_RATIO}x",
+            search["ratio_single_records"],
+            f"{search['single_query_us']['one_records']:.0f} -> "
+            f"{search['single_query_us']['sharded_records']:.0f} us",
+        ),
+        (
+            f"sharded / one index, {search['queries']} queries per call",
+            f"<= {MAX_MERGE_RATIO}x",
+            search["ratio_batch"],
+            f"{search['batch_query_us']['one']:.1f} -> "
+            f"{search['batch_query_us']['sharded']:.1f} us/q",
+        ),
+    ]
+    if encoding is not None:
+        rows += [
+            (
+                "Ray 1 actor / one process, encoding time after Ray's start",
+                f"<= {MAX_RAY_RATIO}x",
+                encoding["ratio_ray_1_after_start"],
+                f"{encoding['tiles_per_second']['process']:.0f} -> "
+                f"{encoding['tiles_per_second']['ray_1']:.0f} tiles/s in all",
+            ),
+            (
+                "Ray 2 actors / one process, after start",
+                "(report)",
+                encoding["ratio_ray_2_after_start"],
+                f"{encoding['tiles_per_second']['ray_2']:.0f} tiles/s in all",
+            ),
+            (
+                "Ray 1 actor / one process, whole run",
+                "(report)",
+                encoding["ratio_ray_1_total"],
+                f"start {encoding['ray_start_seconds']['ray_1']:.1f} s",
+            ),
+        ]
+    print(f"{'what':<64} {'target':>8} {'ratio':>7}  detail")
+    for what, target, ratio, detail in rows:
+        met = "" if target == "(report)" else ("met" if ratio <= float(target[3:-1]) else "NOT met")
+        print(f"{what:<64} {target:>8} {ratio:7.3f}  {detail} {met}")
+    print(f"sharded search returns the same ids as one index: {search['same_ids']}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=2, help="encoding runs per method")
+    parser.add_argument("--no-encoding", action="store_true", help="search part only")
+    parser.add_argument("--output", type=Path, default=RESULTS / "distributed.json")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as temporary:
+        workdir = Path(temporary)
+        search = measure_search(workdir, args.items, args.shards, args.queries)
+        encoding = None if args.no_encoding else measure_encoding(workdir, args.repeats)
+    print_table(search, encoding)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
+    payload = {"machine": machine, "search": search, "encoding": encoding}
+    args.output.write_text(json.dumps(payload, indent=2))
+    print(f"results: {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

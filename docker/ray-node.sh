@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Entry point of the compose `ray` profile: join this container to the Ray cluster, then run the
+# `histosearch` verb given (with --ray auto it drives the cluster it just joined).
+#   RAY_HEAD_ADDRESS unset  - start the head node and keep it up
+#   RAY_HEAD_ADDRESS=host:port and no arguments - a worker node: join and keep it up
+#   RAY_HEAD_ADDRESS=host:port and arguments    - join, then `histosearch <arguments>`
+# Ray keeps objects in /dev/shm: give the containers shm_size (compose does), Docker's 64 MB is too
+# little for batches of tiles.
+set -euo pipefail
+
+: "${RAY_NODE_CPUS:=$(nproc)}"
+options=(--num-cpus "$RAY_NODE_CPUS" --disable-usage-stats)
+if [ -z "${RAY_HEAD_ADDRESS:-}" ]; then
+    exec ray start --head --port 6379 --include-dashboard false "${options[@]}" --block
+fi
+if [ "$#" -eq 0 ]; then
+    exec ray start --address "$RAY_HEAD_ADDRESS" "${options[@]}" --block
+fi
+ray start --address "$RAY_HEAD_ADDRESS" "${options[@]}"
+exec histosearch "$@"

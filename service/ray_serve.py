@@ -1,0 +1,362 @@
+"""Serving a sharded index on Ray Serve: the same FastAPI app, its work spread over a cluster.
+
+Deployments (``histosearch serve --ray auto|ADDRESS --index <sharded index>``):
+
+- ``histosearch``: the ingress, the very app of `service.app.create_app` (same endpoints, errors,
+  limits and page). One replica: it owns the index's id counter (``shards.json``), so that ids
+  stay one sequence; it only decodes uploads and merges results, the heavy parts live below.
+- ``embedder``: the model, as many replicas as asked for (a GPU each when the cluster has GPUs).
+- ``shard-000`` ... ``shard-S``: one per shard, each holding that shard's codes and SQLite file in
+  its own process. One replica each: a shard has exactly one writer.
+
+A search embeds the query on an embedder replica, asks every shard for its k best (with their
+codes) and merges them exactly as `indexer.index.shards.ShardedIndex` does in one process: the
+ingress's index *is* a `ShardedIndex`, whose shards are clients of the shard deployments. An add
+goes to its group's shard and is acknowledged once that shard's SQLite commit returned. /stats
+and /ready count every shard.
+
+Every node must see the index directory under the same path (a shared filesystem).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from indexer.index.metadata import FinishedSource
+from indexer.index.pq import FloatArray
+from indexer.index.records import ItemRecord, NewItem
+from indexer.index.shards import LocalShard, ShardAnswer, ShardedIndex
+from indexer.index.store import AddOutcome, IndexStats, SearchFilters
+from model.errors import HistosearchError
+from service.engine import SearchEngine
+from service.imaging import DecodedImage
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from ray.serve import Application
+    from ray.serve.handle import DeploymentHandle
+
+logger = logging.getLogger(__name__)
+
+# Handles the ingress replica was built with; its start-up (the app's lifespan, in the same
+# process) reads them. A module global because Serve copies the FastAPI app into the replica.
+_REPLICA_HANDLES: dict[str, Any] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class RayServeConfig:
+    """Replicas and the resources each asks for (fractions of a CPU fit a small machine)."""
+
+    embedder_replicas: int = 1
+    embedder_cpus: float = 1.0
+    embedder_gpus: float = 0.0
+    shard_cpus: float = 0.5
+    ingress_cpus: float = 0.5
+
+
+# ---- the shard and embedder deployments ------------------------------------------------------
+
+
+class ShardReplica:
+    """One shard of the index, opened in this replica's process."""
+
+    def __init__(self, directory: str) -> None:
+        self._index = LocalShard.open_shard(Path(directory))
+
+    def describe(self) -> tuple[FloatArray, int]:
+        return self._index.codebooks, self._index.descriptor_dim
+
+    def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Run one of the shard's methods (or read a property when ``args`` is None)."""
+        value = getattr(self._index, method)
+        return value(*args, **kwargs) if callable(value) else value
+
+    def __del__(self) -> None:
+        index = getattr(self, "_index", None)
+        if index is not None:
+            index.close()
+
+
+class EmbedderReplica:
+    """The model on this replica's device."""
+
+    def __init__(self, checkpoint: str, device: str) -> None:
+        import torch
+
+        from model import Embedder, load_checkpoint
+
+        target = torch.device(device)
+        self._embedder = Embedder(load_checkpoint(Path(checkpoint), map_location=target), target)
+
+    def embed(self, images: list[Image.Image]) -> FloatArray:
+        return self._embedder.embed(images)
+
+
+class ShardClient:
+    """A `Shard` whose methods run on a shard deployment (blocking: call from worker threads)."""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._handle = handle
+        self.codebooks, self.descriptor_dim = handle.describe.remote().result()
+        self._tombstones = int(self._call("tombstones"))
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return self._handle.call.remote(method, args, kwargs).result()
+
+    def answer(
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None,
+        with_codes: bool,
+    ) -> ShardAnswer:
+        answer: ShardAnswer = self._call("answer", queries, k, filters, with_codes)
+        self._tombstones = answer.tombstones
+        return answer
+
+    def records_of(self, item_ids: Sequence[int]) -> list[ItemRecord]:
+        records: list[ItemRecord] = self._call("records_of", list(item_ids))
+        return records
+
+    @property
+    def tombstones(self) -> int:
+        """The count the shard gave with its last answer (asking would cost a round trip)."""
+        return self._tombstones
+
+    def add_codes(
+        self,
+        codes: npt.NDArray[np.integer],
+        records: Sequence[NewItem],
+        *,
+        item_ids: Sequence[int] | None = None,
+    ) -> list[AddOutcome]:
+        outcomes: list[AddOutcome] = self._call(
+            "add_codes", codes, list(records), item_ids=item_ids
+        )
+        return outcomes
+
+    def remove(self, item_ids: Sequence[int]) -> int:
+        removed = int(self._call("remove", list(item_ids)))
+        self._tombstones += removed
+        return removed
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def close(self) -> None:
+        """Snapshot the shard; its replica keeps it open until the deployment stops."""
+        self._call("flush")
+
+    def get(self, item_id: int) -> ItemRecord | None:
+        record: ItemRecord | None = self._call("get", item_id)
+        return record
+
+    def thumbnail(self, item_id: int) -> bytes | None:
+        thumbnail: bytes | None = self._call("thumbnail", item_id)
+        return thumbnail
+
+    def known_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
+        known: dict[str, int] = self._call("known_hashes", list(hashes))
+        return known
+
+    def finished_source(self, source: str) -> str | None:
+        found: str | None = self._call("finished_source", source)
+        return found
+
+    def source_with_hash(self, file_hash: str) -> str | None:
+        found: str | None = self._call("source_with_hash", file_hash)
+        return found
+
+    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
+        self._call("mark_sources_finished", list(finished))
+
+    def check_model(self, codebooks: npt.NDArray[np.floating]) -> None:
+        self._call("check_model", codebooks)
+
+    @property
+    def card(self) -> dict[str, Any]:
+        card: dict[str, Any] = self._call("card")
+        return card
+
+    @property
+    def checkpoint_path(self) -> Path | None:
+        path: Path | None = self._call("checkpoint_path")
+        return path
+
+    def __len__(self) -> int:
+        return int(self._call("__len__"))
+
+    @property
+    def unsaved_changes(self) -> int:
+        return int(self._call("unsaved_changes"))
+
+    def stats(self) -> IndexStats:
+        stats: IndexStats = self._call("stats")
+        return stats
+
+
+class RaySearchEngine(SearchEngine):
+    """`SearchEngine` whose queries and uploads are embedded by the embedder deployment."""
+
+    def __init__(self, *args: Any, embedder: DeploymentHandle[Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._embedder = embedder
+
+    def embed(self, images: Sequence[DecodedImage]) -> np.ndarray:
+        descriptors = self._embedder.embed.remote([image.rgb for image in images]).result()
+        return np.ascontiguousarray(descriptors, dtype=np.float32)
+
+
+# ---- the ingress ---------------------------------------------------------------------------------
+
+
+class HistosearchIngress:
+    """The FastAPI app's replica; `serve.ingress` wraps it around `create_app`'s app."""
+
+    def __init__(
+        self, embedder: DeploymentHandle[Any], shards: list[DeploymentHandle[Any]]
+    ) -> None:
+        _REPLICA_HANDLES["embedder"] = embedder
+        _REPLICA_HANDLES["shards"] = shards
+
+
+def load_ray_engine(settings: Settings) -> SearchEngine:
+    """The app's start-up in the ingress replica: the sharded index over the shard deployments."""
+    import torch
+
+    from indexer.index.store import IndexDirectoryError
+    from model import ModelCard, load_checkpoint
+
+    shard_handles: list[DeploymentHandle[Any]] = _REPLICA_HANDLES["shards"]
+    by_name = {f"shard-{number:03d}": handle for number, handle in enumerate(shard_handles)}
+
+    def open_shard(directory: Path) -> ShardClient:
+        return ShardClient(by_name[directory.name])
+
+    index = ShardedIndex.open(settings.index_dir, open_shard=open_shard, parallel=True)
+    if index.checkpoint_path is None:
+        raise IndexDirectoryError(f"{settings.index_dir} has no model.pt to embed queries with")
+    # The ingress keeps a CPU copy of the model for its card and the codebook check only.
+    card = ModelCard.model_validate(index.card)
+    model = load_checkpoint(index.checkpoint_path, expected_card=card, map_location="cpu")
+    index.check_model(model.codebooks().detach().cpu().numpy())
+    logger.info(
+        "serving %s on Ray: %d shards, %d items", settings.index_dir, len(index.shards), len(index)
+    )
+    return RaySearchEngine(
+        model,
+        index,  # type: ignore[arg-type]  # a ShardedIndex answers every call an ArchiveIndex does
+        torch.device("cpu"),
+        embedder=_REPLICA_HANDLES["embedder"],
+        workers=settings.workers,
+        max_pending=settings.max_pending,
+        max_image_pixels=settings.max_image_pixels,
+        snapshot_every_changes=settings.snapshot_every_changes,
+        snapshot_every_seconds=settings.snapshot_every_seconds,
+    )
+
+
+def build_application(settings: Settings, config: RayServeConfig | None = None) -> Application:
+    """The Serve application: ingress, embedder and one deployment per shard."""
+    from ray import serve
+
+    from indexer.index.shards import ShardedIndexError, is_sharded, read_shards_manifest
+    from service.app import create_app
+
+    config = config or RayServeConfig()
+    if not is_sharded(settings.index_dir):
+        raise ShardedIndexError(
+            f"{settings.index_dir} is not a sharded index: build one with histosearch index "
+            "--shards, or serve it without --ray"
+        )
+    names: list[str] = list(read_shards_manifest(settings.index_dir)["shards"])
+    checkpoint = settings.index_dir / names[0] / "model.pt"
+    device = "cuda" if config.embedder_gpus else "cpu"
+    embedder = serve.deployment(
+        name="embedder",
+        num_replicas=config.embedder_replicas,
+        ray_actor_options={"num_cpus": config.embedder_cpus, "num_gpus": config.embedder_gpus},
+    )(EmbedderReplica).bind(str(checkpoint), device)
+    shards = [
+        serve.deployment(
+            name=name, num_replicas=1, ray_actor_options={"num_cpus": config.shard_cpus}
+        )(ShardReplica).bind(str(settings.index_dir / name))
+        for name in names
+    ]
+    app = create_app(settings, engine_loader=load_ray_engine)
+    ingress = serve.deployment(
+        name="histosearch", num_replicas=1, ray_actor_options={"num_cpus": config.ingress_cpus}
+    )(serve.ingress(app)(HistosearchIngress))
+    return ingress.bind(embedder, shards)
+
+
+def plan_replicas(resources: dict[str, float], embedder_replicas: int | None) -> RayServeConfig:
+    """Replica resources for a cluster: a GPU per embedder where there are GPUs."""
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    if gpus:
+        return RayServeConfig(embedder_replicas or gpus, 1.0, 1.0)
+    replicas = embedder_replicas or max(1, int(cpus // 4))
+    # Small machines: fractions, so that ingress, shards and embedders all fit.
+    return RayServeConfig(replicas, max(0.25, min(4.0, cpus / (2 * replicas))), 0.0, 0.25, 0.25)
+
+
+# ---- running it ----------------------------------------------------------------------------------
+
+# Seconds to wait for a named cluster's port before giving up on it (Ray itself retries for long).
+CONNECT_TIMEOUT_S = 5.0
+
+
+class RayClusterError(HistosearchError):
+    """The Ray cluster named could not be reached."""
+
+
+def connect(address: str) -> None:
+    """Join the cluster at ``address``, or for ``auto`` the one in RAY_ADDRESS / on this machine
+    (else a new local one). The twin of `indexer.ingest.distributed.connect`, which `service`
+    may not import."""
+    import ray
+
+    if address != "auto":
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if not host or not port.isdigit():
+            raise RayClusterError(f"{address!r} is not a Ray cluster address (host:port or auto)")
+        try:
+            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+        except OSError as error:
+            raise RayClusterError(f"no Ray cluster answers at {address}: {error}") from error
+    if not ray.is_initialized():
+        ray.init(address=None if address == "auto" else address, logging_level=logging.WARNING)
+
+
+def serve_on_ray(
+    settings: Settings, address: str, host: str, port: int, embedders: int | None
+) -> None:
+    """Deploy the app on the cluster and keep it up until interrupted (Ctrl-C)."""
+    import ray
+    from ray import serve
+
+    connect(address)
+    resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+    config = plan_replicas(resources, embedders)
+    serve.start(http_options={"host": host, "port": port})
+    try:
+        serve.run(build_application(settings, config), name="histosearch", route_prefix="/")
+        logger.info(
+            "serving %s on Ray Serve at http://%s:%d (%s)", settings.index_dir, host, port, config
+        )
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        logger.info("stopping")
+    finally:
+        serve.shutdown()  # type: ignore[no-untyped-call]

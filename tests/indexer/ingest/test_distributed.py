@@ -1,0 +1,162 @@
+"""Encoding on a real local Ray cluster gives the single-process run's items, codes and ids."""
+
+import shutil
+import subprocess
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from indexer.index.shards import ShardedIndex
+from indexer.index.store import ArchiveIndex, ItemRecord
+from indexer.ingest.distributed import (
+    RayClusterError,
+    RayEncodingConfig,
+    connect,
+    encode_archive_on_ray,
+    plan_actors,
+)
+from indexer.ingest.pipeline import IndexingSummary, PipelineConfig, index_archive
+from indexer.ingest.sources import ArchiveImage
+from indexer.ingest.tiling import TilingConfig
+from model import Embedder, ModelCard, build_model, load_checkpoint, save_checkpoint
+from tests.indexer.ingest.test_pipeline import kather_archive, large_slide
+
+CONFIG = PipelineConfig(tiling=TilingConfig(tile_size=150, min_tissue=0.5), batch_size=4)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_checkpoint(build_model(ModelCard(input_size=32)), path)
+    return path
+
+
+@pytest.fixture
+def archive(tmp_path) -> list[ArchiveImage]:
+    """Ten Kather tiles in four groups, a slide cut into tiles, and one unreadable file."""
+    images = kather_archive(tmp_path, 10)
+    broken = tmp_path / "archive" / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    return [*images, large_slide(tmp_path), ArchiveImage(broken, None, "broken", "kather")]
+
+
+def single_process_index(directory: Path, checkpoint: Path, archive: list[ArchiveImage]):
+    index = ArchiveIndex.create(directory, checkpoint)
+    embedder = Embedder(load_checkpoint(checkpoint), torch.device("cpu"))
+    summary = index_archive(archive, index, embedder, replace(CONFIG, progress=False))
+    return index, summary
+
+
+def contents(index: ArchiveIndex | ShardedIndex) -> dict[int, tuple[ItemRecord, list[int]]]:
+    """Every stored item by id: its record (without the time it was added) and its code."""
+    ids = [hit.id for hit in index.search(np.ones((1, index.descriptor_dim)), 1000)[0]]
+    shards = index.shards if isinstance(index, ShardedIndex) else [index]
+    assert all(isinstance(shard, ArchiveIndex) for shard in shards)
+    found = {}
+    for item_id in ids:
+        record = index.get(item_id)
+        assert record is not None
+        codes = [
+            shard.codes_of([item_id])[0]
+            for shard in shards
+            if isinstance(shard, ArchiveIndex) and shard.get(item_id)
+        ]
+        found[item_id] = (replace(record, added_at=0.0), codes[0].tolist())
+    return found
+
+
+def counts(summary: IndexingSummary) -> dict[str, object]:
+    """The run's counts; unreadable files by path (their messages name memory addresses)."""
+    found = asdict(summary)
+    del found["seconds"]
+    found["unreadable"] = [path for path, _ in summary.unreadable]
+    return found
+
+
+@pytest.mark.ray
+def test_ray_encoding_into_shards_equals_the_single_process_run(
+    tmp_path, ray_cluster, checkpoint, archive
+):
+    single, single_summary = single_process_index(tmp_path / "single", checkpoint, archive)
+    with single, ShardedIndex.create(tmp_path / "sharded", checkpoint, 3) as sharded:
+        summary = encode_archive_on_ray(
+            archive, sharded, checkpoint, replace(CONFIG, progress=False), RayEncodingConfig()
+        )
+        assert counts(summary) == counts(single_summary)
+        assert summary.tiles_added == 14 and summary.tiles_background == 4
+        assert [Path(path).name for path, _ in summary.unreadable] == ["broken.png"]
+        expected = contents(single)
+        assert len(expected) == 14
+        assert contents(sharded) == expected
+        assert sum(len(shard) > 0 for shard in sharded.shards) >= 2
+
+
+@pytest.mark.ray
+def test_a_ray_run_resumes_skipping_finished_images_and_duplicate_files(
+    tmp_path, ray_cluster, checkpoint, archive
+):
+    with ArchiveIndex.create(tmp_path / "index", checkpoint) as index:
+        quiet = replace(CONFIG, progress=False)
+        # Sources are named relative to one archive folder in both runs, as `histosearch index`
+        # names them (the folder holding every image here: the slide lies beside the archive).
+        root = tmp_path
+        encode_archive_on_ray(archive[:6], index, checkpoint, quiet, archive_root=root)
+        twin = tmp_path / "archive" / "twin.tif"
+        shutil.copyfile(archive[0].path, twin)
+        again = [*archive, ArchiveImage(twin, None, "elsewhere", "kather")]
+        summary = encode_archive_on_ray(again, index, checkpoint, quiet, archive_root=root)
+        assert summary.images_finished_before == 6
+        assert summary.duplicate_files == 1
+        assert summary.tiles_added == 14 - 6 and len(index) == 14
+
+
+def test_an_unreachable_cluster_address_fails_fast_naming_it():
+    pytest.importorskip("ray", reason="ray is not installed: install the `ray` extra")
+    with pytest.raises(RayClusterError, match=r"no Ray cluster answers at 127\.0\.0\.1:9"):
+        connect("127.0.0.1:9")
+    with pytest.raises(RayClusterError, match="not a Ray cluster address"):
+        connect("somewhere")
+
+
+def test_the_embedding_pool_fits_the_cluster():
+    two_cpus = plan_actors(RayEncodingConfig(), {"CPU": 2.0})
+    assert (two_cpus.actors, two_cpus.gpus_per_actor, two_cpus.device) == (1, 0.0, "cpu")
+    assert two_cpus.cpus_per_actor <= 1.5  # room left for the tiling tasks
+    gpus = plan_actors(RayEncodingConfig(), {"CPU": 32.0, "GPU": 4.0})
+    assert (gpus.actors, gpus.gpus_per_actor, gpus.device) == (4, 1.0, "cuda")
+    assert plan_actors(RayEncodingConfig(actors=2), {"CPU": 16.0}).cpus_per_actor == 7.75
+
+
+def test_nothing_of_ray_is_imported_unless_asked_for(tmp_path):
+    """Every module of indexer/ and service/ imports, and sharded and unsharded searches run,
+    without loading ray: the single-machine path does not need the `ray` extra."""
+    script = f"""
+import importlib, pkgutil, sys
+from pathlib import Path
+import indexer, service
+for package in (indexer, service):
+    for module in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        importlib.import_module(module.name)
+from indexer.index.shards import ShardedIndex
+from tests.indexer.index_helpers import descriptors_near_codewords, items, new_index, unit_codebooks
+with new_index(Path({str(tmp_path)!r}) / "one") as one:
+    one.add(descriptors_near_codewords(50, one.codebooks), items(50))
+    assert len(one.search(descriptors_near_codewords(2, one.codebooks), 5)[0]) == 5
+with ShardedIndex.create_from_codebooks(
+    Path({str(tmp_path)!r}) / "many", unit_codebooks(), card={{}}, shard_count=2
+) as many:
+    many.add(descriptors_near_codewords(50, many.codebooks), items(50))
+    assert len(many.search(descriptors_near_codewords(2, many.codebooks), 5)[0]) == 5
+loaded = sorted(name for name in sys.modules if name == "ray" or name.startswith("ray."))
+assert not loaded, loaded
+"""
+    root = Path(__file__).resolve().parents[3]
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
