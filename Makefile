@@ -32,6 +32,7 @@ benchmark: install
 	$(VENV)/bin/python -m benchmarks.retrieval
 	$(VENV)/bin/python -m benchmarks.indexer
 	$(VENV)/bin/python -m benchmarks.service_load
+	$(VENV)/bin/python -m benchmarks.service_hardening
 
 # Re-vendor OpenSeadragon (pinned in viewer/package-lock.json) into service/static/vendor/.
 vendor-viewer:

@@ -9,24 +9,33 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.auth import KeyGateMiddleware
+from service.deps import ReadAccess
 from service.engine import SearchEngine
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
+from service.methods import AllowedMethodsMiddleware
 from service.routes import images, search, slides, system
+from service.routes.responses import error_responses
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("service") / "static"))
+# Swagger UI and ReDoc, as the fastapi-offline package ships them: /docs works without any CDN
+# (hospital networks are often air-gapped).
+DOCS_ASSETS_DIR = Path(str(resources.files("fastapi_offline") / "static"))
 
 # Multipart framing (boundaries, part headers, form fields) on top of the file bytes themselves.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -36,6 +45,14 @@ _CONTENT_SECURITY_POLICY = (
     "default-src 'self'; img-src 'self' blob: data:; style-src 'self'; script-src 'self'; "
     "object-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 )
+# The API documentation pages: scripts only from this server too, but Swagger UI and ReDoc set
+# inline styles and ReDoc draws with blob: workers.
+_DOCS_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self'; worker-src 'self' blob:; object-src 'none'; frame-ancestors 'none'; "
+    "base-uri 'none'"
+)
+_DOCS_PATHS = ("/docs", "/redoc")
 
 
 def load_engine(settings: Settings) -> SearchEngine:
@@ -64,6 +81,7 @@ def load_engine(settings: Settings) -> SearchEngine:
         workers=settings.workers,
         max_pending=settings.max_pending,
         max_image_pixels=settings.max_image_pixels,
+        max_in_flight_per_client=settings.max_requests_per_client,
         snapshot_every_changes=settings.snapshot_every_changes,
         snapshot_every_seconds=settings.snapshot_every_seconds,
     )
@@ -110,16 +128,16 @@ class SecurityHeadersMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Swagger UI loads its assets from a CDN, so the strict policy would break /docs.
-        strict = not str(scope["path"]).startswith(("/docs", "/redoc"))
+        is_docs = str(scope["path"]) in _DOCS_PATHS
+        policy = _DOCS_CONTENT_SECURITY_POLICY if is_docs else _CONTENT_SECURITY_POLICY
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
                 headers.setdefault("X-Content-Type-Options", "nosniff")
                 headers.setdefault("Referrer-Policy", "no-referrer")
-                if strict:
-                    headers.setdefault("Content-Security-Policy", _CONTENT_SECURITY_POLICY)
+                headers.setdefault("X-Frame-Options", "DENY")
+                headers.setdefault("Content-Security-Policy", policy)
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -141,6 +159,8 @@ def create_app(
         summary="Content-based retrieval for H&E histopathology images.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine_loader = engine_loader
@@ -153,16 +173,32 @@ def create_app(
         limit_for=body_limit_for(settings),
         note=f" (files: at most {settings.max_upload_bytes} bytes each)",
     )
+    # OPTIONS and 405 answers list every method the path serves (outside the body limit: an
+    # OPTIONS has no body worth reading).
+    keyed_routes: list[BaseRoute] = []
+    app.add_middleware(
+        KeyGateMiddleware, routes=keyed_routes, expected_key=lambda: settings.resolved_api_key
+    )
+    served_routes: list[BaseRoute] = []
+    app.add_middleware(AllowedMethodsMiddleware, routes=served_routes)
     app.add_middleware(SecurityHeadersMiddleware)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "HEAD", "POST", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
-    _include_routers(app, settings)
+    routers = _include_routers(app, settings)
+    _describe_configured_limits(app, settings)
+    _serve_docs(app)
     _serve_page(app)
+    keyed_routers = [images.write_router]
+    if settings.require_key_for_search:
+        keyed_routers += [system.read_router, slides.router, search.router, images.read_router]
+    keyed_routes.extend(route for router in keyed_routers for route in router.routes)
+    served_routes.extend(route for router in routers for route in router.routes)
+    served_routes.extend(route for route in app.router.routes if isinstance(route, Route | Mount))
     return app
 
 
@@ -181,14 +217,94 @@ def body_limit_for(settings: Settings) -> Callable[[str], int]:
     return limit_for
 
 
-def _include_routers(app: FastAPI, settings: Settings) -> None:
+def _include_routers(app: FastAPI, settings: Settings) -> list[APIRouter]:
+    """Reads get the bearer key as a dependency only when the settings require it, so the OpenAPI
+    description marks exactly the operations that need a key."""
+    read_keyed = settings.require_key_for_search
+    read_options: dict[str, Any] = {
+        "dependencies": [ReadAccess] if read_keyed else [],
+        "responses": error_responses(401, 403) if read_keyed else {},
+    }
     app.include_router(system.router)
-    app.include_router(slides.router)
-    app.include_router(search.router, form_limits={"max_files": 1, "max_fields": 16})
+    app.include_router(system.read_router, **read_options)
+    app.include_router(slides.router, **read_options)
     app.include_router(
-        images.router,
+        search.router, form_limits={"max_files": 1, "max_fields": 16}, **read_options
+    )
+    app.include_router(images.read_router, **read_options)
+    app.include_router(
+        images.write_router,
         form_limits={"max_files": settings.max_files_per_request, "max_fields": 16},
     )
+    return [
+        system.router,
+        system.read_router,
+        slides.router,
+        search.router,
+        images.read_router,
+        images.write_router,
+    ]
+
+
+def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
+    """Put the limits the settings choose into the OpenAPI description (the routes are declared
+    before any settings exist): the largest k, the most files per POST /index."""
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build_schema()
+        _form_property(schema, "/search", "k")["maximum"] = settings.max_k
+        _form_property(schema, "/index", "images")["maxItems"] = settings.max_files_per_request
+        for path in ("/search", "/index"):
+            _without_null_alternatives(_form_schema(schema, path))
+        # A search takes an image or an item id, exactly one of them.
+        _form_schema(schema, "/search")["oneOf"] = [
+            {"required": ["image"]},
+            {"required": ["item_id"]},
+        ]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _without_null_alternatives(form: dict[str, Any]) -> None:
+    """A multipart field cannot be null, only absent: `X | None` fields are described as `X`
+    (not required), so that no client sends the text "null" for a number."""
+    for name, prop in form["properties"].items():
+        options = prop.get("anyOf")
+        if options is None:
+            continue
+        kept = [option for option in options if option.get("type") != "null"]
+        if len(kept) == 1:
+            rest = {key: value for key, value in prop.items() if key != "anyOf"}
+            form["properties"][name] = {**kept[0], **rest}
+
+
+def _form_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
+    body = schema["paths"][path]["post"]["requestBody"]["content"]["multipart/form-data"]
+    form: dict[str, Any] = schema["components"]["schemas"][
+        body["schema"]["$ref"].rsplit("/", 1)[-1]
+    ]
+    return form
+
+
+def _form_property(schema: dict[str, Any], path: str, name: str) -> dict[str, Any]:
+    form_property: dict[str, Any] = _form_schema(schema, path)["properties"][name]
+    return form_property
+
+
+def _serve_docs(app: FastAPI) -> None:
+    app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS_DIR), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs" / "swagger.html")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> FileResponse:
+        return FileResponse(STATIC_DIR / "docs" / "redoc.html")
 
 
 def _serve_page(app: FastAPI) -> None:

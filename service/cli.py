@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from service.connections import ConnectionPolicy
+    from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from service.app import create_app
+    from service.connections import guarded_protocol
     from service.settings import Settings
 
     try:
@@ -56,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ray:
         return _serve_on_ray(settings, args)
     logger.info("serving %s on http://%s:%d", settings.index_dir, args.host, args.port)
+    raise_open_file_limit(settings.max_connections)
     # One worker process: the index is one writer's files; concurrency comes from the thread pool.
     uvicorn.run(
         create_app(settings),
@@ -63,6 +69,11 @@ def run(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=10,
+        # Header and body deadlines and the connection caps (service.connections); uvicorn's own
+        # limit_concurrency is left off: it counts stalled connections and would answer /health
+        # 503 while they last.
+        http=guarded_protocol(connection_policy(settings)),
+        timeout_keep_alive=settings.keep_alive_seconds,
     )
     return 0
 
@@ -84,3 +95,37 @@ def _serve_on_ray(settings: Any, args: argparse.Namespace) -> int:
         logger.error("%s", error)
         return 2
     return 0
+
+
+def connection_policy(settings: Settings) -> ConnectionPolicy:
+    from service.connections import ConnectionPolicy
+
+    return ConnectionPolicy(
+        header_timeout=settings.header_timeout_seconds,
+        body_min_rate=settings.body_min_bytes_per_second,
+        body_grace=settings.body_grace_seconds,
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+    )
+
+
+# Descriptors beyond the connections: the index's files, SQLite, spooled uploads, logs.
+_SPARE_FILE_DESCRIPTORS = 256
+
+
+def raise_open_file_limit(max_connections: int) -> None:
+    """Lift the soft descriptor limit towards the hard one so every allowed connection fits."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = max_connections + _SPARE_FILE_DESCRIPTORS
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        logger.warning(
+            "the open-file limit (%d) is below HISTOSEARCH_MAX_CONNECTIONS + %d; "
+            "raise it (ulimit -n) or lower the setting",
+            hard,
+            _SPARE_FILE_DESCRIPTORS,
+        )

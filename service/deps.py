@@ -14,7 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.auth import check_bearer_key
 from service.engine import SearchEngine
-from service.errors import ServiceError
+from service.errors import ErrorCode, ServiceError
 from service.settings import Settings
 
 _bearer = HTTPBearer(auto_error=False, description="The key from HISTOSEARCH_API_KEY(_FILE).")
@@ -32,7 +32,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 async def get_engine(request: Request) -> SearchEngine:
     engine: SearchEngine | None = getattr(request.app.state, "engine", None)
     if engine is None:
-        raise ServiceError(503, "not_ready", "the model and index are not loaded yet")
+        raise ServiceError(503, ErrorCode.NOT_READY, "the model and index are not loaded yet")
     return engine
 
 
@@ -44,8 +44,23 @@ async def require_write_key(settings: SettingsDep, credentials: Credentials) -> 
 
 
 async def require_read_key(settings: SettingsDep, credentials: Credentials) -> None:
-    if settings.require_key_for_search:
-        check_bearer_key(settings.resolved_api_key, credentials)
+    """Added to the read routes only when HISTOSEARCH_REQUIRE_KEY_FOR_SEARCH is set, so OpenAPI
+    shows the bearer scheme on exactly the operations that need it."""
+    check_bearer_key(settings.resolved_api_key, credentials)
+
+
+def client_address(request: Request) -> str:
+    """Who a request counts against for fairness: the peer address uvicorn reports (the
+    forwarded one behind a trusted proxy)."""
+    client = request.scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+async def get_client(request: Request) -> str:
+    return client_address(request)
+
+
+ClientDep = Annotated[str, Depends(get_client)]
 
 
 WriteAccess = Depends(require_write_key)

@@ -7,11 +7,9 @@ keeps answering /health and new connections while searches saturate the cores.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,8 +21,8 @@ from indexer.index.hashing import tile_hash
 from indexer.index.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
 from indexer.index.thumbnails import make_thumbnail
 from model import Embedder, ModelCard, SPQModel
-from service.errors import ServiceError
-from service.imaging import DecodedImage, decode_upload
+from service.fairness import FairScheduler
+from service.imaging import DecodedImage, decode_upload, decoded_megapixels
 from service.snapshots import Snapshotter
 
 logger = logging.getLogger(__name__)
@@ -34,6 +32,17 @@ T = TypeVar("T")
 # Images embedded per forward pass when indexing: large enough to amortise the per-call overhead,
 # small enough to bound memory on a CPU-only host.
 EMBED_BATCH = 32
+
+# Work units of the fair scheduler: about a megapixel of decoding (17.5 ms of CPU on the test
+# machine for PNG). One forward of the default 64 px model costs about 10 ms, half a unit; a read
+# by id a small fraction of one.
+FORWARD_COST = 0.5
+LOOKUP_COST = 0.05
+# Jobs from this cost up (about 4 MP decoded, 70 ms) leave a thread to cheap ones (fairness).
+HEAVY_COST = 4.0
+# Queries are decoded at reduced size when their shorter side is at least twice this many times
+# the model's input side: resizing to the input afterwards makes the difference invisible.
+QUERY_DECODE_FACTOR = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +70,7 @@ class SearchOutcome:
     decode_ms: float
     embed_ms: float
     search_ms: float
+    exact_copy_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +96,7 @@ class SearchEngine:
         workers: int,
         max_pending: int,
         max_image_pixels: int,
+        max_in_flight_per_client: int = 1_000_000,
         snapshot_every_changes: int = 0,
         snapshot_every_seconds: float = 0.0,
     ) -> None:
@@ -94,9 +105,13 @@ class SearchEngine:
         self.index = index
         self.device = device
         self.max_image_pixels = max_image_pixels
-        self._max_pending = max_pending
-        self._pending = 0
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="histosearch")
+        self.query_decode_side = QUERY_DECODE_FACTOR * self.model.card.input_size
+        self.scheduler = FairScheduler(
+            workers=workers,
+            max_pending=max_pending,
+            max_in_flight_per_client=max_in_flight_per_client,
+            heavy_cost=HEAVY_COST,
+        )
         self.snapshots = Snapshotter(
             index, every_changes=snapshot_every_changes, every_seconds=snapshot_every_seconds
         )
@@ -106,28 +121,28 @@ class SearchEngine:
     def card(self) -> ModelCard:
         return self.model.card
 
-    async def offload(self, function: Callable[[], T]) -> T:
-        """Run ``function`` in the pool; refuse at once (503) when too many requests already wait.
+    async def offload(
+        self, function: Callable[[], T], *, client: str = "local", cost: float = LOOKUP_COST
+    ) -> T:
+        """Run ``function`` on a worker when ``client``'s fair turn comes (`FairScheduler`);
+        refused at once with 429 or 503 when the client or the server has too much waiting."""
+        return await self.scheduler.run(function, client=client, cost=cost)
 
-        The counter is only touched on the event loop thread, so it needs no lock.
-        """
-        if self._pending >= self._max_pending:
-            raise ServiceError(
-                503,
-                "server_busy",
-                f"{self._pending} requests are already waiting; retry shortly",
-                headers={"Retry-After": "1"},
-            )
-        self._pending += 1
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor, function)
-        finally:
-            self._pending -= 1
+    def query_cost(self, upload: Upload) -> float:
+        """Work units of one search: the pixels its decode will produce, and one forward."""
+        pixels = decoded_megapixels(upload.data, reduce_to=self.query_decode_side)
+        return pixels + FORWARD_COST
 
-    def decode(self, upload: Upload) -> DecodedImage:
+    def upload_cost(self, uploads: Sequence[Upload]) -> float:
+        """Work units of adding these files: each is decoded in full and embedded."""
+        return sum(decoded_megapixels(upload.data) + FORWARD_COST for upload in uploads)
+
+    def decode(self, upload: Upload, *, as_query: bool = False) -> DecodedImage:
         return decode_upload(
-            upload.data, max_pixels=self.max_image_pixels, filename=upload.filename
+            upload.data,
+            max_pixels=self.max_image_pixels,
+            filename=upload.filename,
+            reduce_to=self.query_decode_side if as_query else None,
         )
 
     def embed(self, images: Sequence[DecodedImage]) -> npt.NDArray[np.float32]:
@@ -137,7 +152,7 @@ class SearchEngine:
     def search_upload(self, upload: Upload, k: int, filters: SearchFilters | None) -> SearchOutcome:
         """Decode, embed and search one query image (blocking: call through :meth:`offload`)."""
         start = time.perf_counter()
-        query = self.decode(upload)
+        query = self.decode(upload, as_query=True)
         decode_ms = _elapsed_ms(start)
         start = time.perf_counter()
         descriptor = self.embed([query])
@@ -146,8 +161,38 @@ class SearchEngine:
         found = self.index.search(descriptor, k, filters)[0]
         # A hit without a record was removed between the scan and the metadata read: drop it.
         hits = [(hit.score, hit.record) for hit in found if hit.record is not None]
+        copy = self._exact_copy(query, descriptor, hits, filters)
+        if copy is not None:
+            hits = [copy, *(hit for hit in hits if hit[1].id != copy[1].id)][:k]
         search_ms = _elapsed_ms(start)
-        return SearchOutcome(query, hits, decode_ms, embed_ms, search_ms)
+        copy_id = None if copy is None else copy[1].id
+        return SearchOutcome(query, hits, decode_ms, embed_ms, search_ms, copy_id)
+
+    def _exact_copy(
+        self,
+        query: DecodedImage,
+        descriptor: np.ndarray,
+        hits: list[tuple[float, ItemRecord]],
+        filters: SearchFilters | None,
+    ) -> tuple[float, ItemRecord] | None:
+        """The archive item whose content hash is the query's own (the uploaded file itself,
+        stored as a whole-image tile), with its score, when it passes the filters.
+
+        32-bit codes repeat: more than k items can tie at the top score, and ties come back in id
+        order, so without this the image itself is often not among the hits at all.
+        """
+        content_hash = tile_hash(query.file_hash, (0, 0, *query.size))
+        item_id = self.index.known_hashes([content_hash]).get(content_hash)
+        if item_id is None:
+            return None
+        for score, record in hits:
+            if record.id == item_id:
+                return score, record
+        stored = self.index.get(item_id)
+        stored_score = self.index.scores_of(descriptor, [item_id])[0]
+        if stored is None or stored_score is None or not _passes(stored, filters):
+            return None
+        return stored_score, stored
 
     def add_uploads(self, uploads: Sequence[Upload], fields: ItemFields) -> list[AddedUpload]:
         """Decode every upload first (one bad file refuses the whole request), then embed and add.
@@ -176,9 +221,19 @@ class SearchEngine:
 
     def close(self) -> None:
         """Finish running work, stop periodic snapshots, then close (and flush) the index."""
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        self.scheduler.close()
         self.snapshots.close()
         self.index.close()
+
+
+def _passes(record: ItemRecord, filters: SearchFilters | None) -> bool:
+    if filters is None:
+        return True
+    return (
+        (filters.label is None or record.label == filters.label)
+        and (filters.dataset is None or record.dataset == filters.dataset)
+        and (filters.exclude_group is None or record.group != filters.exclude_group)
+    )
 
 
 def _new_item(image: DecodedImage, fields: ItemFields, image_name: str) -> NewItem:

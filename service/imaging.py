@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Final
 
 from PIL import Image, UnidentifiedImageError
@@ -17,10 +16,19 @@ from PIL import Image, UnidentifiedImageError
 from indexer.index.hashing import file_hash
 from model.preprocess import UnsupportedPixelsError, upright_rgb
 from model.preprocess import to_rgb as model_to_rgb
+from service.errors import ErrorCode, ServiceError
 
 # Only plain raster formats: Pillow's other plugins (EPS via Ghostscript, exotic containers) widen
 # the attack surface for no benefit to a histology archive.
 ACCEPTED_FORMATS: Final = ("JPEG", "PNG", "TIFF", "BMP", "GIF", "WEBP")
+ACCEPTED_MEDIA_TYPES: Final = (
+    "image/jpeg",
+    "image/png",
+    "image/tiff",
+    "image/bmp",
+    "image/gif",
+    "image/webp",
+)
 
 # Leading bytes of the accepted formats: a file that starts like one of them but fails to open is
 # corrupt (400), anything else is simply not a supported image (415).
@@ -35,87 +43,118 @@ _SIGNATURES: Final = (
 )
 
 
-class RejectionReason(StrEnum):
-    """Why an upload was refused; each value is a stable, machine-readable error code."""
-
-    EMPTY = "empty_file"
-    TOO_MANY_BYTES = "upload_too_large"
-    TOO_MANY_PIXELS = "image_too_large"
-    NOT_AN_IMAGE = "unsupported_media_type"
-    CORRUPT = "corrupt_image"
-    MULTI_FRAME = "multi_frame_image"
-    UNSUPPORTED_PIXELS = "unsupported_pixel_format"
-
-
-_STATUS_BY_REASON: Final = {
-    RejectionReason.EMPTY: 400,
-    RejectionReason.CORRUPT: 400,
-    RejectionReason.TOO_MANY_BYTES: 413,
-    RejectionReason.TOO_MANY_PIXELS: 413,
-    RejectionReason.NOT_AN_IMAGE: 415,
-    RejectionReason.MULTI_FRAME: 422,
-    RejectionReason.UNSUPPORTED_PIXELS: 422,
+# Each refusal's status: what is wrong with the bytes decides the status, the code says which.
+_STATUS_BY_CODE: Final = {
+    ErrorCode.EMPTY_FILE: 400,
+    ErrorCode.CORRUPT_IMAGE: 400,
+    ErrorCode.UPLOAD_TOO_LARGE: 413,
+    ErrorCode.IMAGE_TOO_LARGE: 413,
+    ErrorCode.UNSUPPORTED_MEDIA_TYPE: 415,
+    ErrorCode.MULTI_FRAME_IMAGE: 422,
+    ErrorCode.UNSUPPORTED_PIXEL_FORMAT: 422,
 }
 
 
-class ImageRejectedError(ValueError):
+class ImageRejectedError(ServiceError):
     """An upload that cannot be used as a query or an archive item."""
 
-    def __init__(self, reason: RejectionReason, detail: str) -> None:
-        super().__init__(detail)
+    def __init__(self, reason: ErrorCode, detail: str) -> None:
+        super().__init__(_STATUS_BY_CODE[reason], reason, detail)
         self.reason = reason
-        self.detail = detail
 
-    @property
-    def status_code(self) -> int:
-        return _STATUS_BY_REASON[self.reason]
+
+# EXIF orientations that turn the image a quarter: width and height swap when applied.
+_QUARTER_TURNS: Final = frozenset({5, 6, 7, 8})
+_ORIENTATION_TAG: Final = 0x0112
 
 
 @dataclass(frozen=True, slots=True)
 class DecodedImage:
-    """An upload decoded to 8-bit RGB, and what it was before conversion (for logs, metadata)."""
+    """An upload decoded to 8-bit RGB, and what it was before conversion (for logs, metadata).
+
+    ``rgb`` may be smaller than the image (a query decoded at reduced size); ``size`` is always
+    the upright image's full size.
+    """
 
     rgb: Image.Image
     original_format: str
     original_mode: str
     file_hash: str
-
-    @property
-    def size(self) -> tuple[int, int]:
-        width, height = self.rgb.size
-        return width, height
+    size: tuple[int, int]
 
 
-def decode_upload(data: bytes, *, max_pixels: int, filename: str = "upload") -> DecodedImage:
-    """Decode ``data`` into RGB or raise :class:`ImageRejectedError` naming what is wrong."""
+def decode_upload(
+    data: bytes, *, max_pixels: int, filename: str = "upload", reduce_to: int | None = None
+) -> DecodedImage:
+    """Decode ``data`` into RGB or raise :class:`ImageRejectedError` naming what is wrong.
+
+    With ``reduce_to``, an image whose shorter side is at least twice that long is decoded at
+    reduced size, keeping that side at least ``reduce_to`` pixels: JPEG by decoding fewer DCT
+    coefficients (1/2, 1/4 or 1/8 scale: a fraction of the work), other formats shrunk by an
+    integer factor right after decoding. For queries only: the model sees a resize to its small
+    input either way, and what an archive item stores (size, thumbnail) comes from the full image.
+    """
     if not data:
-        raise ImageRejectedError(RejectionReason.EMPTY, f"{filename}: the file is empty")
+        raise ImageRejectedError(ErrorCode.EMPTY_FILE, f"{filename}: the file is empty")
     image = _open_header(data, filename)
     _check_single_frame(image, filename)
     _check_pixel_count(image, max_pixels, filename)
+    full_size = _upright_size(image)
+    if reduce_to is not None and image.format == "JPEG":
+        image.draft(None, (reduce_to, reduce_to))
     _load_pixels(image, filename)
     # EXIF orientation, then RGB: exactly what the archive pipeline does to a file from disk.
     rgb = _converted(upright_rgb, image, filename)
+    size = rgb.size if reduce_to is None else full_size
+    if reduce_to is not None and (factor := min(rgb.size) // reduce_to) >= 2:
+        rgb = rgb.reduce(factor)
     return DecodedImage(
         rgb=rgb,
         original_format=image.format or "unknown",
         original_mode=image.mode,
         file_hash=file_hash(data),
+        size=size,
     )
+
+
+def _upright_size(image: Image.Image) -> tuple[int, int]:
+    width, height = image.size
+    try:
+        orientation = image.getexif().get(_ORIENTATION_TAG)
+    except (OSError, SyntaxError, ValueError):
+        orientation = None
+    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
+
+
+def decoded_megapixels(data: bytes, *, reduce_to: int | None = None) -> float:
+    """Megapixels that decoding ``data`` will produce, from its header alone (0 when it has
+    none: such an upload is refused before any pixel is decoded)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS) as image:
+            width, height = image.size
+            is_jpeg = image.format == "JPEG"
+    except (Image.DecompressionBombError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 0.0
+    scale = 1
+    if reduce_to is not None and is_jpeg:
+        # The DCT scales draft() picks from: the largest keeping the shorter side >= reduce_to.
+        while scale < 8 and min(width, height) // (scale * 2) >= reduce_to:
+            scale *= 2
+    return width * height / (scale * scale) / 1e6
 
 
 def _open_header(data: bytes, filename: str) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as error:
-        raise ImageRejectedError(RejectionReason.TOO_MANY_PIXELS, f"{filename}: {error}") from error
+        raise ImageRejectedError(ErrorCode.IMAGE_TOO_LARGE, f"{filename}: {error}") from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         if _looks_like_accepted_format(data):
             raise ImageRejectedError(
-                RejectionReason.CORRUPT, f"{filename}: the image header is corrupt ({error})"
+                ErrorCode.CORRUPT_IMAGE, f"{filename}: the image header is corrupt ({error})"
             ) from error
         raise ImageRejectedError(
-            RejectionReason.NOT_AN_IMAGE,
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             f"{filename}: not a supported image; send one of {', '.join(ACCEPTED_FORMATS)}",
         ) from error
 
@@ -129,7 +168,7 @@ def _check_single_frame(image: Image.Image, filename: str) -> None:
     frames = getattr(image, "n_frames", 1)
     if frames > 1:
         raise ImageRejectedError(
-            RejectionReason.MULTI_FRAME,
+            ErrorCode.MULTI_FRAME_IMAGE,
             f"{filename}: the image has {frames} frames (animation or multi-page file); "
             "upload a single frame",
         )
@@ -138,10 +177,10 @@ def _check_single_frame(image: Image.Image, filename: str) -> None:
 def _check_pixel_count(image: Image.Image, max_pixels: int, filename: str) -> None:
     width, height = image.size
     if width <= 0 or height <= 0:
-        raise ImageRejectedError(RejectionReason.CORRUPT, f"{filename}: the image has no pixels")
+        raise ImageRejectedError(ErrorCode.CORRUPT_IMAGE, f"{filename}: the image has no pixels")
     if width * height > max_pixels:
         raise ImageRejectedError(
-            RejectionReason.TOO_MANY_PIXELS,
+            ErrorCode.IMAGE_TOO_LARGE,
             f"{filename}: the image is {width}x{height} = {width * height} pixels; "
             f"the limit is {max_pixels}",
         )
@@ -151,10 +190,10 @@ def _load_pixels(image: Image.Image, filename: str) -> None:
     try:
         image.load()
     except Image.DecompressionBombError as error:
-        raise ImageRejectedError(RejectionReason.TOO_MANY_PIXELS, f"{filename}: {error}") from error
+        raise ImageRejectedError(ErrorCode.IMAGE_TOO_LARGE, f"{filename}: {error}") from error
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
         raise ImageRejectedError(
-            RejectionReason.CORRUPT, f"{filename}: the image data is truncated or corrupt ({error})"
+            ErrorCode.CORRUPT_IMAGE, f"{filename}: the image data is truncated or corrupt ({error})"
         ) from error
 
 
@@ -162,7 +201,7 @@ def to_rgb(image: Image.Image, filename: str = "upload") -> Image.Image:
     """8-bit RGB by the rule every path into the model shares (`model.preprocess.to_rgb`).
 
     Pixels that rule refuses (floating-point data, modes with no RGB meaning) are an
-    :class:`ImageRejectedError` with reason ``UNSUPPORTED_PIXELS``.
+    :class:`ImageRejectedError` with reason ``UNSUPPORTED_PIXEL_FORMAT``.
     """
     return _converted(model_to_rgb, image, filename)
 
@@ -174,5 +213,5 @@ def _converted(
         return convert(image)
     except UnsupportedPixelsError as error:
         raise ImageRejectedError(
-            RejectionReason.UNSUPPORTED_PIXELS, f"{filename}: {error}"
+            ErrorCode.UNSUPPORTED_PIXEL_FORMAT, f"{filename}: {error}"
         ) from error

@@ -13,7 +13,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import error_response
+from service.errors import ErrorCode, error_response
 
 
 class BodyTooLargeError(HTTPException):
@@ -79,5 +79,5 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, limit: int, scope: Scope, receive: Receive, send: Send) -> None:
         detail = describe_excess(limit, self.note)
-        response = error_response(413, "upload_too_large", detail, {"Connection": "close"})
+        response = error_response(413, ErrorCode.UPLOAD_TOO_LARGE, detail, {"Connection": "close"})
         await response(scope, receive, send)

@@ -165,6 +165,12 @@ class ShardClient:
         thumbnail: bytes | None = self._call("thumbnail", item_id)
         return thumbnail
 
+    def scores_of(
+        self, query: npt.NDArray[np.floating], item_ids: Sequence[int]
+    ) -> list[float | None]:
+        scores: list[float | None] = self._call("scores_of", query, list(item_ids))
+        return scores
+
     def known_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
         known: dict[str, int] = self._call("known_hashes", list(hashes))
         return known

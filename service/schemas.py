@@ -18,10 +18,48 @@ class _Schema(BaseModel):
 # --- errors ---------------------------------------------------------------------------------------
 
 
+class ErrorCode(StrEnum):
+    """Every machine-readable error code the service answers with: one list, documented here."""
+
+    # 400
+    EMPTY_FILE = "empty_file"
+    CORRUPT_IMAGE = "corrupt_image"
+    BAD_REQUEST = "bad_request"
+    # 401, 403
+    MISSING_API_KEY = "missing_api_key"
+    INVALID_API_KEY = "invalid_api_key"
+    WRITES_DISABLED = "writes_disabled"
+    # 404, 405, 406
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    NOT_ACCEPTABLE = "not_acceptable"
+    # 408
+    REQUEST_TIMEOUT = "request_timeout"
+    # 413
+    UPLOAD_TOO_LARGE = "upload_too_large"
+    IMAGE_TOO_LARGE = "image_too_large"
+    TOO_MANY_FILES = "too_many_files"
+    # 415
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    # 422
+    MULTI_FRAME_IMAGE = "multi_frame_image"
+    UNSUPPORTED_PIXEL_FORMAT = "unsupported_pixel_format"
+    K_TOO_LARGE = "k_too_large"
+    INVALID_TEXT = "invalid_text"
+    INVALID_REQUEST = "invalid_request"
+    # 429
+    TOO_MANY_REQUESTS = "too_many_requests"
+    # 500, 503
+    INTERNAL_ERROR = "internal_error"
+    NOT_READY = "not_ready"
+    SERVER_BUSY = "server_busy"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+
+
 class ErrorResponse(_Schema):
     """Every 4xx and 5xx answer has this shape."""
 
-    code: str = Field(description="Stable machine-readable error code, e.g. `corrupt_image`.")
+    code: ErrorCode = Field(description="Stable machine-readable error code, e.g. `corrupt_image`.")
     detail: str = Field(description="What was wrong, in words, and how to fix it where possible.")
 
 
@@ -49,7 +87,11 @@ class ItemMetadata(_Schema):
     label: str | None = None
     group: str | None = None
     dataset: str | None = None
-    source: str | None = Field(default=None, description="Where the tile came from (text only).")
+    source: str | None = Field(
+        default=None,
+        description="Where the tile came from within its archive (text only; never a path of "
+        "the server's machine: such a source is shown by its file name).",
+    )
     tile: TilePosition | None = None
     source_size: ImageSize | None = None
     added_at: datetime | None = None
@@ -63,6 +105,11 @@ class ItemMetadata(_Schema):
 class SearchHit(ItemMetadata):
     score: float = Field(description="Sum of per-sub-space cosines; higher is closer.")
     rank: int = Field(ge=1)
+    exact_copy: bool = Field(
+        default=False,
+        description="The item has the query file's content hash: the uploaded image itself. "
+        "Ranked first, whatever else ties with its score.",
+    )
 
 
 class QueryImage(_Schema):

@@ -75,6 +75,47 @@ class Settings(BaseSettings):
         gt=0,
         description="Requests that may wait for a worker thread; more are answered 503 at once.",
     )
+    max_requests_per_client: int = Field(
+        default=16,
+        gt=0,
+        description="Requests one client address may have in flight (waiting or running); "
+        "more are answered 429 with Retry-After.",
+    )
+    max_connections: int = Field(
+        default=2048,
+        gt=0,
+        description="Open connections the server keeps; past it, the connection that has "
+        "waited longest for its request headers is closed first (408), and when none is waiting "
+        "the new one is refused (503).",
+    )
+    max_connections_per_client: int = Field(
+        default=256,
+        gt=0,
+        description="Open connections one client address may hold; more are refused (503).",
+    )
+    header_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Time a client has to send a request's headers, from its first byte (or "
+        "from connecting); slower ones are answered 408 and closed.",
+    )
+    body_min_bytes_per_second: int = Field(
+        default=16 * 1024,
+        ge=0,
+        description="Slowest average rate a request body may arrive at, checked once "
+        "HISTOSEARCH_BODY_GRACE_SECONDS have passed; slower ones get 408 and are closed. "
+        "0 turns the check off.",
+    )
+    body_grace_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="How long a body may take before its rate is checked.",
+    )
+    keep_alive_seconds: int = Field(
+        default=5,
+        gt=0,
+        description="How long an idle keep-alive connection stays open between requests.",
+    )
     snapshot_every_changes: int = Field(
         default=1000,
         ge=0,

@@ -307,6 +307,17 @@ class CodeTable:
         scores[:, :found], ids[:, :found] = top_scores, top_ids
         return scores, ids
 
+    def scores_of(self, query: npt.NDArray[np.floating], item_ids: npt.ArrayLike) -> FloatArray:
+        """Exact ADC scores of one query (1, D) against the given items; -inf where absent."""
+        unit = normalise_subvectors(query, self.num_codebooks)
+        positions = self.position_of(item_ids)
+        present = positions >= 0
+        scores = np.full(positions.shape, -np.inf, dtype=np.float32)
+        if present.any():
+            tables = unit_lookup_tables(unit, self.codebooks)
+            scores[present] = gathered_adc(tables, self._codes, positions[present][None, :])[0]
+        return scores
+
     def _ranked(self, unit: FloatArray, found: int) -> tuple[FloatArray, npt.NDArray[np.intp]]:
         """Every position live, nothing filtered: FAISS's exact ranker does all the work.
 

@@ -232,6 +232,9 @@ class Shard(Protocol):
     def close(self) -> None: ...
     def get(self, item_id: int) -> ItemRecord | None: ...
     def thumbnail(self, item_id: int) -> bytes | None: ...
+    def scores_of(
+        self, query: npt.NDArray[np.floating], item_ids: Sequence[int]
+    ) -> list[float | None]: ...
     def known_hashes(self, hashes: Sequence[str]) -> dict[str, int]: ...
     def finished_source(self, source: str) -> str | None: ...
     def source_with_hash(self, file_hash: str) -> str | None: ...
@@ -600,6 +603,18 @@ class ShardedIndex:
             if thumbnail is not None:
                 return thumbnail
         return None
+
+    def scores_of(
+        self, query: npt.NDArray[np.floating], item_ids: Sequence[int]
+    ) -> list[float | None]:
+        """Exact ADC scores of one query against these items, each asked of its own shard."""
+        scores: list[float | None] = []
+        for item_id in item_ids:
+            number = self.shard_holding(item_id)
+            scores.append(
+                None if number is None else self.shards[number].scores_of(query, [item_id])[0]
+            )
+        return scores
 
     def shard_holding(self, item_id: int) -> int | None:
         """The number of the shard that stores ``item_id``, or None."""

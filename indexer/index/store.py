@@ -595,6 +595,15 @@ class ArchiveIndex:
     def thumbnail(self, item_id: int) -> bytes | None:
         return self._metadata.thumbnail(int(item_id))
 
+    def scores_of(
+        self, query: npt.NDArray[np.floating], item_ids: Sequence[int]
+    ) -> list[float | None]:
+        """Exact ADC scores of one query against these items (None for an absent item)."""
+        array = self._checked_vectors(query, "query")[:1]
+        with self._lock.reading():
+            scores = self._table.scores_of(array, item_ids)
+        return [None if not np.isfinite(score) else float(score) for score in scores.tolist()]
+
     def known_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
         """Ids of stored items with these content hashes (resumed runs skip them)."""
         return self._metadata.ids_of_hashes(hashes)

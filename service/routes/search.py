@@ -8,35 +8,41 @@ from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from indexer.index.slides import SLIDE_POOL
 from indexer.index.store import ItemRecord, SearchFilters
-from service.deps import EngineDep, ReadAccess, SettingsDep
+from service.deps import ClientDep, EngineDep, SettingsDep
 from service.engine import SearchEngine, SearchOutcome, Upload
-from service.errors import ServiceError
+from service.errors import ErrorCode, ServiceError
+from service.forms import TEXT_PATTERN, StrictFormRoute
 from service.routes.images import item_fields
+from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
 from service.routes.slides import SlidesDep, slide_results
 from service.routes.uploads import read_upload
-from service.schemas import ErrorResponse, QueryImage, SearchHit, SearchResponse, Timings
+from service.schemas import QueryImage, SearchHit, SearchResponse, Timings
 from service.slide_library import ItemSourceUnavailableError, SlideLibrary
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], route_class=StrictFormRoute)
 
-_ERRORS: dict[int | str, dict[str, object]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 503)
-}
+FilterText = Annotated[str | None, Form(max_length=1024, pattern=TEXT_PATTERN)]
 
 
-@router.post("/search", response_model=SearchResponse, responses=_ERRORS, dependencies=[ReadAccess])
+@router.post(
+    "/search",
+    response_model=SearchResponse,
+    responses=error_responses(*UPLOAD_ERRORS, 404, *SERVER_LIMITS),
+    openapi_extra=image_parts("image"),
+)
 async def search(
     engine: EngineDep,
     settings: SettingsDep,
+    client: ClientDep,
     slides: SlidesDep,
     image: Annotated[
         UploadFile | None, File(description="The query image (JPEG, PNG, TIFF, ...).")
     ] = None,
     k: Annotated[int, Form(ge=1, description="How many results (at most HISTOSEARCH_MAX_K).")] = 10,
-    label: Annotated[str | None, Form(description="Only items with this label.")] = None,
-    dataset: Annotated[str | None, Form(description="Only items from this dataset.")] = None,
+    label: Annotated[FilterText, Form(description="Only items with this label.")] = None,
+    dataset: Annotated[FilterText, Form(description="Only items from this dataset.")] = None,
     exclude_group: Annotated[
-        str | None, Form(description="Leave out items of this group (e.g. the query's patient).")
+        FilterText, Form(description="Leave out items of this group (e.g. the query's patient).")
     ] = None,
     item_id: Annotated[
         int | None,
@@ -44,7 +50,9 @@ async def search(
     ] = None,
 ) -> Response:
     if k > settings.max_k:
-        raise ServiceError(422, "k_too_large", f"k={k} exceeds the limit of {settings.max_k}")
+        raise ServiceError(
+            422, ErrorCode.K_TOO_LARGE, f"k={k} exceeds the limit of {settings.max_k}"
+        )
     upload = await _query_upload(image, item_id, slides, engine, settings.max_upload_bytes)
     filters = _filters(label, dataset, exclude_group)
     # Slides are ranked from a wider pool of hits than k (when the index has slides at all).
@@ -55,7 +63,7 @@ async def search(
         # moves bytes, and FastAPI does not validate and serialise the same model a second time.
         return _response(k, engine.search_upload(upload, pool, filters)).model_dump_json().encode()
 
-    body = await engine.offload(search_and_serialise)
+    body = await engine.offload(search_and_serialise, client=client, cost=engine.query_cost(upload))
     return Response(body, media_type="application/json")
 
 
@@ -70,18 +78,20 @@ async def _query_upload(
     if image is None and item_id is None:
         raise ServiceError(
             422,
-            "invalid_request",
+            ErrorCode.INVALID_REQUEST,
             "image: a query image file is required (or item_id, to search with an item's own tile)",
         )
     if image is not None and item_id is not None:
-        raise ServiceError(422, "invalid_request", "image and item_id: send one of them, not both")
+        raise ServiceError(
+            422, ErrorCode.INVALID_REQUEST, "image and item_id: send one of them, not both"
+        )
     if image is not None:
         return await read_upload(image, max_bytes)
     assert item_id is not None
     try:
         data = await slides.run(lambda: slides.item_query(engine.index, item_id))
     except ItemSourceUnavailableError as error:
-        raise ServiceError(404, "not_found", str(error)) from error
+        raise ServiceError(404, ErrorCode.NOT_FOUND, str(error)) from error
     return Upload(filename=f"item-{item_id}.png", data=data)
 
 
@@ -95,8 +105,8 @@ def _filters(
     return SearchFilters(label=label, dataset=dataset, exclude_group=exclude_group)
 
 
-def _hit(rank: int, score: float, record: ItemRecord) -> SearchHit:
-    return SearchHit(**item_fields(record), score=score, rank=rank)
+def _hit(rank: int, score: float, record: ItemRecord, exact_copy: bool) -> SearchHit:
+    return SearchHit(**item_fields(record), score=score, rank=rank, exact_copy=exact_copy)
 
 
 def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
@@ -104,7 +114,7 @@ def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
     return SearchResponse(
         k=k,
         results=[
-            _hit(rank, score, record)
+            _hit(rank, score, record, record.id == outcome.exact_copy_id)
             for rank, (score, record) in enumerate(outcome.hits[:k], start=1)
         ],
         slides=slide_results(outcome.hits, limit=k),

@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Any
 
-from service.deps import EngineDep, ReadAccess, SettingsDep
-from service.errors import ServiceError
-from service.schemas import ErrorResponse, HealthResponse, ReadyResponse, StatsResponse
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
+from service.deps import ClientDep, EngineDep, SettingsDep
+from service.errors import ErrorCode, ServiceError
+from service.paths import without_paths
+from service.routes.responses import SERVER_LIMITS, error_responses
+from service.schemas import HealthResponse, ReadyResponse, StatsResponse
+
+# Liveness and readiness are always open; /stats is a read, keyed where the settings say so.
 router = APIRouter(tags=["system"])
+read_router = APIRouter(tags=["system"])
 
 UNSET = "(none)"
+
+
+_HEAD: dict[int | str, dict[str, Any]] = {200: {"description": "As GET, without the body."}}
 
 
 @router.get("/health", response_model=HealthResponse)
@@ -19,23 +29,35 @@ async def health() -> HealthResponse:
     return HealthResponse()
 
 
-@router.get("/ready", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
+@router.head("/health", operation_id="health_head", response_class=Response, responses=_HEAD)
+async def health_head() -> Response:
+    """GET /health without the body (load balancers and monitors probe with HEAD)."""
+    return JSONResponse(HealthResponse().model_dump())
+
+
+@router.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
 async def ready(request: Request) -> ReadyResponse:
     """Model and index are loaded and the server takes requests (503 while starting or stopping)."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None or getattr(request.app.state, "stopping", False):
-        raise ServiceError(503, "not_ready", "the model and index are not loaded")
+        raise ServiceError(503, ErrorCode.NOT_READY, "the model and index are not loaded")
     return ReadyResponse(items=len(engine.index))
 
 
-@router.get(
-    "/stats",
-    response_model=StatsResponse,
-    responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}},
-    dependencies=[ReadAccess],
+@router.head(
+    "/ready",
+    operation_id="ready_head",
+    response_class=Response,
+    responses={**_HEAD, **error_responses(503)},
 )
-async def stats(engine: EngineDep, settings: SettingsDep) -> StatsResponse:
-    index_stats = await engine.offload(engine.index.stats)
+async def ready_head(request: Request) -> Response:
+    """GET /ready without the body."""
+    return JSONResponse((await ready(request)).model_dump())
+
+
+@read_router.get("/stats", response_model=StatsResponse, responses=error_responses(*SERVER_LIMITS))
+async def stats(engine: EngineDep, settings: SettingsDep, client: ClientDep) -> StatsResponse:
+    index_stats = await engine.offload(engine.index.stats, client=client)
     card = engine.card
     return StatsResponse(
         items=index_stats.items,
@@ -50,7 +72,8 @@ async def stats(engine: EngineDep, settings: SettingsDep) -> StatsResponse:
         memory_bytes=index_stats.memory_bytes,
         codebook_fingerprint=index_stats.codebook_fingerprint,
         device=str(engine.device),
-        model_card=card.model_dump(mode="json"),
+        # The card records the training run's data and output folders: names only over HTTP.
+        model_card=without_paths(card.model_dump(mode="json")),
     )
 
 

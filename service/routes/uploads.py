@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import UploadFile
 
 from service.engine import Upload
-from service.imaging import ImageRejectedError, RejectionReason
+from service.errors import ErrorCode
+from service.imaging import ImageRejectedError
 
 _CHUNK_BYTES = 1024 * 1024
 
@@ -31,6 +32,6 @@ async def read_upload(upload: UploadFile, max_bytes: int) -> Upload:
 
 def _too_large(filename: str, max_bytes: int) -> ImageRejectedError:
     return ImageRejectedError(
-        RejectionReason.TOO_MANY_BYTES,
+        ErrorCode.UPLOAD_TOO_LARGE,
         f"{filename}: the file exceeds the limit of {max_bytes} bytes",
     )

@@ -318,3 +318,33 @@ def test_unknown_ids_and_paths_are_404(client: TestClient) -> None:
     assert_error(client.get("/images/987654321/thumbnail"), 404, "not_found")
     assert client.get("/images/../../etc/passwd").status_code == 404
     assert client.get("/static/../settings.py").status_code == 404
+
+
+def test_thumbnails_are_revalidated_so_a_deleted_one_does_not_linger(
+    client: TestClient, auth: dict[str, str], tile: Image.Image
+) -> None:
+    data = samples.encode(tile.rotate(45, fillcolor=(255, 255, 255)), "PNG")
+    item_id = client.post("/index", files={"images": ("t.png", data)}, headers=auth).json()[
+        "items"
+    ][0]["id"]
+    first = client.get(f"/images/{item_id}/thumbnail")
+    etag = first.headers["etag"]
+    assert first.headers["cache-control"] == "private, no-cache"
+    unchanged = client.get(f"/images/{item_id}/thumbnail", headers={"If-None-Match": etag})
+    assert unchanged.status_code == 304 and unchanged.content == b""
+    assert unchanged.headers["etag"] == etag
+    other = client.get(f"/images/{item_id}/thumbnail", headers={"If-None-Match": '"other"'})
+    assert other.status_code == 200 and other.content == first.content
+    assert client.delete(f"/images/{item_id}", headers=auth).status_code == 200
+    gone = client.get(f"/images/{item_id}/thumbnail", headers={"If-None-Match": etag})
+    assert_error(gone, 404, "not_found")
+
+
+def test_a_write_without_the_key_is_refused_before_its_body_is_read(client: TestClient) -> None:
+    # A body that would fail parsing: the refusal must be about the key, not the body.
+    response = client.post(
+        "/index",
+        content=b"--x\r\nnot a multipart body",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert_error(response, 401, "missing_api_key")

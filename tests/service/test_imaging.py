@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from indexer.index.thumbnails import make_thumbnail
+from service.errors import ErrorCode
 from service.imaging import (
     ImageRejectedError,
-    RejectionReason,
     decode_upload,
     to_rgb,
 )
@@ -40,44 +40,44 @@ def mean_abs_difference(first: Image.Image, second: Image.Image) -> float:
 
 def test_decode_rejects_empty_file() -> None:
     error = rejection(b"")
-    assert error.reason is RejectionReason.EMPTY
+    assert error.reason is ErrorCode.EMPTY_FILE
     assert error.status_code == 400
     assert "empty" in error.detail
 
 
 def test_decode_rejects_truncated_jpeg(tile: Image.Image) -> None:
     error = rejection(samples.truncated(samples.encode(tile, "JPEG")))
-    assert error.reason is RejectionReason.CORRUPT
+    assert error.reason is ErrorCode.CORRUPT_IMAGE
     assert error.status_code == 400
 
 
 def test_decode_rejects_truncated_png(tile: Image.Image) -> None:
     error = rejection(samples.truncated(samples.encode(tile, "PNG")))
-    assert error.reason is RejectionReason.CORRUPT
+    assert error.reason is ErrorCode.CORRUPT_IMAGE
 
 
 def test_decode_rejects_corrupt_jpeg(tile: Image.Image) -> None:
     error = rejection(samples.corrupt_jpeg(tile))
-    assert error.reason is RejectionReason.CORRUPT
+    assert error.reason is ErrorCode.CORRUPT_IMAGE
 
 
 def test_decode_rejects_non_image_as_unsupported_media_type() -> None:
     error = rejection(samples.NOT_AN_IMAGE)
-    assert error.reason is RejectionReason.NOT_AN_IMAGE
+    assert error.reason is ErrorCode.UNSUPPORTED_MEDIA_TYPE
     assert error.status_code == 415
     assert "JPEG" in error.detail
 
 
 def test_decode_refuses_formats_outside_the_allow_list(tile: Image.Image) -> None:
     error = rejection(samples.encode(tile, "PPM"))
-    assert error.reason is RejectionReason.NOT_AN_IMAGE
+    assert error.reason is ErrorCode.UNSUPPORTED_MEDIA_TYPE
 
 
 def test_decode_refuses_decompression_bomb_before_decoding() -> None:
     bomb = samples.png_bomb(12_000)
     assert len(bomb) < 1_000_000
     error = rejection(bomb)
-    assert error.reason is RejectionReason.TOO_MANY_PIXELS
+    assert error.reason is ErrorCode.IMAGE_TOO_LARGE
     assert error.status_code == 413
     assert "144000000" in error.detail
 
@@ -86,26 +86,26 @@ def test_decode_refuses_header_claiming_billions_of_pixels() -> None:
     # Far past Pillow's own bomb threshold: refused from the header alone.
     header_only = samples.png_from_rows(100_000, 100_000, 8, 0, zlib.compress(b""))
     error = rejection(header_only)
-    assert error.reason is RejectionReason.TOO_MANY_PIXELS
+    assert error.reason is ErrorCode.IMAGE_TOO_LARGE
 
 
 def test_decode_refuses_images_over_the_pixel_limit(tile: Image.Image) -> None:
     error = rejection(samples.encode(tile, "PNG"), max_pixels=100 * 100)
-    assert error.reason is RejectionReason.TOO_MANY_PIXELS
+    assert error.reason is ErrorCode.IMAGE_TOO_LARGE
 
 
 @pytest.mark.parametrize("maker", [samples.gif_two_frames, samples.tiff_two_pages])
 def test_decode_refuses_multi_frame_images(tile: Image.Image, maker: object) -> None:
     assert callable(maker)
     error = rejection(maker(tile))
-    assert error.reason is RejectionReason.MULTI_FRAME
+    assert error.reason is ErrorCode.MULTI_FRAME_IMAGE
     assert error.status_code == 422
     assert "2 frames" in error.detail
 
 
 def test_decode_refuses_floating_point_pixels(tile: Image.Image) -> None:
     error = rejection(samples.float_tiff(tile))
-    assert error.reason is RejectionReason.UNSUPPORTED_PIXELS
+    assert error.reason is ErrorCode.UNSUPPORTED_PIXEL_FORMAT
     assert error.status_code == 422
 
 

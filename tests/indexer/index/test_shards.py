@@ -286,3 +286,14 @@ def test_shards_asked_from_threads_answer_as_shards_asked_in_turn(saved):
             assert comparable(threaded.search(queries, 9, filters)) == comparable(
                 in_turn.search(queries, 9, filters)
             )
+
+
+def test_scores_of_given_items_equal_the_unsharded_index_and_none_for_absent_ones(tmp_path, single):
+    with new_sharded(tmp_path / "sharded", 3) as sharded:
+        vectors, records = archive_with_ties(sharded.codebooks)
+        fill(sharded, vectors, records)
+        query = descriptors_near_codewords(1, sharded.codebooks, seed=5)
+        wanted = [1, 2, 600, 1199, 1200, 99_999]
+        expected = single.scores_of(query, wanted)
+        assert sharded.scores_of(query, wanted) == pytest.approx(expected, abs=1e-6)
+        assert expected[-1] is None and all(score is not None for score in expected[:-1])
