@@ -78,6 +78,11 @@ class SPQModel(nn.Module):
                 features = self.trunk(images)
         else:
             features = self.trunk(images)
+        return self.pool_backbone_output(features)
+
+    def pool_backbone_output(self, features: list[torch.Tensor] | TokenFeatures) -> torch.Tensor:
+        """The trunk's output (stage feature maps, or a token model's tokens) -> (N, C) the
+        combined global descriptor: where training on cached backbone outputs joins the head."""
         if isinstance(features, TokenFeatures):
             assert isinstance(self.global_descriptor, TokenDescriptor)
             combined: torch.Tensor = self.global_descriptor(
@@ -90,10 +95,17 @@ class SPQModel(nn.Module):
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, M*d) float32, each of the M sub-vectors of unit length."""
-        raw = self.projection(self.descriptor_features(images))
+        return self._project(self.descriptor_features(images))
+
+    def encode_backbone_output(self, features: list[torch.Tensor] | TokenFeatures) -> torch.Tensor:
+        """The trunk's output for N images -> (N, M*d), as ``encode`` of those images."""
+        return self._project(self.pool_backbone_output(features))
+
+    def _project(self, pooled: torch.Tensor) -> torch.Tensor:
+        raw = self.projection(pooled)
         # Normalised in float32 even when the network ran in bfloat16 (mixed-precision training),
         # where the sub-vectors' unit length and the soft assignment need the precision.
-        return split_subvectors(raw.float(), self.card.num_codebooks).reshape(images.shape[0], -1)
+        return split_subvectors(raw.float(), self.card.num_codebooks).reshape(pooled.shape[0], -1)
 
     def quantize(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, S, S) -> (N, M*d) soft-quantised descriptor (differentiable)."""

@@ -11,8 +11,9 @@ Evaluate a trained checkpoint on the groups it was neither trained nor selected 
 
 Every image of the chosen part is a query against all others, never counting hits from its own
 group. Methods: the PQ codes searched by the index's own search (asymmetric distance, queries
-stay float: the figures the service delivers), the float descriptor, an RGB colour histogram,
-and the same backbone with random weights.
+stay float: the figures the service delivers), the float descriptor, the checkpoint's own
+backbone features pooled without the head (the ceiling: each method's share of its P@10 is
+reported), an RGB colour histogram, and the same backbone with random weights.
 Metrics: precision@k, mAP@k, majority-vote top-k accuracy, and how often a query's own group
 mate is ranked first (near-duplicate retrieval).
 

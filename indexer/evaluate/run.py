@@ -1,10 +1,12 @@
 """Evaluate a trained checkpoint on the held-out groups it was not trained or selected on.
 
-Four descriptor methods on the same images: the PQ codes, the float descriptor, an RGB colour
-histogram and the random-weights backbone. The codes are ranked by the shipped search path: an
-`ArchiveIndex` over the model's codebooks (in a temporary directory) holds the descriptors' codes
-and answers each query with ``SearchFilters(exclude_group=...)``, so the figure a user reads is the
-one the service delivers. The other methods rank by score matrices.
+Five descriptor methods on the same images: the PQ codes, the float descriptor, the checkpoint's
+own backbone features (pooled, unquantised: the ceiling the codes are measured against; each
+method's share of its P@10 is reported), an RGB colour histogram and the random-weights backbone.
+The codes are ranked by the shipped search path: an `ArchiveIndex` over the model's codebooks (in
+a temporary directory) holds the descriptors' codes and answers each query with
+``SearchFilters(exclude_group=...)``, so the figure a user reads is the one the service delivers.
+The other methods rank by score matrices.
 Outputs: ``evaluation.json``, ``evaluation.md`` and ``precision_at_k.png``.
 """
 
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from indexer.evaluate.baselines import RandomBackboneDescriptor, colour_histograms
@@ -41,12 +44,19 @@ from indexer.learn.config import recorded_config
 from indexer.learn.splits import SplitError
 from indexer.learn.training import archive_images, make_split
 from model import Embedder, ModelCard, SPQModel, codeword_usage, load_checkpoint, select_device
+from model.preprocess import preprocess
+from model.timm_backbones import TokenFeatures
 
 logger = logging.getLogger(__name__)
 
 METHOD_CODES = "SPQ codes (ADC)"
 METHOD_FLOAT = "SPQ float descriptor"
 METHOD_HISTOGRAM = "RGB colour histogram"
+CEILING_K = 10
+
+
+def backbone_method_name(card: ModelCard) -> str:
+    return f"{card.backbone} float features (ceiling)"
 
 
 @dataclass
@@ -60,6 +70,16 @@ class EvaluationReport:
     bits: int
     methods: list[MethodResult]
     codeword_usage: dict[str, float]
+    ceiling: str = ""
+
+    def share_of_ceiling(self, k: int = CEILING_K) -> dict[str, float]:
+        """Each method's P@k over the ceiling method's P@k: how much of the backbone's own
+        retrieval quality the method keeps (1.0 for the ceiling itself)."""
+        by_name = {method.name: method.metrics.precision[k] for method in self.methods}
+        ceiling = by_name.get(self.ceiling, 0.0)
+        if ceiling <= 0:
+            return {}
+        return {name: precision / ceiling for name, precision in by_name.items()}
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -72,6 +92,10 @@ class EvaluationReport:
             "bits": self.bits,
             "codeword_usage": self.codeword_usage,
             "methods": [method.as_dict() for method in self.methods],
+            "ceiling": self.ceiling,
+            f"share_of_ceiling_p{CEILING_K}": (
+                self.share_of_ceiling() if CEILING_K in self.ks else {}
+            ),
         }
 
 
@@ -162,6 +186,31 @@ def _positions(
     return np.where(found >= 0, position_of_id[np.maximum(found, 0)], -1).astype(np.int64)
 
 
+class BackboneFeatures:
+    """The checkpoint's own backbone, pooled without its head: the mean of the last feature map
+    (a token model: its class token, or the mean patch token without one), unit length."""
+
+    def __init__(self, model: SPQModel, device: torch.device) -> None:
+        self.model = model
+        self.device = device
+
+    @torch.no_grad()
+    def __call__(self, images: list[Image.Image]) -> torch.Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        output = self.model.trunk(preprocess(images, self.model.card).to(self.device))
+        self.model.train(was_training)
+        if isinstance(output, TokenFeatures):
+            pooled = (
+                output.class_token
+                if output.class_token is not None
+                else output.patch_grid.mean(dim=(2, 3))
+            )
+        else:
+            pooled = output[-1].mean(dim=(2, 3))
+        return F.normalize(pooled.float(), dim=1).cpu()
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     data: Path,
@@ -189,8 +238,10 @@ def evaluate_checkpoint(
     random_backbone = describe_in_batches(
         entries, RandomBackboneDescriptor(model.card, device), batch_size
     )
+    backbone = describe_in_batches(entries, BackboneFeatures(model, device), batch_size)
     scored = {
         METHOD_FLOAT: descriptors @ descriptors.T,
+        backbone_method_name(model.card): cosine_scores(backbone),
         METHOD_HISTOGRAM: cosine_scores(histograms),
         f"random {model.card.backbone}": cosine_scores(random_backbone),
     }
@@ -208,23 +259,28 @@ def evaluate_checkpoint(
         methods=[codes_result]
         + [score_method(name, s, labels, groups, ks) for name, s in scored.items()],
         codeword_usage=codeword_usage(codes, model.card.codebook_size),
+        ceiling=backbone_method_name(model.card),
     )
 
 
 def markdown_table(report: EvaluationReport, k: int = 10) -> str:
-    """One row per method: P@k, mAP@k, majority-vote accuracy@k, near-duplicate top-1."""
+    """One row per method: P@k, its share of the ceiling's P@k, mAP@k, majority-vote
+    accuracy@k, P@1, near-duplicate top-1."""
+    shares = report.share_of_ceiling(k)
     lines = [
         f"Dataset `{Path(report.dataset).name}`, {report.part} part: {report.num_images} images in "
         f"{report.num_groups} groups; PQ codes of {report.bits} bits; gallery excludes the "
         "query's own group.",
         "",
-        f"| method | P@{k} | mAP@{k} | top-{k} vote acc. | P@1 | cluster mate first |",
-        "|---|---|---|---|---|---|",
+        f"| method | P@{k} | share of ceiling P@{k} | mAP@{k} | top-{k} vote acc. | P@1 "
+        "| cluster mate first |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method in report.methods:
         metrics = method.metrics
         lines.append(
             f"| {method.name} | {metrics.precision[k]:.3f} | "
+            f"{_share_cell(shares.get(method.name))} | "
             f"{metrics.mean_average_precision[k]:.3f} | {metrics.majority_vote_accuracy[k]:.3f} "
             f"| {metrics.precision[1]:.3f} | {method.near_duplicate_top1:.3f} |"
         )
@@ -235,6 +291,10 @@ def markdown_table(report: EvaluationReport, k: int = 10) -> str:
         f"codewords per sub-space, perplexity {usage['perplexity']:.2f}.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _share_cell(share: float | None) -> str:
+    return "n/a" if share is None else f"{share:.0%}"
 
 
 def write_report(report: EvaluationReport, out: Path, k: int = 10) -> None:

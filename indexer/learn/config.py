@@ -128,6 +128,21 @@ class TrainConfig(BaseModel):
         description="minutes between last.pt saves",
         json_schema_extra=_section(BUDGET),
     )
+    cached_views: int = Field(
+        default=0,
+        ge=0,
+        description="with --freeze-backbone: encode this many augmented views of every training "
+        "image once through the frozen backbone, then train the head on pairs of distinct cached "
+        "views with no backbone forward per step (0: off; at least 2 when on)",
+        json_schema_extra=_section(BUDGET),
+    )
+    view_cache_dir: str | None = Field(
+        default=None,
+        description="folder of view caches shared between runs (default: OUT/cache); a cache is "
+        "reused by any run with the same backbone, weights, data, input size, augmentation and "
+        "--cached-views",
+        json_schema_extra=_section(BUDGET),
+    )
     model: ModelSpec = Field(
         default_factory=ModelSpec,
         description="architecture, code geometry and input size, as recorded in the model card",
@@ -213,6 +228,22 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "validation_fraction + test_fraction must stay below 1 to leave groups for "
                 f"training, got {self.validation_fraction} + {self.test_fraction}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _cached_views_need_a_frozen_backbone(self) -> TrainConfig:
+        if self.cached_views == 0:
+            return self
+        if not self.model.backbone_is_frozen:
+            raise ValueError(
+                "--cached-views trains on backbone outputs computed once, which is only exact "
+                "when the backbone does not learn: add --freeze-backbone"
+            )
+        if self.cached_views < 2:
+            raise ValueError(
+                f"--cached-views {self.cached_views}: training pairs two distinct views of an "
+                "image, so at least 2 views are needed"
             )
         return self
 

@@ -25,6 +25,12 @@ from indexer.evaluate.metrics import near_duplicate_top1, retrieval_metrics
 from indexer.ingest.sources import ArchiveImage, load_source
 from indexer.learn.config import TrainConfig
 from indexer.learn.splits import GroupSplit, explicit_group_split, random_group_split
+from indexer.learn.view_cache import (
+    ViewCache,
+    build_view_cache,
+    distinct_view_pairs,
+    view_cache_key,
+)
 from model import (
     CodewordUsageRegularizer,
     CrossQuantizedContrastiveLoss,
@@ -159,7 +165,8 @@ class Trainer:
         self.split = make_split(config, entries)
         train_entries = self.split.entries(entries, "train")
         validation_entries = [e for e in self.split.entries(entries, "validation") if e.label]
-        card = config.model_card(dataset_fingerprint(train_entries, self.split))
+        self.dataset_fingerprint = dataset_fingerprint(train_entries, self.split)
+        card = config.model_card(self.dataset_fingerprint)
         self.model = build_model(card, config.backbone_weights).to(self.device)
         self.train_images = load_tensor_set(train_entries, config.preload_size)
         self.validation = (
@@ -183,6 +190,7 @@ class Trainer:
             card.num_codebooks, card.codebook_size, dtype=torch.bool, device=self.device
         )
         self.last_descriptors: torch.Tensor | None = None
+        self.view_cache: ViewCache | None = None
         self.state = TrainingState()
         if resume and (self.out / LAST_CHECKPOINT).exists():
             self._restore(self.out / LAST_CHECKPOINT)
@@ -198,6 +206,8 @@ class Trainer:
             "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
             "model_card": self.model.card.model_dump(mode="json"),
         }
+        if self.view_cache is not None:
+            resolved["view_cache"] = asdict(self.view_cache.cost)
         atomic_write_bytes(self.out / "config.json", json.dumps(resolved, indent=2).encode())
 
     def _restore(self, path: Path) -> None:
@@ -222,12 +232,54 @@ class Trainer:
             return by_epochs
         return max(by_epochs, self.state.elapsed_s / (60 * self.config.minutes))
 
+    def view_cache_folder(self) -> Path:
+        root = (
+            Path(self.config.view_cache_dir) if self.config.view_cache_dir else self.out / "cache"
+        )
+        key = view_cache_key(
+            self.model, self.dataset_fingerprint, self.config.augmentation, self.config.cached_views
+        )
+        return root / key
+
+    def prepare_view_cache(self) -> ViewCache:
+        """Build (or reuse) the cache of backbone outputs that a cached-views run trains on."""
+        if self.view_cache is None:
+            self.view_cache = build_view_cache(
+                self.model,
+                self.train_images,
+                self.augment,
+                self.config.cached_views,
+                self.view_cache_folder(),
+                seed=self.config.seed,
+                device=self.device,
+                compute_dtype=self.compute_dtype,
+            )
+            self._write_config()
+        return self.view_cache
+
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         images = batch.to(self.device).float().div_(255)
         with torch.no_grad():
             view_a = normalize(self.augment(images), self.model.card)
             view_b = normalize(self.augment(images), self.model.card)
-        x_a, x_b = self._descriptors(view_a), self._descriptors(view_b)
+        return self._learn_from(self._descriptors(view_a), self._descriptors(view_b))
+
+    def cached_train_step(self, indices: torch.Tensor) -> dict[str, float]:
+        """One step on two distinct cached views of each image: no backbone forward."""
+        cache = self.prepare_view_cache()
+        first, second = distinct_view_pairs(indices.shape[0], cache.views)
+        mixed = self.compute_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=mixed):
+            x_a = self.model.encode_backbone_output(
+                cache.backbone_output(indices, first, self.device)
+            )
+            x_b = self.model.encode_backbone_output(
+                cache.backbone_output(indices, second, self.device)
+            )
+        return self._learn_from(x_a, x_b)
+
+    def _learn_from(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict[str, float]:
+        """CQC loss and codeword regulariser on the descriptors of two views; one Adam step."""
         z_a = self.model.quantizer.soft_quantize(x_a)
         z_b = self.model.quantizer.soft_quantize(x_b)
         self._note_codeword_use(x_a)
@@ -278,7 +330,12 @@ class Trainer:
         for start in starts:
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate_at(self.progress(), self.config)
-            step = self.train_step(self.train_images[order[start : start + batch_size]])
+            indices = order[start : start + batch_size]
+            step = (
+                self.cached_train_step(indices)
+                if self.config.cached_views
+                else self.train_step(self.train_images[indices])
+            )
             for key in sums:
                 sums[key] += step[key]
         codewords_reset = self._reset_dead_codewords()
@@ -300,6 +357,8 @@ class Trainer:
         """Train until the epoch or time budget is spent; return the final checkpoint's path."""
         from tqdm import tqdm
 
+        if self.config.cached_views:
+            self.prepare_view_cache()
         last_checkpoint_s = self.state.elapsed_s
         with tqdm(total=self.config.epochs, initial=self.state.epoch, unit="epoch") as bar:
             while not self.finished():

@@ -9,12 +9,17 @@ import torch
 from PIL import Image
 
 from indexer.evaluate.metrics import describe_in_batches, retrieval_metrics
-from indexer.evaluate.run import code_search_result
+from indexer.evaluate.run import (
+    code_search_result,
+    entries_of_part,
+    evaluate_checkpoint,
+    markdown_table,
+)
 from indexer.ingest.pipeline import decode_image, read_image
 from indexer.ingest.sources import ArchiveImage
 from indexer.learn.training import load_tensor_set
-from model import Embedder, ModelCard, build_model
-from model.preprocess import image_to_tensor
+from model import Embedder, ModelCard, build_model, save_checkpoint
+from model.preprocess import image_to_tensor, open_upright_rgb, preprocess
 from tests.indexer.index_helpers import SHARED_DATA, M, descriptors_near_codewords, unit_codebooks
 
 KATHER = SHARED_DATA / "kather2016-texture-240"
@@ -101,3 +106,47 @@ def test_training_decodes_an_exif_rotated_jpeg_upright(tmp_path):
     [tensor] = load_tensor_set([ArchiveImage(path, None, "g", "exif")], 32)
     expected = image_to_tensor(upright, 32).mul(255)
     assert (tensor.float() - expected).abs().mean() < 6.0
+
+
+def test_evaluation_has_a_backbone_ceiling_row_and_each_methods_share_of_its_precision(
+    tmp_path: Path,
+) -> None:
+    if not (KATHER / "labels.csv").is_file():
+        pytest.skip("Kather 2016 tiles are missing")
+    torch.manual_seed(0)
+    model = build_model(ModelCard(input_size=48, num_codebooks=4, codeword_dim=8)).eval()
+    checkpoint = tmp_path / "model.pt"
+    save_checkpoint(model, checkpoint)
+    report = evaluate_checkpoint(
+        checkpoint, KATHER, part="all", ks=(1, 10), device_preference="cpu"
+    )
+    rows = {method.name: method.metrics.precision[10] for method in report.methods}
+    ceiling = "resnet18 float features (ceiling)"
+    assert report.ceiling == ceiling and ceiling in rows
+
+    # The ceiling from first principles: the trunk's last feature map, averaged, cosine ranked,
+    # the query's own group excluded.
+    entries = entries_of_part(model, KATHER, "all")
+    with torch.no_grad():
+        images = [open_upright_rgb(entry.path) for entry in entries]
+        features = model.trunk(preprocess(images, model.card))[-1].mean(dim=(2, 3)).numpy()
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    scores = features @ features.T
+    groups = np.array([entry.group for entry in entries])
+    labels = np.array([entry.label for entry in entries])
+    hand = []
+    for query in range(len(entries)):
+        masked = np.where(groups == groups[query], -np.inf, scores[query])
+        top = np.argsort(-masked, kind="stable")[:10]
+        hand.append(np.mean(labels[top] == labels[query]))
+    assert rows[ceiling] == pytest.approx(float(np.mean(hand)), abs=0.01)
+
+    shares = report.share_of_ceiling()
+    assert set(shares) == set(rows) and shares[ceiling] == pytest.approx(1.0)
+    for name, precision in rows.items():
+        assert shares[name] == pytest.approx(precision / rows[ceiling])
+    assert report.as_dict()["share_of_ceiling_p10"] == shares
+    codes_share = f"{shares['SPQ codes (ADC)']:.0%}"
+    assert f"| SPQ codes (ADC) | {rows['SPQ codes (ADC)']:.3f} | {codes_share} |" in (
+        markdown_table(report)
+    )

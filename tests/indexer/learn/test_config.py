@@ -94,7 +94,13 @@ def test_a_card_written_before_nesting_reads_back_as_the_same_settings() -> None
     assert config.seed == 3 and config.test_groups == ["g2", "g3"]
     flattened = {**config.model_dump(exclude={"model"}), **config.model.model_dump()}
     # Settings added since take their defaults.
-    assert flattened == {**FLAT_RECORD, "freeze_backbone": False, "train_last_blocks": None}
+    assert flattened == {
+        **FLAT_RECORD,
+        "freeze_backbone": False,
+        "train_last_blocks": None,
+        "cached_views": 0,
+        "view_cache_dir": None,
+    }
 
 
 def test_a_card_without_a_training_record_is_refused_clearly() -> None:
