@@ -42,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from benchmarks.servers import free_port, launch_until_ready, percentile
 from indexer.index.hashing import file_hash
 from indexer.index.store import ArchiveIndex, NewItem
 from indexer.index.thumbnails import make_thumbnail
@@ -90,13 +90,6 @@ def build_index(directory: Path) -> Path:
     return index_dir
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def start_server(index_dir: Path, log: Path, *, plain_uvicorn: bool = False) -> tuple[Any, str]:
     port = free_port()
     env = {
@@ -112,20 +105,8 @@ def start_server(index_dir: Path, log: Path, *, plain_uvicorn: bool = False) -> 
     else:
         command = [sys.executable, "-c", "from indexer.cli import main; raise SystemExit(main())"]
         command += ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("ab") as sink:
-        process = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("server not ready")
+    return launch_until_ready(command, env, log, url), url
 
 
 def stop_server(process: Any) -> None:
@@ -134,10 +115,6 @@ def stop_server(process: Any) -> None:
         process.wait(timeout=30)
     except subprocess.TimeoutExpired:
         process.kill()
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q))
 
 
 def open_stalled(port: int, count: int) -> list[socket.socket]:

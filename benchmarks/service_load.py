@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import httpx
 import numpy as np
 import torch
 
+from benchmarks.servers import free_port, launch_until_ready, percentile
 from indexer.index.hashing import file_hash
 from indexer.index.store import ArchiveIndex, NewItem
 from indexer.index.thumbnails import make_thumbnail
@@ -203,13 +203,6 @@ def paired_single_query_ms(
     return statistics.median(direct), statistics.median(served)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def start_server(index_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {**os.environ, "HISTOSEARCH_DEVICE": "cpu", "HISTOSEARCH_LOG_LEVEL": "WARNING"}
@@ -223,25 +216,9 @@ def start_server(index_dir: Path, log: Path) -> tuple[subprocess.Popen[bytes], s
         "--port",
         str(port),
     ]
-    with log.open("wb") as stream:
-        process = subprocess.Popen(command, env=env, stdout=stream, stderr=stream)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    process.kill()
-    raise TimeoutError("server not ready in 120 s")
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+    log.unlink(missing_ok=True)
+    return launch_until_ready(command, env, log, url), url
 
 
 def run_level(
