@@ -177,16 +177,31 @@ class SearchEngine:
         query (`service.regions`), decoded in full; any other upload is embedded whole.
         """
         start = time.perf_counter()
-        tiling = self.tiling
-        if tiling is None:
+        if self.tiling is None:
             query = self.decode(upload, as_query=True)
             return self._search_image(query, k, filters, _elapsed_ms(start))
         query = self.decode(upload)
+        return self.search_decoded(query, k, filters, mpp, _elapsed_ms(start))
+
+    def search_decoded(
+        self,
+        query: DecodedImage,
+        k: int,
+        filters: SearchFilters | None,
+        mpp: float | None = None,
+        decode_ms: float = 0.0,
+    ) -> SearchOutcome:
+        """Search with an image already in memory at ``mpp`` um/px (an upload decoded in full, or
+        a region read from a slide), which took ``decode_ms`` to get (blocking, as above)."""
+        start = time.perf_counter()
+        tiling = self.tiling
+        if tiling is None:
+            return self._search_image(query, k, filters, decode_ms + _elapsed_ms(start))
         scaled = at_index_mpp(query.rgb, tiling.mpp if mpp is None else mpp, tiling)
         if not is_region(scaled, tiling):
-            return self._search_image(query, k, filters, _elapsed_ms(start))
+            return self._search_image(query, k, filters, decode_ms + _elapsed_ms(start))
         region = region_tiles(scaled, tiling, self.max_query_tiles)
-        decode_ms = _elapsed_ms(start)
+        decode_ms += _elapsed_ms(start)
         if not region.tiles:
             width, height = query.size
             raise ServiceError(

@@ -3,9 +3,10 @@
 The index's tile geometry (edge in pixels and its resolution in um/px) comes from the slide
 registry, where `histosearch index --source slides` records it for every slide. The upload is
 scaled from its own mpp (a form field; default the index's) to the index's, cut into tiles with
-the archive's own boxes (`indexer.index.tiling.tile_boxes`, stride = tile edge), tiles that are
-mostly glass are dropped (`indexer.index.tiling.has_tissue`), and at most ``max_tiles`` evenly
-spaced tissue tiles are kept so that a query's cost is bounded.
+the archive's own boxes (`indexer.index.tiling.tile_boxes`, stride = tile edge), and only tiles
+whose tissue share reaches the slides' default ``--min-tissue`` are kept, by the slides' own tissue
+rule: the Otsu mask of `indexer.index.tissue` (`image_tissue_mask`, 16 mask pixels a tile edge).
+At most ``max_tiles`` evenly spaced tissue tiles are searched, so that a query's cost is bounded.
 
 Aggregation (`aggregate_tile_hits`): every query tile is searched for the same top N; an item's
 score is its best score over the query tiles, ties broken by how many query tiles found it
@@ -23,10 +24,11 @@ import numpy.typing as npt
 from PIL import Image
 
 from indexer.index.slides import SlideRegistry
-from indexer.index.tiling import TilingConfig, has_tissue, tile_boxes
+from indexer.index.tiling import TilingConfig, tile_boxes
+from indexer.index.tissue import image_tissue_mask
 from model.preprocess import resized_pixels
 
-# Tissue share a query tile needs, as for the archive's large images (`TilingConfig`).
+# Tissue share of the mask a query tile needs: `histosearch index --source slides`' default.
 QUERY_MIN_TISSUE = TilingConfig().min_tissue
 
 
@@ -79,12 +81,11 @@ def is_region(image: Image.Image, tiling: IndexTiling) -> bool:
 def region_tiles(image: Image.Image, tiling: IndexTiling, max_tiles: int) -> RegionTiles:
     """The tissue tiles of ``image`` (already at the index's mpp), at most ``max_tiles``."""
     config = TilingConfig(tile_size=tiling.tile_size, min_tissue=QUERY_MIN_TISSUE)
-    tissue = []
-    for x, y, width, height in tile_boxes(*image.size, config):
-        tile = image.crop((x, y, x + width, y + height))
-        if has_tissue(tile, QUERY_MIN_TISSUE):
-            tissue.append(tile)
-    return RegionTiles([tissue[i] for i in evenly_spaced(len(tissue), max_tiles)], len(tissue))
+    boxes = tile_boxes(*image.size, config)
+    shares = image_tissue_mask(image, tiling.tile_size).fractions(boxes).tolist()
+    tissue = [box for box, share in zip(boxes, shares, strict=True) if share >= QUERY_MIN_TISSUE]
+    kept = [tissue[i] for i in evenly_spaced(len(tissue), max_tiles)]
+    return RegionTiles([image.crop((x, y, x + w, y + h)) for x, y, w, h in kept], len(tissue))
 
 
 def evenly_spaced(count: int, limit: int) -> list[int]:

@@ -48,6 +48,8 @@ class ErrorCode(StrEnum):
     INVALID_TEXT = "invalid_text"
     INVALID_REQUEST = "invalid_request"
     NO_TISSUE = "no_tissue"
+    REGION_OUTSIDE_SLIDE = "region_outside_slide"
+    REGION_TOO_LARGE = "region_too_large"
     # 429
     TOO_MANY_REQUESTS = "too_many_requests"
     # 500, 503

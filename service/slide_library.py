@@ -8,7 +8,11 @@ entries and encoded tiles in an LRU bounded by ``tile_cache_bytes``; all slide r
 small thread pool of its own, so a viewer's burst of tile requests neither blocks the event loop
 nor queues behind searches.
 
-"More like this" (`item_query`) re-reads an item's own tile from its source, here too.
+"More like this" (`item_query`) re-reads an item's own tile from its source, here too, and a
+region of a slide chosen in the viewer (`plan_region`, `read_region`) is read for a region query:
+from the pyramid level the index's tiles are read from (the largest downsample not above the
+index's mpp, `indexer.index.tissue.best_level_of`), at that level's own resolution, so that the
+query is exactly what an upload of the same pixels with that level's mpp would be.
 """
 
 from __future__ import annotations
@@ -26,10 +30,17 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from PIL import Image
 
-from indexer.index.records import ItemRecord
-from indexer.index.slides import SlideRecord, SlideRegistry, read_slide_tile, slide_id_of
+from indexer.index.records import ItemRecord, TileBox
+from indexer.index.slides import (
+    SlideRecord,
+    SlideRegistry,
+    level_read_size,
+    read_slide_tile,
+    slide_id_of,
+)
 from indexer.index.store import ArchiveIndex
-from model.preprocess import open_upright_rgb
+from indexer.index.tissue import best_level_of
+from model.preprocess import open_upright_rgb, to_rgb
 
 if TYPE_CHECKING:
     from openslide import OpenSlide
@@ -56,6 +67,30 @@ class TileOutOfRangeError(LookupError):
 
 class ItemSourceUnavailableError(LookupError):
     """An item whose tile cannot be read again: unknown id, or its source is gone."""
+
+
+class RegionRefusedError(ValueError):
+    """A slide region that cannot be searched: outside the slide, or too large to read."""
+
+    def __init__(self, message: str, *, too_large: bool) -> None:
+        super().__init__(message)
+        self.too_large = too_large
+
+
+@dataclass(frozen=True, slots=True)
+class SlideRegion:
+    """A level-0 box of a slide, and how it is read: from ``level``, ``read_size`` pixels."""
+
+    slide_id: str
+    box: TileBox
+    level: int
+    read_size: tuple[int, int]
+    mpp: float
+    """um/px of the pixels read (the level's, along x)."""
+
+    @property
+    def pixels(self) -> int:
+        return self.read_size[0] * self.read_size[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +180,51 @@ class SlideLibrary:
         buffer = io.BytesIO()
         pixels.save(buffer, format="PNG", compress_level=1)
         return buffer.getvalue()
+
+    def plan_region(
+        self, slide_id: str, box: TileBox, index_mpp: float, max_pixels: int
+    ) -> SlideRegion:
+        """Where and how to read a level-0 ``box`` of a slide for a query at ``index_mpp``.
+
+        Refused (`RegionRefusedError`) when the box does not lie inside the slide's level 0, or
+        when its read would exceed ``max_pixels`` (the upload pixel limit): a region query is
+        read whole before it is tiled, like an uploaded image.
+        """
+        record = self.record(slide_id)
+        x, y, width, height = box
+        if width < 1 or height < 1 or x < 0 or y < 0:
+            raise RegionRefusedError(
+                f"the region ({x}, {y}, {width} x {height}) must have a positive width and "
+                "height and a non-negative origin",
+                too_large=False,
+            )
+        if x + width > record.width or y + height > record.height:
+            raise RegionRefusedError(
+                f"the region ({x}, {y}, {width} x {height}) reaches beyond slide {slide_id}, "
+                f"which is {record.width} x {record.height} level-0 pixels",
+                too_large=False,
+            )
+        # From the registry's pyramid: a refused region never opens the slide.
+        level = best_level_of(record.level_downsamples, index_mpp / record.mpp_x)
+        downsample = record.level_downsamples[level]
+        read_size = level_read_size(box, downsample)
+        region = SlideRegion(slide_id, box, level, read_size, record.mpp_x * downsample)
+        if region.pixels > max_pixels:
+            raise RegionRefusedError(
+                f"the region ({x}, {y}, {width} x {height}) is {read_size[0]} x {read_size[1]} "
+                f"pixels at {region.mpp:g} um/px, more than the limit of {max_pixels:,} "
+                "(HISTOSEARCH_MAX_IMAGE_PIXELS): choose a smaller region",
+                too_large=True,
+            )
+        return region
+
+    def read_region(self, region: SlideRegion) -> Image.Image:
+        """The RGB pixels of a planned region (transparent parts, off the scan, as white glass)."""
+        slide = self._opened(region.slide_id).slide
+        origin = (region.box[0], region.box[1])
+        return _read_or_unavailable(
+            lambda: to_rgb(slide.read_region(origin, region.level, region.read_size))
+        )
 
     def _item_pixels(self, record: ItemRecord) -> Image.Image:
         slide_id = slide_id_of(record)

@@ -3,11 +3,11 @@
 Every file OpenSlide opens (SVS, NDPI, MRXS, SCN, tiled TIFF, DICOM, ...) is a slide. Tiles are
 cut at ``mpp`` micrometres per pixel, ``tile_size`` pixels a side: a tile covers
 ``tile_size * mpp / slide_mpp`` level-0 pixels, is read from the pyramid level whose downsample
-is the largest not above the one needed (`indexer.ingest.tissue.best_level`) and resized to
+is the largest not above the one needed (`indexer.index.tissue.best_level`) and resized to
 ``tile_size``. The slide's own mpp comes from ``openslide.mpp-x`` / ``openslide.mpp-y``; a slide
 without them is refused unless ``slide_mpp`` states its resolution (``--slide-mpp``).
 
-Tissue first: a tissue mask from a low-resolution overview (`indexer.ingest.tissue`) decides
+Tissue first: a tissue mask from a low-resolution overview (`indexer.index.tissue`) decides
 which tiles are read at all, so empty glass is never read at full resolution.
 
 One slide at a time, in bounded memory whatever its size: tile regions are read by a thread pool
@@ -54,10 +54,10 @@ from indexer.index.slides import (
 from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
 from indexer.index.tiling import DEFAULT_TILE_SIZE, tile_starts
+from indexer.index.tissue import MASK_CELLS_PER_TILE, TissueMask, best_level, tissue_mask
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.pipeline import Encoder, IndexingSummary, Tile, embed_tiles, write_tiles
 from indexer.ingest.sources import ArchiveImage, SourceError, load_csv
-from indexer.ingest.tissue import TissueMask, best_level, tissue_mask
 from model.errors import HistosearchError
 
 if TYPE_CHECKING:
@@ -70,9 +70,6 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES: Final = frozenset(
     {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
 )
-# The tissue mask has this many pixels along a tile's edge: fine enough that a tile's tissue share
-# is measured on 256 mask pixels, coarse enough that a 100,000 px slide's mask is ~3,500 px wide.
-MASK_CELLS_PER_TILE: Final = 16
 # Bound on the mask's long side whatever the slide and tile size (4096^2 RGB is 50 MB).
 MAX_MASK_SIDE: Final = 4096
 

@@ -1,4 +1,5 @@
-"""POST /search: the most similar archive items to one uploaded image."""
+"""POST /search: the most similar archive items to one uploaded image, an item's own tile, or a
+region of an indexed slide (``slide_id`` with a level-0 ``x``, ``y``, ``width``, ``height``)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from service.deps import ClientDep, EngineDep, SettingsDep
 from service.engine import SearchEngine, SearchOutcome, Upload
 from service.errors import ErrorCode, ServiceError
 from service.forms import TEXT_PATTERN, StrictFormRoute
+from service.imaging import DecodedImage
 from service.routes.images import item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
-from service.routes.slides import SlidesDep, slide_results
+from service.routes.slides import SlidesDep, plan_slide_region, search_slide_region, slide_results
 from service.routes.uploads import read_upload
 from service.schemas import QueryImage, SearchHit, SearchResponse, Timings
 from service.slide_library import ItemSourceUnavailableError, SlideLibrary
@@ -22,6 +24,7 @@ from service.slide_library import ItemSourceUnavailableError, SlideLibrary
 router = APIRouter(tags=["search"], route_class=StrictFormRoute)
 
 FilterText = Annotated[str | None, Form(max_length=1024, pattern=TEXT_PATTERN)]
+Level0 = Annotated[int | None, Form(ge=0, le=2**31, description="Level-0 pixels (with slide_id).")]
 
 
 @router.post(
@@ -52,15 +55,45 @@ async def search(
         float | None,
         Form(gt=0, le=1000, description="The upload's um/px (default: the index's tile mpp)."),
     ] = None,
+    slide_id: Annotated[
+        str | None,
+        Form(
+            max_length=64,
+            pattern="^[0-9a-f]+$",
+            description="Search with a region of this indexed slide (with x, y, width, height).",
+        ),
+    ] = None,
+    x: Level0 = None,
+    y: Level0 = None,
+    width: Level0 = None,
+    height: Level0 = None,
 ) -> Response:
     if k > settings.max_k:
         raise ServiceError(
             422, ErrorCode.K_TOO_LARGE, f"k={k} exceeds the limit of {settings.max_k}"
         )
-    upload = await _query_upload(image, item_id, slides, engine, settings.max_upload_bytes)
     filters = _filters(label, dataset, exclude_group)
     # Slides are ranked from a wider pool of hits than k (when the index has slides at all).
     pool = max(k, SLIDE_POOL) if slides.slide_count else k
+    if slide_id is not None or any(v is not None for v in (x, y, width, height)):
+        if image is not None or item_id is not None or mpp is not None:
+            raise ServiceError(
+                422,
+                ErrorCode.INVALID_REQUEST,
+                "slide_id: a slide region is searched alone (no image, item_id or mpp with it)",
+            )
+        region = await plan_slide_region(
+            slides, engine, settings.max_image_pixels, slide_id, (x, y, width, height)
+        )
+
+        def search_region_and_serialise(query: DecodedImage, read_ms: float) -> bytes:
+            outcome = engine.search_decoded(query, pool, filters, region.mpp, read_ms)
+            return _response(k, outcome).model_dump_json().encode()
+
+        return await search_slide_region(
+            engine, slides, client, region, search_region_and_serialise
+        )
+    upload = await _query_upload(image, item_id, slides, engine, settings.max_upload_bytes)
 
     def search_and_serialise() -> bytes:
         # The response is built and turned into JSON in the worker too: the event loop only

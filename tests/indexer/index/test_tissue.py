@@ -4,7 +4,7 @@ import numpy as np
 import openslide
 import pytest
 
-from indexer.ingest.tissue import TissueMask, best_level, classify_tissue, otsu_threshold
+from indexer.index.tissue import TissueMask, best_level, classify_tissue, otsu_threshold
 from tests.indexer.ingest.slide_samples import GLASS, checkerboard_mosaic, write_mosaic_slide
 
 PINK = (214, 120, 170)  # eosin-like

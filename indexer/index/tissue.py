@@ -1,4 +1,9 @@
-"""Where the tissue is on a whole-slide image, decided once from a low-resolution overview.
+"""Where the tissue is on a whole-slide image or a region of one, from a low-resolution overview.
+
+One rule for the archive and its queries: the indexer masks each slide with it before reading
+tiles (`indexer.ingest.slides`), and the service masks a region query with it before cutting the
+region into tiles (`service.regions`, by `image_tissue_mask`), so a query tile is searched when
+the same tile of a slide would have been indexed.
 
 The slide is read at a coarse ``downsample`` (level-0 pixels per mask pixel), from the pyramid level
 nearest below it and in bounded regions, so the mask never costs a full-resolution read and its
@@ -20,12 +25,15 @@ memory does not grow with the slide. Each mask pixel is then classified:
   over a lumen is judged by the tissue share like any other tile.
 
 A tile is read at full resolution only when the share of tissue mask pixels under it reaches
-``min_tissue``.
+``min_tissue``. The mask has `MASK_CELLS_PER_TILE` pixels along a tile's edge. A region query's
+Otsu cut comes from the region's own histogram, not its slide's: the clip to
+[`MIN_SATURATION`, `MAX_SATURATION`] keeps the two cuts close.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -54,6 +62,10 @@ MAX_READ_SIDE: Final = 2048
 # A level whose downsample exceeds the wanted one by less than this still counts as "at or below":
 # pyramids of odd-sized slides report downsamples such as 4.0003 for a nominal 4.
 DOWNSAMPLE_TOLERANCE: Final = 1e-3
+
+# The tissue mask has this many pixels along a tile's edge: fine enough that a tile's tissue share
+# is measured on 256 mask pixels, coarse enough that a 100,000 px slide's mask is ~3,500 px wide.
+MASK_CELLS_PER_TILE: Final = 16
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -92,8 +104,13 @@ class TissueMask:
 
 def best_level(slide: OpenSlide, downsample: float) -> int:
     """The level with the largest downsample not above ``downsample`` (level 0 if none is)."""
+    return best_level_of(slide.level_downsamples, downsample)
+
+
+def best_level_of(level_downsamples: Sequence[float], downsample: float) -> int:
+    """`best_level` from a pyramid's downsamples (a slide registry record's, say)."""
     chosen = 0
-    for level, level_downsample in enumerate(slide.level_downsamples):
+    for level, level_downsample in enumerate(level_downsamples):
         if level_downsample <= downsample * (1.0 + DOWNSAMPLE_TOLERANCE):
             chosen = level
     return chosen
@@ -159,6 +176,21 @@ def _cleaned(mask: BoolArray) -> BoolArray:
     closed = opened.filter(ImageFilter.MaxFilter(3)).filter(ImageFilter.MinFilter(3))
     cleaned: BoolArray = np.asarray(closed) > 127
     return cleaned
+
+
+def image_tissue_mask(image: Image.Image, tile_size: int) -> TissueMask:
+    """The tissue mask of an in-memory image cut into ``tile_size`` tiles (a region query).
+
+    The image is reduced by averaging to `MASK_CELLS_PER_TILE` mask pixels per tile edge, as a
+    slide's overview is, and classified by the same rules; boxes are then in image pixels.
+    """
+    downsample = max(1.0, tile_size / MASK_CELLS_PER_TILE)
+    width, height = image.size
+    cols, rows = max(1, math.ceil(width / downsample)), max(1, math.ceil(height / downsample))
+    rgb = to_rgb(image)
+    overview = rgb if rgb.size == (cols, rows) else rgb.resize((cols, rows), Image.Resampling.BOX)
+    mask, threshold = classify_tissue(np.asarray(overview))
+    return TissueMask(mask, downsample, threshold)
 
 
 def tissue_mask(slide: OpenSlide, downsample: float) -> TissueMask:
