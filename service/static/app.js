@@ -1,5 +1,6 @@
 // The search page: one query image, a grid of the most similar archive tiles, details on click.
-// Plain browser JavaScript with no build step and nothing loaded from elsewhere.
+// Plain browser JavaScript with no build step and nothing loaded from elsewhere; the results are
+// drawn by results.js, shared with the slide viewer.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -118,68 +119,17 @@ async function search() {
 
 function renderResults(body) {
   releaseBlobUrls();
-  const t = body.timings;
   const q = body.query;
   $("query-info").textContent =
     `${state.file.name} · ${q.width}×${q.height} ${q.format} (${q.mode})`;
-  $("status").textContent = body.results.length
-    ? `${body.results.length} results · decode ${t.decode_ms.toFixed(1)} ms · ` +
-      `embed ${t.embed_ms.toFixed(1)} ms · search ${t.search_ms.toFixed(1)} ms`
-    : "No archive items match these filters.";
-  $("results").replaceChildren(...body.results.map(resultCard));
-  $("slide-results").replaceChildren(...(body.slides || []).map(slideLink));
+  HistosearchResults.render(body, {
+    status: $("status"),
+    grid: $("results"),
+    slides: $("slide-results"),
+    setImage,
+    onOpen: showDetail,
+  });
   rememberLabels(body.results);
-}
-
-// A slide among the top hits: opens the slide viewer with the slide's hits outlined.
-function slideLink(slide) {
-  const item = document.createElement("li");
-  const link = document.createElement("a");
-  const items = slide.hits.map((hit) => hit.id).join(",");
-  link.href = `/static/slide.html?id=${encodeURIComponent(slide.slide_id)}&items=${items}`;
-  link.textContent =
-    `slide ${slide.group || slide.slide_id} · ${slide.label || "—"} · ` +
-    `best ${slide.best_score.toFixed(3)} · ${slide.hit_count} hits`;
-  item.append(link);
-  return item;
-}
-
-function resultCard(hit) {
-  const item = document.createElement("li");
-  const button = document.createElement("button");
-  button.type = "button";
-  button.className = "hit";
-  button.dataset.id = hit.id;
-  button.title = hit.source || `item ${hit.id}`;
-  const img = document.createElement("img");
-  img.alt = `${hit.label || "unlabelled"} tile ${hit.id}`;
-  img.loading = "lazy";
-  setImage(img, hit.thumbnail_url);
-  const caption = document.createElement("span");
-  caption.className = "caption";
-  caption.append(
-    textSpan("rank", `#${hit.rank}`),
-    textSpan("label", hit.label || "—"),
-    textSpan("score", hit.score.toFixed(3)),
-    textSpan("source", shortSource(hit.source)),
-  );
-  button.append(img, caption);
-  button.addEventListener("click", () => showDetail(hit));
-  item.append(button);
-  return item;
-}
-
-function textSpan(className, text) {
-  const span = document.createElement("span");
-  span.className = className;
-  span.textContent = text;
-  return span;
-}
-
-function shortSource(source) {
-  if (!source) return "";
-  const parts = source.split(/[\\/]/);
-  return parts[parts.length - 1];
 }
 
 function rememberLabels(results) {

@@ -1,6 +1,12 @@
 // The slide viewer: /static/slide.html?id=SLIDE_ID&items=ID,ID,... shows the slide's Deep Zoom
 // pyramid with OpenSeadragon (vendored, see scripts/vendor-viewer) and outlines the given items.
+// A click searches with the tile-sized region centred on it, a shift-drag with a rectangle: the
+// service reads the region from the slide itself (POST /search with slide_id and a level-0 box).
 "use strict";
+
+const REGION_K = 12;
+// A quick click that OpenSeadragon reports right after a shift-drag is not a second search.
+const CLICK_AFTER_DRAG_MS = 500;
 
 const params = new URLSearchParams(window.location.search);
 const slideId = params.get("id") || "";
@@ -47,30 +53,185 @@ function describe(slide) {
     `${slide.width}×${slide.height} px · ${mpp} · ${slide.vendor || "unknown format"} · ${tiles}`;
 }
 
+function outline(viewer, id, tile) {
+  const box = document.createElement("div");
+  box.className = "slide-hit";
+  box.dataset.item = id;
+  box.title = `item ${id}`;
+  viewer.addOverlay({
+    element: box,
+    location: viewer.viewport.imageToViewportRectangle(tile.x, tile.y, tile.width, tile.height),
+  });
+}
+
+function reportOutlined(count) {
+  document.getElementById("hit-info").textContent = count
+    ? `${count} hit${count === 1 ? "" : "s"} outlined`
+    : "";
+  document.body.dataset.outlined = String(count);
+}
+
 async function outlineItems(viewer) {
-  const outlined = [];
+  let outlined = 0;
   for (const id of itemIds) {
     try {
       const item = await fetchJson(`/images/${id}`);
       if (!item.tile || !item.extra || item.extra.slide_id !== slideId) continue;
-      const { x, y, width, height } = item.tile;
-      const box = document.createElement("div");
-      box.className = "slide-hit";
-      box.dataset.item = id;
-      box.title = `item ${id}`;
-      viewer.addOverlay({
-        element: box,
-        location: viewer.viewport.imageToViewportRectangle(x, y, width, height),
-      });
-      outlined.push(id);
+      outline(viewer, id, item.tile);
+      outlined += 1;
     } catch (error) {
       showError(`item ${id}: ${error.message}`);
     }
   }
-  document.getElementById("hit-info").textContent = outlined.length
-    ? `${outlined.length} hit${outlined.length === 1 ? "" : "s"} outlined`
-    : "";
-  document.body.dataset.outlined = String(outlined.length);
+  reportOutlined(outlined);
+}
+
+// ---- searching with a region of the slide ------------------------------------------------------
+
+// Level-0 pixels along one of the index's tiles (tile_size px at tile_mpp um/px).
+function tileSide(slide) {
+  if (!slide.tile_size || !slide.tile_mpp) return 256;
+  return Math.max(1, Math.round((slide.tile_size * slide.tile_mpp) / slide.mpp_x));
+}
+
+// A level-0 box of whole pixels between two image points, cut to the slide.
+function boxBetween(slide, a, b) {
+  const left = Math.max(0, Math.floor(Math.min(a.x, b.x)));
+  const top = Math.max(0, Math.floor(Math.min(a.y, b.y)));
+  const right = Math.min(slide.width, Math.ceil(Math.max(a.x, b.x)));
+  const bottom = Math.min(slide.height, Math.ceil(Math.max(a.y, b.y)));
+  return { x: left, y: top, width: Math.max(0, right - left), height: Math.max(0, bottom - top) };
+}
+
+// One tile of the index centred on a point, moved inside the slide where it would cross an edge.
+function tileAround(slide, point) {
+  const side = tileSide(slide);
+  const width = Math.min(side, slide.width);
+  const height = Math.min(side, slide.height);
+  const x = Math.min(Math.max(0, Math.round(point.x - width / 2)), slide.width - width);
+  const y = Math.min(Math.max(0, Math.round(point.y - height / 2)), slide.height - height);
+  return { x, y, width, height };
+}
+
+function showRegion(viewer, box) {
+  let element = document.getElementById("query-region");
+  const location = viewer.viewport.imageToViewportRectangle(box.x, box.y, box.width, box.height);
+  if (element) {
+    viewer.updateOverlay(element, location);
+    return;
+  }
+  element = document.createElement("div");
+  element.id = "query-region";
+  element.className = "slide-region";
+  viewer.addOverlay({ element, location });
+}
+
+function setImage(img, url) {
+  if (!key) {
+    img.src = url;
+    return;
+  }
+  fetch(url, { headers })
+    .then((response) => (response.ok ? response.blob() : null))
+    .then((blob) => {
+      if (blob) img.src = URL.createObjectURL(blob);
+    });
+}
+
+// A hit on this slide is shown here; a hit on another slide opens that slide's viewer.
+function openHit(viewer, hit) {
+  const hitSlide = hit.extra && hit.extra.slide_id;
+  if (!hitSlide || !hit.tile) return;
+  if (hitSlide !== slideId) {
+    window.location.href = HistosearchResults.viewerUrl(hitSlide, [hit.id]);
+    return;
+  }
+  const { x, y, width, height } = hit.tile;
+  viewer.viewport.fitBoundsWithConstraints(
+    viewer.viewport.imageToViewportRectangle(x - width, y - height, 3 * width, 3 * height),
+  );
+}
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.detail) return body.detail;
+  } catch (_) {
+    /* not JSON */
+  }
+  return `The server answered ${response.status} ${response.statusText}.`;
+}
+
+async function searchRegion(viewer, box) {
+  if (box.width < 1 || box.height < 1) return;
+  showRegion(viewer, box);
+  showError("");
+  const status = document.getElementById("status");
+  status.textContent = `Searching with the region ${box.width}×${box.height} at (${box.x}, ${box.y})…`;
+  const form = new FormData();
+  form.append("slide_id", slideId);
+  ["x", "y", "width", "height"].forEach((name) => form.append(name, String(box[name])));
+  form.append("k", String(REGION_K));
+  try {
+    const response = await fetch("/search", { method: "POST", body: form, headers });
+    if (!response.ok) {
+      showError(await errorMessage(response));
+      status.textContent = "No results.";
+      document.getElementById("results").replaceChildren();
+      document.getElementById("slide-results").replaceChildren();
+      return;
+    }
+    const body = await response.json();
+    HistosearchResults.render(body, {
+      status,
+      grid: document.getElementById("results"),
+      slides: document.getElementById("slide-results"),
+      setImage,
+      onOpen: (hit) => openHit(viewer, hit),
+    });
+    status.textContent =
+      `Region ${box.width}×${box.height} at (${box.x}, ${box.y}): ${status.textContent}`;
+    viewer.clearOverlays();
+    showRegion(viewer, box);
+    const here = body.results.filter((hit) => hit.tile && hit.extra && hit.extra.slide_id === slideId);
+    here.forEach((hit) => outline(viewer, hit.id, hit.tile));
+    reportOutlined(here.length);
+  } catch (error) {
+    showError(`The server could not be reached (${error.message}).`);
+    status.textContent = "";
+  } finally {
+    document.body.dataset.regionSearches = String(Number(document.body.dataset.regionSearches || 0) + 1);
+  }
+}
+
+function wireRegionSearch(viewer, slide) {
+  let drag = null;
+  let lastDragSearch = 0;
+  const imagePoint = (position) => viewer.viewport.viewerElementToImageCoordinates(position);
+  viewer.addHandler("canvas-click", (event) => {
+    // Clicks search instead of zooming; a drag (not quick) pans as usual.
+    event.preventDefaultAction = true;
+    if (!event.quick || Date.now() - lastDragSearch < CLICK_AFTER_DRAG_MS) return;
+    searchRegion(viewer, tileAround(slide, imagePoint(event.position)));
+  });
+  viewer.addHandler("canvas-press", (event) => {
+    drag = event.originalEvent && event.originalEvent.shiftKey
+      ? { start: imagePoint(event.position), end: null }
+      : null;
+  });
+  viewer.addHandler("canvas-drag", (event) => {
+    if (!drag) return;
+    event.preventDefaultAction = true; // draw the rectangle, do not pan
+    drag.end = imagePoint(event.position);
+    showRegion(viewer, boxBetween(slide, drag.start, drag.end));
+  });
+  viewer.addHandler("canvas-release", () => {
+    const finished = drag;
+    drag = null;
+    if (!finished || !finished.end) return; // a shift-click: the click searches
+    lastDragSearch = Date.now();
+    searchRegion(viewer, boxBetween(slide, finished.start, finished.end));
+  });
 }
 
 async function main() {
@@ -86,6 +247,15 @@ async function main() {
     return;
   }
   describe(slide);
+  if (typeof OpenSeadragon === "undefined") {
+    showError(
+      "The slide viewer is not installed on this server (OpenSeadragon is built into " +
+        "service/static/vendor by `make vendor-viewer`); the slide's details are shown without it.",
+    );
+    document.getElementById("viewer").hidden = true;
+    document.getElementById("viewer-help").hidden = true;
+    return;
+  }
   markOpenSeadragonStyleInjected();
   const viewer = OpenSeadragon({
     element: document.getElementById("viewer"),
@@ -94,8 +264,13 @@ async function main() {
     showNavigator: true,
     loadTilesWithAjax: Boolean(key),
     ajaxHeaders: headers,
+    gestureSettingsMouse: { clickToZoom: false },
   });
-  viewer.addHandler("open", () => outlineItems(viewer));
+  viewer.addHandler("open", () => {
+    outlineItems(viewer);
+    wireRegionSearch(viewer, slide);
+    document.body.dataset.viewerOpen = "true";
+  });
   viewer.addHandler("open-failed", (event) => showError(`The slide could not be shown: ${event.message}`));
   viewer.addHandler("tile-loaded", () => {
     document.body.dataset.tilesLoaded = String(Number(document.body.dataset.tilesLoaded || 0) + 1);

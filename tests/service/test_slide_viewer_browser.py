@@ -6,6 +6,7 @@ the search page links each ranked slide to it.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,111 @@ def test_search_page_links_ranked_slides_to_the_viewer(
     links.first.click()
     page.wait_for_selector("body[data-tiles-loaded]", timeout=30_000)
     assert page.locator(".slide-hit").count() >= 1
+
+
+def region_requests(page: Any) -> list[dict[str, str]]:
+    """The multipart fields of every POST /search the page sent."""
+    found = []
+    for request in page.search_posts:
+        body = request.post_data_buffer or b""
+        fields = dict(re.findall(rb'name="([a-z_]+)"\r\n\r\n([^\r]*)\r\n', body))
+        found.append({name.decode(): value.decode() for name, value in fields.items()})
+    return found
+
+
+def image_to_page(page: Any, x: float, y: float) -> tuple[float, float]:
+    """Page pixels of a level-0 point of the 2400 x 1800 slide in the home (fitted) view."""
+    box = page.locator("#viewer").bounding_box()
+    scale = min(box["width"] / 2400, box["height"] / 1800)
+    left = box["x"] + (box["width"] - 2400 * scale) / 2
+    top = box["y"] + (box["height"] - 1800 * scale) / 2
+    return left + x * scale, top + y * scale
+
+
+def slide_a(server: LiveServer) -> str:
+    """The id of slide-a, whose tissue cells are those (c, r) with (c + r) % 3 == 0."""
+    with server.client() as client:
+        for item_id in range(1, 40):
+            item = client.get(f"/images/{item_id}").json()
+            if "slide-a" in item.get("source", ""):
+                return str(item["extra"]["slide_id"])
+    raise AssertionError("no item of slide-a in the index")
+
+
+def open_viewer(server: LiveServer, page: Any) -> str:
+    slide_id = slide_a(server)
+    if not hasattr(page, "search_posts"):  # the page is the module's: one listener
+        page.on(
+            "request",
+            lambda r: (
+                r.method == "POST" and r.url.endswith("/search") and page.search_posts.append(r)
+            ),
+        )
+    page.search_posts = []
+    page.goto(f"{server.url}/static/slide.html?id={slide_id}")
+    page.wait_for_selector("body[data-viewer-open='true']", timeout=30_000)
+    page.wait_for_selector("body[data-tiles-loaded]", timeout=30_000)
+    page.wait_for_timeout(1_500)  # the opening zoom animation settles
+    return slide_id
+
+
+def test_clicking_the_slide_searches_with_the_tile_sized_region_centred_there(
+    server_and_slides, strict_page
+):
+    server, _ = server_and_slides
+    page = strict_page
+    slide_id = open_viewer(server, page)
+    assert "click" in page.locator("#viewer-help").inner_text()
+    page.mouse.click(*image_to_page(page, 1050, 150))  # the centre of tissue cell (3, 0)
+    page.wait_for_selector("body[data-region-searches='1']", timeout=30_000)
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+    assert page.locator("#results li").count() == 12
+    assert page.locator("#slide-results a").count() >= 1
+    assert page.locator("#query-region").count() == 1
+    (fields,) = region_requests(page)
+    assert fields["slide_id"] == slide_id
+    # One index tile: 150 px at 0.5 um/px is 300 level-0 px at 0.25 um/px.
+    assert (fields["width"], fields["height"]) == ("300", "300")
+    centre = (int(fields["x"]) + 150, int(fields["y"]) + 150)
+    assert abs(centre[0] - 1050) <= 12 and abs(centre[1] - 150) <= 12
+    assert "Region 300\u00d7300" in page.locator("#status").inner_text()
+
+
+def test_shift_dragging_a_rectangle_searches_with_it_cut_into_the_index_tiles(
+    server_and_slides, strict_page
+):
+    server, _ = server_and_slides
+    page = strict_page
+    open_viewer(server, page)
+    start, end = image_to_page(page, 0, 0), image_to_page(page, 1200, 600)
+    page.keyboard.down("Shift")
+    page.mouse.move(start[0] + 1, start[1] + 1)
+    page.mouse.down()
+    page.mouse.move(*end, steps=8)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    page.wait_for_selector("body[data-region-searches='1']", timeout=30_000)
+    page.wait_for_timeout(700)  # no second search from the click that ends the drag
+    assert page.locator("#error").is_hidden(), page.locator("#error").inner_text()
+    (fields,) = region_requests(page)
+    assert abs(int(fields["width"]) - 1200) <= 12 and abs(int(fields["height"]) - 600) <= 12
+    # Cells 0-3 x 0-1 of slide-a hold three tissue tiles: (0, 0), (3, 0), (2, 1).
+    assert "3 query tiles" in page.locator("#status").inner_text()
+    assert page.locator("#results li").count() == 12
+    assert page.locator("#query-region").count() == 1
+
+
+def test_the_viewer_page_says_how_to_build_the_viewer_when_it_is_missing(
+    server_and_slides, strict_page
+):
+    server, _ = server_and_slides
+    page = strict_page
+    slide_id = next(iter(slide_items(server)))
+    page.route("**/vendor/openseadragon/openseadragon.min.js", lambda r: r.fulfill(status=404))
+    try:
+        page.goto(f"{server.url}/static/slide.html?id={slide_id}")
+        page.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        assert "make vendor-viewer" in page.locator("#error").inner_text()
+        assert "2400\u00d71800 px" in page.locator("#slide-meta").inner_text()
+    finally:
+        page.unroute("**/vendor/openseadragon/openseadragon.min.js")
