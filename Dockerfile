@@ -6,6 +6,17 @@
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.0-runtime-ubuntu22.04
+ARG NODE_IMAGE=node:22.12.0-bookworm-slim
+
+# ---------------------------------------------------------------- the slide viewer (both variants)
+# OpenSeadragon at the version pinned in viewer/package-lock.json, from the npm registry (`npm ci`
+# checks the lock file's integrity hashes), copied with its licence into the package's static
+# files by the same script as `make install`; the copy is never committed.
+FROM ${NODE_IMAGE} AS viewer
+WORKDIR /src
+COPY viewer/package.json viewer/package-lock.json viewer/
+COPY scripts/vendor-viewer scripts/vendor-viewer
+RUN scripts/vendor-viewer
 
 # ---------------------------------------------------------------- GPU variant: CUDA runtime base
 FROM ${CUDA_IMAGE} AS gpu-base
@@ -27,6 +38,7 @@ COPY pyproject.toml README.md ./
 COPY model model
 COPY indexer indexer
 COPY service service
+COPY --from=viewer /src/service/static/vendor service/static/vendor
 COPY docker/constraints.txt docker/constraints.txt
 # PyPI's torch wheels are CUDA builds and faiss-gpu brings its CUDA libraries from pip; every
 # version is pinned by the constraints file.
@@ -59,6 +71,7 @@ COPY pyproject.toml README.md ./
 COPY model model
 COPY indexer indexer
 COPY service service
+COPY --from=viewer /src/service/static/vendor service/static/vendor
 COPY docker/constraints.txt docker/constraints.txt
 # The CPU wheel index keeps the image free of the multi-GB CUDA libraries; every version is pinned
 # by the constraints file (torch==2.14.1 matches the CPU build 2.14.1+cpu).

@@ -4,6 +4,8 @@
 VENV ?= .venv
 PYTHON ?= python3.11
 FAISS_EXTRA ?= cpu
+# The slide viewer's OpenSeadragon, built from viewer/package-lock.json (never committed).
+VIEWER := service/static/vendor/openseadragon/openseadragon.min.js
 
 .PHONY: run check install lint typecheck test benchmark clean-demo vendor-viewer
 
@@ -11,7 +13,10 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap
 	VENV=$(VENV) PYTHON=$(PYTHON) FAISS_EXTRA=$(FAISS_EXTRA) scripts/bootstrap
 	touch $@
 
-install: $(VENV)/.installed
+$(VIEWER): viewer/package.json viewer/package-lock.json scripts/vendor-viewer
+	scripts/vendor-viewer --force
+
+install: $(VENV)/.installed $(VIEWER)
 
 run: install
 	$(VENV)/bin/histosearch demo
@@ -34,9 +39,9 @@ benchmark: install
 	$(VENV)/bin/python -m benchmarks.service_load
 	$(VENV)/bin/python -m benchmarks.service_hardening
 
-# Re-vendor OpenSeadragon (pinned in viewer/package-lock.json) into service/static/vendor/.
+# Rebuild OpenSeadragon (pinned in viewer/package-lock.json) into service/static/vendor/ (npm ci).
 vendor-viewer:
-	scripts/vendor-viewer
+	scripts/vendor-viewer --force
 
 clean-demo:
 	rm -rf var/demo

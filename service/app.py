@@ -35,6 +35,8 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(str(resources.files("service") / "static"))
+# Built by scripts/vendor-viewer from viewer/package-lock.json, never committed.
+VIEWER_SCRIPT = Path("vendor/openseadragon/openseadragon.min.js")
 # Swagger UI and ReDoc, as the fastapi-offline package ships them: /docs works without any CDN
 # (hospital networks are often air-gapped).
 DOCS_ASSETS_DIR = Path(str(resources.files("fastapi_offline") / "static"))
@@ -320,7 +322,23 @@ def _serve_docs(app: FastAPI) -> None:
         return FileResponse(STATIC_DIR / "docs" / "redoc.html")
 
 
+def missing_viewer(static_dir: Path) -> str | None:
+    """What to do when the slide viewer's OpenSeadragon is not built, or None when it is."""
+    if (static_dir / VIEWER_SCRIPT).is_file():
+        return None
+    return (
+        f"the slide viewer is not built ({static_dir / VIEWER_SCRIPT} is missing): the search "
+        "page works, and slide pages show a slide's details without the viewer; build it with "
+        "`make vendor-viewer` (scripts/vendor-viewer: npm ci of viewer/package-lock.json)"
+    )
+
+
 def _serve_page(app: FastAPI) -> None:
+    # Serving without the viewer is allowed (it is optional for indexes of plain images);
+    # the log says how to build it.
+    problem = missing_viewer(STATIC_DIR)
+    if problem is not None:
+        logger.warning(problem)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/", include_in_schema=False)
