@@ -109,3 +109,17 @@ def test_ray_profile_nodes_join_one_head_share_the_data_and_run_histosearch_verb
     assert "--shards" in indexer and indexer[indexer.index("--ray") + 1] == "auto"
     serve_depends = ray_services["service-ray"]["depends_on"]
     assert serve_depends["indexer-ray"]["condition"] == "service_completed_successfully"
+
+
+def test_slides_are_mounted_indexed_after_the_images_and_readable_by_the_service(compose):
+    service = compose["services"]["service"]
+    assert any(volume.endswith(":/slides:ro") for volume in service["volumes"])
+    roots = service["environment"]["HISTOSEARCH_ARCHIVE_ROOTS"].split(",")
+    assert "/slides" in roots and service["environment"]["HISTOSEARCH_SLIDES"] == "/slides"
+    job = compose["services"]["indexer-slides"]
+    assert job["command"] == ["index-slides"]
+    assert job["depends_on"]["indexer"]["condition"] == "service_completed_successfully"
+    assert service["depends_on"]["indexer-slides"]["condition"] == "service_completed_successfully"
+    # The default host folder exists in a clone, and its slides never reach the build context.
+    assert (ROOT / "slides" / "README.md").is_file()
+    assert "slides" in (ROOT / ".dockerignore").read_text().splitlines()

@@ -164,3 +164,69 @@ def _wait_until_ready(server: subprocess.Popen[str], ready_url: str) -> None:
             return
         time.sleep(1)
     raise AssertionError("server never became ready")
+
+
+def test_index_slides_job_adds_the_slides_folder_and_serve_shows_them_in_the_viewer(
+    deployment, tmp_path
+):
+    from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
+
+    env = dict(deployment)
+    empty = tmp_path / "no-slides"
+    empty.mkdir()
+    (empty / "README.md").write_text("slides go here")
+    nothing = subprocess.run(
+        [str(ENTRYPOINT), "index-slides"],
+        env={**env, "HISTOSEARCH_SLIDES": str(empty)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert nothing.returncode == 0 and "no slides to index" in nothing.stdout
+    # As the compose file mounts them: a slides folder, and the roots the service reads from.
+    slides = tmp_path / "slides"
+    (slides / "TUMOR").mkdir(parents=True)
+    cells = [(0, 0), (1, 1), (2, 0)]
+    write_mosaic_slide(slides / "TUMOR" / "s1.tif", checkerboard_mosaic(900, 600, 300, cells), 0.25)
+    env.update(
+        HISTOSEARCH_SLIDES=str(slides),
+        HISTOSEARCH_SLIDE_TILE_SIZE="150",
+        HISTOSEARCH_ARCHIVE_ROOTS=f"{slides},{env['HISTOSEARCH_ARCHIVE']}",
+    )
+    job = subprocess.run(
+        [str(ENTRYPOINT), "index-slides"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert job.returncode == 0, job.stderr[-3000:]
+    url = f"http://127.0.0.1:{env['HISTOSEARCH_PORT']}"
+    server = subprocess.Popen(
+        [str(ENTRYPOINT), "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        _wait_until_ready(server, f"{url}/ready")
+        region = {"x": "0", "y": "0", "width": "900", "height": "600", "k": "5"}
+        unknown = httpx.post(f"{url}/search", data={"slide_id": "0", **region}, timeout=60)
+        assert unknown.status_code == 404
+        slide_id = _any_slide_id(url)
+        assert httpx.get(f"{url}/slides/{slide_id}.dzi", timeout=30).status_code == 200
+        found = httpx.post(f"{url}/search", data={"slide_id": slide_id, **region}, timeout=60)
+        assert found.status_code == 200, found.text
+        assert found.json()["query_tiles"] == len(cells)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.communicate(timeout=30)
+
+
+def _any_slide_id(url: str) -> str:
+    stats = httpx.get(f"{url}/stats", timeout=30).json()
+    for item_id in range(stats["items"], 0, -1):
+        extra = httpx.get(f"{url}/images/{item_id}", timeout=30).json().get("extra") or {}
+        if "slide_id" in extra:
+            return str(extra["slide_id"])
+    raise AssertionError("no slide tile in the index")
