@@ -243,8 +243,9 @@ def _include_routers(app: FastAPI, settings: Settings) -> list[APIRouter]:
     app.include_router(system.router)
     app.include_router(system.read_router, **read_options)
     app.include_router(slides.router, **read_options)
+    # A search declares 12 fields (an image, an item or a slide region, k, filters, mpp).
     app.include_router(
-        search.router, form_limits={"max_files": 1, "max_fields": 16}, **read_options
+        search.router, form_limits={"max_files": 1, "max_fields": 32}, **read_options
     )
     app.include_router(images.read_router, **read_options)
     app.include_router(
@@ -274,11 +275,7 @@ def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
         _form_property(schema, "/index", "images")["maxItems"] = settings.max_files_per_request
         for path in ("/search", "/index"):
             _without_null_alternatives(_form_schema(schema, path))
-        # A search takes an image or an item id, exactly one of them.
-        _form_schema(schema, "/search")["oneOf"] = [
-            {"required": ["image"]},
-            {"required": ["item_id"]},
-        ]
+        _form_schema(schema, "/search")["oneOf"] = search.QUERY_KINDS
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -24,7 +24,20 @@ from service.slide_library import ItemSourceUnavailableError, SlideLibrary
 router = APIRouter(tags=["search"], route_class=StrictFormRoute)
 
 FilterText = Annotated[str | None, Form(max_length=1024, pattern=TEXT_PATTERN)]
-Level0 = Annotated[int | None, Form(ge=0, le=2**31, description="Level-0 pixels (with slide_id).")]
+Level0 = Annotated[int | None, Form(ge=0, le=2**31, description="Level-0 px (with slide_id).")]
+Extent = Annotated[int | None, Form(ge=1, le=2**31, description="Level-0 px (with slide_id).")]
+
+_REGION_FIELDS = ["slide_id", "x", "y", "width", "height"]
+# What a search is asked with, for the OpenAPI description: exactly one of an image, an item id,
+# and a slide region (all five fields, without the upload's mpp).
+QUERY_KINDS = [
+    {"required": ["image"], "not": {"anyOf": [{"required": [f]} for f in _REGION_FIELDS]}},
+    {"required": ["item_id"], "not": {"anyOf": [{"required": [f]} for f in _REGION_FIELDS]}},
+    {
+        "required": _REGION_FIELDS,
+        "not": {"anyOf": [{"required": [f]} for f in ("image", "item_id", "mpp")]},
+    },
+]
 
 
 @router.post(
@@ -65,8 +78,8 @@ async def search(
     ] = None,
     x: Level0 = None,
     y: Level0 = None,
-    width: Level0 = None,
-    height: Level0 = None,
+    width: Extent = None,
+    height: Extent = None,
 ) -> Response:
     if k > settings.max_k:
         raise ServiceError(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 
@@ -85,7 +86,20 @@ def test_limits_and_required_lists_are_in_the_schema(openapi: dict[str, Any]) ->
     item_id = form_property(openapi, "/search", "item_id")
     assert item_id["type"] == "integer" and "anyOf" not in item_id
     search_form = openapi["components"]["schemas"]["Body_search_search_post"]
-    assert search_form["oneOf"] == [{"required": ["image"]}, {"required": ["item_id"]}]
+    # Exactly one of an image, an item id and a slide region (all five of its fields, no mpp).
+    kinds = jsonschema.Draft202012Validator({"oneOf": search_form["oneOf"]})
+    region = {"slide_id": "ab", "x": 0, "y": 0, "width": 9, "height": 9}
+    for accepted in ({"image": "", "mpp": 1}, {"item_id": 1}, region):
+        assert kinds.is_valid(accepted), accepted
+    for refused in (
+        {},
+        {"image": "", "item_id": 1},
+        {**region, "image": ""},
+        {**region, "mpp": 1},
+        {"slide_id": "ab", "x": 0},
+        {"item_id": 1, "x": 0},
+    ):
+        assert not kinds.is_valid(refused), refused  # fmt: skip
     encoding = openapi["paths"]["/search"]["post"]["requestBody"]["content"]["multipart/form-data"]
     assert "image/png" in encoding["encoding"]["image"]["contentType"]
 

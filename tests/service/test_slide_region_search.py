@@ -134,8 +134,8 @@ def test_a_region_over_glass_only_is_refused_as_having_no_tissue(slide_server):
 
 @pytest.mark.parametrize(
     "box",
-    [(2000, 0, 401, 300), (0, 1700, 300, 101), (2400, 1800, 1, 1), (0, 0, 0, 300)],
-    ids=["past-the-right-edge", "past-the-bottom", "origin-outside", "empty"],
+    [(2000, 0, 401, 300), (0, 1700, 300, 101), (2400, 1800, 1, 1)],
+    ids=["past-the-right-edge", "past-the-bottom", "origin-outside"],
 )
 def test_a_region_outside_the_slide_is_a_422_naming_the_slide_size(slide_server, box):
     server, _, slide_id, _ = slide_server
@@ -144,8 +144,7 @@ def test_a_region_outside_the_slide_is_a_422_naming_the_slide_size(slide_server,
         assert client.get("/health").status_code == 200
     assert response.status_code == 422, response.text
     assert response.json()["code"] == "region_outside_slide"
-    detail = response.json()["detail"]
-    assert "2400 x 1800 level-0 pixels" in detail or "positive width" in detail
+    assert "2400 x 1800 level-0 pixels" in response.json()["detail"]
 
 
 def test_a_region_too_large_to_read_is_a_422_naming_the_limit(slide_server):
@@ -164,11 +163,12 @@ def test_an_unknown_slide_is_a_404_and_an_incomplete_region_a_422(slide_server):
         unknown = client.post("/search", data=region_fields("ffffffffffffffff", (0, 0, 300, 300)))
         partial = client.post("/search", data={"slide_id": slide_id, "x": "0", "y": "0"})
         negative = client.post("/search", data=region_fields(slide_id, (-1, 0, 300, 300)))
+        empty = client.post("/search", data=region_fields(slide_id, (0, 0, 0, 300)))
         path = client.post("/search", data=region_fields("../etc/passwd", (0, 0, 300, 300)))
     assert unknown.status_code == 404 and "no slide with id" in unknown.json()["detail"]
     assert partial.status_code == 422 and partial.json()["code"] == "invalid_request"
     assert "x, y, width and height" in partial.json()["detail"]
-    assert negative.status_code == 422
+    assert negative.status_code == 422 and empty.status_code == 422
     assert path.status_code == 422
 
 
