@@ -13,8 +13,9 @@ $(VENV)/.installed: pyproject.toml scripts/bootstrap
 	VENV=$(VENV) PYTHON=$(PYTHON) FAISS_EXTRA=$(FAISS_EXTRA) scripts/bootstrap
 	touch $@
 
+# Without npm, `make run` still serves (without the viewer); scripts/check (CI) insists on it.
 $(VIEWER): viewer/package.json viewer/package-lock.json scripts/vendor-viewer
-	scripts/vendor-viewer --force
+	scripts/vendor-viewer --force || echo "make: the slide viewer is not built; the service runs without it"
 
 install: $(VENV)/.installed $(VIEWER)
 

@@ -2,7 +2,6 @@
 // (app.js) shows them for an uploaded image, the slide viewer (slide.js) for a region of the slide.
 "use strict";
 
-// eslint-disable-next-line no-unused-vars
 const HistosearchResults = (() => {
   function textSpan(className, text) {
     const span = document.createElement("span");
