@@ -13,7 +13,11 @@ written tile by tile by tifffile (never held whole in memory).
 - ``pipeline, random descriptors``: the same run with random descriptors instead of the network,
   i.e. what the pipeline itself costs per tile (reads, thumbnails, SQLite writes).
 - ``bare forward``: ``model.encode`` alone on the first ``--forward-tiles`` tissue tiles of the same
-  slide, read and preprocessed before the clock starts: the floor the pipeline cannot beat.
+  slide, read and preprocessed before the clock starts: the floor the pipeline cannot beat. It is
+  timed just before and just after the pipeline (the machine's load drifts during a run), and the
+  pipeline is compared with their mean; the pipeline's forwards take the same batch size.
+- ``CPU per tile``: process CPU time (every thread) per tile of the pipeline and of the bare
+  forward; unlike wall-clock rates it hardly moves with the other jobs' load on a shared machine.
 - ``peak RSS``: the process's high-water mark of resident memory (``VmHWM``, reset just before
   the run through ``/proc/self/clear_refs``) while the pipeline encodes the whole slide.
 - ``Deep Zoom``: `service.slide_library.SlideLibrary` on the new index, in process (no HTTP):
@@ -105,18 +109,35 @@ def rss_bytes() -> int:
     return 0
 
 
-def bare_forward_tiles_per_s(
+def bare_forward(
     model: torch.nn.Module, card: ModelCard, tiles: list[Image.Image], batch_size: int
-) -> float:
+) -> tuple[float, float]:
+    """(tiles per second, CPU milliseconds per tile) of ``model.encode`` alone."""
     batches = [
         preprocess(tiles[start : start + batch_size], card)
         for start in range(0, len(tiles), batch_size)
     ]
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for batch in batches:
             model.encode(batch)  # type: ignore[operator]
-    return len(tiles) / (time.perf_counter() - started)
+    cpu_ms = (time.process_time() - cpu_started) * 1000.0 / len(tiles)
+    return len(tiles) / (time.perf_counter() - started), cpu_ms
+
+
+def bare_forward_run(
+    slide_path: Path, config: SlideConfig, args: argparse.Namespace
+) -> tuple[float, float]:
+    """`bare_forward` on the slide's first ``--forward-tiles`` tissue tiles (in a child process)."""
+    slide = open_slide(slide_path)
+    plan = plan_tiles(slide, slide_resolution(slide, slide_path, None), config)
+    sample = [
+        read_tile(slide, plan, box, config.tile_size) for box in plan.boxes[: args.forward_tiles]
+    ]
+    slide.close()
+    torch.manual_seed(0)
+    card = ModelCard()
+    return bare_forward(build_model(card).eval(), card, sample, config.batch_size)
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -165,16 +186,20 @@ def pipeline_run(slide_path: Path, index_dir: Path, config: SlideConfig) -> dict
     )
     rss_before = rss_bytes()
     peak_rss_reset()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     archive = [ArchiveImage(slide_path, "mosaic", "mosaic", "benchmark")]
-    summary = index_slides(archive, index, Embedder(model, torch.device("cpu")), config)
+    # Forward passes of the batch size the bare forward uses (as `histosearch index` does).
+    embedder = Embedder(model, torch.device("cpu"), config.batch_size)
+    summary = index_slides(archive, index, embedder, config)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     peak = peak_rss_bytes()
     first = index.get(1)
     index.close()
     assert first is not None
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "tiles_added": summary.tiles_added,
         "peak_rss": peak,
         "rss_before": rss_before,
@@ -236,19 +261,24 @@ def main() -> None:
     started = time.perf_counter()
     plan = plan_tiles(slide, mpp, config)
     tissue_s = time.perf_counter() - started
-    sample = [
-        read_tile(slide, plan, box, args.tile_size) for box in plan.boxes[: args.forward_tiles]
-    ]
     slide.close()
-    bare = bare_forward_tiles_per_s(model, card, sample, args.batch_size)
-    del sample
 
     index_dir = args.workdir / "index"
-    # The pipeline runs in a fresh process, so its peak RSS is its own, not the generator's or the
-    # bare-forward sample's.
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
+    # Each run has a fresh process of its own, made the same way: its peak RSS is its own, and
+    # the bare forward and the pipeline start from the same state (in one run with the forward
+    # timed in this parent process, it managed 31 tiles/s while the pipeline's fresh process
+    # managed 79 including its reads and writes).
+    spawn = multiprocessing.get_context("spawn")
+    with spawn.Pool(1) as pool:
+        bare_before, bare_cpu_before = pool.apply(bare_forward_run, (slide_path, config, args))
+    with spawn.Pool(1) as pool:
         run = pool.apply(pipeline_run, (slide_path, index_dir, config))
+    with spawn.Pool(1) as pool:
+        bare_after, bare_cpu_after = pool.apply(bare_forward_run, (slide_path, config, args))
     pipeline_s, peak, rss_before = run["seconds"], run["peak_rss"], run["rss_before"]
+    bare = (bare_before + bare_after) / 2
+    bare_cpu_ms = (bare_cpu_before + bare_cpu_after) / 2
+    pipeline_cpu_ms = run["cpu_seconds"] * 1000.0 / max(1, run["tiles_added"])
     without_model = pipeline_without_model_tiles_per_s(
         slide_path, args.workdir, config, card, model.codebooks().detach().numpy()
     )
@@ -277,7 +307,17 @@ def main() -> None:
             "tiles_per_s": summary_tiles / pipeline_s,
         },
         "pipeline_without_model_tiles_per_s": without_model,
-        "bare_forward": {"tiles": min(args.forward_tiles, len(plan.boxes)), "tiles_per_s": bare},
+        "bare_forward": {
+            "tiles": min(args.forward_tiles, len(plan.boxes)),
+            "tiles_per_s": bare,
+            "before_pipeline_tiles_per_s": bare_before,
+            "after_pipeline_tiles_per_s": bare_after,
+            "cpu_ms_per_tile": bare_cpu_ms,
+        },
+        # CPU time (all threads of the process) per tile hardly depends on the other jobs'
+        # load, which moved the wall-clock figures by up to 3x within a minute on this machine.
+        "pipeline_cpu_ms_per_tile": pipeline_cpu_ms,
+        "bare_over_pipeline_cpu": bare_cpu_ms / pipeline_cpu_ms,
         "pipeline_over_bare": summary_tiles / pipeline_s / bare,
         "memory": {
             "indexing_process_rss_before_slide_bytes": rss_before,
@@ -316,7 +356,13 @@ def main() -> None:
         ("pipeline, random descriptors", f"{without_model:.1f} tiles/s (its own cost, no network)"),
         (
             "bare forward",
-            f"{bare:.1f} tiles/s (pipeline = {results['pipeline_over_bare']:.2f} x bare)",
+            f"{bare:.1f} tiles/s, mean of {bare_before:.1f} before and {bare_after:.1f} after "
+            f"(pipeline = {results['pipeline_over_bare']:.2f} x bare)",
+        ),
+        (
+            "CPU per tile",
+            f"pipeline {pipeline_cpu_ms:.1f} ms, bare forward {bare_cpu_ms:.1f} ms "
+            f"(bare / pipeline = {bare_cpu_ms / pipeline_cpu_ms:.2f})",
         ),
         (
             "peak RSS, indexing process",
