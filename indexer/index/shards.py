@@ -39,6 +39,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -275,6 +276,9 @@ class ShardedIndex:
         # Kept here rather than asked of every shard: a server answers /ready with it on its event
         # loop, where asking shards in other processes would block.
         self._count = sum(len(shard) for shard in self.shards)
+        # Set when a shard write failed part-way (a remote shard lost mid-call may or may not
+        # have committed): the next write counts the shards again.
+        self._count_uncertain = False
         # Shard searches release the GIL in FAISS, so threads scan shards side by side, but a
         # single query only gains where there are cores to spare: with 4 shards on 2 cores it
         # took 800-900 us in threads and 650-680 us shard after shard (one index: 440-460 us).
@@ -421,7 +425,7 @@ class ShardedIndex:
                 f"expected codes of shape ({len(records)}, {self.num_codebooks}), "
                 f"got {code_array.shape}"
             )
-        with self._writer:
+        with self._writer, self._counting():
             outcomes, fresh = self._deduplicated(records)
             first_id = self._reserve_ids(len(fresh))
             by_shard: dict[int, list[int]] = {}
@@ -479,10 +483,23 @@ class ShardedIndex:
         Ids do not name their shard, so every shard is asked (each an indexed SQLite lookup).
         """
         wanted = [int(item_id) for item_id in item_ids]
-        with self._writer:
+        with self._writer, self._counting():
             removed = sum(self._each(lambda shard: shard.remove(wanted)))
             self._count -= removed
             return removed
+
+    @contextmanager
+    def _counting(self) -> Iterator[None]:
+        """Keep `len` true around a write: recount first if an earlier write failed part-way,
+        and distrust the count if this one does."""
+        if self._count_uncertain:
+            self._count = sum(len(shard) for shard in self.shards)
+            self._count_uncertain = False
+        try:
+            yield
+        except BaseException:
+            self._count_uncertain = True
+            raise
 
     def flush(self) -> None:
         """Snapshot every shard (the id counter is already durable)."""
