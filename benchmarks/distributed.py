@@ -249,8 +249,25 @@ def measure_encoding(workdir: Path, repeats: int, archive_name: str) -> dict[str
 # ---- report --------------------------------------------------------------------------------------
 
 
-def print_table(search: dict[str, Any], encoding: dict[str, Any] | None) -> None:
-    rows = [
+def print_table(search: dict[str, Any] | None, encoding: dict[str, Any] | None) -> None:
+    rows = [] if search is None else _search_rows(search)
+    if encoding is not None:
+        rows += _encoding_rows(encoding)
+    print(f"{'what':<64} {'target':>8} {'ratio':>7}  detail")
+    for what, target, ratio, detail in rows:
+        met = "" if target == "(report)" else ("met" if ratio <= float(target[3:-1]) else "NOT met")
+        print(f"{what:<64} {target:>8} {ratio:7.3f}  {detail} {met}")
+    if search is not None:
+        _print_search_notes(search)
+    if encoding is not None:
+        _print_encoding_notes(encoding)
+
+
+Row = tuple[str, str, float, str]
+
+
+def _search_rows(search: dict[str, Any]) -> list[Row]:
+    return [
         (
             f"sharded / one index, one query per call, {search['items']:,} codes",
             f"<= {MAX_MERGE_RATIO}x",
@@ -273,32 +290,33 @@ def print_table(search: dict[str, Any], encoding: dict[str, Any] | None) -> None
             f"{search['batch_query_us']['sharded']:.1f} us/q",
         ),
     ]
-    if encoding is not None:
-        rows += [
-            (
-                "Ray 1 actor / one process, encoding time after Ray's start",
-                f"<= {MAX_RAY_RATIO}x",
-                encoding["ratio_ray_1_after_start"],
-                f"{encoding['tiles_per_second']['process']:.0f} -> "
-                f"{encoding['tiles_per_second']['ray_1']:.0f} tiles/s in all",
-            ),
-            (
-                "Ray 2 actors / one process, after start",
-                "(report)",
-                encoding["ratio_ray_2_after_start"],
-                f"{encoding['tiles_per_second']['ray_2']:.0f} tiles/s in all",
-            ),
-            (
-                "Ray 1 actor / one process, whole run",
-                "(report)",
-                encoding["ratio_ray_1_total"],
-                f"start {encoding['ray_start_seconds']['ray_1']:.1f} s",
-            ),
-        ]
-    print(f"{'what':<64} {'target':>8} {'ratio':>7}  detail")
-    for what, target, ratio, detail in rows:
-        met = "" if target == "(report)" else ("met" if ratio <= float(target[3:-1]) else "NOT met")
-        print(f"{what:<64} {target:>8} {ratio:7.3f}  {detail} {met}")
+
+
+def _encoding_rows(encoding: dict[str, Any]) -> list[Row]:
+    return [
+        (
+            "Ray 1 actor / one process, encoding time after Ray's start",
+            f"<= {MAX_RAY_RATIO}x",
+            encoding["ratio_ray_1_after_start"],
+            f"{encoding['tiles_per_second']['process']:.0f} -> "
+            f"{encoding['tiles_per_second']['ray_1']:.0f} tiles/s in all",
+        ),
+        (
+            "Ray 2 actors / one process, after start",
+            "(report)",
+            encoding["ratio_ray_2_after_start"],
+            f"{encoding['tiles_per_second']['ray_2']:.0f} tiles/s in all",
+        ),
+        (
+            "Ray 1 actor / one process, whole run",
+            "(report)",
+            encoding["ratio_ray_1_total"],
+            f"start {encoding['ray_start_seconds']['ray_1']:.1f} s",
+        ),
+    ]
+
+
+def _print_search_notes(search: dict[str, Any]) -> None:
     print(f"sharded search returns the same ids as one index: {search['same_ids']}")
     spread = search["ratio_spread"]
     print(
@@ -307,19 +325,20 @@ def print_table(search: dict[str, Any], encoding: dict[str, Any] | None) -> None
         + f"; load average {min(p['load_average'][0] for p in search['passes']):.1f}-"
         + f"{max(p['load_average'][1] for p in search['passes']):.1f}"
     )
-    if encoding is not None:
-        print(
-            f"encoding {encoding['tiles']} tiles of {encoding['archive']}: runs (s) "
-            + ", ".join(
-                f"{name} {' / '.join(f'{v:.1f}' for v in values)}"
-                for name, values in encoding["runs_seconds"].items()
-            )
-            + f"; Ray cluster start {encoding['ray_cluster_start_seconds']:.1f} s; load average "
-            + ", ".join(
-                f"{name} {low:.1f}-{high:.1f}"
-                for name, (low, high) in encoding["load_average"].items()
-            )
+
+
+def _print_encoding_notes(encoding: dict[str, Any]) -> None:
+    print(
+        f"encoding {encoding['tiles']} tiles of {encoding['archive']}: runs (s) "
+        + ", ".join(
+            f"{name} {' / '.join(f'{v:.1f}' for v in values)}"
+            for name, values in encoding["runs_seconds"].items()
         )
+        + f"; Ray cluster start {encoding['ray_cluster_start_seconds']:.1f} s; load average "
+        + ", ".join(
+            f"{name} {low:.1f}-{high:.1f}" for name, (low, high) in encoding["load_average"].items()
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -329,12 +348,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2, help="encoding runs per method")
     parser.add_argument("--no-encoding", action="store_true", help="search part only")
+    parser.add_argument("--no-search", action="store_true", help="encoding part only")
     parser.add_argument("--archive", choices=sorted(TILINGS), default="pcam-96px-7k")
     parser.add_argument("--output", type=Path, default=RESULTS / "distributed.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
         workdir = Path(temporary)
-        search = measure_search(workdir, args.items, args.shards, args.queries)
+        search = (
+            None
+            if args.no_search
+            else measure_search(workdir, args.items, args.shards, args.queries)
+        )
         encoding = (
             None if args.no_encoding else measure_encoding(workdir, args.repeats, args.archive)
         )

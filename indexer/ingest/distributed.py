@@ -359,8 +359,16 @@ def _encoded_rows(
             max_retries=TILING_TASK_RETRIES,
         )
         dataset = _embedded(dataset, checkpoint, config, plan)
-    rows: Iterable[dict[str, Any]] = dataset.iter_rows()
-    return rows
+    # Whole blocks as numpy columns, cut into rows here: Ray Data's `iter_rows` converts every
+    # value of every row from Arrow on its own, on the driver, which shares the CPUs.
+    return _rows_of(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def _rows_of(batches: Iterable[dict[str, npt.NDArray[Any]]]) -> Iterator[dict[str, Any]]:
+    for batch in batches:
+        names = list(batch)
+        for row in range(len(batch["position"])):
+            yield {name: batch[name][row] for name in names}
 
 
 def _embedded(
