@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -86,6 +87,9 @@ SHARDS_FORMAT_VERSION = 1
 ROUTING = "sha256(group, else content hash) mod shard count"
 
 _Result = TypeVar("_Result")
+# Where padding (-1) sorts among ids in a merge: after all of them (a constant: `np.iinfo` builds
+# an object per call).
+_PADDING_SORT_ID = np.int64(np.iinfo(np.int64).max)
 
 
 class ShardedIndexError(IndexDirectoryError):
@@ -144,12 +148,12 @@ def merge_top_k(
         rescored = gathered_adc(tables, all_codes.reshape(rows * width, -1), candidates)
         all_scores = np.where(all_ids >= 0, rescored, np.float32(-np.inf)).astype(np.float32)
     # Padding (-1) must sort after every real id of the same (-inf) score.
-    sort_ids = np.where(all_ids < 0, np.iinfo(np.int64).max, all_ids)
+    sort_ids = np.where(all_ids < 0, _PADDING_SORT_ID, all_ids)
     order = np.lexsort((sort_ids, -all_scores), axis=1)[:, :k]
     # Flat indices and the shard of each column found by its bounds: a single query's merge
     # took 23 us with take_along_axis and per-shard origin arrays, 11 us so.
     flat = order if rows == 1 else order + (np.arange(rows) * width)[:, None]
-    bounds = np.cumsum([np.shape(part)[1] for part in ids])
+    bounds = list(accumulate(np.shape(part)[1] for part in ids))
     merged_scores: FloatArray = all_scores.ravel()[flat]
     merged_ids: IdArray = all_ids.ravel()[flat]
     return merged_scores, merged_ids, np.searchsorted(bounds, order, side="right")
