@@ -7,10 +7,13 @@
    one query per call (median over turns, the two indexes alternating) and batches of
    ``--queries`` (best of rounds), `search_arrays` and `search` with records. Goal: the merge
    costs at most 1.2x. The two are also checked to return the same ids.
-2. Encoding: real Kather 2016 tiles (cut into 64 px tiles) through `index_archive` in this
-   process, and through `encode_archive_on_ray` on a local Ray cluster of this machine's CPUs
-   with 1 and 2 embedding actors, every model on one torch thread. Ray's fixed start (actors
-   starting, loading the model) is measured on a two-image archive and reported apart. Goal:
+2. Encoding: a real archive (``--archive``, default the 7,000 PCam tiles, 96 px, one tile each,
+   embedded by a 64 px model) through `index_archive` in this process, and through
+   `encode_archive_on_ray` on a local Ray cluster of this machine's CPUs with 1 and 2 embedding
+   actors, every model on one torch thread; the methods take turns, ``--repeats`` times, and the
+   load average is recorded around each run (the machine is shared). Ray's fixed start (actors
+   starting and loading the model, tiling workers starting) is measured on an eight-image
+   archive right before each Ray run and reported apart. Goal:
    Ray with 1 actor takes at most 1.15x the single process's time once started.
 
 Results: a table on stdout and ``benchmarks/results/distributed.json``.
@@ -26,7 +29,7 @@ import platform
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +39,12 @@ import torch
 from benchmarks.encoding import shared_data_root
 from benchmarks.index_scale import (
     ADD_CHUNK,
+    best_of_interleaved,
     median_single_query_us,
     seeded_codebooks,
     seeded_codes,
     seeded_queries,
 )
-from indexer.index.pq import FloatArray
 from indexer.index.shards import ShardedIndex
 from indexer.index.store import ArchiveIndex, NewItem
 from indexer.index.tiling import TilingConfig
@@ -56,9 +59,19 @@ K = 10
 # Torch threads of every model, in the process and in each actor. One: on a loaded 2-core machine
 # two threads per forward ran 4x slower than one (24 vs 6 ms per 64 px tile, load average 6-9).
 MODEL_THREADS = 1
+# Search measurements, each one query per call over every query and batches in turns.
+PASSES = 3
+# Images of the run that measures Ray's fixed start: enough for every tiling task slot of this
+# machine to start its worker (2 CPUs, 0.5 CPU a task).
+START_IMAGES = 8
 
 
 # ---- search --------------------------------------------------------------------------------------
+
+
+def load_average() -> float:
+    """The 1-minute load average (other work on this shared machine)."""
+    return os.getloadavg()[0]
 
 
 def synthetic_records(start: int, stop: int) -> list[NewItem]:
@@ -84,17 +97,6 @@ def fill(index: ArchiveIndex | ShardedIndex, count: int) -> float:
     return time.perf_counter() - started
 
 
-def best_batch_us(
-    search: Callable[[FloatArray], object], queries: FloatArray, rounds: int
-) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        started = time.perf_counter()
-        search(queries)
-        best = min(best, time.perf_counter() - started)
-    return best / len(queries) * 1e6
-
-
 def measure_search(workdir: Path, items: int, shards: int, query_count: int) -> dict[str, Any]:
     codebooks = seeded_codebooks()
     single = ArchiveIndex.create_from_codebooks(workdir / "single", codebooks, card={})
@@ -106,20 +108,39 @@ def measure_search(workdir: Path, items: int, shards: int, query_count: int) -> 
     same = bool(
         np.array_equal(single.search_arrays(queries, K)[1], sharded.search_arrays(queries, K)[1])
     )
-    singles = median_single_query_us(
-        {
-            "one": (lambda q: single.search_arrays(q, K), queries),
-            "sharded": (lambda q: sharded.search_arrays(q, K), queries),
-            "one_records": (lambda q: single.search(q, K), queries),
-            "sharded_records": (lambda q: sharded.search(q, K), queries),
-        }
-    )
-    batch = {
-        "one": best_batch_us(lambda q: single.search_arrays(q, K), queries, 5),
-        "sharded": best_batch_us(lambda q: sharded.search_arrays(q, K), queries, 5),
-    }
+    passes: list[dict[str, Any]] = []
+    for _ in range(PASSES):
+        before = load_average()
+        singles = median_single_query_us(
+            {
+                "one": (lambda q: single.search_arrays(q, K), queries),
+                "sharded": (lambda q: sharded.search_arrays(q, K), queries),
+                "one_records": (lambda q: single.search(q, K), queries),
+                "sharded_records": (lambda q: sharded.search(q, K), queries),
+            },
+            rounds=1,
+        )
+        batch = best_of_interleaved(
+            {
+                "one": (lambda q: single.search_arrays(q, K), queries, False),
+                "sharded": (lambda q: sharded.search_arrays(q, K), queries, False),
+            },
+            rounds=3,
+        )
+        passes.append(
+            {
+                "load_average": [before, load_average()],
+                "single_query_us": singles,
+                "batch_query_us": batch,
+                "ratio_single": singles["sharded"] / singles["one"],
+                "ratio_single_records": singles["sharded_records"] / singles["one_records"],
+                "ratio_batch": batch["sharded"] / batch["one"],
+            }
+        )
     single.close()
     sharded.close()
+    # The pass with the median single-query ratio stands for the run; every pass is kept.
+    middle = sorted(passes, key=lambda entry: float(entry["ratio_single"]))[len(passes) // 2]
     return {
         "items": items,
         "shards": shards,
@@ -127,31 +148,36 @@ def measure_search(workdir: Path, items: int, shards: int, query_count: int) -> 
         "queries": query_count,
         "same_ids": same,
         "build_seconds": {"one": build_single, "sharded": build_sharded},
-        "single_query_us": singles,
-        "batch_query_us": batch,
-        "ratio_single": singles["sharded"] / singles["one"],
-        "ratio_single_records": singles["sharded_records"] / singles["one_records"],
-        "ratio_batch": batch["sharded"] / batch["one"],
+        **middle,
+        "passes": passes,
+        "ratio_spread": {
+            name: [min(p[name] for p in passes), max(p[name] for p in passes)]
+            for name in ("ratio_single", "ratio_single_records", "ratio_batch")
+        },
     }
 
 
 # ---- encoding ------------------------------------------------------------------------------------
 
-TILING = TilingConfig(tile_size=64, min_tissue=0.25)
-
-
-def kather_archive() -> list[ArchiveImage]:
-    return load_folder(shared_data_root() / "kather2016-texture-240")
+# Tiles of each archive, one per PCam image, 64 px pieces of the larger Kather ones.
+TILINGS = {
+    "pcam-96px-7k": TilingConfig(tile_size=96, min_tissue=0.25),
+    "kather2016-texture-240": TilingConfig(tile_size=64, min_tissue=0.25),
+}
 
 
 def encode_once(
-    archive: Sequence[ArchiveImage], checkpoint: Path, workdir: Path, actors: int | None
+    archive: Sequence[ArchiveImage],
+    checkpoint: Path,
+    workdir: Path,
+    actors: int | None,
+    tiling: TilingConfig,
 ) -> tuple[float, int]:
     """One run into a fresh index: in this process (``actors`` None) or on Ray."""
     from indexer.ingest.distributed import RayEncodingConfig, encode_archive_on_ray
 
     directory = Path(tempfile.mkdtemp(dir=workdir)) / "index"
-    config = PipelineConfig(tiling=TILING, batch_size=64, workers=2, progress=False)
+    config = PipelineConfig(tiling=tiling, batch_size=64, workers=2, progress=False)
     with ArchiveIndex.create(directory, checkpoint) as index:
         started = time.perf_counter()
         if actors is None:
@@ -174,36 +200,50 @@ def index_model(checkpoint: Path) -> Any:
     return load_checkpoint(checkpoint)
 
 
-def measure_encoding(workdir: Path, repeats: int) -> dict[str, Any]:
+def measure_encoding(workdir: Path, repeats: int, archive_name: str) -> dict[str, Any]:
     import ray
 
     torch.manual_seed(0)
     checkpoint = workdir / "model.pt"
     save_checkpoint(build_model(ModelCard(input_size=64)), checkpoint)
-    archive = kather_archive()
+    archive = load_folder(shared_data_root() / archive_name)
+    tiling = TILINGS[archive_name]
+    started = time.perf_counter()
     ray.init(num_cpus=os.cpu_count() or 2, include_dashboard=False, logging_level=logging.WARNING)
+    cluster_start = time.perf_counter() - started
+    loads: dict[str, list[float]] = {"process": [], "ray_1": [], "ray_2": []}
     try:
         runs: dict[str, list[float]] = {"process": [], "ray_1": [], "ray_2": []}
-        startup: dict[str, float] = {}
         tiles = 0
-        for count in (1, 2):
-            startup[f"ray_{count}"] = min(
-                encode_once(archive[:2], checkpoint, workdir, count)[0] for _ in range(repeats)
-            )
+        starts: dict[str, list[float]] = {"ray_1": [], "ray_2": []}
         plans: list[tuple[str, int | None]] = [("process", None), ("ray_1", 1), ("ray_2", 2)]
         for _ in range(repeats):
             for name, actors in plans:
-                seconds, tiles = encode_once(archive, checkpoint, workdir, actors)
+                if actors is not None:
+                    # Right before each Ray run, a run of a few images: what a run costs beyond
+                    # its images (Ray Data planning, the actors starting and loading the model,
+                    # tiling workers starting and importing torch for the thumbnails).
+                    starts[name].append(
+                        encode_once(archive[:START_IMAGES], checkpoint, workdir, actors, tiling)[0]
+                    )
+                before = load_average()
+                seconds, tiles = encode_once(archive, checkpoint, workdir, actors, tiling)
                 runs[name].append(seconds)
+                loads[name] += [before, load_average()]
     finally:
         ray.shutdown()  # type: ignore[no-untyped-call]
+    startup = {name: min(values) for name, values in starts.items()}
     best = {name: min(values) for name, values in runs.items()}
     steady = {name: best[name] - startup[name] if name in startup else best[name] for name in best}
     return {
+        "archive": archive_name,
         "images": len(archive),
         "tiles": tiles,
         "input_size": 64,
+        "runs_seconds": runs,
+        "load_average": {name: [min(v), max(v)] for name, v in loads.items()},
         "seconds": best,
+        "ray_cluster_start_seconds": cluster_start,
         "ray_start_seconds": startup,
         "seconds_after_start": steady,
         "tiles_per_second": {name: tiles / value for name, value in best.items()},
@@ -216,8 +256,25 @@ def measure_encoding(workdir: Path, repeats: int) -> dict[str, Any]:
 # ---- report --------------------------------------------------------------------------------------
 
 
-def print_table(search: dict[str, Any], encoding: dict[str, Any] | None) -> None:
-    rows = [
+def print_table(search: dict[str, Any] | None, encoding: dict[str, Any] | None) -> None:
+    rows = [] if search is None else _search_rows(search)
+    if encoding is not None:
+        rows += _encoding_rows(encoding)
+    print(f"{'what':<64} {'target':>8} {'ratio':>7}  detail")
+    for what, target, ratio, detail in rows:
+        met = "" if target == "(report)" else ("met" if ratio <= float(target[3:-1]) else "NOT met")
+        print(f"{what:<64} {target:>8} {ratio:7.3f}  {detail} {met}")
+    if search is not None:
+        _print_search_notes(search)
+    if encoding is not None:
+        _print_encoding_notes(encoding)
+
+
+Row = tuple[str, str, float, str]
+
+
+def _search_rows(search: dict[str, Any]) -> list[Row]:
+    return [
         (
             f"sharded / one index, one query per call, {search['items']:,} codes",
             f"<= {MAX_MERGE_RATIO}x",
@@ -240,33 +297,55 @@ def print_table(search: dict[str, Any], encoding: dict[str, Any] | None) -> None
             f"{search['batch_query_us']['sharded']:.1f} us/q",
         ),
     ]
-    if encoding is not None:
-        rows += [
-            (
-                "Ray 1 actor / one process, encoding time after Ray's start",
-                f"<= {MAX_RAY_RATIO}x",
-                encoding["ratio_ray_1_after_start"],
-                f"{encoding['tiles_per_second']['process']:.0f} -> "
-                f"{encoding['tiles_per_second']['ray_1']:.0f} tiles/s in all",
-            ),
-            (
-                "Ray 2 actors / one process, after start",
-                "(report)",
-                encoding["ratio_ray_2_after_start"],
-                f"{encoding['tiles_per_second']['ray_2']:.0f} tiles/s in all",
-            ),
-            (
-                "Ray 1 actor / one process, whole run",
-                "(report)",
-                encoding["ratio_ray_1_total"],
-                f"start {encoding['ray_start_seconds']['ray_1']:.1f} s",
-            ),
-        ]
-    print(f"{'what':<64} {'target':>8} {'ratio':>7}  detail")
-    for what, target, ratio, detail in rows:
-        met = "" if target == "(report)" else ("met" if ratio <= float(target[3:-1]) else "NOT met")
-        print(f"{what:<64} {target:>8} {ratio:7.3f}  {detail} {met}")
+
+
+def _encoding_rows(encoding: dict[str, Any]) -> list[Row]:
+    return [
+        (
+            "Ray 1 actor / one process, encoding time after Ray's start",
+            f"<= {MAX_RAY_RATIO}x",
+            encoding["ratio_ray_1_after_start"],
+            f"{encoding['tiles_per_second']['process']:.0f} -> "
+            f"{encoding['tiles_per_second']['ray_1']:.0f} tiles/s in all",
+        ),
+        (
+            "Ray 2 actors / one process, after start",
+            "(report)",
+            encoding["ratio_ray_2_after_start"],
+            f"{encoding['tiles_per_second']['ray_2']:.0f} tiles/s in all",
+        ),
+        (
+            "Ray 1 actor / one process, whole run",
+            "(report)",
+            encoding["ratio_ray_1_total"],
+            f"start {encoding['ray_start_seconds']['ray_1']:.1f} s",
+        ),
+    ]
+
+
+def _print_search_notes(search: dict[str, Any]) -> None:
     print(f"sharded search returns the same ids as one index: {search['same_ids']}")
+    spread = search["ratio_spread"]
+    print(
+        "search ratios over passes: "
+        + ", ".join(f"{name} {low:.2f}-{high:.2f}" for name, (low, high) in spread.items())
+        + f"; load average {min(p['load_average'][0] for p in search['passes']):.1f}-"
+        + f"{max(p['load_average'][1] for p in search['passes']):.1f}"
+    )
+
+
+def _print_encoding_notes(encoding: dict[str, Any]) -> None:
+    print(
+        f"encoding {encoding['tiles']} tiles of {encoding['archive']}: runs (s) "
+        + ", ".join(
+            f"{name} {' / '.join(f'{v:.1f}' for v in values)}"
+            for name, values in encoding["runs_seconds"].items()
+        )
+        + f"; Ray cluster start {encoding['ray_cluster_start_seconds']:.1f} s; load average "
+        + ", ".join(
+            f"{name} {low:.1f}-{high:.1f}" for name, (low, high) in encoding["load_average"].items()
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,12 +355,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=2, help="encoding runs per method")
     parser.add_argument("--no-encoding", action="store_true", help="search part only")
+    parser.add_argument("--no-search", action="store_true", help="encoding part only")
+    parser.add_argument("--archive", choices=sorted(TILINGS), default="pcam-96px-7k")
     parser.add_argument("--output", type=Path, default=RESULTS / "distributed.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as temporary:
         workdir = Path(temporary)
-        search = measure_search(workdir, args.items, args.shards, args.queries)
-        encoding = None if args.no_encoding else measure_encoding(workdir, args.repeats)
+        search = (
+            None
+            if args.no_search
+            else measure_search(workdir, args.items, args.shards, args.queries)
+        )
+        encoding = (
+            None if args.no_encoding else measure_encoding(workdir, args.repeats, args.archive)
+        )
     print_table(search, encoding)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version()}

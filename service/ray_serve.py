@@ -39,6 +39,7 @@ from indexer.index.shards import LocalShard, ShardAnswer, ShardedIndex
 from indexer.index.store import AddOutcome, IndexStats, SearchFilters
 from model.errors import HistosearchError
 from service.engine import SearchEngine
+from service.errors import ErrorCode, ServiceError
 from service.imaging import DecodedImage
 from service.settings import Settings
 
@@ -51,6 +52,9 @@ logger = logging.getLogger(__name__)
 # Handles the ingress replica was built with; its start-up (the app's lifespan, in the same
 # process) reads them. A module global because Serve copies the FastAPI app into the replica.
 _REPLICA_HANDLES: dict[str, Any] = {}
+# Seconds a client is told to wait before repeating a request that a lost shard replica refused
+# (Serve starts another replica, which reopens the shard's files).
+SHARD_RETRY_AFTER_S = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +109,29 @@ class EmbedderReplica:
 class ShardClient:
     """A `Shard` whose methods run on a shard deployment (blocking: call from worker threads)."""
 
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+    def __init__(self, handle: DeploymentHandle[Any], name: str) -> None:
         self._handle = handle
+        self.name = name
         self.codebooks, self.descriptor_dim = handle.describe.remote().result()
         self._tombstones = int(self._call("tombstones"))
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        return self._handle.call.remote(method, args, kwargs).result()
+        from ray.exceptions import RayActorError
+        from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+        try:
+            return self._handle.call.remote(method, args, kwargs).result()
+        except (RayActorError, BackPressureError, DeploymentUnavailableError) as error:
+            # The shard's replica was lost (Serve starts another from the same files) or is
+            # overloaded: the request may be repeated. A write that got here may or may not have
+            # committed; repeated, it is either added or reported as the duplicate it now is.
+            logger.warning("shard %s unavailable for %s: %s", self.name, method, error)
+            raise ServiceError(
+                503,
+                ErrorCode.NOT_READY,
+                f"{self.name} of the index is unavailable (restarting); retry the request",
+                headers={"Retry-After": str(SHARD_RETRY_AFTER_S)},
+            ) from error
 
     def answer(
         self,
@@ -247,7 +267,7 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
     by_name = {f"shard-{number:03d}": handle for number, handle in enumerate(shard_handles)}
 
     def open_shard(directory: Path) -> ShardClient:
-        return ShardClient(by_name[directory.name])
+        return ShardClient(by_name[directory.name], directory.name)
 
     index = ShardedIndex.open(settings.index_dir, open_shard=open_shard, parallel=True)
     if index.checkpoint_path is None:

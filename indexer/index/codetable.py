@@ -280,14 +280,22 @@ class CodeTable:
         queries: npt.NDArray[np.floating],
         k: int,
         eligible: BoolArray | Everything = ALL,
+        *,
+        normalised: bool = False,
     ) -> tuple[FloatArray, IdArray]:
         """Top-k exact ADC scores and ids per query, best first, ties broken by smaller id.
 
         Rows hold fewer than k results (score -inf, id -1) only when fewer items are eligible.
+        ``normalised``: the queries are float32, C-ordered, their sub-vectors already normalised
+        by `normalise_subvectors` (a sharded index does it once for all its shards).
         """
         if k < 1:
             raise IndexInputError(f"k must be at least 1, got {k}")
-        unit = normalise_subvectors(queries, self.num_codebooks)
+        unit = (
+            np.asarray(queries, dtype=np.float32)
+            if normalised
+            else normalise_subvectors(queries, self.num_codebooks)
+        )
         available = self._size if eligible is ALL else int(np.count_nonzero(eligible))
         found = min(k, available)
         if found == 0:

@@ -39,13 +39,16 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer.index.errors import IndexInputError
 from indexer.index.metadata import FinishedSource
 from indexer.index.pq import (
     CodeArray,
@@ -84,6 +87,9 @@ SHARDS_FORMAT_VERSION = 1
 ROUTING = "sha256(group, else content hash) mod shard count"
 
 _Result = TypeVar("_Result")
+# Where padding (-1) sorts among ids in a merge: after all of them (a constant: `np.iinfo` builds
+# an object per call).
+_PADDING_SORT_ID = np.int64(np.iinfo(np.int64).max)
 
 
 class ShardedIndexError(IndexDirectoryError):
@@ -135,21 +141,22 @@ def merge_top_k(
     """
     all_scores = np.concatenate([np.asarray(s, dtype=np.float32) for s in scores], axis=1)
     all_ids = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids], axis=1)
-    origin = np.concatenate(
-        [np.full(np.shape(i), number, dtype=np.intp) for number, i in enumerate(ids)], axis=1
-    )
+    rows, width = all_ids.shape
     if codes is not None and tables is not None:
         all_codes = np.concatenate(list(codes), axis=1)
-        rows, width = all_ids.shape
         candidates = np.arange(rows * width, dtype=np.intp).reshape(rows, width)
         rescored = gathered_adc(tables, all_codes.reshape(rows * width, -1), candidates)
         all_scores = np.where(all_ids >= 0, rescored, np.float32(-np.inf)).astype(np.float32)
     # Padding (-1) must sort after every real id of the same (-inf) score.
-    sort_ids = np.where(all_ids < 0, np.iinfo(np.int64).max, all_ids)
+    sort_ids = np.where(all_ids < 0, _PADDING_SORT_ID, all_ids)
     order = np.lexsort((sort_ids, -all_scores), axis=1)[:, :k]
-    merged_scores: FloatArray = np.take_along_axis(all_scores, order, axis=1)
-    merged_ids: IdArray = np.take_along_axis(all_ids, order, axis=1)
-    return merged_scores, merged_ids, np.take_along_axis(origin, order, axis=1)
+    # Flat indices and the shard of each column found by its bounds: a single query's merge
+    # took 23 us with take_along_axis and per-shard origin arrays, 11 us so.
+    flat = order if rows == 1 else order + (np.arange(rows) * width)[:, None]
+    bounds = list(accumulate(np.shape(part)[1] for part in ids))
+    merged_scores: FloatArray = all_scores.ravel()[flat]
+    merged_ids: IdArray = all_ids.ravel()[flat]
+    return merged_scores, merged_ids, np.searchsorted(bounds, order, side="right")
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +199,13 @@ class LocalShard(ArchiveIndex):
         filters: SearchFilters | None,
         with_codes: bool,
     ) -> ShardAnswer:
+        """The shard's part of a search; ``queries`` come checked and sub-vector normalised
+        (`normalise_subvectors`) from the `ShardedIndex`, which does that once for all shards:
+        checking and normalising in every shard cost about 10 us a shard for one query."""
         tombstones = self.tombstones
-        scores, ids = self.search_arrays(queries, k, filters)
+        with self._lock.reading():
+            eligible = self._table.eligible(self._term_filter(filters))
+            scores, ids = self._table.search(queries, k, eligible, normalised=True)
         codes = None
         if with_codes:
             codes = self.codes_of(ids.ravel()).reshape(*ids.shape, self.num_codebooks)
@@ -275,6 +287,9 @@ class ShardedIndex:
         # Kept here rather than asked of every shard: a server answers /ready with it on its event
         # loop, where asking shards in other processes would block.
         self._count = sum(len(shard) for shard in self.shards)
+        # Set when a shard write failed part-way (a remote shard lost mid-call may or may not
+        # have committed): the next write counts the shards again.
+        self._count_uncertain = False
         # Shard searches release the GIL in FAISS, so threads scan shards side by side, but a
         # single query only gains where there are cores to spare: with 4 shards on 2 cores it
         # took 800-900 us in threads and 650-680 us shard after shard (one index: 440-460 us).
@@ -421,7 +436,7 @@ class ShardedIndex:
                 f"expected codes of shape ({len(records)}, {self.num_codebooks}), "
                 f"got {code_array.shape}"
             )
-        with self._writer:
+        with self._writer, self._counting():
             outcomes, fresh = self._deduplicated(records)
             first_id = self._reserve_ids(len(fresh))
             by_shard: dict[int, list[int]] = {}
@@ -479,10 +494,23 @@ class ShardedIndex:
         Ids do not name their shard, so every shard is asked (each an indexed SQLite lookup).
         """
         wanted = [int(item_id) for item_id in item_ids]
-        with self._writer:
+        with self._writer, self._counting():
             removed = sum(self._each(lambda shard: shard.remove(wanted)))
             self._count -= removed
             return removed
+
+    @contextmanager
+    def _counting(self) -> Iterator[None]:
+        """Keep `len` true around a write: recount first if an earlier write failed part-way,
+        and distrust the count if this one does."""
+        if self._count_uncertain:
+            self._count = sum(len(shard) for shard in self.shards)
+            self._count_uncertain = False
+        try:
+            yield
+        except BaseException:
+            self._count_uncertain = True
+            raise
 
     def flush(self) -> None:
         """Snapshot every shard (the id counter is already durable)."""
@@ -545,25 +573,22 @@ class ShardedIndex:
         that never stored the excluded group sees no filter), so every search one index would
         score in numpy is scored again here, from the candidates' codes, by the numpy rule.
         """
-        array = self._checked_queries(queries)
+        unit = normalise_subvectors(self._checked_queries(queries), self.num_codebooks)
         constrained = filters is not None and any(
             value is not None for value in (filters.label, filters.dataset, filters.exclude_group)
         )
         with_codes = constrained or any(shard.tombstones for shard in self.shards)
         # A batch gives each shard enough work to be worth a thread even without spare cores
         # (300 queries, 4 shards on 2 cores: 1.06x one index in threads, 1.63x in turn).
-        batch = len(array) > 1
-        answers = self._each(lambda shard: shard.answer(array, k, filters, with_codes), batch)
+        batch = len(unit) > 1
+        answers = self._each(lambda shard: shard.answer(unit, k, filters, with_codes), batch)
         if not with_codes and any(answer.tombstones for answer in answers):
             # A shard gained tombstones since it was last asked (a remote shard's count is the
             # one it last reported): ask again, with codes.
             with_codes = True
-            answers = self._each(lambda shard: shard.answer(array, k, filters, True), batch)
+            answers = self._each(lambda shard: shard.answer(unit, k, filters, True), batch)
         codes = [answer.codes for answer in answers if answer.codes is not None]
-        tables = None
-        if with_codes:
-            unit = normalise_subvectors(array, self.num_codebooks)
-            tables = unit_lookup_tables(unit, self.codebooks)
+        tables = unit_lookup_tables(unit, self.codebooks) if with_codes else None
         return merge_top_k(
             [answer.scores for answer in answers],
             [answer.ids for answer in answers],
@@ -575,10 +600,12 @@ class ShardedIndex:
     def _checked_queries(self, queries: npt.NDArray[np.floating]) -> FloatArray:
         array = np.asarray(queries, dtype=np.float32)
         if array.ndim != 2 or array.shape[1] != self.descriptor_dim:
-            raise ValueError(
+            raise IndexInputError(
                 f"queries must have shape (N, {self.descriptor_dim}) for this index, "
                 f"got {array.shape}"
             )
+        if not np.isfinite(array).all():
+            raise IndexInputError("queries contain NaN or infinite values")
         return array
 
     def _each(self, work: Callable[[Shard], _Result], at_once: bool = False) -> list[_Result]:

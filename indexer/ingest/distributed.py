@@ -30,7 +30,9 @@ import math
 import pickle
 import socket
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -58,6 +60,8 @@ from indexer.ingest.sources import ArchiveImage
 from model.errors import HistosearchError
 
 if TYPE_CHECKING:
+    import ray.data
+
     from indexer.index.shards import ShardedIndex
     from indexer.index.store import ArchiveIndex
 
@@ -70,6 +74,19 @@ CONNECT_TIMEOUT_S = 5.0
 # CPUs each tiling task asks for: fractional, so that on a small machine tiling tasks still fit
 # beside the embedding actors (with whole CPUs Ray Data can wait forever for a free one).
 TILING_TASK_CPUS = 0.5
+# Retries, set here rather than left to Ray Data's defaults (unbounded everywhere), because an
+# unbounded retry turns one input that kills its worker every time (a decoder crash, the OOM
+# killer on an oversized image) into a run that never ends and never says why:
+# - a tiling task whose worker is lost is run again, up to this many times, then the run fails
+#   naming the error (finished images are journalled: the next run resumes after them);
+TILING_TASK_RETRIES = 3
+# - an embedding actor whose process or node is lost is restarted (its model loaded again) with
+#   no limit: over a long run on many machines actors are lost for reasons that grow with the
+#   run's length (preempted nodes), not with any one input;
+EMBEDDING_ACTOR_RESTARTS = -1
+# - the batches in flight on a lost actor are sent again to its restarted self, each up to this
+#   many times: a batch that killed its actor this often is the input at fault, and the run fails.
+EMBEDDING_BATCH_RETRIES = 3
 
 
 class RayClusterError(HistosearchError):
@@ -335,10 +352,31 @@ def _encoded_rows(
     # a large archive spreads over a large cluster.
     blocks = min(len(inputs), max(200, len(inputs) // 100))
     dataset: ray.data.Dataset = ray.data.from_items(inputs, override_num_blocks=blocks)
-    dataset = dataset.flat_map(
-        partial(tile_rows, tiling=config.tiling, root=str(root.folder)), num_cpus=TILING_TASK_CPUS
-    )
-    dataset = dataset.map_batches(
+    with _retry_settings_as_remote_args():
+        dataset = dataset.flat_map(
+            partial(tile_rows, tiling=config.tiling, root=str(root.folder)),
+            num_cpus=TILING_TASK_CPUS,
+            max_retries=TILING_TASK_RETRIES,
+        )
+        dataset = _embedded(dataset, checkpoint, config, plan)
+    # Whole blocks as numpy columns, cut into rows here: Ray Data's `iter_rows` converts every
+    # value of every row from Arrow on its own, on the driver, which shares the CPUs.
+    return _rows_of(dataset.iter_batches(batch_size=None, batch_format="numpy"))
+
+
+def _rows_of(batches: Iterable[dict[str, npt.NDArray[Any]]]) -> Iterator[dict[str, Any]]:
+    for batch in batches:
+        names = list(batch)
+        for row in range(len(batch["position"])):
+            yield {name: batch[name][row] for name in names}
+
+
+def _embedded(
+    dataset: ray.data.Dataset, checkpoint: Path, config: PipelineConfig, plan: ActorPlan
+) -> ray.data.Dataset:
+    import ray
+
+    return dataset.map_batches(
         EmbeddingActor,
         fn_constructor_kwargs={
             "checkpoint": str(checkpoint),
@@ -350,9 +388,19 @@ def _encoded_rows(
         compute=ray.data.ActorPoolStrategy(size=plan.actors),
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor,
+        max_restarts=EMBEDDING_ACTOR_RESTARTS,
+        max_task_retries=EMBEDDING_BATCH_RETRIES,
     )
-    rows: Iterable[dict[str, Any]] = dataset.iter_rows()
-    return rows
+
+
+@contextmanager
+def _retry_settings_as_remote_args() -> Iterator[None]:
+    """Ray 2.60 takes retry settings of Ray Data stages only as extra remote arguments, which it
+    warns are deprecated (for 2.64, with no named replacement yet): silence that one warning
+    here, where the settings are meant (the `ray` extra stays below 2.64 until they move)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
+        yield
 
 
 def _by_image(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
