@@ -122,7 +122,7 @@ def test_a_card_without_a_training_record_is_refused_clearly() -> None:
 def test_images_are_preloaded_by_default_never_smaller_than_the_network_input(
     model: dict[str, object], expected: int
 ) -> None:
-    config = TrainConfig(data="archive", out="run", model=model)
+    config = TrainConfig.model_validate({"data": "archive", "out": "run", "model": model})
     assert config.preload_size is None
     assert config.preload_side() == expected >= config.model.input_size
 
