@@ -70,7 +70,8 @@ def pooled_standardizer(channels: int, standardize: bool) -> nn.Module:
     batch statistics in training, their running averages at inference), or nothing.
 
     For frozen backbones. A random frozen backbone's pooled features point almost one way (mean
-    cosine 0.996 between tiles): a linear layer sees the shared mean and barely the differences,
+    cosine 0.955 and 0.973 between Kather tiles for a random ResNet-18's mean-pooled stages 2
+    and 3): a linear layer sees the shared mean and barely the differences,
     every descriptor comes out alike and the CQC loss can stay at its uniform value ln(2N - 1)
     (ln 63 at N = 32). Removing the shared mean and scaling each dimension to unit variance hands
     the head the differences. Measured on Kather's test groups (random ResNet-18 at 64 px, 4
