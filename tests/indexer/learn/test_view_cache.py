@@ -240,3 +240,17 @@ def test_a_short_frozen_vit_s_run_gives_codes_that_beat_its_untrained_head_on_te
     before = _held_out_codes_p10(untrained_head, test)
     after = _held_out_codes_p10(trained, test)
     assert after > before + 0.1, (before, after)
+
+
+def test_validation_on_the_frozen_trunks_output_computed_once_matches_embedding_the_images(
+    tmp_path: Path,
+) -> None:
+    trainer = Trainer(_cached_config(tmp_path, "run", validation_groups=["g4", "g3"]))
+    assert trainer.validation is not None
+    through_images = validate(trainer.model, trainer.validation, trainer.device)
+    trainer.prepare_view_cache()
+    assert trainer.validation.backbone_output is not None
+    counter = ForwardCounter(trainer.model.trunk)
+    through_cached_output = validate(trainer.model, trainer.validation, trainer.device)
+    assert counter.calls == 0
+    assert through_cached_output == pytest.approx(through_images, abs=1e-6)
