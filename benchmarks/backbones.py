@@ -1,6 +1,10 @@
 """CPU cost per tile of every backbone preset: the SPQ model's ``encode`` with random weights.
 
     nice python -m benchmarks.backbones [--threads 2] [--batch-size 32] [--only uni,h0-mini]
+    nice python -m benchmarks.backbones --quality [options: --quality --help]
+
+``--quality`` measures retrieval quality instead: how much of a frozen backbone's own float
+features' P@10 the 32- and 64-bit codes keep (``benchmarks/backbone_quality.py``).
 
 Speed does not depend on the weights, so each preset's architecture is built with random ones
 (nothing is downloaded) under the SPQ head at its own input size, and one batch of tiles is
@@ -20,6 +24,7 @@ import gc
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -103,6 +108,11 @@ def _timed(model: Any, images: torch.Tensor) -> float:
 
 
 def main() -> None:
+    if "--quality" in sys.argv[1:]:
+        from benchmarks import backbone_quality
+
+        backbone_quality.main([arg for arg in sys.argv[1:] if arg != "--quality"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--batch-size", type=int, default=32, help="tiles per batch (default 32)")

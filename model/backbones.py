@@ -163,14 +163,14 @@ def load_backbone(
     resnet = spec.factory()
     source, digest = "", ""
     if weights is not None:
-        source, digest = _load_resnet_weights(resnet, name, weights, small_input_stem)
+        source, digest = _load_resnet_weights(resnet, name, weights, small_input_stem, stages)
     resnet_trunk = ResNetTrunk(resnet, small_input_stem, stages)
     channels = [spec.stage_channels[stage - 1] for stage in resnet_trunk.output_stages]
     return Backbone(resnet_trunk, channels, spec.stage_channels[-1], source, digest)
 
 
 def _load_resnet_weights(
-    resnet: Any, name: str, weights: Path | str, small_input_stem: bool
+    resnet: Any, name: str, weights: Path | str, small_input_stem: bool, stages: Sequence[int]
 ) -> tuple[str, str]:
     if weights == "torchvision":
         from torchvision.models import get_weight
@@ -184,6 +184,10 @@ def _load_resnet_weights(
         state = read_state_dict(Path(weights))
         source, digest = f"file:{Path(weights).name}", file_sha256(Path(weights))
     ignored = {"fc.weight", "fc.bias"} | ({"conv1.weight"} if small_input_stem else set())
+    # Stages deeper than the deepest one used are not built: a file may leave them out (the trunk
+    # of a model trained on stages 2 and 3 has no layer4), and one that has them loads too.
+    unbuilt = tuple(f"layer{stage}." for stage in range(max(stages) + 1, 5))
+    ignored |= {key for key in (*state, *resnet.state_dict()) if key.startswith(unbuilt)}
     description = f"backbone weights {weights} for {name}"
     load_strictly(resnet, state, description, ignored)
     return source, digest

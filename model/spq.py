@@ -41,12 +41,16 @@ class SPQModel(nn.Module):
             assert isinstance(self.trunk, TimmTrunk)
             branch_dim = max(1, card.hidden_dim // (len(card.pooling) + 1))
             self.global_descriptor = TokenDescriptor(
-                self.trunk.width, card.pooling, branch_dim, self.trunk.has_class_token
+                self.trunk.width,
+                card.pooling,
+                branch_dim,
+                self.trunk.has_class_token,
+                standardize=card.backbone_is_frozen,
             )
         else:
             branch_dim = max(1, card.hidden_dim // (len(card.pooling) * len(backbone.channels)))
             self.global_descriptor = CombinedGlobalDescriptor(
-                backbone.channels, card.pooling, branch_dim
+                backbone.channels, card.pooling, branch_dim, standardize=card.backbone_is_frozen
             )
         self.projection = nn.Sequential(
             nn.Linear(self.global_descriptor.output_dim, card.hidden_dim),

@@ -200,15 +200,21 @@ class BackboneFeatures:
         self.model.eval()
         output = self.model.trunk(preprocess(images, self.model.card).to(self.device))
         self.model.train(was_training)
-        if isinstance(output, TokenFeatures):
-            pooled = (
-                output.class_token
-                if output.class_token is not None
-                else output.patch_grid.mean(dim=(2, 3))
-            )
-        else:
-            pooled = output[-1].mean(dim=(2, 3))
-        return F.normalize(pooled.float(), dim=1).cpu()
+        return ceiling_features(output)
+
+
+def ceiling_features(output: list[torch.Tensor] | TokenFeatures) -> torch.Tensor:
+    """A trunk's output -> (N, C) unit-length float features on the CPU: a token model's class
+    token (the mean patch token without one), else the mean of the last feature map."""
+    if isinstance(output, TokenFeatures):
+        pooled = (
+            output.class_token
+            if output.class_token is not None
+            else output.patch_grid.mean(dim=(2, 3))
+        )
+    else:
+        pooled = output[-1].mean(dim=(2, 3))
+    return F.normalize(pooled.float(), dim=1).cpu()
 
 
 def evaluate_checkpoint(

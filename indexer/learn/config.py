@@ -24,6 +24,9 @@ BUDGET = "budget and schedule"
 MODEL = "model and loss"
 AUGMENTATION = "augmentation (two views per image)"
 HARDWARE = "hardware"
+# 128 px keeps 64 px crops of a 64 px input at their full detail; a larger input is preloaded at
+# its own size, never below it (a 224 px preset preloaded at 128 would be upsampled, blurred).
+MIN_PRELOAD_SIZE = 128
 
 
 def _section(name: str, **extra: Any) -> dict[str, Any]:
@@ -156,10 +159,11 @@ class TrainConfig(BaseModel):
         "login) (default: random initialisation)",
         json_schema_extra=_section(MODEL),
     )
-    preload_size: int = Field(
-        default=128,
+    preload_size: int | None = Field(
+        default=None,
         ge=16,
-        description="side at which images are kept in memory and cropped from",
+        description="side at which images are kept in memory and cropped from (default: "
+        f"{MIN_PRELOAD_SIZE} or the input size, whichever is larger)",
         json_schema_extra=_section(MODEL),
     )
     temperature: float = Field(
@@ -246,6 +250,13 @@ class TrainConfig(BaseModel):
                 "image, so at least 2 views are needed"
             )
         return self
+
+    def preload_side(self) -> int:
+        """The side images are kept at in memory: --preload-size, or by default the larger of
+        128 and the input size."""
+        if self.preload_size is not None:
+            return self.preload_size
+        return max(MIN_PRELOAD_SIZE, self.model.input_size)
 
     def model_card(self, dataset_fingerprint: str) -> ModelCard:
         """The card of a model trained with these settings, carrying them as ``training``."""

@@ -26,9 +26,12 @@ from indexer.ingest.sources import ArchiveImage, load_source
 from indexer.learn.config import TrainConfig
 from indexer.learn.splits import GroupSplit, explicit_group_split, random_group_split
 from indexer.learn.view_cache import (
+    BackboneOutput,
+    OutputLayout,
     ViewCache,
     build_view_cache,
     distinct_view_pairs,
+    flatten_backbone_output,
     view_cache_key,
 )
 from model import (
@@ -127,12 +130,50 @@ class ValidationSet:
     images: torch.Tensor  # (N, 3, S, S) float in [0, 1], resized as preprocess() would
     labels: list[str]
     groups: list[str]
+    # A frozen backbone gives the same output at every validation: computed once, on the CPU.
+    backbone_output: BackboneOutput | None = None
+
+
+def frozen_backbone_output(
+    model: SPQModel, images: torch.Tensor, device: torch.device, batch_size: int = 32
+) -> BackboneOutput:
+    """The trunk's output for (N, 3, S, S) images in [0, 1], in float32 on the CPU."""
+    was_training = model.training
+    model.eval()
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, images.shape[0], batch_size):
+            batch = normalize(images[start : start + batch_size].float(), model.card)
+            output: BackboneOutput = model.trunk(batch.to(device))
+            chunks.append(flatten_backbone_output(output).float().cpu())
+    model.train(was_training)
+    layout = OutputLayout.of(output)
+    return layout.unflatten(torch.cat(chunks))
+
+
+def embed_validation(
+    model: SPQModel, validation: ValidationSet, device: torch.device, batch_size: int = 32
+) -> torch.Tensor:
+    """(N, M*d) descriptors of the validation images, in eval mode; the model's mode is kept."""
+    if validation.backbone_output is None:
+        # Embedded as every caller embeds (eval mode, no gradients).
+        return torch.from_numpy(Embedder(model, device).embed_tensors(validation.images))
+    was_training = model.training
+    model.eval()
+    rows = flatten_backbone_output(validation.backbone_output)
+    layout = OutputLayout.of(validation.backbone_output)
+    chunks = []
+    with torch.inference_mode():
+        for start in range(0, rows.shape[0], batch_size):
+            output = layout.unflatten(rows[start : start + batch_size].to(device))
+            chunks.append(model.encode_backbone_output(output).float().cpu())
+    model.train(was_training)
+    return torch.cat(chunks)
 
 
 def validate(model: SPQModel, validation: ValidationSet, device: torch.device) -> dict[str, float]:
     """P@10 of codes (ADC) and of the float descriptor on held-out validation groups."""
-    # Embedded as every caller embeds (eval mode, no gradients); the model's mode is given back.
-    descriptors = torch.from_numpy(Embedder(model, device).embed_tensors(validation.images))
+    descriptors = embed_validation(model, validation, device)
     with torch.no_grad():
         codes = model.codes_from_descriptors(descriptors.to(device)).cpu()
         code_scores = adc_scores(descriptors, codes, model.codebooks().detach().cpu())
@@ -168,7 +209,7 @@ class Trainer:
         self.dataset_fingerprint = dataset_fingerprint(train_entries, self.split)
         card = config.model_card(self.dataset_fingerprint)
         self.model = build_model(card, config.backbone_weights).to(self.device)
-        self.train_images = load_tensor_set(train_entries, config.preload_size)
+        self.train_images = load_tensor_set(train_entries, config.preload_side())
         self.validation = (
             ValidationSet(
                 load_tensor_set(validation_entries, config.model.input_size).float().div(255),
@@ -242,7 +283,12 @@ class Trainer:
         return root / key
 
     def prepare_view_cache(self) -> ViewCache:
-        """Build (or reuse) the cache of backbone outputs that a cached-views run trains on."""
+        """Build (or reuse) the cache of backbone outputs that a cached-views run trains on, and
+        the validation images' backbone output, which validation then reuses."""
+        if self.validation is not None and self.validation.backbone_output is None:
+            self.validation.backbone_output = frozen_backbone_output(
+                self.model, self.validation.images, self.device
+            )
         if self.view_cache is None:
             self.view_cache = build_view_cache(
                 self.model,

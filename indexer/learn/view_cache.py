@@ -60,7 +60,7 @@ def view_cache_key(
         "weights_sha256": card.backbone_weights_sha256 or "random",
         # Random weights are only reproducible through the seed that drew them; a key from the
         # weights themselves covers both cases.
-        "trunk_sha256": _trunk_digest(model.trunk),
+        "trunk_sha256": trunk_digest(model.trunk),
         "data": dataset_fingerprint,
         "input_size": card.input_size,
         "augmentation": augmentation.model_dump(mode="json"),
@@ -69,7 +69,7 @@ def view_cache_key(
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _trunk_digest(trunk: nn.Module) -> str:
+def trunk_digest(trunk: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(trunk.state_dict().items()):
         digest.update(name.encode())
@@ -119,7 +119,8 @@ def _parts(output: BackboneOutput) -> list[torch.Tensor]:
     return list(output)
 
 
-def _flatten(output: BackboneOutput) -> torch.Tensor:
+def flatten_backbone_output(output: BackboneOutput) -> torch.Tensor:
+    """The trunk output of N views -> (N, F) rows, as `OutputLayout.unflatten` reads them."""
     return torch.cat([part.flatten(1) for part in _parts(output)], dim=1)
 
 
@@ -257,7 +258,7 @@ def _encode_views(
     device_type = batch.device.type
     with torch.no_grad(), torch.autocast(device_type, dtype=compute_dtype, enabled=mixed):
         output: BackboneOutput = model.trunk(normalize(augment(batch), model.card))
-    return _flatten(output).float(), output
+    return flatten_backbone_output(output).float(), output
 
 
 def _read_progress(folder: Path) -> dict[str, Any]:

@@ -139,3 +139,54 @@ def test_timm_cnns_pool_their_last_feature_map_and_train_their_last_block(backbo
     assert trainable and trainable <= {id(p) for p in last.parameters()} | {
         id(p) for norm in trunk.final_norms() for p in norm.parameters()
     }
+
+
+def _standardizers(model: SPQModel) -> list[torch.nn.BatchNorm1d]:
+    return [m for m in model.global_descriptor.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+
+
+@pytest.mark.parametrize("card", [VIT_CARD, RESNET_CARD], ids=["vit", "resnet"])
+def test_a_frozen_backbone_head_standardises_pooled_features_and_a_learning_one_does_not(card):
+    learning = build_model(card)
+    assert _standardizers(learning) == []
+    assert not any("running_mean" in key for key in learning.global_descriptor.state_dict())
+    frozen = build_model(card.model_copy(update={"freeze_backbone": True}))
+    # One per branch: (class token and) each pooling method.
+    branches = len(card.pooling) + (1 if card.backbone == "kaiko-vits16" else 0)
+    assert len(_standardizers(frozen)) == branches
+    assert all(not norm.affine for norm in _standardizers(frozen))
+
+
+def test_standardised_pooled_features_spread_descriptors_that_share_one_direction():
+    # Pooled features with a large shared part, as a random trunk gives (cosines near 1).
+    torch.manual_seed(0)
+    shared = 10 * torch.rand(1, 8, 1, 1)
+    grid = shared + 0.1 * torch.randn(64, 8, 3, 3)
+    plain = TokenDescriptor(8, ["spoc"], 4, has_class_token=False)
+    standardised = TokenDescriptor(8, ["spoc"], 4, has_class_token=False, standardize=True)
+    standardised.load_state_dict(plain.state_dict(), strict=False)  # the same projection
+
+    def mean_cosine(descriptors: torch.Tensor) -> float:
+        return float((descriptors @ descriptors.T).mean())
+
+    with torch.no_grad():
+        assert mean_cosine(plain(None, grid)) > 0.95
+        # Training mode: batch statistics; the differences between tiles are what is left.
+        assert mean_cosine(standardised.train()(None, grid)) < 0.2
+
+
+def test_a_resnet_weights_file_without_the_unbuilt_stages_loads(tmp_path):
+    from torchvision.models import resnet18
+
+    torch.manual_seed(2)
+    published = resnet18(weights=None).state_dict()
+    # A trunk trained on stages 2 and 3 has no layer4 (and no classifier).
+    cut = {key: value for key, value in published.items() if not key.startswith(("layer4", "fc"))}
+    path = tmp_path / "trunk.pth"
+    torch.save(cut, path)
+    card = ModelCard(stages=[2, 3], input_size=32, hidden_dim=64)
+    model = build_model(card, backbone_weights=path)
+    loaded = model.trunk.state_dict()["stages.2.0.conv1.weight"]
+    assert torch.equal(loaded, published["layer3.0.conv1.weight"])
+    with pytest.raises(ValueError, match=r"missing keys \['layer4"):
+        build_model(card.model_copy(update={"stages": [4]}), backbone_weights=path)

@@ -108,3 +108,24 @@ def test_a_card_without_a_training_record_is_refused_clearly() -> None:
         recorded_config(ModelCard())
     with pytest.raises(TrainConfigError, match="not a valid training config"):
         recorded_config(ModelCard(training={"data": "archive"}))
+
+
+@pytest.mark.parametrize(
+    ("model", "expected"),
+    [
+        ({}, 128),  # 64 px input: 128 px keeps a quarter-area crop at full detail
+        ({"backbone": "kaiko-vits16"}, 224),
+        ({"backbone": "uni"}, 224),
+        ({"backbone": "resnet18", "input_size": 256}, 256),
+    ],
+)
+def test_images_are_preloaded_by_default_never_smaller_than_the_network_input(
+    model: dict[str, object], expected: int
+) -> None:
+    config = TrainConfig.model_validate({"data": "archive", "out": "run", "model": model})
+    assert config.preload_size is None
+    assert config.preload_side() == expected >= config.model.input_size
+
+
+def test_an_explicit_preload_size_is_kept() -> None:
+    assert TrainConfig(data="archive", out="run", preload_size=96).preload_side() == 96

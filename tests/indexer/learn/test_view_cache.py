@@ -1,3 +1,4 @@
+import copy
 import json
 import logging
 from pathlib import Path
@@ -8,11 +9,20 @@ import torch
 from pydantic import ValidationError
 
 from indexer.learn.config import TrainConfig
-from indexer.learn.training import Trainer, validate
+from indexer.learn.training import (
+    Trainer,
+    ValidationSet,
+    archive_images,
+    frozen_backbone_output,
+    load_tensor_set,
+    validate,
+)
 from indexer.learn.view_cache import PROGRESS_FILE, VIEWS_FILE, build_view_cache
-from model import load_checkpoint
+from model import SPQModel, load_checkpoint
 from model.card import ModelSpec
-from tests.indexer.learn.test_training import LC25000, _tiny_config
+from tests.indexer.learn.test_training import LC25000, SHARED_DATA, _tiny_config
+
+KATHER = SHARED_DATA / "kather2016-texture-240"
 
 FROZEN = {"input_size": 32, "num_codebooks": 4, "codeword_dim": 8, "freeze_backbone": True}
 
@@ -161,3 +171,86 @@ def test_a_short_cached_run_beats_its_untrained_head_on_held_out_groups(tmp_path
     trained_model = load_checkpoint(trainer.run())
     trained = validate(trained_model, trainer.validation, trainer.device)["val_p10_codes"]
     assert trained > untrained + 0.03, (untrained, trained)
+
+
+# Kaiko's ViT-S/16 (random weights here) takes any multiple of 16 px: 32 px is a 2x2 token grid.
+VIT_S = {**FROZEN, "backbone": "kaiko-vits16"}
+
+
+def test_a_vit_s_cached_view_run_builds_its_cache_trains_the_head_and_resumes(
+    tmp_path: Path,
+) -> None:
+    first = Trainer(_cached_config(tmp_path, "run", model=VIT_S, epochs=2))
+    counter = ForwardCounter(first.model.trunk)
+    trunk_before = {k: v.clone() for k, v in first.model.trunk.state_dict().items()}
+    first.run()
+    assert counter.calls == 3  # one chunk of images, three views
+    cache = first.view_cache
+    assert cache is not None and cache.layout.token_model and cache.layout.has_class_token
+    # Class token (384) and the 2x2 grid of patch tokens, per view.
+    assert cache.rows.shape[1:] == (3, 384 + 384 * 2 * 2)
+    assert len(first.state.history) == 2
+
+    resumed = Trainer(_cached_config(tmp_path, "run", model=VIT_S, epochs=4), resume=True)
+    resumed_counter = ForwardCounter(resumed.model.trunk)
+    assert resumed.state.epoch == 2
+    final = resumed.run()
+    assert resumed_counter.calls == 0  # the cache is reused: no backbone forward
+    assert [record["epoch"] for record in resumed.state.history] == [1, 2, 3, 4]
+    trained = load_checkpoint(final)
+    assert trained.card.backbone == "kaiko-vits16" and trained.card.freeze_backbone
+    for name, tensor in trained.trunk.state_dict().items():
+        assert torch.equal(tensor, trunk_before[name]), name
+
+
+def _held_out_codes_p10(model: SPQModel, test: ValidationSet) -> float:
+    return validate(model, test, torch.device("cpu"))["val_p10_codes"]
+
+
+@pytest.mark.skipif(not KATHER.is_dir(), reason="needs ../shared/data/kather2016-texture-240")
+def test_a_short_frozen_vit_s_run_gives_codes_that_beat_its_untrained_head_on_test_groups(
+    tmp_path: Path,
+) -> None:
+    # A random frozen ViT-S at 64 px (a 4x4 token grid) on Kather's 8 tissue classes: the
+    # pooled features point almost one way, and without the head's standardisation of them the
+    # head stayed at the uniform loss and its codes were no better than an untrained head's.
+    config = TrainConfig(
+        data=str(KATHER),
+        out=str(tmp_path / "run"),
+        model=ModelSpec(backbone="kaiko-vits16", input_size=64, freeze_backbone=True),
+        cached_views=4,
+        view_cache_dir=str(tmp_path / "cache"),
+        epochs=60,
+        validate_every=20,
+        threads=2,
+        device="cpu",
+    )
+    trainer = Trainer(config)
+    untrained_head = copy.deepcopy(trainer.model)  # the same frozen trunk, head as initialised
+    trained = load_checkpoint(trainer.run())
+    entries = trainer.split.entries(archive_images(KATHER), "test")
+    images = load_tensor_set(entries, 64).float().div(255)
+    test = ValidationSet(
+        images,
+        [str(entry.label) for entry in entries],
+        [entry.group for entry in entries],
+        frozen_backbone_output(trained, images, torch.device("cpu")),
+    )
+    assert not set(test.groups) & set(trainer.split.train)
+    before = _held_out_codes_p10(untrained_head, test)
+    after = _held_out_codes_p10(trained, test)
+    assert after > before + 0.1, (before, after)
+
+
+def test_validation_on_the_frozen_trunks_output_computed_once_matches_embedding_the_images(
+    tmp_path: Path,
+) -> None:
+    trainer = Trainer(_cached_config(tmp_path, "run", validation_groups=["g4", "g3"]))
+    assert trainer.validation is not None
+    through_images = validate(trainer.model, trainer.validation, trainer.device)
+    trainer.prepare_view_cache()
+    assert trainer.validation.backbone_output is not None
+    counter = ForwardCounter(trainer.model.trunk)
+    through_cached_output = validate(trainer.model, trainer.validation, trainer.device)
+    assert counter.calls == 0
+    assert through_cached_output == pytest.approx(through_images, abs=1e-6)
