@@ -240,6 +240,11 @@ class TrainConfig(BaseModel):
                 "--cached-views trains on backbone outputs computed once, which is only exact "
                 "when the backbone does not learn: add --freeze-backbone"
             )
+        if self.model.stain_descriptor:
+            raise ValueError(
+                "--cached-views keeps backbone outputs only, and --stain-descriptor reads the "
+                "pixels of each view: give one of them"
+            )
         if self.cached_views < 2:
             raise ValueError(
                 f"--cached-views {self.cached_views}: training pairs two distinct views of an "
