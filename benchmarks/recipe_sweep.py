@@ -11,6 +11,7 @@ chosen. Test groups are never read. Results: ``benchmarks/results/recipe_sweep.j
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -36,7 +37,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_variant(dataset: str, variant: str, minutes: float, threads: int) -> dict[str, Any]:
+def run_variant(
+    dataset: str, variant: str, minutes: float, threads: int, seed: int = 0
+) -> dict[str, Any]:
     plan = PLANS[dataset]
     out = RESULTS / "recipe_sweep" / dataset / variant.replace(" ", "-").replace(",", "")
     config = TrainConfig(
@@ -44,7 +47,7 @@ def run_variant(dataset: str, variant: str, minutes: float, threads: int) -> dic
         out=str(out),
         minutes=minutes,
         threads=threads,
-        **{**COMMON_SETTINGS, **plan.settings, **VARIANTS[variant]},
+        **{**COMMON_SETTINGS, "seed": seed, **plan.settings, **VARIANTS[variant]},
     )
     train(config)
     history = json.loads((out / "history.json").read_text())
@@ -69,23 +72,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--minutes", type=float, default=1.5, help="training minutes per run")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of each run")
+    parser.add_argument(
+        "--results", default="recipe_sweep.json", help="file name under benchmarks/results"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.chdir(REPO_ROOT)
     torch.set_num_threads(args.threads)
     results: dict[str, dict[str, Any]] = {}
-    target = RESULTS / "recipe_sweep.json"
-    for dataset in args.datasets:
-        for variant in args.variants:
-            row = run_variant(dataset, variant, args.minutes, args.threads)
-            results.setdefault(dataset, {})[variant] = row
-            print(
-                f"{dataset:8s} {variant:32s} val P@10 codes {row['val_p10_codes']:.3f} float "
-                f"{row['val_p10_float']:.3f} (epoch {row['best_epoch']} of {row['epochs']}, "
-                f"perplexity {row['code_perplexity']:.1f}, last {row['last_val_p10_codes']:.3f})",
-                flush=True,
-            )
-            target.write_text(json.dumps({"minutes": args.minutes, "runs": results}, indent=2))
+    target = RESULTS / args.results
+    for dataset, seed, variant in itertools.product(args.datasets, args.seeds, args.variants):
+        row = run_variant(dataset, variant, args.minutes, args.threads, seed)
+        results.setdefault(dataset, {})[f"{variant}, seed {seed}"] = row
+        print(
+            f"{dataset:8s} {variant:32s} seed {seed} val P@10 codes {row['val_p10_codes']:.3f} "
+            f"float "
+            f"{row['val_p10_float']:.3f} (epoch {row['best_epoch']} of {row['epochs']}, "
+            f"perplexity {row['code_perplexity']:.1f}, last {row['last_val_p10_codes']:.3f})",
+            flush=True,
+        )
+        target.write_text(json.dumps({"minutes": args.minutes, "runs": results}, indent=2))
     return 0
 
 

@@ -180,6 +180,13 @@ class TrainConfig(BaseModel):
         "half of training",
         json_schema_extra=_section(MODEL),
     )
+    refit_codebooks: bool = Field(
+        default=True,
+        description="after training, refit each codebook of the chosen checkpoint by "
+        "spherical k-means on the training images' descriptors, kept only where the codes' "
+        "validation P@10 does not fall",
+        json_schema_extra=_section(MODEL),
+    )
     augmentation: AugmentationConfig = Field(
         default_factory=AugmentationConfig,
         description="the augmentation recipe",

@@ -100,6 +100,7 @@ def test_a_card_written_before_nesting_reads_back_as_the_same_settings() -> None
         "train_last_blocks": None,
         "stain_descriptor": False,
         "stain_histogram_bins": 6,
+        "refit_codebooks": True,
         "cached_views": 0,
         "view_cache_dir": None,
     }
