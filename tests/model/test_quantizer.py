@@ -111,6 +111,7 @@ def test_refitting_finds_well_separated_clusters_and_lowers_the_quantisation_err
     noisy = centres[torch.arange(2), picks] + 0.05 * torch.randn(400, 2, 8)
     descriptors = torch.nn.functional.normalize(noisy, dim=-1).reshape(400, 16)
 
+    @torch.no_grad()
     def mean_cosine_to_codeword() -> float:
         decoded = quantizer.decode(quantizer.assign(descriptors)).view(400, 2, 8)
         return float((decoded * descriptors.view(400, 2, 8)).sum(-1).mean())
@@ -121,5 +122,5 @@ def test_refitting_finds_well_separated_clusters_and_lowers_the_quantisation_err
     assert after > before and after > 0.99
     # Each true centre has a refitted codeword within a small angle (brute force over pairs).
     for subspace in range(2):
-        cosines = centres[subspace] @ quantizer.codebooks()[subspace].T
+        cosines = centres[subspace] @ quantizer.codebooks()[subspace].detach().T
         assert bool((cosines.max(dim=1).values > 0.99).all())

@@ -113,3 +113,18 @@ def test_backbone_outputs_alone_are_refused_by_a_model_with_the_stain_branch() -
         features = model.trunk(normalize(torch.rand(2, 3, 32, 32), CARD))
         with pytest.raises(ValueError, match="pixels"):
             model.encode_backbone_output(features)
+
+
+def test_a_checkpoint_whose_card_predates_the_stain_branch_still_loads(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = CARD.model_copy(update={"stain_descriptor": False})
+    model = build_model(plain).eval()
+    save_checkpoint(model, tmp_path / "model.pt")
+    payload = torch.load(tmp_path / "model.pt", weights_only=True)
+    for name in ("stain_descriptor", "stain_histogram_bins"):
+        del payload["card"][name]
+    torch.save(payload, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt", expected_card=plain)
+    images = normalize(torch.rand(2, 3, 32, 32), plain)
+    with torch.no_grad():
+        assert torch.allclose(loaded.encode(images), model.encode(images), atol=1e-6)
