@@ -98,6 +98,20 @@ class ModelSpec(BaseModel):
         gt=0,
         description="multiplies squared distances in the soft assignment softmax",
     )
+    # Off by default: it raised validation P@10 on LC25000 and IDC but lowered it on Kather
+    # (docs/model.md); a card written before the field existed reads as having none.
+    stain_descriptor: bool = Field(
+        default=False,
+        description="add a stain-colour branch to the descriptor head: optical-density mean, "
+        "standard deviation and joint histogram of the input pixels (keeps the colour cue a "
+        "colour histogram retrieves by; see docs/model.md)",
+    )
+    stain_histogram_bins: int = Field(
+        default=6,
+        ge=2,
+        le=16,
+        description="optical-density histogram bins per channel of the stain-colour branch",
+    )
     freeze_backbone: bool = Field(
         default=False,
         description="keep the backbone's weights fixed: only the descriptor head, projection "
@@ -220,8 +234,10 @@ class ModelCard(ModelSpec):
         return math.ceil(self.bits / 8)
 
     def architecture_fields(self) -> dict[str, Any]:
-        """The fields that decide the shapes of the weights."""
-        return self.model_dump(
+        """The fields that decide the shapes of the weights. The stain-colour branch's fields
+        are named only when it is on, so that the key of a model without it is the key every
+        index built before the branch existed recorded."""
+        fields = self.model_dump(
             include={
                 "backbone",
                 "small_input_stem",
@@ -233,6 +249,9 @@ class ModelCard(ModelSpec):
                 "codeword_dim",
             }
         )
+        if self.stain_descriptor:
+            fields.update(stain_descriptor=True, stain_histogram_bins=self.stain_histogram_bins)
+        return fields
 
     def compatibility_key(self) -> dict[str, Any]:
         """The fields on which an index and a model must agree for codes and queries to match."""

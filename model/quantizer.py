@@ -90,6 +90,30 @@ class ProductQuantizer(nn.Module):
             )
         return int(dead.sum())
 
+    @torch.no_grad()
+    def fit_codewords(self, descriptors: torch.Tensor, iterations: int = 20) -> None:
+        """Refit every codebook by spherical k-means on ``descriptors`` (N, M*d), starting from
+        the current codewords: each codeword moves to the normalised mean of the sub-vectors it
+        wins; one that wins none restarts on a random sub-vector.
+
+        After a short run the codewords lag behind the descriptors they quantise (the codes lost
+        up to 0.07 of the float descriptor's validation P@10 on IDC after one epoch); k-means
+        gives each sub-vector its nearest codeword at the least total angle on the data itself.
+        """
+        subvectors = split_subvectors(descriptors.float(), self.num_codebooks)  # (N, M, d)
+        centroids = self.codebooks().detach().clone()
+        for _ in range(iterations):
+            winners = torch.einsum("nmd,mkd->nmk", subvectors, centroids).argmax(dim=-1)
+            one_hot = F.one_hot(winners, self.codebook_size).to(subvectors.dtype)  # (N, M, K)
+            sums = torch.einsum("nmk,nmd->mkd", one_hot, subvectors)
+            empty = one_hot.sum(dim=0) == 0  # (M, K)
+            picks = torch.randint(subvectors.shape[0], empty.shape, device=subvectors.device)
+            restart = subvectors[
+                picks, torch.arange(self.num_codebooks, device=picks.device)[:, None]
+            ]  # (M, K, d)
+            centroids = F.normalize(torch.where(empty[..., None], restart, sums), dim=-1)
+        self.raw_codewords.copy_(centroids.to(self.raw_codewords.dtype))
+
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(N, M) codes -> (N, M*d) concatenated codewords."""
         if codes.ndim != 2 or codes.shape[1] != self.num_codebooks:

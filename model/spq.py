@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -12,6 +13,7 @@ from model.backbones import ResNetTrunk, load_backbone
 from model.card import ModelCard
 from model.pooling import CombinedGlobalDescriptor, TokenDescriptor
 from model.quantizer import ProductQuantizer, split_subvectors
+from model.stain_colour import StainColourBranch
 from model.timm_backbones import TimmTrunk, TokenFeatures
 
 
@@ -52,8 +54,15 @@ class SPQModel(nn.Module):
             self.global_descriptor = CombinedGlobalDescriptor(
                 backbone.channels, card.pooling, branch_dim, standardize=card.backbone_is_frozen
             )
+        self.pooled_branches = self.global_descriptor.output_dim // branch_dim
+        self.stain_branch = (
+            StainColourBranch(card.mean, card.std, card.stain_histogram_bins, branch_dim)
+            if card.stain_descriptor
+            else None
+        )
+        head_input = self.global_descriptor.output_dim + (branch_dim if self.stain_branch else 0)
         self.projection = nn.Sequential(
-            nn.Linear(self.global_descriptor.output_dim, card.hidden_dim),
+            nn.Linear(head_input, card.hidden_dim),
             nn.ReLU(inplace=True),
             nn.Linear(card.hidden_dim, card.descriptor_dim),
         )
@@ -82,7 +91,17 @@ class SPQModel(nn.Module):
                 features = self.trunk(images)
         else:
             features = self.trunk(images)
-        return self.pool_backbone_output(features)
+        pooled = self.pool_backbone_output(features)
+        if self.stain_branch is None:
+            return pooled
+        return self.with_stain_branch(pooled, self.stain_branch(images))
+
+    def with_stain_branch(self, pooled: torch.Tensor, stain: torch.Tensor) -> torch.Tensor:
+        """The CGD concatenation with the stain-colour branch as one more unit-length branch:
+        ``pooled`` is the unit-length concatenation of the backbone's branches, so scaling it by
+        the square root of their number gives each branch, the stain's too, the same weight."""
+        scale = float(self.pooled_branches) ** 0.5
+        return F.normalize(torch.cat([pooled * scale, stain.to(pooled.dtype)], dim=-1), dim=-1)
 
     def pool_backbone_output(self, features: list[torch.Tensor] | TokenFeatures) -> torch.Tensor:
         """The trunk's output (stage feature maps, or a token model's tokens) -> (N, C) the
@@ -103,6 +122,11 @@ class SPQModel(nn.Module):
 
     def encode_backbone_output(self, features: list[torch.Tensor] | TokenFeatures) -> torch.Tensor:
         """The trunk's output for N images -> (N, M*d), as ``encode`` of those images."""
+        if self.stain_branch is not None:
+            raise ValueError(
+                "the stain-colour branch reads the image's pixels, which a backbone output no "
+                "longer has: encode the images"
+            )
         return self._project(self.pool_backbone_output(features))
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:

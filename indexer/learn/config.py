@@ -184,6 +184,13 @@ class TrainConfig(BaseModel):
         "half of training",
         json_schema_extra=_section(MODEL),
     )
+    refit_codebooks: bool = Field(
+        default=True,
+        description="after training, refit each codebook of the chosen checkpoint by "
+        "spherical k-means on the training images' descriptors, kept only where the codes' "
+        "validation P@10 does not fall",
+        json_schema_extra=_section(MODEL),
+    )
     augmentation: AugmentationConfig = Field(
         default_factory=AugmentationConfig,
         description="the augmentation recipe",
@@ -243,6 +250,11 @@ class TrainConfig(BaseModel):
             raise ValueError(
                 "--cached-views trains on backbone outputs computed once, which is only exact "
                 "when the backbone does not learn: add --freeze-backbone"
+            )
+        if self.model.stain_descriptor:
+            raise ValueError(
+                "--cached-views keeps backbone outputs only, and --stain-descriptor reads the "
+                "pixels of each view: give one of them"
             )
         if self.cached_views < 2:
             raise ValueError(

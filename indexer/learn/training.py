@@ -49,13 +49,14 @@ from model import (
     select_device,
 )
 from model.atomic import atomic_write, atomic_write_bytes
-from model.preprocess import image_to_tensor, open_upright_rgb, select_precision
+from model.preprocess import image_to_tensor, open_upright_rgb, resize_batch, select_precision
 
 logger = logging.getLogger(__name__)
 
 FINAL_CHECKPOINT = "model.pt"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
+REFIT_CHECKPOINT = "refit.pt"
 
 
 @dataclass
@@ -444,6 +445,7 @@ class Trainer:
         chosen = self.out / (
             BEST_CHECKPOINT if (self.out / BEST_CHECKPOINT).exists() else LAST_CHECKPOINT
         )
+        chosen = self._refit_codebooks_if_better(chosen)
         final = self.out / FINAL_CHECKPOINT
         # `prepare` reuses any model.pt it finds, so it must never see half of one.
         atomic_write(final, lambda temporary: shutil.copyfile(chosen, temporary))
@@ -453,6 +455,38 @@ class Trainer:
 
         plot_training_history(self.state.history, self.out / "training.png")
         return final
+
+    def training_descriptors(self, batch_size: int = 256) -> torch.Tensor:
+        """Descriptors of the training images as they are (no augmentation), at the input size."""
+        embedder = Embedder(self.model, self.device, batch_size)
+        size = self.config.model.input_size
+        chunks = [
+            torch.from_numpy(
+                embedder.embed_tensors(
+                    resize_batch(self.train_images[start : start + batch_size].float() / 255, size)
+                )
+            )
+            for start in range(0, self.train_images.shape[0], batch_size)
+        ]
+        return torch.cat(chunks)
+
+    def _refit_codebooks_if_better(self, chosen: Path) -> Path:
+        """The chosen checkpoint with its codebooks refitted by k-means (`REFIT_CHECKPOINT`) when
+        that keeps or raises the codes' validation P@10; else ``chosen`` unchanged."""
+        if not self.config.refit_codebooks or self.validation is None:
+            return chosen
+        self.model.load_state_dict(read_checkpoint(chosen, self.device)["state_dict"])
+        before = validate(self.model, self.validation, self.device)
+        self.model.quantizer.fit_codewords(self.training_descriptors().to(self.device))
+        after = validate(self.model, self.validation, self.device)
+        kept = after["val_p10_codes"] >= before["val_p10_codes"]
+        outcome = {"before": before, "after": after, "kept": kept}
+        atomic_write_bytes(self.out / "codebook_refit.json", json.dumps(outcome, indent=2).encode())
+        logger.info("codebook refit %s: %s", "kept" if kept else "discarded", outcome)
+        if not kept:
+            return chosen
+        self._save(REFIT_CHECKPOINT)
+        return self.out / REFIT_CHECKPOINT
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:

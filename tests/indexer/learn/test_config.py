@@ -98,6 +98,9 @@ def test_a_card_written_before_nesting_reads_back_as_the_same_settings() -> None
         **FLAT_RECORD,
         "freeze_backbone": False,
         "train_last_blocks": None,
+        "stain_descriptor": False,
+        "stain_histogram_bins": 6,
+        "refit_codebooks": True,
         "cached_views": 0,
         "view_cache_dir": None,
     }
@@ -129,3 +132,23 @@ def test_images_are_preloaded_by_default_never_smaller_than_the_network_input(
 
 def test_an_explicit_preload_size_is_kept() -> None:
     assert TrainConfig(data="archive", out="run", preload_size=96).preload_side() == 96
+
+
+def test_the_stain_branch_setting_round_trips_through_the_card() -> None:
+    config = TrainConfig(
+        data="archive", out="run", model=ModelSpec(stain_descriptor=True, stain_histogram_bins=4)
+    )
+    card = config.model_card("fingerprint")
+    assert card.stain_descriptor and card.stain_histogram_bins == 4
+    read_back = recorded_config(ModelCard.model_validate(card.model_dump(mode="json")))
+    assert read_back == config and read_back.model.stain_descriptor
+
+
+def test_cached_views_refuse_the_stain_branch_which_needs_each_views_pixels() -> None:
+    with pytest.raises(ValidationError, match="stain-descriptor"):
+        TrainConfig(
+            data="archive",
+            out="run",
+            cached_views=4,
+            model=ModelSpec(freeze_backbone=True, stain_descriptor=True),
+        )

@@ -67,6 +67,9 @@ def test_training_writes_model_config_history_and_plot(tmp_path: Path) -> None:
     card = load_checkpoint(final).card
     assert card.training["epochs"] == 2 and card.dataset_fingerprint
     assert card.flops_per_image > 0
+    refit = json.loads((run / "codebook_refit.json").read_text())
+    # The refitted codebooks are shipped only where validation did not fall.
+    assert refit["kept"] == (refit["after"]["val_p10_codes"] >= refit["before"]["val_p10_codes"])
 
 
 def test_the_run_records_its_validated_config_in_config_json_and_in_the_card(

@@ -1,0 +1,100 @@
+"""Recipe variants compared on VALIDATION groups only: short runs, best validation P@10 per run.
+
+    python -m benchmarks.recipe_sweep [--minutes 1.5] [--datasets ...] [--variants ...]
+
+Each variant trains on the retrieval benchmark's split (`benchmarks.retrieval.PLANS`) for the
+same number of minutes, one after another in this process; the figure is the best validation
+P@10 of the codes (and the float descriptor's at that point), which is how the shipped recipe is
+chosen. Test groups are never read. Results: ``benchmarks/results/recipe_sweep.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from benchmarks.retrieval import COMMON_SETTINGS, PLANS, REPO_ROOT, RESULTS, plan_data
+from indexer.learn.config import TrainConfig
+from indexer.learn.training import train
+
+# Each variant: settings on top of the benchmark plan's (nested model / augmentation settings
+# as dicts).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "stain branch": {"model": {"stain_descriptor": True}},
+    "stain branch, no colour jitter": {
+        "model": {"stain_descriptor": True},
+        "augmentation": {"colour_p": 0.0},
+    },
+}
+
+
+def run_variant(
+    dataset: str, variant: str, minutes: float, threads: int, seed: int = 0
+) -> dict[str, Any]:
+    plan = PLANS[dataset]
+    out = RESULTS / "recipe_sweep" / dataset / variant.replace(" ", "-").replace(",", "")
+    config = TrainConfig(
+        data=str(plan_data(plan, RESULTS / plan.name)),
+        out=str(out),
+        minutes=minutes,
+        threads=threads,
+        **{**COMMON_SETTINGS, "seed": seed, **plan.settings, **VARIANTS[variant]},
+    )
+    train(config)
+    history = json.loads((out / "history.json").read_text())
+    validated = [row for row in history if "val_p10_codes" in row]
+    best = max(validated, key=lambda row: row["val_p10_codes"])
+    # Only the figures are kept: the run folder (weights) is not a result.
+    shutil.rmtree(out)
+    return {
+        "epochs": len(history),
+        "best_epoch": best["epoch"],
+        "val_p10_codes": best["val_p10_codes"],
+        "val_p10_float": best["val_p10_float"],
+        "code_perplexity": best["code_perplexity"],
+        "codewords_used": best["codewords_used"],
+        "last_val_p10_codes": validated[-1]["val_p10_codes"],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--datasets", nargs="+", default=list(PLANS), choices=list(PLANS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--minutes", type=float, default=1.5, help="training minutes per run")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of each run")
+    parser.add_argument(
+        "--results", default="recipe_sweep.json", help="file name under benchmarks/results"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    os.chdir(REPO_ROOT)
+    torch.set_num_threads(args.threads)
+    results: dict[str, dict[str, Any]] = {}
+    target = RESULTS / args.results
+    for dataset, seed, variant in itertools.product(args.datasets, args.seeds, args.variants):
+        row = run_variant(dataset, variant, args.minutes, args.threads, seed)
+        results.setdefault(dataset, {})[f"{variant}, seed {seed}"] = row
+        print(
+            f"{dataset:8s} {variant:32s} seed {seed} val P@10 codes {row['val_p10_codes']:.3f} "
+            f"float "
+            f"{row['val_p10_float']:.3f} (epoch {row['best_epoch']} of {row['epochs']}, "
+            f"perplexity {row['code_perplexity']:.1f}, last {row['last_val_p10_codes']:.3f})",
+            flush=True,
+        )
+        target.write_text(json.dumps({"minutes": args.minutes, "runs": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
