@@ -26,7 +26,8 @@ written tile by tile by tifffile (never held whole in memory).
   the same tiles again, answered from the LRU.
 
 The model is an SPQ model with the default card (random weights: speed does not depend on
-training). Results: a table on stdout and ``benchmarks/results/slides.json``.
+training); ``--input-size 224`` measures a network with the input size of the 224-px presets.
+Results: a table on stdout and ``benchmarks/results/slides.json``.
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def bare_forward_run(
     ]
     slide.close()
     torch.manual_seed(0)
-    card = ModelCard()
+    card = ModelCard(input_size=args.input_size)
     return bare_forward(build_model(card).eval(), card, sample, config.batch_size)
 
 
@@ -175,11 +176,13 @@ def deep_zoom_latencies(
         library.close()
 
 
-def pipeline_run(slide_path: Path, index_dir: Path, config: SlideConfig) -> dict[str, Any]:
+def pipeline_run(
+    slide_path: Path, index_dir: Path, config: SlideConfig, input_size: int
+) -> dict[str, Any]:
     """Index the slide into a fresh index (in a child process); time, tiles and peak RSS."""
     shutil.rmtree(index_dir, ignore_errors=True)
     torch.manual_seed(0)
-    card = ModelCard()
+    card = ModelCard(input_size=input_size)
     model = build_model(card).eval()
     index = ArchiveIndex.create_from_codebooks(
         index_dir, model.codebooks().detach().numpy(), card=card.model_dump(mode="json")
@@ -236,6 +239,12 @@ def main() -> None:
     parser.add_argument("--tile-size", type=int, default=224)
     parser.add_argument("--mpp", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        default=ModelCard().input_size,
+        help="the network's input in px (default: the default card's; 224 = the 224-px presets)",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--forward-tiles", type=int, default=1024)
     parser.add_argument("--dzi-tiles", type=int, default=300)
@@ -246,7 +255,7 @@ def main() -> None:
     slide_path, generation_s = generated_slide(args.workdir, args.side)
     load_before = os.getloadavg()
     torch.manual_seed(0)
-    card = ModelCard()
+    card = ModelCard(input_size=args.input_size)
     model = build_model(card).eval()
     config = SlideConfig(
         mpp=args.mpp,
@@ -272,7 +281,7 @@ def main() -> None:
     with spawn.Pool(1) as pool:
         bare_before, bare_cpu_before = pool.apply(bare_forward_run, (slide_path, config, args))
     with spawn.Pool(1) as pool:
-        run = pool.apply(pipeline_run, (slide_path, index_dir, config))
+        run = pool.apply(pipeline_run, (slide_path, index_dir, config, args.input_size))
     with spawn.Pool(1) as pool:
         bare_after, bare_cpu_after = pool.apply(bare_forward_run, (slide_path, config, args))
     pipeline_s, peak, rss_before = run["seconds"], run["peak_rss"], run["rss_before"]
