@@ -48,7 +48,6 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from indexer.index.errors import IndexInputError
 from indexer.index.metadata import FinishedSource
 from indexer.index.pq import (
     CodeArray,
@@ -68,6 +67,7 @@ from indexer.index.store import (
     IndexDirectoryError,
     IndexStats,
     SearchFilters,
+    checked_vectors,
 )
 from model.atomic import atomic_write
 
@@ -416,14 +416,7 @@ class ShardedIndex:
         Duplicates (same content hash in any shard, or earlier in this call) are reported with the
         id they duplicate and not added. Durable in every shard concerned when it returns.
         """
-        array = np.asarray(descriptors, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.descriptor_dim:
-            raise ValueError(
-                f"descriptors must have shape (N, {self.descriptor_dim}) for this index, "
-                f"got {array.shape}"
-            )
-        if not np.isfinite(array).all():
-            raise ValueError("descriptors contain NaN or infinite values")
+        array = checked_vectors(descriptors, self.descriptor_dim, "descriptors")
         return self.add_codes(assign_codes(array, self.codebooks), records)
 
     def add_codes(
@@ -573,7 +566,9 @@ class ShardedIndex:
         that never stored the excluded group sees no filter), so every search one index would
         score in numpy is scored again here, from the candidates' codes, by the numpy rule.
         """
-        unit = normalise_subvectors(self._checked_queries(queries), self.num_codebooks)
+        unit = normalise_subvectors(
+            checked_vectors(queries, self.descriptor_dim, "queries"), self.num_codebooks
+        )
         constrained = filters is not None and any(
             value is not None for value in (filters.label, filters.dataset, filters.exclude_group)
         )
@@ -596,17 +591,6 @@ class ShardedIndex:
             codes if with_codes else None,
             tables,
         )
-
-    def _checked_queries(self, queries: npt.NDArray[np.floating]) -> FloatArray:
-        array = np.asarray(queries, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.descriptor_dim:
-            raise IndexInputError(
-                f"queries must have shape (N, {self.descriptor_dim}) for this index, "
-                f"got {array.shape}"
-            )
-        if not np.isfinite(array).all():
-            raise IndexInputError("queries contain NaN or infinite values")
-        return array
 
     def _each(self, work: Callable[[Shard], _Result], at_once: bool = False) -> list[_Result]:
         """``work`` on every shard, in shard order; one shard runs in the calling thread."""

@@ -579,15 +579,7 @@ class ArchiveIndex:
         return NONE if term is None else term
 
     def _checked_vectors(self, vectors: npt.NDArray[np.floating], what: str) -> FloatArray:
-        array = np.asarray(vectors, dtype=np.float32)
-        if array.ndim != 2 or array.shape[1] != self.descriptor_dim:
-            raise IndexInputError(
-                f"{what} must have shape (N, {self.descriptor_dim}) for this index, "
-                f"got {array.shape}"
-            )
-        if not np.isfinite(array).all():
-            raise IndexInputError(f"{what} contain NaN or infinite values")
-        return array
+        return checked_vectors(vectors, self.descriptor_dim, what)
 
     def get(self, item_id: int) -> ItemRecord | None:
         return self._metadata.record(int(item_id))
@@ -753,3 +745,18 @@ def _geometry_of(card: Mapping[str, Any]) -> dict[str, Any]:
         "code_version",
     )
     return {key: card[key] for key in keys if key in card}
+
+
+def checked_vectors(vectors: npt.NDArray[np.floating], dim: int, what: str) -> FloatArray:
+    """``vectors`` as float32 (N, dim), refused with `IndexInputError` if misshapen or not finite.
+
+    One check for every index type (`ArchiveIndex`, `ShardedIndex`), so both refuse alike.
+    """
+    array = np.asarray(vectors, dtype=np.float32)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise IndexInputError(
+            f"{what} must have shape (N, {dim}) for this index, got {array.shape}"
+        )
+    if not np.isfinite(array).all():
+        raise IndexInputError(f"{what} contain NaN or infinite values")
+    return array
