@@ -29,10 +29,26 @@ from indexer.learn.training import train
 # as dicts).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
+    "temperature 0.5": {"temperature": 0.5},
     "stain branch": {"model": {"stain_descriptor": True}},
     "stain branch, no colour jitter": {
         "model": {"stain_descriptor": True},
         "augmentation": {"colour_p": 0.0},
+    },
+    "batch 128": {"batch_size": 128},
+    "temperature 0.2": {"temperature": 0.2},
+    "temperature 0.1": {"temperature": 0.1},
+    "temperature 0.2, crop 0.5": {"temperature": 0.2, "augmentation": {"min_crop_scale": 0.5}},
+    "temperature 0.2, lr 3e-4": {"temperature": 0.2, "learning_rate": 3e-4},
+    "temperature 0.2, stain branch": {"temperature": 0.2, "model": {"stain_descriptor": True}},
+    "temperature 0.2, stain jitter 0.08": {
+        "temperature": 0.2,
+        "augmentation": {"hed_scale": 0.08, "hed_shift": 0.08},
+    },
+    "temperature 0.2, no blur": {"temperature": 0.2, "augmentation": {"blur_p": 0.0}},
+    "temperature 0.2, stain branch, 96 px": {
+        "temperature": 0.2,
+        "model": {"stain_descriptor": True, "input_size": 96},
     },
 }
 
