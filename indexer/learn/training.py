@@ -135,6 +135,19 @@ class ValidationSet:
     backbone_output: BackboneOutput | None = None
 
 
+def validation_in_tie_neutral_order(entries: Sequence[ArchiveImage]) -> list[ArchiveImage]:
+    """The validation images in a seeded shuffled order.
+
+    32-bit codes tie often, and a ranking breaks ties by position. Archives are listed class by
+    class, so in archive order a tied neighbour is most often of the query's class: collapsed
+    codes (every image one code) then read far above chance, and the checkpoint chosen on
+    validation was the collapsed one. Shuffled positions carry no label (the test evaluation
+    shuffles index ids for the same reason, `indexer.evaluate.run`)."""
+    shuffled = list(entries)
+    random.Random(0).shuffle(shuffled)
+    return shuffled
+
+
 def frozen_backbone_output(
     model: SPQModel, images: torch.Tensor, device: torch.device, batch_size: int = 32
 ) -> BackboneOutput:
@@ -206,7 +219,9 @@ class Trainer:
         entries = archive_images(config.data)
         self.split = make_split(config, entries)
         train_entries = self.split.entries(entries, "train")
-        validation_entries = [e for e in self.split.entries(entries, "validation") if e.label]
+        validation_entries = validation_in_tie_neutral_order(
+            [e for e in self.split.entries(entries, "validation") if e.label]
+        )
         self.dataset_fingerprint = dataset_fingerprint(train_entries, self.split)
         card = config.model_card(self.dataset_fingerprint)
         self.model = build_model(card, config.backbone_weights).to(self.device)

@@ -9,7 +9,7 @@ from PIL import Image
 
 from indexer.evaluate.run import evaluate_checkpoint
 from indexer.learn.config import TrainConfig, recorded_config
-from indexer.learn.training import Trainer, learning_rate_at, train
+from indexer.learn.training import Trainer, learning_rate_at, train, validate
 from model import load_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
@@ -155,3 +155,36 @@ def test_bfloat16_training_gives_finite_losses_and_float32_weights(tmp_path: Pat
     model = load_checkpoint(final)
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
     assert model.card.training["precision"] == "bf16"
+
+
+KATHER = SHARED_DATA / "kather2016-texture-240"
+
+
+def test_collapsed_codes_score_chance_on_validation_not_the_archive_order(tmp_path: Path) -> None:
+    # Every codeword of a sub-space equal: every image gets one code and every score ties. Kather
+    # is listed class by class, so ties broken in archive order would rank same-class tiles first.
+    config = TrainConfig(
+        data=str(KATHER),
+        out=str(tmp_path / "run"),
+        epochs=1,
+        validation_groups=["CRC-Prim-HE-04", "CRC-Prim-HE-08", "CRC-Prim-HE-10"],
+        test_groups=["CRC-Prim-HE-01"],
+        threads=1,
+    )
+    trainer = Trainer(config)
+    with torch.no_grad():
+        quantizer = trainer.model.quantizer
+        quantizer.raw_codewords.copy_(
+            quantizer.raw_codewords[:, :1].expand_as(quantizer.raw_codewords)
+        )
+    assert trainer.validation is not None
+    labels, groups = trainer.validation.labels, trainer.validation.groups
+    assert sorted(labels) != labels  # the archive lists classes in order; validation must not
+    chance = [
+        sum(1 for j in range(len(labels)) if groups[j] != groups[i] and labels[j] == labels[i])
+        / sum(1 for j in range(len(labels)) if groups[j] != groups[i])
+        for i in range(len(labels))
+    ]
+    measured = validate(trainer.model, trainer.validation, torch.device("cpu"))
+    assert measured["code_perplexity"] == pytest.approx(1.0)
+    assert abs(measured["val_p10_codes"] - sum(chance) / len(chance)) < 0.06, measured
