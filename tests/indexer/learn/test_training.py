@@ -14,6 +14,7 @@ from model import load_checkpoint
 
 SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 LC25000 = SHARED_DATA / "lc25000-lung-224px"
+KATHER = SHARED_DATA / "kather2016-texture-240"
 
 
 def _write_tiny_dataset(root: Path) -> Path:
@@ -155,9 +156,6 @@ def test_bfloat16_training_gives_finite_losses_and_float32_weights(tmp_path: Pat
     model = load_checkpoint(final)
     assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
     assert model.card.training["precision"] == "bf16"
-
-
-KATHER = SHARED_DATA / "kather2016-texture-240"
 
 
 def test_collapsed_codes_score_chance_on_validation_not_the_archive_order(tmp_path: Path) -> None:
