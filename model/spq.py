@@ -56,7 +56,13 @@ class SPQModel(nn.Module):
             )
         self.pooled_branches = self.global_descriptor.output_dim // branch_dim
         self.stain_branch = (
-            StainColourBranch(card.mean, card.std, card.stain_histogram_bins, branch_dim)
+            StainColourBranch(
+                card.mean,
+                card.std,
+                card.stain_histogram_bins,
+                branch_dim,
+                card.stain_variance_floor,
+            )
             if card.stain_descriptor
             else None
         )

@@ -88,7 +88,8 @@ class StainColourBranch(nn.Module):
     Standardisation (batch statistics in training, running ones at inference, no learned scale)
     first: raw OD statistics and histograms of H&E tiles are alike (most of their length is what
     every tile shares), and a linear layer on them starts out giving every tile nearly the same
-    vector."""
+    vector. The variance floor keeps bins that are empty in almost every tile from being blown
+    up by the few pixels that fall in them."""
 
     def __init__(
         self,
@@ -96,10 +97,13 @@ class StainColourBranch(nn.Module):
         std: tuple[float, float, float],
         bins: int,
         output_dim: int,
+        variance_floor: float,
     ) -> None:
         super().__init__()
         self.describe = StainColourDescriptor(mean, std, bins)
-        self.standardise = nn.BatchNorm1d(self.describe.output_dim, affine=False)
+        self.standardise = nn.BatchNorm1d(
+            self.describe.output_dim, eps=variance_floor, affine=False
+        )
         self.projection = nn.Linear(self.describe.output_dim, output_dim)
 
     def forward(self, normalised: torch.Tensor) -> torch.Tensor:

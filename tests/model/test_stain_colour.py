@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from model import ModelCard, build_model, load_checkpoint, save_checkpoint
+from model.card import LEGACY_STAIN_VARIANCE_FLOOR, STAIN_VARIANCE_FLOOR
 from model.preprocess import normalize
 from model.stain_colour import (
     OD_HISTOGRAM_MAX,
+    StainColourBranch,
     StainColourDescriptor,
     optical_density_histogram,
     optical_density_statistics,
@@ -61,6 +63,38 @@ def test_the_descriptor_undoes_the_cards_normalisation_before_measuring() -> Non
     assert described.shape == (3, 6 + 27)
     assert described[:, :6] == pytest.approx(optical_density_statistics(pixels), abs=1e-5)
     assert described[:, 6:] == pytest.approx(optical_density_histogram(pixels, 3), abs=1e-5)
+
+
+def largest_standardised_value(variance_floor: float) -> float:
+    """Standardise 64 plain grey tiles, one with a single dark pixel in a bin no other tile
+    uses, as training's first batch would; the largest histogram coordinate that comes out."""
+    images = torch.full((64, 3, 8, 8), 0.8)
+    images[0, :, 0, 0] = 0.1
+    branch = StainColourBranch(CARD.mean, CARD.std, 6, 8, variance_floor).train()
+    with torch.no_grad():
+        standardised = branch.standardise(branch.describe(normalize(images, CARD)))
+    return float(standardised[:, 6:].abs().max())
+
+
+def test_the_variance_floor_keeps_a_bin_one_stray_pixel_reaches_from_dominating() -> None:
+    # The stray pixel's bin holds sqrt(1/64) in one tile: with BatchNorm's own eps it is
+    # standardised to sqrt(63) ~ 7.9 (every near-empty bin does that); the floor tames it.
+    assert largest_standardised_value(LEGACY_STAIN_VARIANCE_FLOOR) > 7.5
+    assert largest_standardised_value(STAIN_VARIANCE_FLOOR) < 2.5
+
+
+def test_a_stain_card_written_before_the_floor_keeps_the_floor_it_was_trained_with() -> None:
+    old = CARD.model_dump(mode="json")
+    old.pop("stain_variance_floor")
+    card = ModelCard.model_validate(old)
+    assert card.stain_variance_floor == LEGACY_STAIN_VARIANCE_FLOOR
+    branch = build_model(card).stain_branch
+    assert branch is not None and branch.standardise.eps == LEGACY_STAIN_VARIANCE_FLOOR
+    # Its key is the one an index built with it recorded, which named no floor.
+    assert "stain_variance_floor" not in card.compatibility_key()
+    assert CARD.compatibility_key()["stain_variance_floor"] == STAIN_VARIANCE_FLOOR
+    new_branch = build_model(CARD).stain_branch
+    assert new_branch is not None and new_branch.standardise.eps == STAIN_VARIANCE_FLOOR
 
 
 def test_a_model_with_the_stain_branch_saves_loads_and_encodes_the_same(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from pydantic import ValidationError
 
 from indexer.learn.config import TrainConfig, TrainConfigError, recorded_config
 from model import AugmentationConfig, ModelCard, ModelSpec
+from model.card import STAIN_VARIANCE_FLOOR
 
 # The training record a card carried before the model settings were nested under `model`.
 FLAT_RECORD = {
@@ -100,6 +101,7 @@ def test_a_card_written_before_nesting_reads_back_as_the_same_settings() -> None
         "train_last_blocks": None,
         "stain_descriptor": False,
         "stain_histogram_bins": 6,
+        "stain_variance_floor": STAIN_VARIANCE_FLOOR,
         "refit_codebooks": True,
         "cached_views": 0,
         "view_cache_dir": None,
@@ -152,3 +154,4 @@ def test_cached_views_refuse_the_stain_branch_which_needs_each_views_pixels() ->
             cached_views=4,
             model=ModelSpec(freeze_backbone=True, stain_descriptor=True),
         )
+
