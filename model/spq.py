@@ -88,8 +88,13 @@ class SPQModel(nn.Module):
             module.eval()
         return self
 
-    def descriptor_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> (N, C) the combined global descriptor of the backbone's output."""
+    def descriptor_features(
+        self, images: torch.Tensor, stain_images: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, C) the combined global descriptor of the backbone's output.
+
+        ``stain_images`` (training only): what the stain-colour branch reads instead of
+        ``images``, the same crops before colour jitter."""
         if self.card.backbone_is_frozen:
             # Nothing upstream learns: no autograd graph through the backbone (its activations
             # are most of a ViT's training memory).
@@ -100,7 +105,8 @@ class SPQModel(nn.Module):
         pooled = self.pool_backbone_output(features)
         if self.stain_branch is None:
             return pooled
-        return self.with_stain_branch(pooled, self.stain_branch(images))
+        stain_input = images if stain_images is None else stain_images
+        return self.with_stain_branch(pooled, self.stain_branch(stain_input))
 
     def with_stain_branch(self, pooled: torch.Tensor, stain: torch.Tensor) -> torch.Tensor:
         """The CGD concatenation with the stain-colour branch as one more unit-length branch:
@@ -122,9 +128,12 @@ class SPQModel(nn.Module):
         pooled: torch.Tensor = self.global_descriptor(features)
         return pooled
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> (N, M*d) float32, each of the M sub-vectors of unit length."""
-        return self._project(self.descriptor_features(images))
+    def encode(
+        self, images: torch.Tensor, stain_images: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, M*d) float32, each of the M sub-vectors of unit length
+        (``stain_images``: see `descriptor_features`)."""
+        return self._project(self.descriptor_features(images, stain_images))
 
     def encode_backbone_output(self, features: list[torch.Tensor] | TokenFeatures) -> torch.Tensor:
         """The trunk's output for N images -> (N, M*d), as ``encode`` of those images."""

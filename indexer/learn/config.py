@@ -268,6 +268,15 @@ class TrainConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _a_stain_view_needs_the_stain_branch(self) -> TrainConfig:
+        if self.augmentation.stain_branch_view != "augmented" and not self.model.stain_descriptor:
+            raise ValueError(
+                "--stain-branch-view geometric says what the stain-colour branch reads, and this "
+                "model has none: add --stain-descriptor"
+            )
+        return self
+
     def preload_side(self) -> int:
         """The side images are kept at in memory: --preload-size, or by default the larger of
         128 and the input size."""

@@ -49,6 +49,7 @@ from model import (
     select_device,
 )
 from model.atomic import atomic_write, atomic_write_bytes
+from model.augment.pipeline import build_geometric_augmentation, build_photometric_augmentation
 from model.preprocess import image_to_tensor, open_upright_rgb, resize_batch, select_precision
 
 logger = logging.getLogger(__name__)
@@ -238,6 +239,10 @@ class Trainer:
         self.augment = build_augmentation(config.augmentation, config.model.input_size).to(
             self.device
         )
+        # The same two halves again, for a stain-colour branch that reads the crop unjittered.
+        size = config.model.input_size
+        self.crop = build_geometric_augmentation(config.augmentation, size).to(self.device)
+        self.jitter = build_photometric_augmentation(config.augmentation, size).to(self.device)
         self.loss = CrossQuantizedContrastiveLoss(config.temperature)
         self.regularizer = CodewordUsageRegularizer()
         self.optimizer = torch.optim.Adam(
@@ -321,10 +326,21 @@ class Trainer:
 
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         images = batch.to(self.device).float().div_(255)
-        with torch.no_grad():
-            view_a = normalize(self.augment(images), self.model.card)
-            view_b = normalize(self.augment(images), self.model.card)
-        return self._learn_from(self._descriptors(view_a), self._descriptors(view_b))
+        return self._learn_from(
+            self._descriptors(*self._view(images)), self._descriptors(*self._view(images))
+        )
+
+    @torch.no_grad()
+    def _view(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One augmented view of a batch, normalised, and, where the stain-colour branch reads
+        the crop before its colour jitter, that crop."""
+        card = self.model.card
+        if not (
+            card.stain_descriptor and self.config.augmentation.stain_branch_view == "geometric"
+        ):
+            return normalize(self.augment(images), card), None
+        crops = self.crop(images)
+        return normalize(self.jitter(crops), card), normalize(crops, card)
 
     def cached_train_step(self, indices: torch.Tensor) -> dict[str, float]:
         """One step on two distinct cached views of each image: no backbone forward."""
@@ -358,13 +374,15 @@ class Trainer:
             "regularizer": regularizer.item(),
         }
 
-    def _descriptors(self, views: torch.Tensor) -> torch.Tensor:
+    def _descriptors(
+        self, views: torch.Tensor, stain_views: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The network in the run's precision; `encode` returns float32 unit sub-vectors, and
         quantisation and losses then run in float32, where the soft assignment's exponentials and
         the contrastive logits keep their detail."""
         mixed = self.compute_dtype != torch.float32
         with torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=mixed):
-            return self.model.encode(views)
+            return self.model.encode(views, stain_views)
 
     def _note_codeword_use(self, descriptors: torch.Tensor) -> None:
         codes = self.model.quantizer.assign(descriptors.detach())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -62,6 +64,14 @@ class AugmentationConfig(BaseModel):
         default=0.0, ge=0.0, le=1.0, description="probability of a grey view"
     )
     blur_p: float = Field(default=0.5, ge=0.0, le=1.0, description="probability of a Gaussian blur")
+    # The stain-colour branch measures colour; trained on jittered views, the contrastive loss
+    # teaches it to ignore the very differences it is there to keep (docs/model.md).
+    stain_branch_view: Literal["augmented", "geometric"] = Field(
+        default="augmented",
+        description="what the stain-colour branch reads in training: the augmented view the "
+        "backbone reads, or the same crop before the stain, colour and blur jitter (the two views "
+        "of an image then agree in colour, so the branch keeps the colour cue)",
+    )
 
     @classmethod
     def spq_reference(cls) -> AugmentationConfig:

@@ -5,6 +5,7 @@ from model import AugmentationConfig, build_augmentation
 from model.augment import RandomHEDJitter
 from model.augment.colour import colour_jitter
 from model.augment.geometry import dihedral_symmetries
+from model.augment.pipeline import build_geometric_augmentation, build_photometric_augmentation
 
 
 def _tissue_like_batch(n: int = 6, size: int = 48) -> torch.Tensor:
@@ -95,3 +96,18 @@ def test_augmentation_settings_out_of_range_are_refused() -> None:
         AugmentationConfig(min_crop_scale=0)
     with pytest.raises(ValueError, match="Extra inputs"):
         AugmentationConfig.model_validate({"colour": 0.1})
+
+
+def test_the_pipeline_is_its_geometric_steps_then_its_photometric_ones() -> None:
+    config = AugmentationConfig(rotation_degrees=10)
+    steps = [type(step) for step in build_augmentation(config, 32)]
+    geometric = [type(step) for step in build_geometric_augmentation(config, 32)]
+    photometric = [type(step) for step in build_photometric_augmentation(config, 32)]
+    assert steps == geometric + photometric and geometric and photometric
+
+
+def test_the_geometric_steps_move_pixels_but_keep_their_colours() -> None:
+    batch = _tissue_like_batch()
+    crops = build_geometric_augmentation(AugmentationConfig(min_crop_scale=1.0), 48)(batch)
+    assert not torch.allclose(crops, batch)
+    torch.testing.assert_close(crops.mean(dim=(2, 3)), batch.mean(dim=(2, 3)), atol=0.01, rtol=0)

@@ -155,3 +155,9 @@ def test_cached_views_refuse_the_stain_branch_which_needs_each_views_pixels() ->
             model=ModelSpec(freeze_backbone=True, stain_descriptor=True),
         )
 
+
+def test_a_stain_view_without_the_stain_branch_is_refused_clearly() -> None:
+    with pytest.raises(ValidationError, match="add --stain-descriptor"):
+        TrainConfig.model_validate(
+            {"data": "archive", "out": "run", "augmentation": {"stain_branch_view": "geometric"}}
+        )

@@ -186,3 +186,40 @@ def test_collapsed_codes_score_chance_on_validation_not_the_archive_order(tmp_pa
     measured = validate(trainer.model, trainer.validation, torch.device("cpu"))
     assert measured["code_perplexity"] == pytest.approx(1.0)
     assert abs(measured["val_p10_codes"] - sum(chance) / len(chance)) < 0.06, measured
+
+
+def _stain_branch_inputs(config: TrainConfig) -> list[torch.Tensor]:
+    """The images the stain-colour branch reads in one training step (two views)."""
+    trainer = Trainer(config)
+    assert trainer.model.stain_branch is not None
+    seen: list[torch.Tensor] = []
+    trainer.model.stain_branch.register_forward_pre_hook(
+        lambda _module, inputs: seen.append(inputs[0].detach().clone())
+    )
+    trainer.train_step(trainer.train_images[:8])
+    return seen
+
+
+@pytest.mark.parametrize(("view", "colours_agree"), [("geometric", True), ("augmented", False)])
+def test_the_stain_branch_reads_the_crop_before_colour_jitter_when_asked(
+    tmp_path: Path, view: str, colours_agree: bool
+) -> None:
+    # Strong stain and colour jitter, whole-image crops: the two views of an image differ in
+    # colour only by the jitter, which the geometric view never sees.
+    config = _tiny_config(
+        tmp_path,
+        model={"input_size": 32, "num_codebooks": 4, "codeword_dim": 8, "stain_descriptor": True},
+        augmentation={
+            "min_crop_scale": 1.0,
+            "hed_scale": 0.3,
+            "hed_shift": 0.1,
+            "hed_p": 1.0,
+            "colour_strength": 0.4,
+            "colour_p": 1.0,
+            "blur_p": 0.0,
+            "stain_branch_view": view,
+        },
+    )
+    first, second = _stain_branch_inputs(config)
+    mean_colour_gap = float((first.mean(dim=(2, 3)) - second.mean(dim=(2, 3))).abs().max())
+    assert (mean_colour_gap < 0.05) == colours_agree, mean_colour_gap
