@@ -26,7 +26,7 @@ from indexer.learn.config import TrainConfig
 from indexer.learn.training import train
 
 # Each variant: settings on top of the benchmark plan's (nested model / augmentation settings
-# as dicts).
+# as dicts, merged into the plan's: see `with_variant`).
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "temperature 0.5": {"temperature": 0.5},
@@ -50,7 +50,25 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "temperature": 0.2,
         "model": {"stain_descriptor": True, "input_size": 96},
     },
+    "stain view geometric": {"augmentation": {"stain_branch_view": "geometric"}},
+    "stain view augmented": {"augmentation": {"stain_branch_view": "augmented"}},
+    "64 px": {"model": {"input_size": 64}},
+    "96 px": {"model": {"input_size": 96}},
+    "96 px, stain view geometric": {
+        "model": {"input_size": 96},
+        "augmentation": {"stain_branch_view": "geometric"},
+    },
 }
+
+
+def with_variant(settings: dict[str, Any], variant: dict[str, Any]) -> dict[str, Any]:
+    """The plan's settings with a variant's on top; nested settings (model, augmentation) are
+    merged key by key, so that a variant changes only what it names."""
+    merged = dict(settings)
+    for key, value in variant.items():
+        nested = isinstance(value, dict) and isinstance(merged.get(key), dict)
+        merged[key] = {**merged[key], **value} if nested else value
+    return merged
 
 
 def run_variant(
@@ -63,7 +81,7 @@ def run_variant(
         out=str(out),
         minutes=minutes,
         threads=threads,
-        **{**COMMON_SETTINGS, "seed": seed, **plan.settings, **VARIANTS[variant]},
+        **with_variant({**COMMON_SETTINGS, "seed": seed, **plan.settings}, VARIANTS[variant]),
     )
     train(config)
     history = json.loads((out / "history.json").read_text())

@@ -112,7 +112,9 @@ IDC = DatasetPlan(
         # Chosen on validation (benchmarks/results/recipe_sweep.json): +0.033 P@10 of the codes.
         "model": {"stain_descriptor": True},
         # Stain jitter of 0.08 instead of 0.03 (recipe_sweep_jitter_blur.json): +0.019. Smaller
-        # crops' floor, no blur and a lower learning rate moved it by under 0.01.
+        # crops' floor, no blur and a lower learning rate moved it by under 0.01, and so did
+        # the stain branch reading each crop before its colour jitter (recipe_sweep_stain_view
+        # .json and docs/model.md: +0.012 in one pair of 5-minute runs, -0.002 in the next).
         "augmentation": {"hed_scale": 0.08, "hed_shift": 0.08},
     },
 )
@@ -133,10 +135,12 @@ PCAM = DatasetPlan(
         "validation_groups": ["pcam-train-validation-a", "pcam-train-validation-b"],
         "test_groups": ["pcam-valid", "pcam-train-test"],
         "validate_every": 1,
-        # Chosen on validation (recipe_sweep_pcam_small_tiles.json): +0.015 P@10 of the codes at
-        # temperature 0.2. At 96 px (PCam's own) validation was still rising after 5 minutes
-        # (0.659, 4 epochs) but below 64 px (0.674): 2.25x the compute per tile.
-        "model": {"stain_descriptor": True},
+        # The stain branch, chosen on validation (recipe_sweep_pcam_small_tiles.json): +0.015
+        # P@10 of the codes at temperature 0.2. PCam's own 96 px instead of 64, at 2.25x the
+        # compute per tile: best validation P@10 0.660-0.683 in five 5-minute runs at 96 px
+        # (curves still rising at the end), 0.657 and 0.660 at 64 px (peaks at the first
+        # epoch); recipe_sweep_pcam_input_size.json holds one pair, docs/model.md the rest.
+        "model": {"stain_descriptor": True, "input_size": 96},
     },
 )
 PCAM_TEST_TILES = 1000
