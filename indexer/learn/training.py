@@ -40,7 +40,6 @@ from model import (
     Embedder,
     SPQModel,
     adc_scores,
-    build_augmentation,
     build_model,
     codeword_usage,
     normalize,
@@ -236,13 +235,12 @@ class Trainer:
             if validation_entries
             else None
         )
-        self.augment = build_augmentation(config.augmentation, config.model.input_size).to(
-            self.device
-        )
-        # The same two halves again, for a stain-colour branch that reads the crop unjittered.
+        # The augmentation in its two halves, so that a stain-colour branch can read the crop
+        # before its jitter; `augment` is the two in a row (the view cache's views).
         size = config.model.input_size
         self.crop = build_geometric_augmentation(config.augmentation, size).to(self.device)
         self.jitter = build_photometric_augmentation(config.augmentation, size).to(self.device)
+        self.augment = torch.nn.Sequential(self.crop, self.jitter)
         self.loss = CrossQuantizedContrastiveLoss(config.temperature)
         self.regularizer = CodewordUsageRegularizer()
         self.optimizer = torch.optim.Adam(
@@ -333,14 +331,14 @@ class Trainer:
     @torch.no_grad()
     def _view(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One augmented view of a batch, normalised, and, where the stain-colour branch reads
-        the crop before its colour jitter, that crop."""
+        the crop before its colour jitter (the config allows that only with the branch), that
+        crop."""
         card = self.model.card
-        if not (
-            card.stain_descriptor and self.config.augmentation.stain_branch_view == "geometric"
-        ):
-            return normalize(self.augment(images), card), None
         crops = self.crop(images)
-        return normalize(self.jitter(crops), card), normalize(crops, card)
+        view = normalize(self.jitter(crops), card)
+        if self.config.augmentation.stain_branch_view == "geometric":
+            return view, normalize(crops, card)
+        return view, None
 
     def cached_train_step(self, indices: torch.Tensor) -> dict[str, float]:
         """One step on two distinct cached views of each image: no backbone forward."""
