@@ -7,8 +7,10 @@ groups.
 Budgets are epochs, not minutes, so that a run is the same run on a slower or a busier machine
 (the learning-rate schedule follows the budget), and every figure is trained once per seed: two
 runs of one setting differ by up to 0.02 P@10, which is as much as the margins the verdict is
-about. The verdict compares the codes' mean over the seeds with the baselines (which have no
-seed to vary) and says in how many seeds the codes beat both.
+about. The seed also draws the split where it is random (LC25000's clusters, IDC's patients), so
+there each seed is scored on its own test groups and the baselines with it. The verdict compares
+the codes' mean over the seeds with the baselines' mean over the same splits and says in how
+many seeds the codes beat both.
 
 Data is read from ``$HISTOSEARCH_SHARED_DATA`` or ``../shared/data`` beside the repository.
 Results: ``benchmarks/results/retrieval.json`` and, per dataset and seed, a run folder
