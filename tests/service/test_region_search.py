@@ -5,6 +5,7 @@ The index is `build_slide_index`'s: two pyramidal TIFFs of real Kather 2016 tile
 """
 
 import io
+import itertools
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -113,12 +114,19 @@ def test_region_hits_are_each_items_best_score_over_the_query_tiles_then_tile_co
         for result in results:
             found_by[result["id"]] += 1
             best[result["id"]] = max(best.get(result["id"], float("-inf")), result["score"])
-    by_hand = sorted(best, key=lambda item: (-best[item], -found_by[item], item))
-    assert [r["id"] for r in region["results"]] == by_hand
+    # Four tiles embedded in one batch and each alone differ in the last float bits (the CPU's
+    # convolution kernels depend on the batch), which can swap items whose scores tie to 1e-6:
+    # the order is checked against the per-tile scores up to that noise (the tile-count tie-break
+    # is `aggregate_tile_hits`' own test's).
+    ranked = [r["id"] for r in region["results"]]
+    assert sorted(ranked) == sorted(best)
     assert [r["score"] for r in region["results"]] == [
-        pytest.approx(best[item], abs=1e-4) for item in by_hand
+        pytest.approx(best[item], abs=1e-4) for item in ranked
     ]
-    assert [r["rank"] for r in region["results"]] == list(range(1, len(by_hand) + 1))
+    for above, below in itertools.pairwise(ranked):
+        if abs(best[above] - best[below]) > 1e-4:
+            assert best[above] > best[below], (above, below)
+    assert [r["rank"] for r in region["results"]] == list(range(1, len(ranked) + 1))
     # Slides are ranked over the pooled hits by the usual rule: best score, then hit count.
     slides: dict[str, tuple[float, int]] = {}
     for result in region["results"]:
