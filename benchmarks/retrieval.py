@@ -31,6 +31,7 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -204,14 +205,19 @@ DEFAULT_SEEDS = (0, 1, 2)
 
 
 def run_dataset(
-    plan: DatasetPlan, seeds: Sequence[int], epochs: int | None, threads: int | None
+    plan: DatasetPlan,
+    seeds: Sequence[int],
+    epochs: int | None,
+    threads: int | None,
+    reuse: bool = False,
 ) -> dict[str, Any]:
     """Train and evaluate ``plan`` once per seed; the verdict is over the seeds' mean."""
     data = plan_data(plan, repository_relative(RESULTS / plan.name))
     budget = plan.epochs if epochs is None else epochs
-    runs = [run_seed(plan, data, seed, budget, threads) for seed in seeds]
+    runs = [run_seed(plan, data, seed, budget, threads, reuse) for seed in seeds]
     return {
         "dataset": plan.folder,
+        "measured": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "epochs": budget,
         "seeds": list(seeds),
         "runs": runs,
@@ -220,7 +226,7 @@ def run_dataset(
 
 
 def run_seed(
-    plan: DatasetPlan, data: Path, seed: int, epochs: int, threads: int | None
+    plan: DatasetPlan, data: Path, seed: int, epochs: int, threads: int | None, reuse: bool
 ) -> dict[str, Any]:
     out = repository_relative(RESULTS / plan.name / f"seed-{seed}")
     config = TrainConfig(
@@ -229,9 +235,7 @@ def run_seed(
         threads=threads,
         **{**plan.settings, "epochs": epochs, "seed": seed},
     )
-    started = time.perf_counter()
-    checkpoint = train(config)
-    training_wall_s = time.perf_counter() - started
+    checkpoint, training_wall_s, reused = trained_checkpoint(config, reuse)
     report = evaluate_checkpoint(checkpoint, data, part="test")
     write_report(report, out)
     history = json.loads((out / "history.json").read_text())
@@ -241,6 +245,7 @@ def run_seed(
         "training": {
             "epochs": len(history),
             "wall_seconds": training_wall_s,
+            "reused_run_folder": reused,
             "device": resolved["device"],
             "compute_dtype": resolved["compute_dtype"],
             "torch_threads": torch.get_num_threads(),
@@ -251,6 +256,36 @@ def run_seed(
         "verdict": verdict(report.as_dict()),
         "table": markdown_table(report),
     }
+
+
+def trained_checkpoint(config: TrainConfig, reuse: bool) -> tuple[Path, float, bool]:
+    """Train ``config`` and return its checkpoint, the training seconds and False; with
+    ``reuse``, a run folder whose finished run had exactly this config is evaluated as it is
+    (training is deterministic per seed, so it is the model this call would train) and its
+    recorded training seconds are returned with True."""
+    out = Path(config.out)
+    if reuse and finished_run_of(config):
+        history = json.loads((out / "history.json").read_text())
+        return out / "model.pt", float(history[-1]["elapsed_s"]), True
+    started = time.perf_counter()
+    checkpoint = train(config)
+    return checkpoint, time.perf_counter() - started, False
+
+
+def finished_run_of(config: TrainConfig) -> bool:
+    """Whether ``config.out`` holds a finished run of exactly ``config``: the trainer writes
+    model.pt and then history.json only when the run ends, so a history that reached the last
+    epoch and is not older than model.pt belongs to it."""
+    out = Path(config.out)
+    files = [out / name for name in ("config.json", "model.pt", "history.json")]
+    if not all(path.is_file() for path in files):
+        return False
+    recorded, model, history = files
+    if json.loads(recorded.read_text())["config"] != config.model_dump(mode="json"):
+        return False
+    epochs = json.loads(history.read_text())
+    reached_the_end = bool(epochs) and epochs[-1]["epoch"] == config.epochs
+    return reached_the_end and history.stat().st_mtime >= model.stat().st_mtime
 
 
 def verdict(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -329,6 +364,21 @@ def _cell(figures: dict[str, dict[str, float]], with_range: bool) -> str:
     return cell
 
 
+def training_minutes(results: dict[str, Any]) -> float:
+    seconds = sum(run["training"]["wall_seconds"] for r in results.values() for run in r["runs"])
+    return float(seconds) / 60
+
+
+def earlier_results(exclude: dict[str, Any]) -> dict[str, Any]:
+    """The datasets of the last ``retrieval.json`` that this run did not measure, so that
+    re-measuring one dataset keeps the others' figures (each says when it was measured)."""
+    path = RESULTS / "retrieval.json"
+    if not path.is_file():
+        return {}
+    earlier = json.loads(path.read_text()).get("datasets", {})
+    return {name: result for name, result in earlier.items() if name not in exclude}
+
+
 def _median(values: Sequence[float]) -> float:
     ordered = sorted(values)
     return ordered[len(ordered) // 2] if ordered else float("nan")
@@ -358,19 +408,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     # On a machine shared with other jobs, pass --threads 1: torch threads without a free core
     # each spin-wait at every parallel region and train several times slower.
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: one per core)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="evaluate a seed's run folder as it is where its finished run had exactly the "
+        "config this run would train (training is deterministic per seed), instead of "
+        "training it again",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     # Relative paths in the results (see the module doc) name files from here.
     os.chdir(REPO_ROOT)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = {
-        name: run_dataset(PLANS[name], args.seeds, args.epochs, args.threads)
+    measured = {
+        name: run_dataset(PLANS[name], args.seeds, args.epochs, args.threads, args.reuse)
         for name in args.datasets
     }
-    total_minutes = (
-        sum(run["training"]["wall_seconds"] for r in results.values() for run in r["runs"]) / 60
-    )
+    every = {**earlier_results(exclude=measured), **measured}
+    results = {name: every[name] for name in PLANS if name in every}
+    total_minutes, this_run_minutes = (training_minutes(results), training_minutes(measured))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval.json").write_text(
         json.dumps(
@@ -383,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             indent=2,
         )
     )
-    for name, result in results.items():
+    for name, result in measured.items():
         for run in result["runs"]:
             training = run["training"]
             print(
@@ -395,7 +452,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(run["table"])
     print(f"\n## Test groups, 32-bit codes, mean over seeds {' '.join(map(str, args.seeds))}")
     print(summary_table(results))
-    print(f"total training time: {total_minutes:.1f} min")
+    print(
+        f"training time: {this_run_minutes:.1f} min in this run, "
+        f"{total_minutes:.1f} min for all the figures above"
+    )
     return 0
 
 

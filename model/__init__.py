@@ -23,7 +23,11 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
     from model.embedder import Embedder
-    from model.loss import CodewordUsageRegularizer, CrossQuantizedContrastiveLoss
+    from model.loss import (
+        CodewordUsageRegularizer,
+        CrossQuantizedContrastiveLoss,
+        NegativeQueue,
+    )
     from model.preprocess import (
         UnsupportedPixelsError,
         normalize,
@@ -49,6 +53,7 @@ _SOURCES = {
     "Embedder": "model.embedder",
     "CodewordUsageRegularizer": "model.loss",
     "CrossQuantizedContrastiveLoss": "model.loss",
+    "NegativeQueue": "model.loss",
     "UnsupportedPixelsError": "model.preprocess",
     "normalize": "model.preprocess",
     "select_device": "model.preprocess",
@@ -69,6 +74,7 @@ __all__ = [
     "Embedder",
     "ModelCard",
     "ModelSpec",
+    "NegativeQueue",
     "ProductQuantizer",
     "SPQModel",
     "UnknownBackboneError",

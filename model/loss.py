@@ -9,20 +9,63 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def nt_xent(anchors: torch.Tensor, partners: torch.Tensor, temperature: float) -> torch.Tensor:
+def nt_xent(
+    anchors: torch.Tensor,
+    partners: torch.Tensor,
+    temperature: float,
+    negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
     """NT-Xent over the 2N rows of [anchors; partners], row i's positive being its cross partner.
 
     anchors, partners: (N, D); similarities are cosines divided by the temperature; each row's
-    negatives are the other 2N - 2 rows. Returns the mean over the 2N rows.
+    negatives are the other 2N - 2 rows and, when given, every row of ``negatives`` (Q, D), which
+    carry no gradient. Returns the mean over the 2N rows.
     """
     batch = anchors.shape[0]
     rows = F.normalize(torch.cat([anchors, partners], dim=0), dim=-1)
-    logits = rows @ rows.T / temperature
+    columns = rows
+    if negatives is not None and negatives.shape[0] > 0:
+        columns = torch.cat([rows, F.normalize(negatives.detach(), dim=-1)], dim=0)
+    logits = rows @ columns.T / temperature
     # A row is never its own negative; the mask follows the batch size of the input.
-    self_mask = torch.eye(2 * batch, dtype=torch.bool, device=rows.device)
+    self_mask = torch.zeros(2 * batch, columns.shape[0], dtype=torch.bool, device=rows.device)
+    self_mask[:, : 2 * batch] = torch.eye(2 * batch, dtype=torch.bool, device=rows.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     positive = torch.cat([torch.arange(batch, 2 * batch), torch.arange(0, batch)]).to(rows.device)
     return F.cross_entropy(logits, positive)
+
+
+class NegativeQueue:
+    """The quantised descriptors of the latest training batches, kept as extra negatives.
+
+    At a batch of 32 each row of the contrastive loss meets 62 negatives; a queue of Q rows adds
+    Q more at the cost of a (2N, Q) product, without a larger batch's backbone forwards (the
+    cross-batch memory of Wang et al., CVPR 2020, without a momentum encoder: at Q of a few
+    hundred rows the oldest entry is a handful of steps old, and the network has barely moved
+    since). What is queued is the partners' side of the loss, the soft-quantised descriptors, so
+    that a view's continuous descriptor learns to stand apart from other images' codes, as a
+    query stands against the archive's codes in search.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"the queue size must be 0 or more, got {size}")
+        self.size = size
+        self._rows: torch.Tensor | None = None
+
+    def contents(self) -> torch.Tensor | None:
+        return self._rows
+
+    def push(self, rows: torch.Tensor) -> None:
+        """Add ``rows`` (detached) in front; the oldest rows beyond ``size`` leave."""
+        if self.size == 0:
+            return
+        fresh = rows.detach().float()
+        joined = fresh if self._rows is None else torch.cat([fresh, self._rows], dim=0)
+        self._rows = joined[: self.size]
+
+    def clear(self) -> None:
+        self._rows = None
 
 
 class CrossQuantizedContrastiveLoss(nn.Module):
@@ -42,14 +85,19 @@ class CrossQuantizedContrastiveLoss(nn.Module):
         self.temperature = temperature
 
     def forward(
-        self, x_a: torch.Tensor, z_a: torch.Tensor, x_b: torch.Tensor, z_b: torch.Tensor
+        self,
+        x_a: torch.Tensor,
+        z_a: torch.Tensor,
+        x_b: torch.Tensor,
+        z_b: torch.Tensor,
+        negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         if not x_a.shape == z_a.shape == x_b.shape == z_b.shape:
             raise ValueError("x_a, z_a, x_b, z_b must share one (N, D) shape")
         if x_a.shape[0] < 2:
             raise ValueError("the contrastive loss needs at least 2 images per batch")
-        forward = nt_xent(x_a, z_b, self.temperature)
-        backward = nt_xent(x_b, z_a, self.temperature)
+        forward = nt_xent(x_a, z_b, self.temperature, negatives)
+        backward = nt_xent(x_b, z_a, self.temperature, negatives)
         return (forward + backward) / 2
 
 

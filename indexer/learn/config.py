@@ -177,6 +177,13 @@ class TrainConfig(BaseModel):
         "256)",
         json_schema_extra=_section(MODEL),
     )
+    negative_queue: int = Field(
+        default=0,
+        ge=0,
+        description="keep the soft-quantised descriptors of the latest training batches, up to "
+        "this many rows, as extra negatives of the contrastive loss (0: the batch's own only)",
+        json_schema_extra=_section(MODEL),
+    )
     codeword_regularizer: float = Field(
         default=1.0,
         ge=0.0,

@@ -38,6 +38,7 @@ from model import (
     CodewordUsageRegularizer,
     CrossQuantizedContrastiveLoss,
     Embedder,
+    NegativeQueue,
     SPQModel,
     adc_scores,
     build_model,
@@ -242,6 +243,8 @@ class Trainer:
         self.jitter = build_photometric_augmentation(config.augmentation, size).to(self.device)
         self.augment = torch.nn.Sequential(self.crop, self.jitter)
         self.loss = CrossQuantizedContrastiveLoss(config.temperature)
+        # Not saved with a resumable checkpoint: a resumed run refills it within a few steps.
+        self.negatives = NegativeQueue(config.negative_queue)
         self.regularizer = CodewordUsageRegularizer()
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -359,7 +362,8 @@ class Trainer:
         z_a = self.model.quantizer.soft_quantize(x_a)
         z_b = self.model.quantizer.soft_quantize(x_b)
         self._note_codeword_use(x_a)
-        contrastive = self.loss(x_a, z_a, x_b, z_b)
+        contrastive = self.loss(x_a, z_a, x_b, z_b, self.negatives.contents())
+        self.negatives.push(torch.cat([z_a, z_b]))
         assignment = self.model.quantizer.soft_assignment(torch.cat([x_a, x_b]))
         regularizer = self.regularizer(assignment)
         total = contrastive + self.config.codeword_regularizer * regularizer

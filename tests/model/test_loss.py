@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from model.loss import CodewordUsageRegularizer, CrossQuantizedContrastiveLoss
+from model.loss import CodewordUsageRegularizer, CrossQuantizedContrastiveLoss, NegativeQueue
 
 
 def _orthonormal_rows(n: int, dim: int) -> torch.Tensor:
@@ -53,3 +53,39 @@ def test_regulariser_is_zero_for_even_usage_and_one_for_collapse() -> None:
     collapsed[..., 0] = 1.0
     assert float(regularizer(even)) == pytest.approx(0.0, abs=1e-6)
     assert float(regularizer(collapsed)) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_queued_negatives_join_the_closed_form() -> None:
+    batch, queued, temperature = 4, 6, 0.5
+    rows = _orthonormal_rows(batch + queued, 32)
+    x, negatives = rows[:batch], rows[batch:]
+    loss = CrossQuantizedContrastiveLoss(temperature)(x, x, x, x, negatives)
+    # Each row now meets the 2N - 2 batch negatives and the Q queued ones, all at cosine 0.
+    expected = math.log(1 + (2 * batch - 2 + queued) * math.exp(-1 / temperature))
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+
+
+def test_queued_negatives_like_the_anchors_cost_more_and_take_no_gradient() -> None:
+    x = _orthonormal_rows(4, 8)
+    loss = CrossQuantizedContrastiveLoss()
+    queued = x.clone().requires_grad_(True)
+    # Each row's copy in the queue scores as high as its positive: about log 2 more.
+    assert float(loss(x, x, x, x, queued)) > float(loss(x, x, x, x)) + 0.5
+    assert float(loss(x, x, x, x, torch.empty(0, 8))) == pytest.approx(float(loss(x, x, x, x)))
+    loss(x.clone().requires_grad_(True), x, x, x, queued).backward()
+    assert queued.grad is None
+
+
+def test_the_queue_keeps_the_newest_rows_up_to_its_size() -> None:
+    queue = NegativeQueue(5)
+    assert queue.contents() is None
+    queue.push(torch.full((3, 2), 1.0))
+    queue.push(torch.full((3, 2), 2.0, requires_grad=True))
+    contents = queue.contents()
+    assert contents is not None and not contents.requires_grad
+    assert contents[:, 0].tolist() == [2.0, 2.0, 2.0, 1.0, 1.0]
+    empty = NegativeQueue(0)
+    empty.push(torch.ones(3, 2))
+    assert empty.contents() is None
+    with pytest.raises(ValueError, match="queue size"):
+        NegativeQueue(-1)

@@ -121,6 +121,24 @@ def test_same_seed_gives_same_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(weights[0], weights[1])
 
 
+def test_a_negative_queue_fills_from_the_batches_and_enters_the_loss(tmp_path: Path) -> None:
+    trainer = Trainer(_tiny_config(tmp_path, epochs=1, validate_every=5, negative_queue=12))
+    batch = trainer.train_images[:8]
+    first = trainer.train_step(batch)
+    queued = trainer.negatives.contents()
+    # Both views' soft-quantised descriptors of the 8 images (16 rows), capped at 12.
+    assert queued is not None and queued.shape == (12, 32)
+    # With 12 more negatives per row than the first step had, the same images cost more.
+    trainer.optimizer.param_groups[0]["lr"] = 0.0
+    torch.manual_seed(0)
+    with_queue = trainer.train_step(batch)
+    trainer.negatives.clear()
+    torch.manual_seed(0)
+    without_queue = trainer.train_step(batch)
+    assert with_queue["cqc"] > without_queue["cqc"]
+    assert math.isfinite(first["cqc"])
+
+
 def test_learning_rate_warms_up_then_decays() -> None:
     config = TrainConfig(data="", out="", learning_rate=1.0, warmup_fraction=0.1)
     rates = [learning_rate_at(p, config) for p in (0.0, 0.05, 0.1, 0.5, 1.0)]
