@@ -263,29 +263,30 @@ def trained_checkpoint(config: TrainConfig, reuse: bool) -> tuple[Path, float, b
     ``reuse``, a run folder whose finished run had exactly this config is evaluated as it is
     (training is deterministic per seed, so it is the model this call would train) and its
     recorded training seconds are returned with True."""
-    out = Path(config.out)
-    if reuse and finished_run_of(config):
-        history = json.loads((out / "history.json").read_text())
-        return out / "model.pt", float(history[-1]["elapsed_s"]), True
+    recorded = recorded_training_seconds(config) if reuse else None
+    if recorded is not None:
+        return Path(config.out) / "model.pt", recorded, True
     started = time.perf_counter()
     checkpoint = train(config)
     return checkpoint, time.perf_counter() - started, False
 
 
-def finished_run_of(config: TrainConfig) -> bool:
-    """Whether ``config.out`` holds a finished run of exactly ``config``: the trainer writes
-    model.pt and then history.json only when the run ends, so a history that reached the last
-    epoch and is not older than model.pt belongs to it."""
+def recorded_training_seconds(config: TrainConfig) -> float | None:
+    """The training seconds of a finished run of exactly ``config`` in ``config.out``, or None.
+    The trainer writes model.pt and then history.json only when the run ends, so a history that
+    reached the last epoch and is not older than model.pt belongs to it."""
     out = Path(config.out)
     files = [out / name for name in ("config.json", "model.pt", "history.json")]
     if not all(path.is_file() for path in files):
-        return False
+        return None
     recorded, model, history = files
     if json.loads(recorded.read_text())["config"] != config.model_dump(mode="json"):
-        return False
+        return None
     epochs = json.loads(history.read_text())
     reached_the_end = bool(epochs) and epochs[-1]["epoch"] == config.epochs
-    return reached_the_end and history.stat().st_mtime >= model.stat().st_mtime
+    if not reached_the_end or history.stat().st_mtime < model.stat().st_mtime:
+        return None
+    return float(epochs[-1]["elapsed_s"])
 
 
 def verdict(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -427,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     every = {**earlier_results(exclude=measured), **measured}
     results = {name: every[name] for name in PLANS if name in every}
-    total_minutes, this_run_minutes = (training_minutes(results), training_minutes(measured))
+    total_minutes = training_minutes(results)
+    this_run_minutes = training_minutes(measured)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "retrieval.json").write_text(
         json.dumps(

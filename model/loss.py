@@ -28,8 +28,7 @@ def nt_xent(
         columns = torch.cat([rows, F.normalize(negatives.detach(), dim=-1)], dim=0)
     logits = rows @ columns.T / temperature
     # A row is never its own negative; the mask follows the batch size of the input.
-    self_mask = torch.zeros(2 * batch, columns.shape[0], dtype=torch.bool, device=rows.device)
-    self_mask[:, : 2 * batch] = torch.eye(2 * batch, dtype=torch.bool, device=rows.device)
+    self_mask = torch.eye(2 * batch, columns.shape[0], dtype=torch.bool, device=rows.device)
     logits = logits.masked_fill(self_mask, float("-inf"))
     positive = torch.cat([torch.arange(batch, 2 * batch), torch.arange(0, batch)]).to(rows.device)
     return F.cross_entropy(logits, positive)
