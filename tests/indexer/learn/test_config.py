@@ -105,6 +105,9 @@ def test_a_card_written_before_nesting_reads_back_as_the_same_settings() -> None
         "refit_codebooks": True,
         "cached_views": 0,
         "view_cache_dir": None,
+        "negative_queue": 0,
+        "neighbour_support": 0,
+        "neighbour_weight": 0.5,
     }
 
 
