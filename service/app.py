@@ -338,6 +338,11 @@ def _serve_page(app: FastAPI) -> None:
         logger.warning(problem)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
+    # Browsers ask for /favicon.ico whatever the page links; answer with the page's own icon.
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        return FileResponse(STATIC_DIR / "favicon.svg", media_type="image/svg+xml")
+
     @app.get("/", include_in_schema=False)
     async def page() -> FileResponse:
         return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})

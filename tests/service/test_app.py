@@ -46,3 +46,17 @@ def test_a_service_without_the_viewer_logs_how_to_build_it_and_still_serves_the_
     client = TestClient(app)
     assert client.get("/").status_code == 200
     assert client.get("/static/vendor/openseadragon/openseadragon.min.js").status_code == 404
+
+
+def test_the_pages_link_an_icon_that_is_served_and_so_is_favicon_ico(tmp_path):
+    client = TestClient(create_app(Settings(index_dir=tmp_path)))  # type: ignore[call-arg]
+    for page in ("index.html", "slide.html"):
+        assert (
+            '<link rel="icon" type="image/svg+xml" href="/static/favicon.svg">'
+            in (STATIC_DIR / page).read_text()
+        )
+    for path in ("/static/favicon.svg", "/favicon.ico"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert response.headers["content-type"].startswith("image/svg+xml")
+        assert response.content.lstrip().startswith(b"<svg")
