@@ -68,7 +68,7 @@ def test_api_key_comes_from_an_env_file_that_is_never_committed(compose):
 
 
 def test_gpu_services_sit_behind_the_gpu_profile_and_reserve_a_gpu(compose):
-    for name in ("indexer-gpu", "service-gpu"):
+    for name in ("indexer-gpu", "indexer-slides-gpu", "service-gpu"):
         service = compose["services"][name]
         assert service["profiles"] == ["gpu"]
         devices = service["deploy"]["resources"]["reservations"]["devices"]
@@ -120,6 +120,14 @@ def test_slides_are_mounted_indexed_after_the_images_and_readable_by_the_service
     assert job["command"] == ["index-slides"]
     assert job["depends_on"]["indexer"]["condition"] == "service_completed_successfully"
     assert service["depends_on"]["indexer-slides"]["condition"] == "service_completed_successfully"
+    # The GPU profile runs the same three steps in the same order.
+    gpu_job, gpu_service = (compose["services"][n] for n in ("indexer-slides-gpu", "service-gpu"))
+    assert gpu_job["command"] == ["index-slides"]
+    assert gpu_job["depends_on"]["indexer-gpu"]["condition"] == "service_completed_successfully"
+    assert (
+        gpu_service["depends_on"]["indexer-slides-gpu"]["condition"]
+        == "service_completed_successfully"
+    )
     # The default host folder exists in a clone, and its slides never reach the build context.
     assert (ROOT / "slides" / "README.md").is_file()
     assert "slides" in (ROOT / ".dockerignore").read_text().splitlines()
