@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         CodewordUsageRegularizer,
         CrossQuantizedContrastiveLoss,
         NegativeQueue,
+        NeighbourSupport,
     )
     from model.preprocess import (
         UnsupportedPixelsError,
@@ -54,6 +55,7 @@ _SOURCES = {
     "CodewordUsageRegularizer": "model.loss",
     "CrossQuantizedContrastiveLoss": "model.loss",
     "NegativeQueue": "model.loss",
+    "NeighbourSupport": "model.loss",
     "UnsupportedPixelsError": "model.preprocess",
     "normalize": "model.preprocess",
     "select_device": "model.preprocess",
@@ -75,6 +77,7 @@ __all__ = [
     "ModelCard",
     "ModelSpec",
     "NegativeQueue",
+    "NeighbourSupport",
     "ProductQuantizer",
     "SPQModel",
     "UnknownBackboneError",

@@ -67,6 +67,47 @@ class NegativeQueue:
         self._rows = None
 
 
+class NeighbourSupport:
+    """The continuous descriptors of the latest training views, searched for each view's nearest
+    neighbour, which then stands in for the view as the anchor of its pair (NNCLR, Dwibedi et al.,
+    ICCV 2021).
+
+    Two views of one image agree on everything the augmentations leave alone, so instance
+    discrimination alone teaches the network to tell each training tile from every other, which
+    on a few thousand tiles is memorising them. A nearest neighbour from other batches is most
+    often another tile of the same tissue, and pulling a view's codes towards it asks the network
+    for what tiles of one kind share instead. The entries carry no gradient.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"the support size must be 0 or more, got {size}")
+        self.size = size
+        self._rows: torch.Tensor | None = None
+
+    def contents(self) -> torch.Tensor | None:
+        return self._rows
+
+    def nearest(self, rows: torch.Tensor) -> torch.Tensor:
+        """Each row's most cosine-similar entry (detached); the rows themselves while empty."""
+        if self._rows is None:
+            return rows.detach()
+        query = F.normalize(rows.detach().float(), dim=-1)
+        best = (query @ F.normalize(self._rows, dim=-1).T).argmax(dim=1)
+        return self._rows[best]
+
+    def push(self, rows: torch.Tensor) -> None:
+        """Add ``rows`` (detached) in front; the oldest rows beyond ``size`` leave."""
+        if self.size == 0:
+            return
+        fresh = rows.detach().float()
+        joined = fresh if self._rows is None else torch.cat([fresh, self._rows], dim=0)
+        self._rows = joined[: self.size]
+
+    def clear(self) -> None:
+        self._rows = None
+
+
 class CrossQuantizedContrastiveLoss(nn.Module):
     """CQC: contrast each view's descriptor with the other view's soft-quantised descriptor.
 

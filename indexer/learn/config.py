@@ -184,6 +184,22 @@ class TrainConfig(BaseModel):
         "this many rows, as extra negatives of the contrastive loss (0: the batch's own only)",
         json_schema_extra=_section(MODEL),
     )
+    neighbour_support: int = Field(
+        default=0,
+        ge=0,
+        description="keep the descriptors of the latest training views, up to this many rows, "
+        "and contrast each view's codes also with its nearest neighbour among them instead of "
+        "its own other view (0: off)",
+        json_schema_extra=_section(MODEL),
+    )
+    neighbour_weight: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of the contrastive loss given to the nearest-neighbour pairs when "
+        "--neighbour-support is on (1: those pairs alone)",
+        json_schema_extra=_section(MODEL),
+    )
     codeword_regularizer: float = Field(
         default=1.0,
         ge=0.0,

@@ -39,6 +39,7 @@ from model import (
     CrossQuantizedContrastiveLoss,
     Embedder,
     NegativeQueue,
+    NeighbourSupport,
     SPQModel,
     adc_scores,
     build_model,
@@ -245,6 +246,7 @@ class Trainer:
         self.loss = CrossQuantizedContrastiveLoss(config.temperature)
         # Not saved with a resumable checkpoint: a resumed run refills it within a few steps.
         self.negatives = NegativeQueue(config.negative_queue)
+        self.neighbours = NeighbourSupport(config.neighbour_support)
         self.regularizer = CodewordUsageRegularizer()
         self.optimizer = torch.optim.Adam(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
@@ -362,7 +364,7 @@ class Trainer:
         z_a = self.model.quantizer.soft_quantize(x_a)
         z_b = self.model.quantizer.soft_quantize(x_b)
         self._note_codeword_use(x_a)
-        contrastive = self.loss(x_a, z_a, x_b, z_b, self.negatives.contents())
+        contrastive = self._contrastive(x_a, z_a, x_b, z_b)
         self.negatives.push(torch.cat([z_a, z_b]))
         assignment = self.model.quantizer.soft_assignment(torch.cat([x_a, x_b]))
         regularizer = self.regularizer(assignment)
@@ -375,6 +377,21 @@ class Trainer:
             "cqc": contrastive.item(),
             "regularizer": regularizer.item(),
         }
+
+    def _contrastive(
+        self, x_a: torch.Tensor, z_a: torch.Tensor, x_b: torch.Tensor, z_b: torch.Tensor
+    ) -> torch.Tensor:
+        """CQC on the two views' own pairs and, with a neighbour support, on each view's codes
+        paired with its nearest earlier view instead, weighted by ``neighbour_weight``."""
+        negatives = self.negatives.contents()
+        own: torch.Tensor = self.loss(x_a, z_a, x_b, z_b, negatives)
+        if self.config.neighbour_support == 0:
+            return own
+        near_a, near_b = self.neighbours.nearest(x_a), self.neighbours.nearest(x_b)
+        self.neighbours.push(x_a)
+        neighbours: torch.Tensor = self.loss(near_a, z_a, near_b, z_b, negatives)
+        weight = self.config.neighbour_weight
+        return (1 - weight) * own + weight * neighbours
 
     def _descriptors(
         self, views: torch.Tensor, stain_views: torch.Tensor | None = None

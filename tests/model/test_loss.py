@@ -3,7 +3,12 @@ import math
 import pytest
 import torch
 
-from model.loss import CodewordUsageRegularizer, CrossQuantizedContrastiveLoss, NegativeQueue
+from model.loss import (
+    CodewordUsageRegularizer,
+    CrossQuantizedContrastiveLoss,
+    NegativeQueue,
+    NeighbourSupport,
+)
 
 
 def _orthonormal_rows(n: int, dim: int) -> torch.Tensor:
@@ -89,3 +94,36 @@ def test_the_queue_keeps_the_newest_rows_up_to_its_size() -> None:
     assert empty.contents() is None
     with pytest.raises(ValueError, match="queue size"):
         NegativeQueue(-1)
+
+
+def test_a_neighbour_is_the_most_cosine_similar_entry_and_carries_no_gradient() -> None:
+    support = NeighbourSupport(4)
+    entries = torch.tensor([[1.0, 0.0], [0.0, 3.0], [-1.0, -1.0]])
+    support.push(entries)
+    rows = torch.tensor([[0.2, 5.0], [2.0, 0.1], [-0.5, -0.4]], requires_grad=True)
+    nearest = support.nearest(rows)
+    # Cosine, not distance, picks the entry: [0, 3] is far from [0.2, 5] yet points the same way.
+    torch.testing.assert_close(nearest, entries[[1, 0, 2]])
+    assert not nearest.requires_grad
+
+
+def test_an_empty_support_pairs_each_view_with_itself() -> None:
+    rows = torch.randn(3, 8, requires_grad=True)
+    nearest = NeighbourSupport(5).nearest(rows)
+    torch.testing.assert_close(nearest, rows.detach())
+    assert not nearest.requires_grad
+
+
+def test_the_support_keeps_the_newest_rows_up_to_its_size() -> None:
+    support = NeighbourSupport(3)
+    support.push(torch.zeros(2, 4))
+    support.push(torch.ones(2, 4))
+    contents = support.contents()
+    assert contents is not None and contents.shape == (3, 4)
+    torch.testing.assert_close(contents[:2], torch.ones(2, 4))
+    torch.testing.assert_close(contents[2:], torch.zeros(1, 4))
+    off = NeighbourSupport(0)
+    off.push(torch.ones(2, 4))
+    assert off.contents() is None
+    with pytest.raises(ValueError, match="0 or more"):
+        NeighbourSupport(-1)

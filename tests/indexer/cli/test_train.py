@@ -43,7 +43,7 @@ def _parse(*flags: str) -> TrainConfig:
 def test_every_config_field_has_an_option_explained_with_its_default() -> None:
     actions = {flag: a for a in _train_parser()._actions for flag in a.option_strings}
     fields = _leaf_fields(TrainConfig)
-    assert len(fields) == 55  # 27 of the run, 15 of the model spec, 13 of the augmentation
+    assert len(fields) == 57  # 29 of the run, 15 of the model spec, 13 of the augmentation
     for name, field in fields:
         action = actions["--" + name.replace("_", "-")]
         assert field.description and action.help and action.help.startswith(field.description)

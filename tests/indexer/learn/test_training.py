@@ -121,6 +121,31 @@ def test_same_seed_gives_same_weights(tmp_path: Path) -> None:
     torch.testing.assert_close(weights[0], weights[1])
 
 
+def test_neighbour_pairs_fill_the_support_and_change_the_loss(tmp_path: Path) -> None:
+    config = _tiny_config(tmp_path, epochs=1, validate_every=5, neighbour_support=12)
+    trainer = Trainer(config)
+    batch = trainer.train_images[:8]
+    trainer.optimizer.param_groups[0]["lr"] = 0.0
+    torch.manual_seed(0)
+    # The first step meets an empty support: each view is its own neighbour, plain CQC.
+    first = trainer.train_step(batch)
+    supported = trainer.neighbours.contents()
+    # The first view's descriptors of the 8 images.
+    assert supported is not None and supported.shape == (8, 32)
+    trainer.neighbours.clear()
+    trainer.config.neighbour_support = 0
+    torch.manual_seed(0)
+    plain = trainer.train_step(batch)
+    assert first["cqc"] == pytest.approx(plain["cqc"], rel=1e-5)
+    # Another batch's views as the support: the pairs change, and so does the loss.
+    trainer.config.neighbour_support = 12
+    trainer.neighbours.push(torch.randn(12, 32))
+    torch.manual_seed(0)
+    with_neighbours = trainer.train_step(batch)
+    assert with_neighbours["cqc"] != pytest.approx(plain["cqc"], rel=1e-3)
+    assert math.isfinite(with_neighbours["cqc"])
+
+
 def test_a_negative_queue_fills_from_the_batches_and_enters_the_loss(tmp_path: Path) -> None:
     trainer = Trainer(_tiny_config(tmp_path, epochs=1, validate_every=5, negative_queue=12))
     batch = trainer.train_images[:8]
