@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "model": {"input_size": 96},
         "augmentation": {"stain_branch_view": "geometric"},
     },
+    "neighbours 1024, half": {"neighbour_support": 1024, "neighbour_weight": 0.5},
+    "neighbours 1024, only": {"neighbour_support": 1024, "neighbour_weight": 1.0},
+    "regnetx-002, fp32": {"model": {"backbone": "timm:regnetx_002"}, "precision": "fp32"},
 }
 
 # Variants are compared in runs of equal minutes: the epoch cap is never what ends a run.
@@ -75,16 +78,19 @@ def with_variant(settings: dict[str, Any], variant: dict[str, Any]) -> dict[str,
 
 
 def run_variant(
-    dataset: str, variant: str, minutes: float, threads: int, seed: int = 0
+    dataset: str, variant: str, minutes: float | None, threads: int, seed: int = 0
 ) -> dict[str, Any]:
+    """One run of a variant: ``minutes`` long, or without minutes the plan's epoch budget (the
+    retrieval benchmark's, so that its runs of the same seed are the variant's reference)."""
     plan = PLANS[dataset]
     out = RESULTS / "recipe_sweep" / dataset / variant.replace(" ", "-").replace(",", "")
+    budget = UNTIL_THE_MINUTES if minutes is not None else {"epochs": plan.epochs}
     config = TrainConfig(
         data=str(plan_data(plan, RESULTS / plan.name)),
         out=str(out),
         minutes=minutes,
         threads=threads,
-        **with_variant({**UNTIL_THE_MINUTES, "seed": seed, **plan.settings}, VARIANTS[variant]),
+        **with_variant({**budget, "seed": seed, **plan.settings}, VARIANTS[variant]),
     )
     train(config)
     history = json.loads((out / "history.json").read_text())
@@ -108,6 +114,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--minutes", type=float, default=1.5, help="training minutes per run")
+    parser.add_argument(
+        "--plan-epochs",
+        action="store_true",
+        help="train each run for the retrieval benchmark's epochs of its set instead of minutes",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of each run")
     parser.add_argument(
@@ -120,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     target = RESULTS / args.results
     for dataset, seed, variant in itertools.product(args.datasets, args.seeds, args.variants):
-        row = run_variant(dataset, variant, args.minutes, args.threads, seed)
+        minutes = None if args.plan_epochs else args.minutes
+        row = run_variant(dataset, variant, minutes, args.threads, seed)
         results.setdefault(dataset, {})[f"{variant}, seed {seed}"] = row
         print(
             f"{dataset:8s} {variant:32s} seed {seed} val P@10 codes {row['val_p10_codes']:.3f} "
@@ -129,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"perplexity {row['code_perplexity']:.1f}, last {row['last_val_p10_codes']:.3f})",
             flush=True,
         )
-        target.write_text(json.dumps({"minutes": args.minutes, "runs": results}, indent=2))
+        budget = {"epochs": "the plan's"} if args.plan_epochs else {"minutes": args.minutes}
+        target.write_text(json.dumps({**budget, "runs": results}, indent=2))
     return 0
 
 
