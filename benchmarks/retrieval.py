@@ -248,6 +248,8 @@ def run_seed(
             "reused_run_folder": reused,
             "device": resolved["device"],
             "compute_dtype": resolved["compute_dtype"],
+            # Absent from run folders written before training recorded it.
+            "cpu": resolved.get("cpu"),
             "torch_threads": torch.get_num_threads(),
             "train_images_per_second": _median([row["images_per_s"] for row in history]),
             "config": config.model_dump(mode="json"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
@@ -188,6 +189,24 @@ def bfloat16_is_native(device: torch.device) -> bool:
         except (AttributeError, RuntimeError):  # a torch build without oneDNN
             return False
     return False
+
+
+def cpu_features() -> dict[str, object]:
+    """What this CPU offers torch: its vector capability, its bfloat16 instructions and units,
+    and its core count. Training records them beside its images per second, since they decide
+    that speed and whether bfloat16 pays (it ran slower than float32 on a CPU with AVX512-BF16
+    and no AMX: docs/model.md). A flag this torch cannot tell is None."""
+
+    def flag(name: str) -> bool | None:
+        probe = getattr(torch.cpu, name, None)
+        return bool(probe()) if callable(probe) else None
+
+    return {
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "avx512_bf16": flag("_is_avx512_bf16_supported"),
+        "amx": flag("_is_amx_tile_supported"),
+        "cores": os.cpu_count(),
+    }
 
 
 def select_precision(preference: str, device: torch.device) -> torch.dtype:

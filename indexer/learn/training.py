@@ -51,7 +51,13 @@ from model import (
 )
 from model.atomic import atomic_write, atomic_write_bytes
 from model.augment.pipeline import build_geometric_augmentation, build_photometric_augmentation
-from model.preprocess import image_to_tensor, open_upright_rgb, resize_batch, select_precision
+from model.preprocess import (
+    cpu_features,
+    image_to_tensor,
+    open_upright_rgb,
+    resize_batch,
+    select_precision,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -269,6 +275,7 @@ class Trainer:
             "num_validation_images": 0 if self.validation is None else len(self.validation.labels),
             "device": str(self.device),
             "compute_dtype": str(self.compute_dtype).removeprefix("torch."),
+            "cpu": cpu_features(),
             "model_card": self.model.card.model_dump(mode="json"),
         }
         if self.view_cache is not None:

@@ -62,6 +62,10 @@ def test_training_writes_model_config_history_and_plot(tmp_path: Path) -> None:
     resolved = json.loads((run / "config.json").read_text())
     assert resolved["split"]["test"] == ["g5"] and "g5" not in resolved["split"]["train"]
     assert resolved["num_train_images"] == 16
+    # The CPU that set the run's speed, so that figures from two machines can be told apart.
+    cpu = resolved["cpu"]
+    assert isinstance(cpu["capability"], str) and cpu["capability"]
+    assert set(cpu) == {"capability", "avx512_bf16", "amx", "cores"} and cpu["cores"] >= 1
     history = json.loads((run / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2]
     assert "val_p10_codes" in history[-1]
