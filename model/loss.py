@@ -34,7 +34,34 @@ def nt_xent(
     return F.cross_entropy(logits, positive)
 
 
-class NegativeQueue:
+class RecentRows:
+    """The rows of the latest training steps, newest first, detached and in float32, up to
+    ``size`` of them (0 keeps none). ``name`` says what they are in errors."""
+
+    name = "rows"
+
+    def __init__(self, size: int) -> None:
+        if size < 0:
+            raise ValueError(f"the {self.name} size must be 0 or more, got {size}")
+        self.size = size
+        self._rows: torch.Tensor | None = None
+
+    def contents(self) -> torch.Tensor | None:
+        return self._rows
+
+    def push(self, rows: torch.Tensor) -> None:
+        """Add ``rows`` (detached) in front; the oldest rows beyond ``size`` leave."""
+        if self.size == 0:
+            return
+        fresh = rows.detach().float()
+        joined = fresh if self._rows is None else torch.cat([fresh, self._rows], dim=0)
+        self._rows = joined[: self.size]
+
+    def clear(self) -> None:
+        self._rows = None
+
+
+class NegativeQueue(RecentRows):
     """The quantised descriptors of the latest training batches, kept as extra negatives.
 
     At a batch of 32 each row of the contrastive loss meets 62 negatives; a queue of Q rows adds
@@ -46,28 +73,10 @@ class NegativeQueue:
     query stands against the archive's codes in search.
     """
 
-    def __init__(self, size: int) -> None:
-        if size < 0:
-            raise ValueError(f"the queue size must be 0 or more, got {size}")
-        self.size = size
-        self._rows: torch.Tensor | None = None
-
-    def contents(self) -> torch.Tensor | None:
-        return self._rows
-
-    def push(self, rows: torch.Tensor) -> None:
-        """Add ``rows`` (detached) in front; the oldest rows beyond ``size`` leave."""
-        if self.size == 0:
-            return
-        fresh = rows.detach().float()
-        joined = fresh if self._rows is None else torch.cat([fresh, self._rows], dim=0)
-        self._rows = joined[: self.size]
-
-    def clear(self) -> None:
-        self._rows = None
+    name = "queue"
 
 
-class NeighbourSupport:
+class NeighbourSupport(RecentRows):
     """The continuous descriptors of the latest training views, searched for each view's nearest
     neighbour, which then stands in for the view as the anchor of its pair (NNCLR, Dwibedi et al.,
     ICCV 2021).
@@ -79,14 +88,7 @@ class NeighbourSupport:
     for what tiles of one kind share instead. The entries carry no gradient.
     """
 
-    def __init__(self, size: int) -> None:
-        if size < 0:
-            raise ValueError(f"the support size must be 0 or more, got {size}")
-        self.size = size
-        self._rows: torch.Tensor | None = None
-
-    def contents(self) -> torch.Tensor | None:
-        return self._rows
+    name = "support"
 
     def nearest(self, rows: torch.Tensor) -> torch.Tensor:
         """Each row's most cosine-similar entry (detached); the rows themselves while empty."""
@@ -95,17 +97,6 @@ class NeighbourSupport:
         query = F.normalize(rows.detach().float(), dim=-1)
         best = (query @ F.normalize(self._rows, dim=-1).T).argmax(dim=1)
         return self._rows[best]
-
-    def push(self, rows: torch.Tensor) -> None:
-        """Add ``rows`` (detached) in front; the oldest rows beyond ``size`` leave."""
-        if self.size == 0:
-            return
-        fresh = rows.detach().float()
-        joined = fresh if self._rows is None else torch.cat([fresh, self._rows], dim=0)
-        self._rows = joined[: self.size]
-
-    def clear(self) -> None:
-        self._rows = None
 
 
 class CrossQuantizedContrastiveLoss(nn.Module):
