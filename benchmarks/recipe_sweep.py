@@ -131,8 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     results: dict[str, dict[str, Any]] = {}
     target = RESULTS / args.results
+    minutes = None if args.plan_epochs else args.minutes
+    budget = {"epochs": "the plan's"} if args.plan_epochs else {"minutes": args.minutes}
     for dataset, seed, variant in itertools.product(args.datasets, args.seeds, args.variants):
-        minutes = None if args.plan_epochs else args.minutes
         row = run_variant(dataset, variant, minutes, args.threads, seed)
         results.setdefault(dataset, {})[f"{variant}, seed {seed}"] = row
         print(
@@ -142,7 +143,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"perplexity {row['code_perplexity']:.1f}, last {row['last_val_p10_codes']:.3f})",
             flush=True,
         )
-        budget = {"epochs": "the plan's"} if args.plan_epochs else {"minutes": args.minutes}
         target.write_text(json.dumps({**budget, "runs": results}, indent=2))
     return 0
 
