@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.retrieval import PLANS, REPO_ROOT, RESULTS, plan_data
+from benchmarks.retrieval import PLANS, RECIPE_PRECISION, REPO_ROOT, RESULTS, plan_data
 from indexer.learn.config import TrainConfig
 from indexer.learn.training import train
 
@@ -91,7 +91,9 @@ def run_variant(
         out=str(out),
         minutes=minutes,
         threads=threads,
-        **with_variant({**budget, "seed": seed, **plan.settings}, VARIANTS[variant]),
+        **with_variant(
+            {**RECIPE_PRECISION, **budget, "seed": seed, **plan.settings}, VARIANTS[variant]
+        ),
     )
     train(config)
     history = json.loads((out / "history.json").read_text())

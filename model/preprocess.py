@@ -179,15 +179,19 @@ def select_device(preference: str = "auto") -> torch.device:
 
 
 def bfloat16_is_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 convolutions natively (CUDA with bf16 support, or a
-    CPU with AVX512-BF16 or AMX through oneDNN), where mixed precision trains 1.5-2x faster."""
+    """Whether bfloat16 mixed precision trains faster than float32 on ``device``: a CUDA GPU
+    with bfloat16 support, or a CPU with AMX tile units. A CPU with AVX512-BF16 alone runs
+    bfloat16 through oneDNN, but slower than float32 (0.79-0.88x the training images/s,
+    ``python -m benchmarks.precision``), so it counts as not native."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
+        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
         try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+            onednn_runs_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):  # a torch build without oneDNN
             return False
+        return onednn_runs_bf16 and callable(amx) and bool(amx())
     return False
 
 
@@ -210,8 +214,8 @@ def cpu_features() -> dict[str, object]:
 
 
 def select_precision(preference: str, device: torch.device) -> torch.dtype:
-    """ "auto" picks bfloat16 where the device computes it natively, else float32; "bf16" and
-    "fp32" are taken as asked."""
+    """ "auto" picks bfloat16 where it trains faster than float32 (`bfloat16_is_native`), else
+    float32; "bf16" and "fp32" are taken as asked."""
     if preference == "fp32":
         return torch.float32
     if preference == "bf16":

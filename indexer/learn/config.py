@@ -234,7 +234,8 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "bf16", "fp32"] = Field(
         default="auto",
         description="arithmetic of the network during training: auto uses bfloat16 mixed "
-        "precision where the GPU or CPU computes it natively (AVX512-BF16, AMX), else float32; "
+        "precision on a GPU that supports it or a CPU with AMX units, where it is faster, else "
+        "float32 (a CPU with AVX512-BF16 alone runs bfloat16 slower than float32); "
         "losses and codebooks are always float32",
         json_schema_extra=_section(HARDWARE),
     )
