@@ -297,3 +297,40 @@ def test_scores_of_given_items_equal_the_unsharded_index_and_none_for_absent_one
         expected = single.scores_of(query, wanted)
         assert sharded.scores_of(query, wanted) == pytest.approx(expected, abs=1e-6)
         assert expected[-1] is None and all(score is not None for score in expected[:-1])
+
+
+class ReplyLostShard(LocalShard):
+    """A shard whose next add commits and then fails, as a remote shard lost between its
+    commit and its reply does (`service.ray_serve.ShardClient`)."""
+
+    fail_next_add = False
+
+    def add_codes(self, codes, records, *, item_ids=None):  # type: ignore[no-untyped-def]
+        outcomes = super().add_codes(codes, records, item_ids=item_ids)
+        if ReplyLostShard.fail_next_add:
+            ReplyLostShard.fail_next_add = False
+            raise ConnectionError("the shard's reply was lost after its commit")
+        return outcomes
+
+
+def test_a_write_that_failed_part_way_is_recounted_by_the_next_write(tmp_path):
+    """An add for two shards whose first shard commits and then fails: the count cannot know
+    what was stored, so the next write counts the shards again."""
+    with new_sharded(tmp_path / "sharded", 2) as sharded:
+        vectors = descriptors_near_codewords(60, sharded.codebooks)
+        sharded.add(vectors[:20], items(20))
+    with ShardedIndex.open(tmp_path / "sharded", open_shard=ReplyLostShard.open_shard) as sharded:
+        assert len(sharded) == 20
+        spanning = items(20, start=20)
+        assert {shard_of(r.group, r.content_hash, 2) for r in spanning} == {0, 1}
+        ReplyLostShard.fail_next_add = True
+        with pytest.raises(ConnectionError):
+            sharded.add(vectors[20:40], spanning)
+        # The first shard written committed its part and lost its reply; the other was not
+        # reached. The failed call could not count what it stored.
+        stored = sum(len(shard) for shard in sharded.shards)
+        assert 20 < stored < 40
+        assert len(sharded) == 20
+        (outcome,) = sharded.add(vectors[40:41], items(1, start=40))
+        assert outcome.id is not None
+        assert len(sharded) == stored + 1 == sum(len(shard) for shard in sharded.shards)
