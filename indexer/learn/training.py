@@ -337,11 +337,12 @@ class Trainer:
     def train_step(self, batch: torch.Tensor) -> dict[str, float]:
         images = batch.to(self.device).float().div_(255)
         return self._learn_from(
-            self._descriptors(*self._view(images)), self._descriptors(*self._view(images))
+            self._descriptors(*self.augmented_view(images)),
+            self._descriptors(*self.augmented_view(images)),
         )
 
     @torch.no_grad()
-    def _view(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def augmented_view(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One augmented view of a batch, normalised, and, where the stain-colour branch reads
         the crop before its colour jitter (the config allows that only with the branch), that
         crop."""
