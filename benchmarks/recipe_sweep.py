@@ -62,6 +62,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "neighbours 1024, only": {"neighbour_support": 1024, "neighbour_weight": 1.0},
     "regnetx-002, fp32": {"model": {"backbone": "timm:regnetx_002"}, "precision": "fp32"},
     "twice the epochs, fp32": {"epochs": 36, "precision": "fp32"},
+    "twice PCam's epochs, fp32": {"epochs": 14, "precision": "fp32"},
 }
 
 # Variants are compared in runs of equal minutes: the epoch cap is never what ends a run.

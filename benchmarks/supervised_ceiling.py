@@ -1,6 +1,8 @@
 """What the recipe's network reaches WITH labels: the ceiling self-supervised training is under.
 
     nice python -m benchmarks.supervised_ceiling [--datasets pcam idc] [--epochs N] [--threads 2]
+    nice python -m benchmarks.supervised_ceiling --datasets idc --input-size 96 \
+        --out benchmarks/results/supervised_ceiling_idc_96px.json
 
 The from-scratch SPQ recipe sits at the colour histogram's level on most shared sets. Either the
 contrastive objective fails to find what separates the classes, or the network and its CPU budget
@@ -102,12 +104,15 @@ def supervised_epoch(
 
 def ceiling_of(plan: DatasetPlan, args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     epochs = args.epochs or plan.epochs
+    model_settings = dict(plan.settings.get("model", {}))
+    if args.input_size:
+        model_settings["input_size"] = args.input_size
     config = TrainConfig(
         data=str(plan_data(plan, RESULTS / plan.name)),
         out=str(scratch / plan.name),
         threads=args.threads,
         precision="fp32",
-        **{**plan.settings, "epochs": epochs, "seed": args.seed},
+        **{**plan.settings, "epochs": epochs, "seed": args.seed, "model": model_settings},
     )
     trainer = Trainer(config)
     assert trainer.validation is not None, "the benchmark's plans all have validation groups"
@@ -176,6 +181,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--datasets", nargs="+", choices=sorted(PLANS), default=sorted(PLANS))
     parser.add_argument(
         "--epochs", type=int, help="epochs for every set (default: each plan's own budget)"
+    )
+    parser.add_argument(
+        "--input-size",
+        type=int,
+        help="network input side in pixels for every set (default: each plan's own): what a "
+        "larger input would buy, at its compute",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the run")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
