@@ -3,6 +3,8 @@
     nice python -m benchmarks.supervised_ceiling [--datasets pcam idc] [--epochs N] [--threads 2]
     nice python -m benchmarks.supervised_ceiling --datasets idc --input-size 96 \
         --out benchmarks/results/supervised_ceiling_idc_96px.json
+    nice python -m benchmarks.supervised_ceiling --datasets idc --input-size 96 --stages 2 3 4 \
+        --out benchmarks/results/supervised_ceiling_idc_96px_stage4.json
 
 The from-scratch SPQ recipe sits at the colour histogram's level on most shared sets. Either the
 contrastive objective fails to find what separates the classes, or the network and its CPU budget
@@ -107,6 +109,8 @@ def ceiling_of(plan: DatasetPlan, args: argparse.Namespace, scratch: Path) -> di
     model_settings = dict(plan.settings.get("model", {}))
     if args.input_size:
         model_settings["input_size"] = args.input_size
+    if args.stages:
+        model_settings["stages"] = args.stages
     config = TrainConfig(
         data=str(plan_data(plan, RESULTS / plan.name)),
         out=str(scratch / plan.name),
@@ -187,6 +191,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         help="network input side in pixels for every set (default: each plan's own): what a "
         "larger input would buy, at its compute",
+    )
+    parser.add_argument(
+        "--stages",
+        type=int,
+        nargs="+",
+        choices=(1, 2, 3, 4),
+        help="backbone stages pooled into the descriptor, for every set (default: the plan's, "
+        "2 and 3); a deeper last stage builds a deeper trunk",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the run")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
