@@ -42,9 +42,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from benchmarks.recipe_diagnosis import scored
 from benchmarks.retrieval import PLANS, RESULTS, DatasetPlan, plan_data
 from indexer.evaluate.baselines import colour_histograms
-from indexer.evaluate.metrics import load_images, retrieval_metrics
+from indexer.evaluate.metrics import load_images
+from indexer.ingest.sources import ArchiveImage
 from indexer.learn.config import TrainConfig
 from indexer.learn.training import (
     Trainer,
@@ -54,30 +56,26 @@ from indexer.learn.training import (
 )
 
 
-def training_labels(trainer: Trainer) -> tuple[torch.Tensor, list[str]]:
+def training_labels(
+    trainer: Trainer, entries: Sequence[ArchiveImage]
+) -> tuple[torch.Tensor, list[str]]:
     """Class indices of the training images, in the order of ``trainer.train_images``."""
-    entries = trainer.split.entries(archive_images(trainer.config.data), "train")
-    names = [str(entry.label) for entry in entries]
-    if any(entry.label is None for entry in entries):
+    training = trainer.split.entries(entries, "train")
+    if any(entry.label is None for entry in training):
         raise ValueError("every training image needs a label for the supervised ceiling")
+    names = [str(entry.label) for entry in training]
     classes = sorted(set(names))
     return torch.tensor([classes.index(name) for name in names]), classes
 
 
-def histogram_p10(trainer: Trainer) -> float:
-    """The colour histogram's validation P@10 at native size, in the order training uses."""
-    entries = validation_in_tie_neutral_order(
-        [e for e in trainer.split.entries(archive_images(trainer.config.data), "validation")]
+def histogram_p10(trainer: Trainer, entries: Sequence[ArchiveImage]) -> float:
+    """The colour histogram's validation P@10 at native size, on the validation images in the
+    order training ranks them."""
+    validation = validation_in_tie_neutral_order(
+        [e for e in trainer.split.entries(entries, "validation") if e.label]
     )
-    entries = [e for e in entries if e.label]
-    histograms = colour_histograms(list(load_images(entries)))
-    metrics = retrieval_metrics(
-        histograms @ histograms.T,
-        [str(e.label) for e in entries],
-        [e.group for e in entries],
-        (10,),
-    )
-    return float(metrics.precision[10])
+    histograms = colour_histograms(list(load_images(validation)))
+    return scored(histograms @ histograms.T, validation)["p10"]
 
 
 def supervised_epoch(
@@ -120,12 +118,14 @@ def ceiling_of(plan: DatasetPlan, args: argparse.Namespace, scratch: Path) -> di
     )
     trainer = Trainer(config)
     assert trainer.validation is not None, "the benchmark's plans all have validation groups"
-    labels, classes = training_labels(trainer)
+    entries = archive_images(config.data)
+    labels, classes = training_labels(trainer, entries)
     dimension = trainer.model.card.num_codebooks * trainer.model.card.codeword_dim
     classifier = torch.nn.Linear(dimension, len(classes)).to(trainer.device)
     parameters = list(trainer.model.parameters()) + list(classifier.parameters())
     optimizer = torch.optim.Adam(parameters, lr=config.learning_rate)
-    history, best, best_state = [], -1.0, None
+    history: list[dict[str, Any]] = []
+    best, best_epoch, best_state = -1.0, 0, None
     started = time.monotonic()
     for epoch in range(1, epochs + 1):
         trainer.model.train()
@@ -136,7 +136,8 @@ def ceiling_of(plan: DatasetPlan, args: argparse.Namespace, scratch: Path) -> di
                 "val_p10_float"
             ]
             if row["val_p10_float"] > best:
-                best, best_state = row["val_p10_float"], copy.deepcopy(trainer.model.state_dict())
+                best, best_epoch = row["val_p10_float"], epoch
+                best_state = copy.deepcopy(trainer.model.state_dict())
         history.append(row)
         print(f"{plan.name} epoch {epoch}/{epochs}: {row}", flush=True)
     assert best_state is not None
@@ -151,12 +152,10 @@ def ceiling_of(plan: DatasetPlan, args: argparse.Namespace, scratch: Path) -> di
         "validation_images": len(trainer.validation.labels),
         "classes": classes,
         "minutes": (time.monotonic() - started) / 60,
-        "best_epoch": max(
-            (row for row in history if "val_p10_float" in row), key=lambda r: r["val_p10_float"]
-        )["epoch"],
+        "best_epoch": best_epoch,
         "val_p10_float": chosen["val_p10_float"],
         "val_p10_codes": chosen["val_p10_codes"],
-        "val_p10_colour_histogram": histogram_p10(trainer),
+        "val_p10_colour_histogram": histogram_p10(trainer, entries),
         "history": history,
     }
 

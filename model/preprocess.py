@@ -178,48 +178,48 @@ def select_device(preference: str = "auto") -> torch.device:
     return device
 
 
-def bfloat16_is_native(device: torch.device) -> bool:
+def _cpu_flag(name: str) -> bool | None:
+    """A CPU capability probe of ``torch.cpu`` (private, so not in every torch): None if absent."""
+    probe = getattr(torch.cpu, name, None)
+    return bool(probe()) if callable(probe) else None
+
+
+def bfloat16_trains_faster(device: torch.device) -> bool:
     """Whether bfloat16 mixed precision trains faster than float32 on ``device``: a CUDA GPU
     with bfloat16 support, or a CPU with AMX tile units. A CPU with AVX512-BF16 alone runs
     bfloat16 through oneDNN, but slower than float32 (0.79-0.88x the training images/s,
-    ``python -m benchmarks.precision``), so it counts as not native."""
+    ``python -m benchmarks.precision``)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":
-        amx = getattr(torch.cpu, "_is_amx_tile_supported", None)
         try:
             onednn_runs_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
         except (AttributeError, RuntimeError):  # a torch build without oneDNN
             return False
-        return onednn_runs_bf16 and callable(amx) and bool(amx())
+        return onednn_runs_bf16 and bool(_cpu_flag("_is_amx_tile_supported"))
     return False
 
 
 def cpu_features() -> dict[str, object]:
     """What this CPU offers torch: its vector capability, its bfloat16 instructions and units,
     and its core count. Training records them beside its images per second, since they decide
-    that speed and whether bfloat16 pays (it ran slower than float32 on a CPU with AVX512-BF16
-    and no AMX: docs/model.md). A flag this torch cannot tell is None."""
-
-    def flag(name: str) -> bool | None:
-        probe = getattr(torch.cpu, name, None)
-        return bool(probe()) if callable(probe) else None
-
+    that speed and whether bfloat16 pays (`bfloat16_trains_faster`). A flag this torch cannot
+    tell is None."""
     return {
         "capability": torch.backends.cpu.get_cpu_capability(),
-        "avx512_bf16": flag("_is_avx512_bf16_supported"),
-        "amx": flag("_is_amx_tile_supported"),
+        "avx512_bf16": _cpu_flag("_is_avx512_bf16_supported"),
+        "amx": _cpu_flag("_is_amx_tile_supported"),
         "cores": os.cpu_count(),
     }
 
 
 def select_precision(preference: str, device: torch.device) -> torch.dtype:
-    """ "auto" picks bfloat16 where it trains faster than float32 (`bfloat16_is_native`), else
+    """ "auto" picks bfloat16 where it trains faster than float32 (`bfloat16_trains_faster`), else
     float32; "bf16" and "fp32" are taken as asked."""
     if preference == "fp32":
         return torch.float32
     if preference == "bf16":
         return torch.bfloat16
     if preference == "auto":
-        return torch.bfloat16 if bfloat16_is_native(device) else torch.float32
+        return torch.bfloat16 if bfloat16_trains_faster(device) else torch.float32
     raise ValueError(f"precision must be auto, bf16 or fp32, got {preference!r}")

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from model import ModelCard, UnsupportedPixelsError, select_device, to_rgb
-from model.preprocess import bfloat16_is_native, preprocess, resized_pixels, select_precision
+from model.preprocess import bfloat16_trains_faster, preprocess, resized_pixels, select_precision
 
 KATHER_TILE = next(
     (
@@ -101,7 +101,7 @@ def test_precision_is_taken_as_asked_or_chosen_by_the_device() -> None:
     cpu = torch.device("cpu")
     assert select_precision("fp32", cpu) == torch.float32
     assert select_precision("bf16", cpu) == torch.bfloat16
-    native = torch.bfloat16 if bfloat16_is_native(cpu) else torch.float32
+    native = torch.bfloat16 if bfloat16_trains_faster(cpu) else torch.float32
     assert select_precision("auto", cpu) == native
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
         select_precision("fp16", cpu)
