@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 import torch
+from PIL import Image
 
 from indexer.index.hashing import tile_hash
 from indexer.index.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
@@ -25,11 +26,13 @@ from service.errors import ServiceError
 from service.fairness import FairScheduler
 from service.imaging import DecodedImage, decode_upload, decoded_megapixels
 from service.regions import (
+    QUERY_MIN_TISSUE,
     IndexTiling,
     aggregate_tile_hits,
     at_index_mpp,
     is_region,
     region_tiles,
+    tissue_share,
 )
 from service.schemas import ErrorCode
 from service.snapshots import Snapshotter
@@ -190,26 +193,28 @@ class SearchEngine:
         filters: SearchFilters | None,
         mpp: float | None = None,
         decode_ms: float = 0.0,
+        *,
+        from_slide: bool = False,
     ) -> SearchOutcome:
         """Search with an image already in memory at ``mpp`` um/px (an upload decoded in full, or
-        a region read from a slide), which took ``decode_ms`` to get (blocking, as above)."""
+        a region read from a slide), which took ``decode_ms`` to get (blocking, as above).
+
+        A region of a slide no larger than one tile is refused when it holds too little tissue
+        to have been indexed (a click on glass): an upload of one tile is searched as it is.
+        """
         start = time.perf_counter()
         tiling = self.tiling
         if tiling is None:
             return self._search_image(query, k, filters, decode_ms + _elapsed_ms(start))
         scaled = at_index_mpp(query.rgb, tiling.mpp if mpp is None else mpp, tiling)
         if not is_region(scaled, tiling):
+            if from_slide:
+                _require_tissue(query, scaled, tiling)
             return self._search_image(query, k, filters, decode_ms + _elapsed_ms(start))
         region = region_tiles(scaled, tiling, self.max_query_tiles)
         decode_ms += _elapsed_ms(start)
         if not region.tiles:
-            width, height = query.size
-            raise ServiceError(
-                422,
-                ErrorCode.NO_TISSUE,
-                f"the {width}x{height} region has no {tiling.tile_size} px tile with tissue "
-                "(only glass or black): upload a region of stained tissue",
-            )
+            raise _no_tissue(query, tiling)
         start = time.perf_counter()
         descriptors = self.embedder.embed(region.tiles)
         embed_ms = _elapsed_ms(start)
@@ -331,4 +336,28 @@ def _new_item(image: DecodedImage, fields: ItemFields, image_name: str) -> NewIt
         content_hash=tile_hash(image.file_hash, box),
         thumbnail=make_thumbnail(image.rgb),
         extra={"format": image.original_format, "mode": image.original_mode},
+    )
+
+
+def _require_tissue(query: DecodedImage, scaled: Image.Image, tiling: IndexTiling) -> None:
+    """Refuse a region of one tile at most whose tissue share the indexer would not have kept."""
+    share = tissue_share(scaled, tiling)
+    if share < QUERY_MIN_TISSUE:
+        width, height = query.size
+        raise ServiceError(
+            422,
+            ErrorCode.NO_TISSUE,
+            f"the {width}x{height} region is {share:.0%} tissue (the rest glass or black; the "
+            f"archive's tiles have at least {QUERY_MIN_TISSUE:.0%}): choose a region of stained "
+            "tissue",
+        )
+
+
+def _no_tissue(query: DecodedImage, tiling: IndexTiling) -> ServiceError:
+    width, height = query.size
+    return ServiceError(
+        422,
+        ErrorCode.NO_TISSUE,
+        f"the {width}x{height} region has no {tiling.tile_size} px tile with tissue "
+        "(only glass or black): choose a region of stained tissue",
     )

@@ -78,6 +78,13 @@ def is_region(image: Image.Image, tiling: IndexTiling) -> bool:
     return max(image.size) > tiling.tile_size
 
 
+def tissue_share(image: Image.Image, tiling: IndexTiling) -> float:
+    """The share of ``image`` (already at the index's mpp) under the archive's tissue mask."""
+    width, height = image.size
+    mask = image_tissue_mask(image, tiling.tile_size)
+    return float(mask.fractions([(0, 0, width, height)])[0])
+
+
 def region_tiles(image: Image.Image, tiling: IndexTiling, max_tiles: int) -> RegionTiles:
     """The tissue tiles of ``image`` (already at the index's mpp), at most ``max_tiles``."""
     config = TilingConfig(tile_size=tiling.tile_size, min_tissue=QUERY_MIN_TISSUE)

@@ -100,7 +100,9 @@ async def search(
         )
 
         def search_region_and_serialise(query: DecodedImage, read_ms: float) -> bytes:
-            outcome = engine.search_decoded(query, pool, filters, region.mpp, read_ms)
+            outcome = engine.search_decoded(
+                query, pool, filters, region.mpp, read_ms, from_slide=True
+            )
             return _response(k, outcome).model_dump_json().encode()
 
         return await search_slide_region(

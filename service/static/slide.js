@@ -113,17 +113,31 @@ function tileAround(slide, point) {
   return { x, y, width, height };
 }
 
-function showRegion(viewer, box) {
+// The query region's outline; a refused region stays outlined in the error's colour, so that the
+// message beside the slide points at the place it is about.
+function showRegion(viewer, box, refused = false) {
   let element = document.getElementById("query-region");
   const location = viewer.viewport.imageToViewportRectangle(box.x, box.y, box.width, box.height);
   if (element) {
     viewer.updateOverlay(element, location);
-    return;
+  } else {
+    element = document.createElement("div");
+    element.id = "query-region";
+    element.className = "slide-region";
+    viewer.addOverlay({ element, location });
   }
-  element = document.createElement("div");
-  element.id = "query-region";
-  element.className = "slide-region";
-  viewer.addOverlay({ element, location });
+  element.classList.toggle("refused", refused);
+  element.title = refused ? "this region was refused: see the message above" : "query region";
+}
+
+// A failed search leaves no outline of an earlier search's hits, whose list is gone too.
+function showRefused(viewer, box, message) {
+  showError(message);
+  viewer.clearOverlays();
+  showRegion(viewer, box, true);
+  reportOutlined(0);
+  document.getElementById("results").replaceChildren();
+  document.getElementById("slide-results").replaceChildren();
 }
 
 function setImage(img, url) {
@@ -175,10 +189,8 @@ async function searchRegion(viewer, box) {
   try {
     const response = await fetch("/search", { method: "POST", body: form, headers });
     if (!response.ok) {
-      showError(await errorMessage(response));
+      showRefused(viewer, box, await errorMessage(response));
       status.textContent = "No results.";
-      document.getElementById("results").replaceChildren();
-      document.getElementById("slide-results").replaceChildren();
       return;
     }
     const body = await response.json();
@@ -197,7 +209,7 @@ async function searchRegion(viewer, box) {
     here.forEach((hit) => outline(viewer, hit.id, hit.tile));
     reportOutlined(here.length);
   } catch (error) {
-    showError(`The server could not be reached (${error.message}).`);
+    showRefused(viewer, box, `The server could not be reached (${error.message}).`);
     status.textContent = "";
   } finally {
     document.body.dataset.regionSearches = String(Number(document.body.dataset.regionSearches || 0) + 1);

@@ -123,13 +123,19 @@ def test_a_click_sized_region_over_one_indexed_tile_finds_that_tile(slide_server
     assert body["results"][0]["score"] == pytest.approx(8.0, abs=1e-4)
 
 
-def test_a_region_over_glass_only_is_refused_as_having_no_tissue(slide_server):
+@pytest.mark.parametrize(
+    "box",
+    [(300, 0, 600, 300), (300, 0, CELL, CELL), (330, 30, 100, 100)],
+    ids=["two-tiles", "one-tile-a-click", "under-a-tile"],
+)
+def test_a_region_over_glass_only_is_refused_as_having_no_tissue(slide_server, box):
     server, _, slide_id, _ = slide_server
     with server.client() as client:
-        # Cells (1, 0) and (2, 0) of slide-a are glass: 300 x 150 px at 0.5 um/px, two tiles.
-        response = client.post("/search", data=region_fields(slide_id, (300, 0, 600, 300)))
+        # Cells (1, 0) and (2, 0) of slide-a are glass (a cell is one 150 px tile at 0.5 um/px).
+        response = client.post("/search", data=region_fields(slide_id, box))
     assert response.status_code == 422
     assert response.json()["code"] == "no_tissue"
+    assert "glass" in response.json()["detail"]
 
 
 @pytest.mark.parametrize(

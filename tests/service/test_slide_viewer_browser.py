@@ -143,7 +143,8 @@ def slide_a(server: LiveServer) -> str:
     raise AssertionError("no item of slide-a in the index")
 
 
-def open_viewer(server: LiveServer, page: Any) -> str:
+def open_viewer(server: LiveServer, page: Any, items: str = "") -> str:
+    """slide-a in the viewer, with ``items`` (ids, comma-separated) outlined; returns its id."""
     slide_id = slide_a(server)
     if not hasattr(page, "search_posts"):  # the page is the module's: one listener
         page.on(
@@ -153,7 +154,7 @@ def open_viewer(server: LiveServer, page: Any) -> str:
             ),
         )
     page.search_posts = []
-    page.goto(f"{server.url}/static/slide.html?id={slide_id}")
+    page.goto(f"{server.url}/static/slide.html?id={slide_id}&items={items}")
     page.wait_for_selector("body[data-viewer-open='true']", timeout=30_000)
     page.wait_for_selector("body[data-tiles-loaded]", timeout=30_000)
     page.wait_for_timeout(1_500)  # the opening zoom animation settles
@@ -180,6 +181,28 @@ def test_clicking_the_slide_searches_with_the_tile_sized_region_centred_there(
     centre = (int(fields["x"]) + 150, int(fields["y"]) + 150)
     assert abs(centre[0] - 1050) <= 12 and abs(centre[1] - 150) <= 12
     assert "Region 300\u00d7300" in page.locator("#status").inner_text()
+
+
+def test_a_click_on_glass_says_why_and_outlines_only_the_refused_region(
+    server_and_slides, strict_page
+):
+    server, _ = server_and_slides
+    page = strict_page
+    items = slide_items(server)[slide_a(server)][:2]
+    open_viewer(server, page, items=",".join(map(str, items)))
+    page.wait_for_selector("body[data-outlined='2']", timeout=30_000)
+    page.mouse.click(*image_to_page(page, 450, 150))  # cell (1, 0) is bare glass
+    page.wait_for_selector("body[data-region-searches='1']", timeout=30_000)
+    assert "glass" in page.locator("#error").inner_text()
+    assert page.locator("#query-region.refused").count() == 1
+    assert page.locator(".slide-hit").count() == 0  # the outlines the page opened with are gone
+    assert page.locator("#results li").count() == 0
+    assert page.locator("body[data-outlined='0']").count() == 1
+    page.mouse.click(*image_to_page(page, 1050, 150))  # tissue again: no longer refused
+    page.wait_for_selector("body[data-region-searches='2']", timeout=30_000)
+    assert page.locator("#error").is_hidden()
+    assert page.locator("#query-region").count() == 1
+    assert page.locator("#query-region.refused").count() == 0
 
 
 def test_shift_dragging_a_rectangle_searches_with_it_cut_into_the_index_tiles(
