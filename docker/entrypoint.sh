@@ -15,6 +15,7 @@ set -euo pipefail
 : "${HISTOSEARCH_INDEX_DIR:=${HISTOSEARCH_WORKDIR}/index}"
 : "${HISTOSEARCH_HOST:=0.0.0.0}"
 : "${HISTOSEARCH_PORT:=8000}"
+: "${HISTOSEARCH_TRAIN_EPOCHS:=80}"
 : "${HISTOSEARCH_TRAIN_MINUTES:=5}"
 : "${HISTOSEARCH_SLIDES:=/slides}"
 : "${HISTOSEARCH_SLIDE_MPP:=0.5}"
@@ -29,6 +30,7 @@ case "$command" in
             --archive "$HISTOSEARCH_ARCHIVE" \
             --workdir "$HISTOSEARCH_WORKDIR" \
             --index "$HISTOSEARCH_INDEX_DIR" \
+            --train-epochs "$HISTOSEARCH_TRAIN_EPOCHS" \
             --train-minutes "$HISTOSEARCH_TRAIN_MINUTES" "$@"
         ;;
     index-slides)

@@ -24,7 +24,7 @@ from indexer.ingest.pipeline import (
     index_archive,
 )
 from indexer.ingest.sources import load_source
-from indexer.learn.config import TrainConfig
+from indexer.learn.config import PREPARE_EPOCHS, PREPARE_MINUTES, TrainConfig
 from indexer.learn.training import train
 from model import select_device
 
@@ -40,8 +40,8 @@ class PrepareConfig:
     archive: Path
     workdir: Path
     index_dir: Path
-    train_minutes: float = 5.0
-    train_epochs: int = 300
+    train_minutes: float = PREPARE_MINUTES
+    train_epochs: int = PREPARE_EPOCHS
     device: str = "auto"
     tile_size: int = DEFAULT_TILE_SIZE
     dataset: str | None = None
@@ -58,9 +58,10 @@ def ensure_model(config: PrepareConfig) -> Path:
         log.info("reusing model %s", config.checkpoint)
         return config.checkpoint
     log.info(
-        "no model in %s: training on %s for at most %.1f minutes",
+        "no model in %s: training on %s for %d epochs, at most %.1f minutes",
         config.checkpoint.parent,
         config.archive,
+        config.train_epochs,
         config.train_minutes,
     )
     train_config = TrainConfig(

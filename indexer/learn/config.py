@@ -27,6 +27,11 @@ HARDWARE = "hardware"
 # 128 px keeps 64 px crops of a 64 px input at their full detail; a larger input is preloaded at
 # its own size, never below it (a 224 px preset preloaded at 128 would be upsampled, blurred).
 MIN_PRELOAD_SIZE = 128
+# What `histosearch prepare` and `demo` train for when an archive has no model yet: epochs, so
+# that the demo is the same run on any machine (its held-out groups peaked between epochs 20
+# and 80), and minutes as a cap for archives too large for that many epochs.
+PREPARE_EPOCHS = 80
+PREPARE_MINUTES = 5.0
 
 
 def _section(name: str, **extra: Any) -> dict[str, Any]:

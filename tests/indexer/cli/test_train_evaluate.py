@@ -18,7 +18,15 @@ def _subcommand_parser(name: str) -> argparse.ArgumentParser:
 # Every verb and the flags a user's scripts rely on; verbs and flags may be added, never dropped.
 KEY_FLAGS = {
     "delete": ["--index"],
-    "demo": ["--archive", "--workdir", "--index", "--train-minutes", "--port", "--no-serve"],
+    "demo": [
+        "--archive",
+        "--workdir",
+        "--index",
+        "--train-epochs",
+        "--train-minutes",
+        "--port",
+        "--no-serve",
+    ],
     "evaluate": ["--checkpoint", "--data", "--source", "--out", "--part", "--ks", "--device"],
     "index": [
         "--data",
@@ -34,7 +42,14 @@ KEY_FLAGS = {
         "--max-image-pixels",
         "--no-progress",
     ],
-    "prepare": ["--archive", "--workdir", "--index", "--train-minutes", "--tile-size"],
+    "prepare": [
+        "--archive",
+        "--workdir",
+        "--index",
+        "--train-epochs",
+        "--train-minutes",
+        "--tile-size",
+    ],
     "search": ["--index", "-k", "--label", "--dataset", "--exclude-group", "--json"],
     "serve": ["--index", "--host", "--port", "--workers"],
     "stats": ["--index", "--json"],
