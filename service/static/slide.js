@@ -130,12 +130,18 @@ function showRegion(viewer, box, refused = false) {
   element.title = refused ? "this region was refused: see the message above" : "query region";
 }
 
+// The outlines of one answered search: its region and its hits on this slide, nothing earlier.
+function showSearchOutlines(viewer, box, hits, refused = false) {
+  viewer.clearOverlays();
+  showRegion(viewer, box, refused);
+  hits.forEach((hit) => outline(viewer, hit.id, hit.tile));
+  reportOutlined(hits.length);
+}
+
 // A failed search leaves no outline of an earlier search's hits, whose list is gone too.
 function showRefused(viewer, box, message) {
   showError(message);
-  viewer.clearOverlays();
-  showRegion(viewer, box, true);
-  reportOutlined(0);
+  showSearchOutlines(viewer, box, [], true);
   document.getElementById("results").replaceChildren();
   document.getElementById("slide-results").replaceChildren();
 }
@@ -203,11 +209,8 @@ async function searchRegion(viewer, box) {
     });
     status.textContent =
       `Region ${box.width}×${box.height} at (${box.x}, ${box.y}): ${status.textContent}`;
-    viewer.clearOverlays();
-    showRegion(viewer, box);
     const here = body.results.filter((hit) => hit.tile && hit.extra && hit.extra.slide_id === slideId);
-    here.forEach((hit) => outline(viewer, hit.id, hit.tile));
-    reportOutlined(here.length);
+    showSearchOutlines(viewer, box, here);
   } catch (error) {
     showRefused(viewer, box, `The server could not be reached (${error.message}).`);
     status.textContent = "";
