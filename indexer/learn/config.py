@@ -28,8 +28,9 @@ HARDWARE = "hardware"
 # its own size, never below it (a 224 px preset preloaded at 128 would be upsampled, blurred).
 MIN_PRELOAD_SIZE = 128
 # What `histosearch prepare` and `demo` train for when an archive has no model yet: epochs, so
-# that the demo is the same run on any machine (its held-out groups peaked between epochs 20
-# and 80), and minutes as a cap for archives too large for that many epochs.
+# that the demo gets the same budget and schedule on a slow machine as on a fast one (its
+# held-out groups peaked between epochs 20 and 80), and minutes as a cap for archives too large
+# for that many epochs. Runs are not bit-identical: CPU kernels are not deterministic.
 PREPARE_EPOCHS = 80
 PREPARE_MINUTES = 5.0
 
