@@ -20,14 +20,12 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.index.slides import SlideRegistry
 from service.auth import KeyGateMiddleware
 from service.deps import ReadAccess
-from service.engine import SearchEngine
+from service.engine import SearchEngine, engine_from_settings
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.methods import AllowedMethodsMiddleware
-from service.regions import IndexTiling, index_tiling
 from service.routes import images, search, slides, system
 from service.routes.responses import error_responses
 from service.settings import Settings
@@ -78,28 +76,7 @@ def load_engine(settings: Settings) -> SearchEngine:
         card.backbone,
         device,
     )
-    return SearchEngine(
-        model,
-        index,
-        device,
-        workers=settings.workers,
-        max_pending=settings.max_pending,
-        max_image_pixels=settings.max_image_pixels,
-        max_in_flight_per_client=settings.max_requests_per_client,
-        snapshot_every_changes=settings.snapshot_every_changes,
-        snapshot_every_seconds=settings.snapshot_every_seconds,
-        tiling=_index_tiling(settings.index_dir),
-        max_query_tiles=settings.max_query_tiles,
-    )
-
-
-def _index_tiling(index_dir: Path) -> IndexTiling | None:
-    """The slide tiles' geometry, which region queries are cut with (None without slides)."""
-    with SlideRegistry(index_dir, create=False) as registry:
-        tiling = index_tiling(registry)
-    if tiling is not None:
-        logger.info("region queries: %d px tiles at %g um/px", tiling.tile_size, tiling.mpp)
-    return tiling
+    return engine_from_settings(settings, model, index, device)
 
 
 def share_cores_between_workers(workers: int) -> None:
