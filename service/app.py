@@ -27,6 +27,7 @@ from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.methods import AllowedMethodsMiddleware
 from service.routes import images, search, slides, system
+from service.routes.images import MAX_ITEM_ID
 from service.routes.responses import error_responses
 from service.settings import Settings
 
@@ -241,7 +242,8 @@ def _include_routers(app: FastAPI, settings: Settings) -> list[APIRouter]:
 
 def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
     """Put the limits the settings choose into the OpenAPI description (the routes are declared
-    before any settings exist): the largest k, the most files per POST /index."""
+    before any settings exist): the largest k, the most files per POST /index; and the bounds
+    FastAPI does not write for form fields: no empty file, exact item ids."""
     build_schema = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -252,6 +254,11 @@ def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
         _form_property(schema, "/index", "images")["maxItems"] = settings.max_files_per_request
         for path in ("/search", "/index"):
             _without_null_alternatives(_form_schema(schema, path))
+        # An empty file is refused (400 empty_file): say so, so no client sends one.
+        _form_property(schema, "/search", "image")["minLength"] = 1
+        _form_property(schema, "/index", "images")["items"]["minLength"] = 1
+        # The form's bound comes out as the float 2**63, one past the largest id: exact here.
+        _form_property(schema, "/search", "item_id").update(minimum=0, maximum=MAX_ITEM_ID)
         _form_schema(schema, "/search")["oneOf"] = search.QUERY_KINDS
         return schema
 

@@ -13,7 +13,7 @@ from service.deps import ClientDep, EngineDep, SettingsDep
 from service.engine import ImageQuery, ItemQuery, Query, RegionQuery, SearchOutcome
 from service.errors import ErrorCode, ServiceError
 from service.forms import TEXT_PATTERN, StrictFormRoute
-from service.routes.images import item_fields
+from service.routes.images import MAX_ITEM_ID, item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
 from service.routes.slides import slide_results
 from service.routes.uploads import read_upload
@@ -60,7 +60,7 @@ async def search(
     ] = None,
     item_id: Annotated[
         int | None,
-        Form(ge=0, le=2**63 - 1, description="More like this: query with this item's own tile."),
+        Form(ge=0, le=MAX_ITEM_ID, description="More like this: query with this item's own tile."),
     ] = None,
     mpp: Annotated[
         float | None,

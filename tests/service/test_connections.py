@@ -3,6 +3,7 @@ keeps answering meanwhile. Traffic goes to 127.0.0.1 only (from several loopback
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
@@ -192,10 +193,8 @@ def test_complete_headers_are_capped_at_64_kib(
     request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + filler + b"Connection: close\r\n\r\n"
     connection = connect_from("127.0.0.9", guarded_server.port)
     try:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             connection.sendall(request)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         response = read_until_closed([connection], GIVE_UP_S)[connection.fileno()]
     finally:
         connection.close()
