@@ -100,9 +100,11 @@ class ImageQuery:
 
 @dataclass(frozen=True, slots=True)
 class ItemQuery:
-    """More like this: search with an archive item's own tile, re-read from its source."""
+    """More like this: search with an archive item's own tile, re-read from its source (taken to
+    be at ``mpp`` um/px, as an upload of it would be)."""
 
     item_id: int
+    mpp: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +264,7 @@ class SearchEngine:
                 lambda: render(self._search_region(region, pool, filters)), client=client, cost=cost
             )
         if isinstance(query, ItemQuery):
-            query = ImageQuery(await self._item_upload(query.item_id))
+            query = ImageQuery(await self._item_upload(query.item_id), query.mpp)
         upload, mpp = query.upload, query.mpp
         return await self.offload(
             lambda: render(self.search_upload(upload, pool, filters, mpp)),

@@ -123,7 +123,7 @@ async def _query(
             422, ErrorCode.INVALID_REQUEST, "image and item_id: send one of them, not both"
         )
     if item_id is not None:
-        return ItemQuery(item_id)
+        return ItemQuery(item_id, mpp)
     assert image is not None
     return ImageQuery(await read_upload(image, settings.max_upload_bytes), mpp)
 
