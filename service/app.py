@@ -20,15 +20,14 @@ from starlette.datastructures import MutableHeaders
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from indexer.index.slides import SlideRegistry
 from service.auth import KeyGateMiddleware
 from service.deps import ReadAccess
-from service.engine import SearchEngine
+from service.engine import SearchEngine, engine_from_settings
 from service.errors import install_error_handlers
 from service.limits import BodyLimitMiddleware
 from service.methods import AllowedMethodsMiddleware
-from service.regions import IndexTiling, index_tiling
 from service.routes import images, search, slides, system
+from service.routes.images import MAX_ITEM_ID
 from service.routes.responses import error_responses
 from service.settings import Settings
 
@@ -78,28 +77,7 @@ def load_engine(settings: Settings) -> SearchEngine:
         card.backbone,
         device,
     )
-    return SearchEngine(
-        model,
-        index,
-        device,
-        workers=settings.workers,
-        max_pending=settings.max_pending,
-        max_image_pixels=settings.max_image_pixels,
-        max_in_flight_per_client=settings.max_requests_per_client,
-        snapshot_every_changes=settings.snapshot_every_changes,
-        snapshot_every_seconds=settings.snapshot_every_seconds,
-        tiling=_index_tiling(settings.index_dir),
-        max_query_tiles=settings.max_query_tiles,
-    )
-
-
-def _index_tiling(index_dir: Path) -> IndexTiling | None:
-    """The slide tiles' geometry, which region queries are cut with (None without slides)."""
-    with SlideRegistry(index_dir, create=False) as registry:
-        tiling = index_tiling(registry)
-    if tiling is not None:
-        logger.info("region queries: %d px tiles at %g um/px", tiling.tile_size, tiling.mpp)
-    return tiling
+    return engine_from_settings(settings, model, index, device)
 
 
 def share_cores_between_workers(workers: int) -> None:
@@ -264,7 +242,8 @@ def _include_routers(app: FastAPI, settings: Settings) -> list[APIRouter]:
 
 def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
     """Put the limits the settings choose into the OpenAPI description (the routes are declared
-    before any settings exist): the largest k, the most files per POST /index."""
+    before any settings exist): the largest k, the most files per POST /index; and the bounds
+    FastAPI does not write for form fields: no empty file, exact item ids."""
     build_schema = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -275,6 +254,11 @@ def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
         _form_property(schema, "/index", "images")["maxItems"] = settings.max_files_per_request
         for path in ("/search", "/index"):
             _without_null_alternatives(_form_schema(schema, path))
+        # An empty file is refused (400 empty_file): say so, so no client sends one.
+        _form_property(schema, "/search", "image")["minLength"] = 1
+        _form_property(schema, "/index", "images")["items"]["minLength"] = 1
+        # The form's bound comes out as the float 2**63, one past the largest id: exact here.
+        _form_property(schema, "/search", "item_id").update(minimum=0, maximum=MAX_ITEM_ID)
         _form_schema(schema, "/search")["oneOf"] = search.QUERY_KINDS
         return schema
 

@@ -84,6 +84,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._counted = False
         self._header_timer: asyncio.TimerHandle | None = None
         self._header_bytes = 0
+        self._header_tail = b""
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_bytes = 0
         self._body_reading_s = 0.0
@@ -128,18 +129,34 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ---- headers --------------------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
-        awaiting = self._header_timer is not None
-        super().data_received(data)
-        # Still waiting for the end of the headers after this chunk: all of it was header bytes.
-        if awaiting and self._header_timer is not None:
-            self._header_bytes += len(data)
-            if self._header_bytes > self.registry.policy.max_header_bytes:
+        # Counted before the parser sees the bytes, up to the blank line that ends the headers:
+        # headers that end within a chunk count as well as those still arriving (counting only
+        # unfinished ones let up to two 64 KiB reads of headers through).
+        if self._awaiting_headers():
+            limit = self.registry.policy.max_header_bytes
+            self._header_bytes += self._header_part(data)
+            if self._header_bytes > limit:
                 self._drop(
-                    f"the request headers exceed {self.registry.policy.max_header_bytes} bytes",
+                    f"the request headers exceed {limit} bytes",
                     status=431,
                     reason="Request Header Fields Too Large",
                     code=ErrorCode.BAD_REQUEST,
                 )
+                return
+        super().data_received(data)
+
+    def _awaiting_headers(self) -> bool:
+        """No request, or only finished ones, since the last headers: bytes now are headers."""
+        return self._header_timer is not None or self.cycle is None or self.cycle.response_complete
+
+    def _header_part(self, data: bytes) -> int:
+        """How many bytes of ``data`` belong to the headers (up to and with the blank line)."""
+        window = self._header_tail + data
+        end = window.find(b"\r\n\r\n")
+        self._header_tail = window[-3:]
+        if end < 0:
+            return len(data)
+        return max(0, end + 4 - (len(window) - len(data)))
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -147,6 +164,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._stop_header_timer()
+        self._header_bytes = 0
+        self._header_tail = b""
         super().on_headers_complete()
         if self.registry.policy.body_min_rate and _has_body(self.headers):
             self._body_bytes = 0
@@ -155,7 +174,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def _await_headers(self) -> None:
         if self._header_timer is None and not self.transport.is_closing():
-            self._header_bytes = 0
             self.registry.awaiting_headers[self] = None
             self._header_timer = self.loop.call_later(
                 self.registry.policy.header_timeout, self._on_header_timeout

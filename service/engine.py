@@ -1,12 +1,17 @@
 """The work behind the routes: decode, embed and search or add, off the event loop.
 
-Routes stay thin: they parse the request, hand raw bytes to :class:`SearchEngine`, and turn its
-results into response schemas. All CPU work runs in one bounded thread pool so that the event loop
-keeps answering /health and new connections while searches saturate the cores.
+Routes stay thin: they parse the request, hand :class:`SearchEngine` a query (an upload, an item
+id or a slide region) or raw bytes, and turn its results into response schemas. The engine owns
+every kind of query and what it costs. All CPU work runs in one bounded thread pool so that the
+event loop keeps answering /health and new connections while searches saturate the cores.
+
+`engine_from_settings` is the one way an engine is built from the service's settings, by the
+plain server (`service.app.load_engine`) and on Ray Serve (`service.ray_serve.load_ray_engine`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +24,16 @@ import torch
 from PIL import Image
 
 from indexer.index.hashing import tile_hash
-from indexer.index.store import AddOutcome, ArchiveIndex, ItemRecord, NewItem, SearchFilters
+from indexer.index.records import TileBox
+from indexer.index.slides import SLIDE_POOL, RankedHit
+from indexer.index.store import (
+    AddOutcome,
+    ArchiveIndex,
+    Hit,
+    ItemRecord,
+    NewItem,
+    SearchFilters,
+)
 from indexer.index.thumbnails import make_thumbnail
 from model import Embedder, ModelCard, SPQModel
 from service.errors import ServiceError
@@ -30,16 +44,23 @@ from service.regions import (
     IndexTiling,
     aggregate_tile_hits,
     at_index_mpp,
+    index_tiling,
     is_region,
     region_tiles,
     tissue_share,
 )
 from service.schemas import ErrorCode
+from service.settings import Settings
+from service.slide_library import (
+    ItemSourceUnavailableError,
+    RegionRefusedError,
+    SlideLibrary,
+    SlideRegion,
+    SlideUnavailableError,
+)
 from service.snapshots import Snapshotter
 
 logger = logging.getLogger(__name__)
-
-T = TypeVar("T")
 
 # Images embedded per forward pass when indexing: large enough to amortise the per-call overhead,
 # small enough to bound memory on a CPU-only host.
@@ -57,12 +78,44 @@ HEAVY_COST = 4.0
 QUERY_DECODE_FACTOR = 4
 
 
+ImageEmbedder = Callable[[Sequence[Image.Image]], npt.NDArray[np.float32]]
+T = TypeVar("T")
+
+
 @dataclass(frozen=True, slots=True)
 class Upload:
     """One uploaded file, already read within the byte limit."""
 
     filename: str
     data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ImageQuery:
+    """Search with an uploaded image at ``mpp`` um/px (None: the index's tile mpp)."""
+
+    upload: Upload
+    mpp: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ItemQuery:
+    """More like this: search with an archive item's own tile, re-read from its source (taken to
+    be at ``mpp`` um/px, as an upload of it would be)."""
+
+    item_id: int
+    mpp: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RegionQuery:
+    """Search with a level-0 ``box`` (x, y, width, height) of an indexed slide."""
+
+    slide_id: str
+    box: TileBox
+
+
+Query = ImageQuery | ItemQuery | RegionQuery
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +130,10 @@ class ItemFields:
 
 @dataclass(frozen=True, slots=True)
 class SearchOutcome:
+    """A search's ranked hits (the pool: at least k), its query image and its timings."""
+
     query: DecodedImage
-    hits: list[tuple[float, ItemRecord]]
+    hits: list[RankedHit]
     decode_ms: float
     embed_ms: float
     search_ms: float
@@ -98,6 +153,38 @@ def _elapsed_ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
+def engine_from_settings(
+    settings: Settings,
+    model: SPQModel,
+    index: ArchiveIndex,
+    device: torch.device,
+    *,
+    embed: ImageEmbedder | None = None,
+) -> SearchEngine:
+    """The engine over an opened model and index with every limit the settings set: the one
+    builder of the plain server and of Ray Serve (``embed`` there runs on the embedder
+    deployment). Opens the index's slide registry, whose tile geometry region queries use."""
+    slides = SlideLibrary(settings.index_dir, settings.archive_roots)
+    tiling = index_tiling(slides.registry)
+    if tiling is not None:
+        logger.info("region queries: %d px tiles at %g um/px", tiling.tile_size, tiling.mpp)
+    return SearchEngine(
+        model,
+        index,
+        device,
+        workers=settings.workers,
+        max_pending=settings.max_pending,
+        max_image_pixels=settings.max_image_pixels,
+        max_in_flight_per_client=settings.max_requests_per_client,
+        snapshot_every_changes=settings.snapshot_every_changes,
+        snapshot_every_seconds=settings.snapshot_every_seconds,
+        tiling=tiling,
+        max_query_tiles=settings.max_query_tiles,
+        slides=slides,
+        embed=embed,
+    )
+
+
 class SearchEngine:
     """The loaded model and index, and the bounded pool that runs blocking work on them."""
 
@@ -115,15 +202,20 @@ class SearchEngine:
         snapshot_every_seconds: float = 0.0,
         tiling: IndexTiling | None = None,
         max_query_tiles: int = 64,
+        slides: SlideLibrary | None = None,
+        embed: ImageEmbedder | None = None,
     ) -> None:
         self.embedder = Embedder(model.eval(), device, batch_size=EMBED_BATCH)
         self.model = self.embedder.model
+        # Every image the engine embeds goes through this one function (on Ray: the deployment).
+        self._embed_images: ImageEmbedder = embed or self.embedder.embed
         self.index = index
         self.device = device
         self.max_image_pixels = max_image_pixels
         # None (an index without slides): every upload is one query image, whatever its size.
         self.tiling = tiling
         self.max_query_tiles = max_query_tiles
+        self.slides = slides if slides is not None else SlideLibrary(index.directory)
         self.query_decode_side = QUERY_DECODE_FACTOR * self.model.card.input_size
         self.scheduler = FairScheduler(
             workers=workers,
@@ -147,6 +239,39 @@ class SearchEngine:
         refused at once with 429 or 503 when the client or the server has too much waiting."""
         return await self.scheduler.run(function, client=client, cost=cost)
 
+    # ---- searching ---------------------------------------------------------------------------
+
+    def pool_size(self, k: int) -> int:
+        """Hits a search ranks: k, or with slides the wider pool slides are ranked from."""
+        return max(k, SLIDE_POOL) if self.slides.slide_count else k
+
+    async def search(
+        self,
+        query: Query,
+        k: int,
+        filters: SearchFilters | None,
+        *,
+        client: str,
+        render: Callable[[SearchOutcome], T],
+    ) -> T:
+        """Search with any kind of query on a worker, at its cost, and ``render`` the outcome
+        there too (the response is built and serialised off the event loop)."""
+        pool = self.pool_size(k)
+        if isinstance(query, RegionQuery):
+            region = await self._planned_region(query)
+            cost = region.pixels / 1e6 + FORWARD_COST * self.max_query_tiles
+            return await self.offload(
+                lambda: render(self._search_region(region, pool, filters)), client=client, cost=cost
+            )
+        if isinstance(query, ItemQuery):
+            query = ImageQuery(await self._item_upload(query.item_id), query.mpp)
+        upload, mpp = query.upload, query.mpp
+        return await self.offload(
+            lambda: render(self.search_upload(upload, pool, filters, mpp)),
+            client=client,
+            cost=self.query_cost(upload),
+        )
+
     def query_cost(self, upload: Upload) -> float:
         """Work units of one search: the pixels its decode will produce, and one forward."""
         if self.tiling is not None:
@@ -169,7 +294,7 @@ class SearchEngine:
 
     def embed(self, images: Sequence[DecodedImage]) -> npt.NDArray[np.float32]:
         """(N, D) float32 continuous descriptors; the queries are never quantised."""
-        return self.embedder.embed([image.rgb for image in images])
+        return self._embed_images([image.rgb for image in images])
 
     def search_upload(
         self, upload: Upload, k: int, filters: SearchFilters | None, mpp: float | None = None
@@ -216,19 +341,17 @@ class SearchEngine:
         if not region.tiles:
             raise _no_tissue(query, tiling)
         start = time.perf_counter()
-        descriptors = self.embedder.embed(region.tiles)
+        descriptors = self._embed_images(region.tiles)
         embed_ms = _elapsed_ms(start)
         start = time.perf_counter()
         scores, ids = self.index.search_arrays(descriptors, k, filters)
         ranked = aggregate_tile_hits(scores, ids, k)
         # One read per item (at most N): `get` is what every index kind answers, sharded or not.
-        records = [(score, self.index.get(item_id)) for item_id, score in ranked]
-        # An item without a record was removed between the scan and the metadata read: drop it.
-        hits = [(score, record) for score, record in records if record is not None]
+        hits = [Hit(item_id, score, self.index.get(item_id)) for item_id, score in ranked]
         search_ms = _elapsed_ms(start)
         return SearchOutcome(
             query,
-            hits,
+            _ranked(hits),
             decode_ms,
             embed_ms,
             search_ms,
@@ -245,21 +368,21 @@ class SearchEngine:
         start = time.perf_counter()
         found = self.index.search(descriptor, k, filters)[0]
         # A hit without a record was removed between the scan and the metadata read: drop it.
-        hits = [(hit.score, hit.record) for hit in found if hit.record is not None]
+        hits = [hit for hit in found if hit.record is not None]
         copy = self._exact_copy(query, descriptor, hits, filters)
         if copy is not None:
-            hits = [copy, *(hit for hit in hits if hit[1].id != copy[1].id)][:k]
+            hits = [copy, *(hit for hit in hits if hit.id != copy.id)][:k]
         search_ms = _elapsed_ms(start)
-        copy_id = None if copy is None else copy[1].id
-        return SearchOutcome(query, hits, decode_ms, embed_ms, search_ms, copy_id)
+        copy_id = None if copy is None else copy.id
+        return SearchOutcome(query, _ranked(hits), decode_ms, embed_ms, search_ms, copy_id)
 
     def _exact_copy(
         self,
         query: DecodedImage,
         descriptor: np.ndarray,
-        hits: list[tuple[float, ItemRecord]],
+        hits: Sequence[Hit],
         filters: SearchFilters | None,
-    ) -> tuple[float, ItemRecord] | None:
+    ) -> Hit | None:
         """The archive item whose content hash is the query's own (the uploaded file itself,
         stored as a whole-image tile), with its score, when it passes the filters.
 
@@ -270,14 +393,60 @@ class SearchEngine:
         item_id = self.index.known_hashes([content_hash]).get(content_hash)
         if item_id is None:
             return None
-        for score, record in hits:
-            if record.id == item_id:
-                return score, record
+        for hit in hits:
+            if hit.id == item_id:
+                return hit
         stored = self.index.get(item_id)
         stored_score = self.index.scores_of(descriptor, [item_id])[0]
         if stored is None or stored_score is None or not _passes(stored, filters):
             return None
-        return stored_score, stored
+        return Hit(item_id, stored_score, stored)
+
+    async def _item_upload(self, item_id: int) -> Upload:
+        """An item's own tile, re-read from its source in the slide pool, as a PNG upload
+        (404 naming the item, never a stored path, when it cannot be read)."""
+        slides, index = self.slides, self.index
+        try:
+            data = await slides.run(lambda: slides.item_query(index, item_id))
+        except ItemSourceUnavailableError as error:
+            raise ServiceError(404, ErrorCode.NOT_FOUND, str(error)) from error
+        return Upload(filename=f"item-{item_id}.png", data=data)
+
+    async def _planned_region(self, query: RegionQuery) -> SlideRegion:
+        """The validated region of a slide a client chose (in the viewer): 404 for an unknown
+        slide, 422 for a region outside it or too large to read."""
+        tiling = self.tiling
+        if tiling is None:
+            raise ServiceError(
+                404, ErrorCode.NOT_FOUND, f"no slide with id {query.slide_id!r} in this index"
+            )
+        slides, limit = self.slides, self.max_image_pixels
+        try:
+            return await slides.run(
+                lambda: slides.plan_region(query.slide_id, query.box, tiling.mpp, limit)
+            )
+        except SlideUnavailableError as error:
+            raise ServiceError(404, ErrorCode.NOT_FOUND, str(error)) from error
+        except RegionRefusedError as error:
+            code = ErrorCode.REGION_TOO_LARGE if error.too_large else ErrorCode.REGION_OUTSIDE_SLIDE
+            raise ServiceError(422, code, str(error)) from error
+
+    def _search_region(
+        self, region: SlideRegion, k: int, filters: SearchFilters | None
+    ) -> SearchOutcome:
+        """Read a planned region from its slide and search with it (blocking: on a worker, so
+        reads are bounded by the workers as decodes are)."""
+        start = time.perf_counter()
+        try:
+            pixels = self.slides.read_region(region)
+        except SlideUnavailableError as error:
+            raise ServiceError(404, ErrorCode.NOT_FOUND, str(error)) from error
+        query = _region_query(region, pixels)
+        return self.search_decoded(
+            query, k, filters, region.mpp, _elapsed_ms(start), from_slide=True
+        )
+
+    # ---- changing the archive ----------------------------------------------------------------
 
     def add_uploads(self, uploads: Sequence[Upload], fields: ItemFields) -> list[AddedUpload]:
         """Decode every upload first (one bad file refuses the whole request), then embed and add.
@@ -308,7 +477,30 @@ class SearchEngine:
         """Finish running work, stop periodic snapshots, then close (and flush) the index."""
         self.scheduler.close()
         self.snapshots.close()
+        self.slides.close()
         self.index.close()
+
+
+def _ranked(hits: Sequence[Hit]) -> list[RankedHit]:
+    """The hits with a record, ranked from 1: one without a record was removed between the scan
+    and the metadata read, and is dropped."""
+    ranked: list[RankedHit] = []
+    for hit in hits:
+        if hit.record is not None:
+            ranked.append(RankedHit(len(ranked) + 1, hit.score, hit.record))
+    return ranked
+
+
+def _region_query(region: SlideRegion, pixels: Image.Image) -> DecodedImage:
+    # The hash names the region (slide, level, box), never matching an uploaded file's.
+    name = f"{region.slide_id}:{region.level}:{region.box}".encode()
+    return DecodedImage(
+        rgb=pixels,
+        original_format="slide",
+        original_mode="RGBA",
+        file_hash=hashlib.sha256(name).hexdigest(),
+        size=pixels.size,
+    )
 
 
 def _passes(record: ItemRecord, filters: SearchFilters | None) -> bool:

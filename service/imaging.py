@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, TiffImagePlugin, UnidentifiedImageError
 
 from indexer.index.hashing import file_hash
 from model.preprocess import UnsupportedPixelsError, upright_rgb
@@ -96,13 +96,13 @@ def decode_upload(
     """
     if not data:
         raise ImageRejectedError(ErrorCode.EMPTY_FILE, f"{filename}: the file is empty")
-    image = _open_header(data, filename)
+    image = _open_header(data, filename, max_pixels)
     _check_single_frame(image, filename)
     _check_pixel_count(image, max_pixels, filename)
     full_size = _upright_size(image)
     if reduce_to is not None and image.format == "JPEG":
         image.draft(None, (reduce_to, reduce_to))
-    _load_pixels(image, filename)
+    _load_pixels(image, filename, max_pixels)
     # EXIF orientation, then RGB: exactly what the archive pipeline does to a file from disk.
     rgb = _converted(upright_rgb, image, filename)
     size = rgb.size if reduce_to is None else full_size
@@ -143,20 +143,58 @@ def decoded_megapixels(data: bytes, *, reduce_to: int | None = None) -> float:
     return width * height / (scale * scale) / 1e6
 
 
-def _open_header(data: bytes, filename: str) -> Image.Image:
+def _open_header(data: bytes, filename: str, max_pixels: int) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except Image.DecompressionBombError as error:
-        raise ImageRejectedError(ErrorCode.IMAGE_TOO_LARGE, f"{filename}: {error}") from error
+        raise _bomb(filename, max_pixels) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        if _looks_like_accepted_format(data):
+        if _is_floating_point_tiff(data):
+            # Pillow opens no floating-point RGB TIFF at all: refused as floating-point pixels
+            # are wherever Pillow does open them (`model.preprocess.to_rgb`).
             raise ImageRejectedError(
-                ErrorCode.CORRUPT_IMAGE, f"{filename}: the image header is corrupt ({error})"
+                ErrorCode.UNSUPPORTED_PIXEL_FORMAT,
+                f"{filename}: floating-point images have no fixed intensity range; export the "
+                "image as 8- or 16-bit",
+            ) from error
+        if _looks_like_accepted_format(data):
+            # Pillow's "cannot identify" names its in-memory file object, which says nothing.
+            reason = "" if isinstance(error, UnidentifiedImageError) else f" ({error})"
+            raise ImageRejectedError(
+                ErrorCode.CORRUPT_IMAGE, f"{filename}: the image header is corrupt{reason}"
             ) from error
         raise ImageRejectedError(
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
             f"{filename}: not a supported image; send one of {', '.join(ACCEPTED_FORMATS)}",
         ) from error
+
+
+def _bomb(filename: str, max_pixels: int) -> ImageRejectedError:
+    """Pillow's own bomb guard fired (its limit, not ours, is in its message): name ours."""
+    return ImageRejectedError(
+        ErrorCode.IMAGE_TOO_LARGE,
+        f"{filename}: the image has more pixels than the limit of {max_pixels} "
+        "(HISTOSEARCH_MAX_IMAGE_PIXELS)",
+    )
+
+
+_SAMPLE_FORMAT_TAG: Final = 339
+_IEEE_FLOAT: Final = 3
+
+
+def _is_floating_point_tiff(data: bytes) -> bool:
+    """A TIFF whose first directory declares floating-point samples (SampleFormat 3)."""
+    if not data.startswith((b"II*\x00", b"MM\x00*")):
+        return False
+    stream = io.BytesIO(data)
+    try:
+        directory = TiffImagePlugin.ImageFileDirectory_v2(stream.read(8))
+        directory.load(stream)
+        sample_format = directory.get(_SAMPLE_FORMAT_TAG)
+    except (OSError, SyntaxError, ValueError, KeyError, EOFError):
+        return False
+    formats = sample_format if isinstance(sample_format, tuple) else (sample_format,)
+    return _IEEE_FLOAT in formats
 
 
 def _looks_like_accepted_format(data: bytes) -> bool:
@@ -186,11 +224,11 @@ def _check_pixel_count(image: Image.Image, max_pixels: int, filename: str) -> No
         )
 
 
-def _load_pixels(image: Image.Image, filename: str) -> None:
+def _load_pixels(image: Image.Image, filename: str, max_pixels: int) -> None:
     try:
         image.load()
     except Image.DecompressionBombError as error:
-        raise ImageRejectedError(ErrorCode.IMAGE_TOO_LARGE, f"{filename}: {error}") from error
+        raise _bomb(filename, max_pixels) from error
     except (OSError, SyntaxError, ValueError, EOFError, IndexError) as error:
         raise ImageRejectedError(
             ErrorCode.CORRUPT_IMAGE, f"{filename}: the image data is truncated or corrupt ({error})"

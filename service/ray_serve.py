@@ -38,9 +38,8 @@ from indexer.index.records import ItemRecord, NewItem
 from indexer.index.shards import LocalShard, ShardAnswer, ShardedIndex
 from indexer.index.store import AddOutcome, IndexStats, SearchFilters
 from model.errors import HistosearchError
-from service.engine import SearchEngine
+from service.engine import ImageEmbedder, SearchEngine, engine_from_settings
 from service.errors import ErrorCode, ServiceError
-from service.imaging import DecodedImage
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -231,16 +230,14 @@ class ShardClient:
         return stats
 
 
-class RaySearchEngine(SearchEngine):
-    """`SearchEngine` whose queries and uploads are embedded by the embedder deployment."""
+def remote_embedder(handle: DeploymentHandle[Any]) -> ImageEmbedder:
+    """The engine's embedding function, run by the embedder deployment."""
 
-    def __init__(self, *args: Any, embedder: DeploymentHandle[Any], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._embedder = embedder
-
-    def embed(self, images: Sequence[DecodedImage]) -> np.ndarray:
-        descriptors = self._embedder.embed.remote([image.rgb for image in images]).result()
+    def embed(images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        descriptors = handle.embed.remote(list(images)).result()
         return np.ascontiguousarray(descriptors, dtype=np.float32)
+
+    return embed
 
 
 # ---- the ingress ---------------------------------------------------------------------------------
@@ -279,16 +276,12 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
     logger.info(
         "serving %s on Ray: %d shards, %d items", settings.index_dir, len(index.shards), len(index)
     )
-    return RaySearchEngine(
+    return engine_from_settings(
+        settings,
         model,
         index,  # type: ignore[arg-type]  # a ShardedIndex answers every call an ArchiveIndex does
         torch.device("cpu"),
-        embedder=_REPLICA_HANDLES["embedder"],
-        workers=settings.workers,
-        max_pending=settings.max_pending,
-        max_image_pixels=settings.max_image_pixels,
-        snapshot_every_changes=settings.snapshot_every_changes,
-        snapshot_every_seconds=settings.snapshot_every_seconds,
+        embed=remote_embedder(_REPLICA_HANDLES["embedder"]),
     )
 
 

@@ -187,7 +187,11 @@ class HealthResponse(_Schema):
 
 class ReadyResponse(_Schema):
     status: str = "ready"
-    items: int
+    items: int | None = Field(
+        default=None,
+        description="Items in the archive; absent where reads need the API key "
+        "(HISTOSEARCH_REQUIRE_KEY_FOR_SEARCH), since /ready is open to everyone.",
+    )
 
 
 class StatsResponse(_Schema):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -41,12 +42,15 @@ from indexer.index.slides import (
 from indexer.index.store import ArchiveIndex
 from indexer.index.tissue import best_level_of
 from model.preprocess import open_upright_rgb, to_rgb
+from service.paths import public_text
 
 if TYPE_CHECKING:
     from openslide import OpenSlide
     from openslide.deepzoom import DeepZoomGenerator
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 DZI_TILE_SIZE: Final = 254
 DZI_OVERLAP: Final = 1
@@ -247,8 +251,11 @@ class SlideLibrary:
         try:
             pixels = open_upright_rgb(source)
         except (OSError, ValueError, Image.DecompressionBombError) as error:
+            # The error names the file's path on this machine: the log has it, the answer not.
+            logger.warning("item %d: cannot read %s: %s", record.id, source, error)
             raise ItemSourceUnavailableError(
-                f"the source of item {record.id} is no longer readable: {error}"
+                f"the source of item {record.id} is no longer readable "
+                f"({type(error).__name__}; see the server log)"
             ) from error
         if record.tile is None:
             return pixels
@@ -263,7 +270,9 @@ class SlideLibrary:
         """
         relative = Path(source)
         if relative.is_absolute() or ".." in relative.parts:
-            raise SlideUnavailableError(f"{source!r} is not a path inside an archive")
+            raise SlideUnavailableError(
+                f"{display_name(archive, source)!r} is not a path inside an archive"
+            )
         for root in self.archive_roots:
             for folder in (root / archive, root) if archive else (root,):
                 candidate = folder / relative
@@ -317,11 +326,16 @@ def _read_or_unavailable(read: Callable[[], Image.Image]) -> Image.Image:
     try:
         return read()
     except openslide.OpenSlideError as error:
-        raise SlideUnavailableError(f"the slide cannot be read here: {error}") from error
+        # OpenSlide's messages may name the slide's path on this machine: logged, not answered.
+        logger.warning("slide read failed: %s", error)
+        raise SlideUnavailableError(
+            "the slide cannot be read here (OpenSlideError; see the server log)"
+        ) from error
 
 
 def display_name(archive: str | None, source: str) -> str:
-    return source if archive is None else f"{archive}/{source}"
+    """A stored source as answers may show it: never a path of this machine (`public_text`)."""
+    return public_text(source if archive is None else f"{archive}/{source}")
 
 
 def _open_slide(record: SlideRecord, path: Path) -> _OpenSlide:
@@ -331,8 +345,10 @@ def _open_slide(record: SlideRecord, path: Path) -> _OpenSlide:
     try:
         slide = openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, OSError) as error:
+        logger.warning("slide %s: cannot open %s: %s", record.slide_id, path, error)
         raise SlideUnavailableError(
-            f"slide {record.slide_id} is in the index but its file cannot be opened: {error}"
+            f"slide {record.slide_id} is in the index but its file cannot be opened "
+            f"({type(error).__name__}; see the server log)"
         ) from error
     deepzoom = DeepZoomGenerator(slide, tile_size=DZI_TILE_SIZE, overlap=DZI_OVERLAP)
     return _OpenSlide(slide, deepzoom)

@@ -37,7 +37,8 @@ write_router = APIRouter(tags=["images"], route_class=StrictFormRoute)
 read_router = APIRouter(tags=["images"], route_class=StrictFormRoute)
 
 # Ids are 63-bit integers: anything else is refused by validation before it reaches the store.
-ItemId = Annotated[int, Path(ge=0, le=2**63 - 1, description="Archive item id.")]
+MAX_ITEM_ID = 2**63 - 1
+ItemId = Annotated[int, Path(ge=0, le=MAX_ITEM_ID, description="Archive item id.")]
 MetadataText = Annotated[
     str | None,
     Form(max_length=1024, pattern=TEXT_PATTERN, description="Text; no control characters."),

@@ -7,19 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
-from indexer.index.slides import SLIDE_POOL
-from indexer.index.store import ItemRecord, SearchFilters
+from indexer.index.slides import RankedHit
+from indexer.index.store import SearchFilters
 from service.deps import ClientDep, EngineDep, SettingsDep
-from service.engine import SearchEngine, SearchOutcome, Upload
+from service.engine import ImageQuery, ItemQuery, Query, RegionQuery, SearchOutcome
 from service.errors import ErrorCode, ServiceError
 from service.forms import TEXT_PATTERN, StrictFormRoute
-from service.imaging import DecodedImage
-from service.routes.images import item_fields
+from service.routes.images import MAX_ITEM_ID, item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
-from service.routes.slides import SlidesDep, plan_slide_region, search_slide_region, slide_results
+from service.routes.slides import slide_results
 from service.routes.uploads import read_upload
 from service.schemas import QueryImage, SearchHit, SearchResponse, Timings
-from service.slide_library import ItemSourceUnavailableError, SlideLibrary
+from service.settings import Settings
 
 router = APIRouter(tags=["search"], route_class=StrictFormRoute)
 
@@ -50,7 +49,6 @@ async def search(
     engine: EngineDep,
     settings: SettingsDep,
     client: ClientDep,
-    slides: SlidesDep,
     image: Annotated[
         UploadFile | None, File(description="The query image (JPEG, PNG, TIFF, ...).")
     ] = None,
@@ -62,7 +60,7 @@ async def search(
     ] = None,
     item_id: Annotated[
         int | None,
-        Form(ge=0, le=2**63 - 1, description="More like this: query with this item's own tile."),
+        Form(ge=0, le=MAX_ITEM_ID, description="More like this: query with this item's own tile."),
     ] = None,
     mpp: Annotated[
         float | None,
@@ -85,49 +83,35 @@ async def search(
         raise ServiceError(
             422, ErrorCode.K_TOO_LARGE, f"k={k} exceeds the limit of {settings.max_k}"
         )
+    query = await _query(image, item_id, mpp, slide_id, (x, y, width, height), settings)
+
+    def serialise(outcome: SearchOutcome) -> bytes:
+        # Built and turned into JSON in the worker that searched: the event loop only moves
+        # bytes, and FastAPI does not validate and serialise the same model a second time.
+        return _response(k, outcome).model_dump_json().encode()
+
     filters = _filters(label, dataset, exclude_group)
-    # Slides are ranked from a wider pool of hits than k (when the index has slides at all).
-    pool = max(k, SLIDE_POOL) if slides.slide_count else k
-    if slide_id is not None or any(v is not None for v in (x, y, width, height)):
+    body = await engine.search(query, k, filters, client=client, render=serialise)
+    return Response(body, media_type="application/json")
+
+
+async def _query(
+    image: UploadFile | None,
+    item_id: int | None,
+    mpp: float | None,
+    slide_id: str | None,
+    box: tuple[int | None, int | None, int | None, int | None],
+    settings: Settings,
+) -> Query:
+    """Exactly one of an uploaded image, an item id and a slide region."""
+    if slide_id is not None or any(value is not None for value in box):
         if image is not None or item_id is not None or mpp is not None:
             raise ServiceError(
                 422,
                 ErrorCode.INVALID_REQUEST,
                 "slide_id: a slide region is searched alone (no image, item_id or mpp with it)",
             )
-        region = await plan_slide_region(
-            slides, engine, settings.max_image_pixels, slide_id, (x, y, width, height)
-        )
-
-        def search_region_and_serialise(query: DecodedImage, read_ms: float) -> bytes:
-            outcome = engine.search_decoded(
-                query, pool, filters, region.mpp, read_ms, from_slide=True
-            )
-            return _response(k, outcome).model_dump_json().encode()
-
-        return await search_slide_region(
-            engine, slides, client, region, search_region_and_serialise
-        )
-    upload = await _query_upload(image, item_id, slides, engine, settings.max_upload_bytes)
-
-    def search_and_serialise() -> bytes:
-        # The response is built and turned into JSON in the worker too: the event loop only
-        # moves bytes, and FastAPI does not validate and serialise the same model a second time.
-        outcome = engine.search_upload(upload, pool, filters, mpp)
-        return _response(k, outcome).model_dump_json().encode()
-
-    body = await engine.offload(search_and_serialise, client=client, cost=engine.query_cost(upload))
-    return Response(body, media_type="application/json")
-
-
-async def _query_upload(
-    image: UploadFile | None,
-    item_id: int | None,
-    slides: SlideLibrary,
-    engine: SearchEngine,
-    max_bytes: int,
-) -> Upload:
-    """The uploaded image, or an item's own tile re-read from its source ("more like this")."""
+        return _region_query(slide_id, box)
     if image is None and item_id is None:
         raise ServiceError(
             422,
@@ -138,14 +122,24 @@ async def _query_upload(
         raise ServiceError(
             422, ErrorCode.INVALID_REQUEST, "image and item_id: send one of them, not both"
         )
-    if image is not None:
-        return await read_upload(image, max_bytes)
-    assert item_id is not None
-    try:
-        data = await slides.run(lambda: slides.item_query(engine.index, item_id))
-    except ItemSourceUnavailableError as error:
-        raise ServiceError(404, ErrorCode.NOT_FOUND, str(error)) from error
-    return Upload(filename=f"item-{item_id}.png", data=data)
+    if item_id is not None:
+        return ItemQuery(item_id, mpp)
+    assert image is not None
+    return ImageQuery(await read_upload(image, settings.max_upload_bytes), mpp)
+
+
+def _region_query(
+    slide_id: str | None, box: tuple[int | None, int | None, int | None, int | None]
+) -> RegionQuery:
+    x, y, width, height = box
+    if slide_id is None or x is None or y is None or width is None or height is None:
+        raise ServiceError(
+            422,
+            ErrorCode.INVALID_REQUEST,
+            "slide_id, x, y, width and height: a slide region needs all five "
+            "(the slide's id and a level-0 rectangle)",
+        )
+    return RegionQuery(slide_id, (x, y, width, height))
 
 
 def _filters(
@@ -158,18 +152,18 @@ def _filters(
     return SearchFilters(label=label, dataset=dataset, exclude_group=exclude_group)
 
 
-def _hit(rank: int, score: float, record: ItemRecord, exact_copy: bool) -> SearchHit:
-    return SearchHit(**item_fields(record), score=score, rank=rank, exact_copy=exact_copy)
+def _hit(hit: RankedHit, exact_copy_id: int | None) -> SearchHit:
+    exact_copy = hit.record.id == exact_copy_id
+    return SearchHit(
+        **item_fields(hit.record), score=hit.score, rank=hit.rank, exact_copy=exact_copy
+    )
 
 
 def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
     width, height = outcome.query.size
     return SearchResponse(
         k=k,
-        results=[
-            _hit(rank, score, record, record.id == outcome.exact_copy_id)
-            for rank, (score, record) in enumerate(outcome.hits[:k], start=1)
-        ],
+        results=[_hit(hit, outcome.exact_copy_id) for hit in outcome.hits[:k]],
         slides=slide_results(outcome.hits, limit=k),
         query=QueryImage(
             width=width,

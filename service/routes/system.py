@@ -12,6 +12,7 @@ from service.errors import ErrorCode, ServiceError
 from service.paths import without_paths
 from service.routes.responses import SERVER_LIMITS, error_responses
 from service.schemas import HealthResponse, ReadyResponse, StatsResponse
+from service.settings import Settings
 
 # Liveness and readiness are always open; /stats is a read, keyed where the settings say so.
 router = APIRouter(tags=["system"])
@@ -35,12 +36,22 @@ async def health_head() -> Response:
     return JSONResponse(HealthResponse().model_dump())
 
 
-@router.get("/ready", response_model=ReadyResponse, responses=error_responses(503))
+@router.get(
+    "/ready",
+    response_model=ReadyResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(503),
+)
 async def ready(request: Request) -> ReadyResponse:
-    """Model and index are loaded and the server takes requests (503 while starting or stopping)."""
+    """Model and index are loaded and the server takes requests (503 while starting or stopping).
+
+    Open to everyone: the item count is left out where reads need the key."""
     engine = getattr(request.app.state, "engine", None)
     if engine is None or getattr(request.app.state, "stopping", False):
         raise ServiceError(503, ErrorCode.NOT_READY, "the model and index are not loaded")
+    settings: Settings = request.app.state.settings
+    if settings.require_key_for_search:
+        return ReadyResponse()
     return ReadyResponse(items=len(engine.index))
 
 
@@ -52,7 +63,7 @@ async def ready(request: Request) -> ReadyResponse:
 )
 async def ready_head(request: Request) -> Response:
     """GET /ready without the body."""
-    return JSONResponse((await ready(request)).model_dump())
+    return JSONResponse((await ready(request)).model_dump(exclude_none=True))
 
 
 @read_router.get("/stats", response_model=StatsResponse, responses=error_responses(*SERVER_LIMITS))

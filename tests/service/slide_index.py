@@ -36,9 +36,9 @@ def tissue_cells(phase: int) -> list[tuple[int, int]]:
 
 
 def build_slide_index(
-    root: Path, *, codewords_from_slide_a: bool = False
+    root: Path, *, codewords_from_slide_a: bool = False, shards: int | None = None
 ) -> tuple[Path, dict[str, Path]]:
-    """(index directory, slide name -> path) under ``root``.
+    """(index directory, slide name -> path) under ``root``; ``shards``: a sharded index.
 
     A randomly initialised network gives nearly the same descriptor to every tile, so its random
     codewords give most tiles one code. With ``codewords_from_slide_a`` the codewords are the 16
@@ -60,6 +60,8 @@ def build_slide_index(
     index_dir = root / "index"
     argv = ["index", "--source", "slides", "--data", str(root / "archive"), "--index"]
     argv += [str(index_dir), "--checkpoint", str(root / "model.pt"), "--mpp", "0.5"]
+    if shards is not None:
+        argv += ["--shards", str(shards)]
     if main([*argv, "--tile-size", str(TILE_PX), "--no-progress", "--device", "cpu"]) != 0:
         raise RuntimeError("histosearch index --source slides failed")
     return index_dir, slides

@@ -234,6 +234,9 @@ def test_search_can_require_the_key(module_index: Path, tile: Image.Image) -> No
         assert_error(locked.get("/images/1/thumbnail"), 401, "missing_api_key")
         assert_error(locked.get("/stats"), 401, "missing_api_key")
         assert locked.get("/health").status_code == 200
+        # Readiness stays open, without what only a keyed read may learn.
+        assert locked.get("/ready").json() == {"status": "ready"}
+        assert locked.head("/ready").status_code == 200
         allowed = locked.post(
             "/search",
             files={"image": ("q.png", samples.encode(tile, "PNG"))},

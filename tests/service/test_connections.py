@@ -3,6 +3,7 @@ keeps answering meanwhile. Traffic goes to 127.0.0.1 only (from several loopback
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 import time
@@ -182,6 +183,22 @@ def test_past_the_connection_cap_the_longest_stalled_make_room(
             connection.close()
     assert [status_of(response) for response in oldest.values()] == [408] * 36
     assert readable == []
+
+
+@pytest.mark.parametrize(("kib", "status"), [(60, 200), (66, 431), (100, 431)])
+def test_complete_headers_are_capped_at_64_kib(
+    guarded_server: LiveServer, kib: int, status: int
+) -> None:
+    filler = b"".join(b"X-Filler-%d: " % n + b"a" * 1000 + b"\r\n" for n in range(kib))
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n" + filler + b"Connection: close\r\n\r\n"
+    connection = connect_from("127.0.0.9", guarded_server.port)
+    try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            connection.sendall(request)
+        response = read_until_closed([connection], GIVE_UP_S)[connection.fileno()]
+    finally:
+        connection.close()
+    assert status_of(response) == status
 
 
 def test_endless_headers_are_cut_off_with_431(guarded_server: LiveServer) -> None:

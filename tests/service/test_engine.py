@@ -133,3 +133,48 @@ def test_the_served_model_card_names_its_runs_without_their_paths(tmp_path: Path
     assert served["backbone_weights"] == "resnet18.pth"
     assert served["epochs"] == 3 and served["validation_groups"] == ["BRACS_1003", "BRACS_1010"]
     assert "alice" not in json.dumps(served) and "/" not in json.dumps(served)
+
+
+@pytest.mark.parametrize(
+    ("source", "archive", "shown"),
+    [
+        ("/home/alice/archive/slide-7/tile-3.png", None, "tile-3.png"),
+        ("slide-7/tile-3.png", "kather", "kather/slide-7/tile-3.png"),
+    ],
+    ids=["absolute", "relative"],
+)
+def test_an_item_search_whose_source_is_gone_is_a_404_without_a_stored_path(
+    index_copy: Path, tmp_path: Path, source: str, archive: str | None, shown: str
+) -> None:
+    image = samples.tile_rgb(4)
+    with ArchiveIndex.open(index_copy) as index:
+        (outcome,) = index.add(
+            descriptor_of(index_copy, image),
+            [item(source, image, f"gone-{source}", archive=archive)],
+        )
+    with make_client(index_copy, archive_roots=[tmp_path]) as client:
+        listed = client.get(f"/images/{outcome.id}").json()["source"]
+        response = client.post("/search", data={"item_id": str(outcome.id)})
+    assert listed == shown
+    assert response.status_code == 404, response.text
+    assert shown in response.json()["detail"]
+    assert "/home/alice" not in response.json()["detail"]
+    assert str(tmp_path) not in response.json()["detail"]
+
+
+def test_an_item_search_whose_source_is_unreadable_names_no_path_of_this_machine(
+    index_copy: Path, tmp_path: Path
+) -> None:
+    image = samples.tile_rgb(5)
+    (tmp_path / "kather").mkdir()
+    (tmp_path / "kather" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    with ArchiveIndex.open(index_copy) as index:
+        (outcome,) = index.add(
+            descriptor_of(index_copy, image),
+            [item("broken.png", image, "broken", archive="kather")],
+        )
+    with make_client(index_copy, archive_roots=[tmp_path]) as client:
+        response = client.post("/search", data={"item_id": str(outcome.id)})
+    assert response.status_code == 404, response.text
+    assert str(tmp_path) not in response.json()["detail"]
+    assert "no longer readable" in response.json()["detail"]

@@ -89,6 +89,32 @@ def test_decode_refuses_header_claiming_billions_of_pixels() -> None:
     assert error.reason is ErrorCode.IMAGE_TOO_LARGE
 
 
+def test_a_bomb_past_pillows_own_guard_is_refused_naming_the_configured_limit() -> None:
+    # 14,000^2 = 196 MP: past Pillow's 178,956,970, which raises before our check can run.
+    error = rejection(samples.png_bomb(14_000))
+    assert error.reason is ErrorCode.IMAGE_TOO_LARGE and error.status_code == 413
+    assert "40000000" in error.detail and "HISTOSEARCH_MAX_IMAGE_PIXELS" in error.detail
+    assert "178956970" not in error.detail
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_a_floating_point_rgb_tiff_is_a_422_unsupported_pixel_format(dtype: type) -> None:
+    import tifffile
+
+    buffer = io.BytesIO()
+    pixels: np.ndarray = np.random.default_rng(0).random((16, 16, 3)).astype(dtype)
+    tifffile.imwrite(buffer, pixels, photometric="rgb")
+    error = rejection(buffer.getvalue())
+    assert error.reason is ErrorCode.UNSUPPORTED_PIXEL_FORMAT and error.status_code == 422
+    assert "floating-point" in error.detail and "BytesIO" not in error.detail
+
+
+def test_a_corrupt_header_names_no_in_memory_object() -> None:
+    error = rejection(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    assert error.reason is ErrorCode.CORRUPT_IMAGE
+    assert "BytesIO" not in error.detail and "<" not in error.detail
+
+
 def test_decode_refuses_images_over_the_pixel_limit(tile: Image.Image) -> None:
     error = rejection(samples.encode(tile, "PNG"), max_pixels=100 * 100)
     assert error.reason is ErrorCode.IMAGE_TOO_LARGE

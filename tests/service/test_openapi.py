@@ -130,3 +130,13 @@ def test_swagger_ui_starts_from_a_script_file_not_inline_code(client: TestClient
     assert "<script>" not in page
     init = client.get("/static/docs/swagger-init.js").text
     assert "/openapi.json" in init and "validatorUrl: null" in init
+
+
+def test_uploads_may_not_be_empty_and_item_ids_have_their_exact_bounds(
+    openapi: dict[str, Any],
+) -> None:
+    assert form_property(openapi, "/search", "image")["minLength"] == 1
+    assert form_property(openapi, "/index", "images")["items"]["minLength"] == 1
+    item_id = form_property(openapi, "/search", "item_id")
+    assert (item_id["minimum"], item_id["maximum"]) == (0, 2**63 - 1)
+    assert isinstance(item_id["maximum"], int)
