@@ -14,9 +14,7 @@ from indexer.index.shards import ShardedIndex
 from indexer.index.store import ArchiveIndex, ItemRecord
 from indexer.index.tiling import TilingConfig
 from indexer.ingest.distributed import (
-    RayClusterError,
     RayEncodingConfig,
-    connect,
     encode_archive_on_ray,
     plan_actors,
 )
@@ -113,14 +111,6 @@ def test_a_ray_run_resumes_skipping_finished_images_and_duplicate_files(
         assert summary.images_finished_before == 6
         assert summary.duplicate_files == 1
         assert summary.tiles_added == 14 - 6 and len(index) == 14
-
-
-def test_an_unreachable_cluster_address_fails_fast_naming_it():
-    pytest.importorskip("ray", reason="ray is not installed: install the `ray` extra")
-    with pytest.raises(RayClusterError, match=r"no Ray cluster answers at 127\.0\.0\.1:9"):
-        connect("127.0.0.1:9")
-    with pytest.raises(RayClusterError, match="not a Ray cluster address"):
-        connect("somewhere")
 
 
 def test_the_embedding_pool_fits_the_cluster():
