@@ -384,6 +384,8 @@ def _index_slide(image: ArchiveImage, run: _SlideRun) -> None:
         fresh = run.writer.begin(source, hash_hex, hashes, plan.background)
         boxes = [box for box, new in zip(plan.boxes, fresh, strict=True) if new]
         _encode_tiles(slide, image, record, plan, boxes, run)
+        # Journalled before the next slide is looked at: a copy of it is then a duplicate.
+        run.writer.write_queued()
         run.registry.put(replace(record, tiles=len(plan.boxes)))
     finally:
         slide.close()

@@ -178,11 +178,17 @@ class IngestWriter:
         while len(self._items) >= self._batch_size:
             self._write_batch(self._batch_size)
 
-    def close(self) -> IndexingSummary:
-        """Write what is queued, journal, snapshot the index; the summary of the run."""
+    def write_queued(self) -> None:
+        """Write what is queued now, short batch included, and journal the finished sources: a
+        runner that finishes sources one by one (a slide, a large bag of vectors) calls this
+        after each, so the next one already finds it journalled (a copy is then a duplicate)."""
         while self._items:
             self._write_batch(self._batch_size)
         self._journal_finished()
+
+    def close(self) -> IndexingSummary:
+        """Write what is queued, journal, snapshot the index; the summary of the run."""
+        self.write_queued()
         self.index.flush()
         self.summary.seconds = time.perf_counter() - self._started
         return self.summary
