@@ -161,6 +161,11 @@ class IndexConfig(BaseModel):
                 "--workers sets this process's reading threads; with --ray, images are read "
                 "by Ray tasks"
             )
+        if self.ray is not None and "device" in given:
+            refused.append(
+                "--device picks this process's device; with --ray the cluster's actors run the "
+                "model (a GPU each where the cluster has GPUs)"
+            )
         if refused:
             raise ValueError("; ".join(refused))
         return self

@@ -103,6 +103,7 @@ def test_slides_indexed_with_shards_are_sharded_and_search_as_the_unsharded_inde
         ("slides", ["--max-image-pixels", "100"], "--max-image-pixels bounds decoded images"),
         ("slides", ["--ray-actors", "2"], "--ray-actors needs --ray"),
         ("folder", ["--ray", "auto", "--workers", "4"], "with --ray, images are read by Ray"),
+        ("slides", ["--ray", "auto", "--device", "cpu"], "with --ray the cluster's actors run"),
     ],
 )
 def test_an_option_the_source_would_ignore_is_refused_naming_it(
