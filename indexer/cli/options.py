@@ -231,9 +231,13 @@ def validated_model(
     try:
         return model.model_validate(given_values(args, options, shorthands))
     except ValidationError as error:
-        problems = [
-            f"{_flag_of(problem['loc'], options)}: "
-            f"{str(problem['msg']).removeprefix('Value error, ')}" + _given(problem)
-            for problem in error.errors()
-        ]
+        problems = [_problem(problem, options) for problem in error.errors()]
         raise OptionError("invalid options:\n  " + "\n  ".join(problems)) from None
+
+
+def _problem(problem: Any, options: Sequence[ModelOption]) -> str:
+    """One refused option, named by its flag; a whole-model rule's message names its own."""
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if not problem["loc"]:
+        return message
+    return f"{_flag_of(problem['loc'], options)}: {message}" + _given(problem)

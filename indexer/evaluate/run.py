@@ -37,6 +37,7 @@ from indexer.evaluate.metrics import (
     score_method,
 )
 from indexer.evaluate.plots import plot_precision_at_k
+from indexer.index.protocol import Index
 from indexer.index.records import NewItem
 from indexer.index.store import ArchiveIndex, SearchFilters
 from indexer.ingest.sources import ArchiveImage, load_source
@@ -156,7 +157,7 @@ def code_search_result(
 
 
 def _add_for_evaluation(
-    index: ArchiveIndex, descriptors: npt.NDArray[np.float32], groups: Sequence[str]
+    index: Index, descriptors: npt.NDArray[np.float32], groups: Sequence[str]
 ) -> npt.NDArray[np.int64]:
     """Add every image (equal twins too) in a seeded shuffled order; returns, per item id, its
     position in the evaluated set (-1 for ids not handed out).

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from indexer.index.protocol import Index
 from indexer.index.store import MANIFEST, ArchiveIndex, IndexDirectoryError
 from model.card import ModelCard
 from model.checkpoint import load_checkpoint
@@ -34,7 +35,7 @@ log = logging.getLogger(__name__)
 class OpenedIndex:
     """An open index with its checked model on a device; closing it closes the index."""
 
-    index: ArchiveIndex
+    index: Index
     model: SPQModel
     device: torch.device
 
@@ -112,17 +113,14 @@ def open_or_create_index(
     return opened
 
 
-def _open_either(directory: Path) -> ArchiveIndex:
-    """An index directory, sharded or not: a `ShardedIndex` answers every call made here and
-    through `OpenedIndex` as an `ArchiveIndex` does."""
-    from indexer.index.shards import ShardedIndex, is_sharded
+def _open_either(directory: Path) -> Index:
+    """An index directory, sharded or not (both are an `Index`)."""
+    from indexer.index.shards import open_index_directory
 
-    if is_sharded(directory):
-        return ShardedIndex.open(directory)  # type: ignore[return-value]
-    return ArchiveIndex.open(directory)
+    return open_index_directory(directory)
 
 
-def _checked_model(index: ArchiveIndex, device: torch.device) -> SPQModel:
+def _checked_model(index: Index, device: torch.device) -> SPQModel:
     checkpoint = index.checkpoint_path
     if checkpoint is None:
         raise IndexDirectoryError(

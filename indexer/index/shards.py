@@ -43,7 +43,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -59,6 +59,7 @@ from indexer.index.pq import (
     normalise_subvectors,
     unit_lookup_tables,
 )
+from indexer.index.protocol import Index, IndexParts, SourceJournal
 from indexer.index.records import ItemRecord, NewItem
 from indexer.index.store import (
     AddOutcome,
@@ -75,6 +76,7 @@ __all__ = [
     "SHARDS_MANIFEST",
     "ShardedIndex",
     "ShardedIndexError",
+    "ShardedJournal",
     "is_sharded",
     "merge_top_k",
     "open_index_directory",
@@ -216,11 +218,9 @@ class LocalShard(ArchiveIndex):
         return list(self._metadata.records(item_ids).values())
 
 
-class Shard(Protocol):
-    """What a `ShardedIndex` asks of each shard: a `LocalShard` or a client of a remote one."""
-
-    codebooks: FloatArray
-    descriptor_dim: int
+class Shard(IndexParts, Protocol):
+    """What a `ShardedIndex` asks of each shard beyond `IndexParts`: a `LocalShard` or a client
+    of a shard in another process."""
 
     def answer(
         self,
@@ -239,31 +239,39 @@ class Shard(Protocol):
         *,
         item_ids: Sequence[int] | None = None,
     ) -> list[AddOutcome]: ...
-    def remove(self, item_ids: Sequence[int]) -> int: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
-    def get(self, item_id: int) -> ItemRecord | None: ...
-    def thumbnail(self, item_id: int) -> bytes | None: ...
-    def scores_of(
-        self, query: npt.NDArray[np.floating], item_ids: Sequence[int]
-    ) -> list[float | None]: ...
-    def known_hashes(self, hashes: Sequence[str]) -> dict[str, int]: ...
-    def finished_source(self, source: str) -> str | None: ...
-    def source_with_hash(self, file_hash: str) -> str | None: ...
-    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None: ...
-    def check_model(self, codebooks: npt.NDArray[np.floating]) -> None: ...
-    @property
-    def card(self) -> dict[str, Any]: ...
-    @property
-    def checkpoint_path(self) -> Path | None: ...
-    def __len__(self) -> int: ...
-    @property
-    def unsaved_changes(self) -> int: ...
-    def stats(self) -> IndexStats: ...
+
+
+class ShardedJournal:
+    """The finished-source journal of a sharded index: each source's entry lives in the shard
+    of its source name, so a lookup by source asks one shard and one by file hash asks all."""
+
+    def __init__(self, journals: Sequence[SourceJournal]) -> None:
+        self._journals = list(journals)
+
+    def _of(self, source: str) -> SourceJournal:
+        return self._journals[_source_shard(source, len(self._journals))]
+
+    def finished_source(self, source: str) -> str | None:
+        return self._of(source).finished_source(source)
+
+    def source_with_hash(self, file_hash: str) -> str | None:
+        for journal in self._journals:
+            source = journal.source_with_hash(file_hash)
+            if source is not None:
+                return source
+        return None
+
+    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
+        by_shard: dict[int, list[FinishedSource]] = {}
+        for entry in finished:
+            number = _source_shard(entry.source, len(self._journals))
+            by_shard.setdefault(number, []).append(entry)
+        for number, entries in by_shard.items():
+            self._journals[number].mark_sources_finished(entries)
 
 
 class ShardedIndex:
-    """S `ArchiveIndex` shards behind the `ArchiveIndex` surface (search, add, remove, get, stats).
+    """S `ArchiveIndex` shards behind one `Index` (search, add, remove, get, stats, journal).
 
     Use `create` or `open`, not the constructor.
     """
@@ -516,7 +524,7 @@ class ShardedIndex:
         for shard in self.shards:
             shard.close()
 
-    def __enter__(self) -> ShardedIndex:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -641,22 +649,11 @@ class ShardedIndex:
             found.update(part)
         return found
 
-    def finished_source(self, source: str) -> str | None:
-        return self.shards[_source_shard(source, self.shard_count)].finished_source(source)
-
-    def source_with_hash(self, file_hash: str) -> str | None:
-        for shard in self.shards:
-            source = shard.source_with_hash(file_hash)
-            if source is not None:
-                return source
-        return None
-
-    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
-        by_shard: dict[int, list[FinishedSource]] = {}
-        for entry in finished:
-            by_shard.setdefault(_source_shard(entry.source, self.shard_count), []).append(entry)
-        for number, entries in by_shard.items():
-            self.shards[number].mark_sources_finished(entries)
+    @property
+    def journal(self) -> ShardedJournal:
+        """The shards' finished-source journals, routed by source (asked for when used: a
+        server that only searches never needs its shards' journals)."""
+        return ShardedJournal([shard.journal for shard in self.shards])
 
     def check_model(self, codebooks: npt.NDArray[np.floating]) -> None:
         for shard in self.shards:
@@ -770,6 +767,6 @@ def _shard_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
-def open_index_directory(directory: Path) -> ArchiveIndex | ShardedIndex:
-    """Open an index directory, sharded or not (both answer the same search/add/remove calls)."""
+def open_index_directory(directory: Path) -> Index:
+    """Open an index directory, sharded or not (both are an `Index`)."""
     return ShardedIndex.open(directory) if is_sharded(directory) else ArchiveIndex.open(directory)

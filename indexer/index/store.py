@@ -33,7 +33,7 @@ import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -58,7 +58,7 @@ from indexer.index.errors import (
 from indexer.index.locks import ReadWriteLock
 from indexer.index.manifest import MANIFEST as MANIFEST
 from indexer.index.manifest import IndexManifest, Snapshot, read_manifest
-from indexer.index.metadata import TERM_KINDS, CodeRow, FinishedSource, MetadataStore
+from indexer.index.metadata import TERM_KINDS, CodeRow, MetadataStore
 from indexer.index.pq import (
     CodeArray,
     FloatArray,
@@ -70,6 +70,7 @@ from indexer.index.pq import (
     pack_codes,
     unpack_codes,
 )
+from indexer.index.protocol import SourceJournal
 from indexer.index.records import ItemRecord, NewItem
 from indexer.index.snapshot_files import (
     read_generation,
@@ -498,7 +499,7 @@ class ArchiveIndex:
             self.flush()
         self._metadata.close()
 
-    def __enter__(self) -> ArchiveIndex:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -600,17 +601,10 @@ class ArchiveIndex:
         """Ids of stored items with these content hashes (resumed runs skip them)."""
         return self._metadata.ids_of_hashes(hashes)
 
-    def finished_source(self, source: str) -> str | None:
-        """The file hash recorded when every tile of ``source`` was indexed, or None."""
-        return self._metadata.finished_source(source)
-
-    def source_with_hash(self, file_hash: str) -> str | None:
-        """A finished source whose file had this hash, or None."""
-        return self._metadata.source_with_hash(file_hash)
-
-    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
-        """Journal that every tile of these sources is indexed, so a resumed run skips them."""
-        self._metadata.mark_sources_finished(finished)
+    @property
+    def journal(self) -> SourceJournal:
+        """The finished-source journal of ingest runs, kept in this index's SQLite file."""
+        return self._metadata
 
     def check_model(self, codebooks: npt.NDArray[np.floating]) -> None:
         """Raise IndexDirectoryError unless ``codebooks`` are exactly the ones the codes use."""

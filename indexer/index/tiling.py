@@ -31,6 +31,8 @@ GREY_SATURATION = 0.08
 DARK_VALUE = 0.10
 # Tile edge in source pixels: the one default of `TilingConfig`, `histosearch index` and `prepare`.
 DEFAULT_TILE_SIZE = 512
+# Tissue share a tile needs to be kept (see the module doc): the one default of every run.
+DEFAULT_MIN_TISSUE = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +41,7 @@ class TilingConfig:
 
     tile_size: int = DEFAULT_TILE_SIZE
     stride: int | None = None
-    min_tissue: float = 0.25
+    min_tissue: float = DEFAULT_MIN_TISSUE
 
     def __post_init__(self) -> None:
         if self.tile_size < 16:

@@ -4,10 +4,12 @@ The same stages as `indexer.ingest.pipeline` (and its stage functions, not copie
 
 1. read, decode and tile (`read_image`, `decode_image`, `cut_tiles`): Ray Data CPU tasks, one
    image each, emitting one row per kept tile (its pixels and item record);
-2. embed: a Ray Data actor pool, one model per actor (a GPU each when the cluster has GPUs, a
+2. embed: a Ray Data actor pool of `indexer.index.ray_cluster.EmbeddingActor` (the model actor
+   the Ray service uses too), one model per actor (a GPU each when the cluster has GPUs, a
    share of the CPUs otherwise); only descriptors and records leave the actors;
-3. write: on the driver, in archive order, batch by batch, each item into its
-   group's shard when the index is sharded.
+3. write: on the driver, in archive order, by the one ingest writer
+   (`indexer.ingest.writer.IngestWriter`), each item into its group's shard when the index is
+   sharded.
 
 Rows reach the driver in archive order (``preserve_order``), so items get the ids and codes the
 single-process run gives for the same archive. Descriptors of one tile may differ from that run's
@@ -15,9 +17,10 @@ in the last float bits (CPU kernels sum in an order that depends on the batch: m
 2e-7 here), which changes a code only if a sub-vector lies that close to two codewords at once.
 
 Resuming works as in the single-process run: the driver sends each image with the file hash its
-finished-source journal holds, and a task that reads the same bytes skips decoding. Tiles already
-stored (an image interrupted half-way) are recognised before writing. Files identical to a
-finished one are counted as duplicates; unreadable images are reported and the run goes on.
+finished-source journal holds, and a task that reads the same bytes skips decoding. Tiles
+already stored (an image interrupted half-way) are recognised by the writer before writing. Files
+identical to a finished one are counted as duplicates; unreadable images are reported and the
+run goes on.
 
 Every node must see the archive and the checkpoint under the paths the driver uses (a shared
 filesystem), as a cluster of one machine does.
@@ -28,49 +31,50 @@ from __future__ import annotations
 import logging
 import math
 import pickle
-import socket
-import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
 
-from indexer.index.metadata import FinishedSource
+from indexer.index.protocol import Index
+from indexer.index.ray_cluster import EmbeddingActor, connect
 from indexer.index.records import NewItem
 from indexer.index.tiling import TilingConfig
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.pipeline import (
     UNREADABLE,
     UNREADABLE_FILE,
-    IndexingSummary,
-    PipelineConfig,
-    Tile,
+    Encoder,
     Unreadable,
     cut_tiles,
     decode_image,
     read_image,
 )
 from indexer.ingest.sources import ArchiveImage
-from model.errors import HistosearchError
+from indexer.ingest.writer import (
+    IndexingSummary,
+    IngestWriter,
+    PipelineConfig,
+    SeenBefore,
+    progress,
+    seen_before,
+)
 
 if TYPE_CHECKING:
     import ray.data
 
-    from indexer.index.shards import ShardedIndex
-    from indexer.index.store import ArchiveIndex
 
 log = logging.getLogger(__name__)
 
 # What a row of the tiling stage says about its image.
 TILE, FINISHED, UNREADABLE_IMAGE, NO_TISSUE = "tile", "finished", "unreadable", "no-tissue"
-# Seconds to wait for a named cluster's port to answer before giving up on it.
-CONNECT_TIMEOUT_S = 5.0
 # CPUs each tiling task asks for: fractional, so that on a small machine tiling tasks still fit
 # beside the embedding actors (with whole CPUs Ray Data can wait forever for a free one).
 TILING_TASK_CPUS = 0.5
@@ -87,10 +91,6 @@ EMBEDDING_ACTOR_RESTARTS = -1
 # - the batches in flight on a lost actor are sent again to its restarted self, each up to this
 #   many times: a batch that killed its actor this often is the input at fault, and the run fails.
 EMBEDDING_BATCH_RETRIES = 3
-
-
-class RayClusterError(HistosearchError):
-    """The Ray cluster named could not be reached or cannot run the encoding."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,36 +120,6 @@ class ActorPlan:
         return "cuda" if self.gpus_per_actor else "cpu"
 
 
-def connect(address: str) -> None:
-    """Join (or for ``auto`` possibly start) the Ray cluster; fail fast on an unreachable one."""
-    import ray
-
-    if address != "auto":
-        _check_reachable(address)
-    if ray.is_initialized():
-        return
-    if address == "auto":
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-        return
-    try:
-        ray.init(address=address, logging_level=logging.WARNING)
-    except (ConnectionError, RuntimeError, ValueError) as error:
-        raise RayClusterError(f"cannot join the Ray cluster at {address}: {error}") from error
-
-
-def _check_reachable(address: str) -> None:
-    """Ray retries an absent cluster for a minute or more; one TCP connect answers in seconds."""
-    bare = address.removeprefix("ray://")
-    host, _, port = bare.rpartition(":")
-    if not host or not port.isdigit():
-        raise RayClusterError(f"{address!r} is not a Ray cluster address (host:port or auto)")
-    try:
-        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
-            pass
-    except OSError as error:
-        raise RayClusterError(f"no Ray cluster answers at {address}: {error}") from error
-
-
 def plan_actors(config: RayEncodingConfig, resources: dict[str, float]) -> ActorPlan:
     """The embedding pool for a cluster with these total resources (`ray.cluster_resources`)."""
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
@@ -171,9 +141,9 @@ def _journal_names(image: ArchiveImage, root: ArchiveRoot) -> tuple[str, str]:
 
 
 def _image_row(
-    position: int, image: ArchiveImage, index: ArchiveIndex | ShardedIndex, root: ArchiveRoot
+    position: int, image: ArchiveImage, index: Index, root: ArchiveRoot
 ) -> dict[str, Any]:
-    finished = [index.finished_source(name) for name in _journal_names(image, root)]
+    finished = [index.journal.finished_source(name) for name in _journal_names(image, root)]
     return {
         "position": position,
         "image": pickle.dumps(image),
@@ -181,15 +151,20 @@ def _image_row(
     }
 
 
-def tile_rows(row: dict[str, Any], tiling: TilingConfig, root: str) -> list[dict[str, Any]]:
+def tile_rows(
+    row: dict[str, Any], tiling: TilingConfig, root: str, max_pixels: int | None = None
+) -> list[dict[str, Any]]:
     """Read, decode and tile one image (the pipeline's stages); a status row if none is kept.
 
     As in `indexer.ingest.pipeline.prepare`, only reading and decoding may fail as an unreadable
-    image; anything tiling raises is a bug and fails the run.
+    image; anything tiling raises is a bug and fails the run. ``max_pixels``: PIL's bound on a
+    decoded image in this worker process, the driver's (`histosearch index --max-image-pixels`).
     """
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels
     image: ArchiveImage = pickle.loads(row["image"])
     status = {"position": row["position"], "file_hash": "", "journal_key": ""}
-    status |= {"tiles": 0, "background": 0, "reason": "", "payload": b""}
+    status |= {"tiles": 0, "background": 0, "reason": "", "pixels": b"", "item": b""}
     try:
         raw = read_image(image, ArchiveRoot(Path(root)))
     except UNREADABLE_FILE as error:
@@ -207,101 +182,23 @@ def tile_rows(row: dict[str, Any], tiling: TilingConfig, root: str) -> list[dict
     status |= {"tiles": len(tiled.tiles), "background": tiled.background}
     if not tiled.tiles:
         return [{**status, "kind": NO_TISSUE}]
-    return [{**status, "kind": TILE, "payload": pickle.dumps(tile)} for tile in tiled.tiles]
+    return [
+        {
+            **status,
+            "kind": TILE,
+            "pixels": pickle.dumps(tile.pixels),
+            "item": pickle.dumps(tile.item),
+        }
+        for tile in tiled.tiles
+    ]
 
 
-# ---- stage 4 on the cluster: an actor per model ----------------------------------------------
-
-
-class EmbeddingActor:
-    """Holds one model; turns a batch of tile rows into rows with descriptors and records."""
-
-    def __init__(self, checkpoint: str, device: str, threads: int) -> None:
-        import torch
-
-        from model import Embedder, load_checkpoint
-
-        torch.set_num_threads(max(1, threads))
-        target = torch.device(device)
-        self._embedder = Embedder(load_checkpoint(Path(checkpoint), map_location=target), target)
-
-    def __call__(self, batch: dict[str, npt.NDArray[Any]]) -> dict[str, npt.NDArray[Any]]:
-        kinds = batch["kind"]
-        tiles: list[Tile | None] = [
-            pickle.loads(payload) if kind == TILE else None
-            for kind, payload in zip(kinds, batch["payload"], strict=True)
-        ]
-        kept = [tile for tile in tiles if tile is not None]
-        descriptors = np.zeros((len(kinds), self._embedder.dim), dtype=np.float32)
-        if kept:
-            mask = np.array([tile is not None for tile in tiles])
-            descriptors[mask] = self._embedder.embed([tile.pixels for tile in kept])
-        items = np.empty(len(kinds), dtype=object)
-        items[:] = [b"" if tile is None else pickle.dumps(tile.item) for tile in tiles]
-        out = {key: value for key, value in batch.items() if key != "payload"}
-        return {**out, "item": items, "descriptor": descriptors}
-
-
-# ---- stage 5 on the driver -----------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class _Writer:
-    """Batches of embedded tiles waiting to be written, and what finishing each image means."""
-
-    index: ArchiveIndex | ShardedIndex
-    batch_size: int
-    flush_every: int
-    summary: IndexingSummary
-    items: list[NewItem] = field(default_factory=list)
-    descriptors: list[npt.NDArray[np.float32]] = field(default_factory=list)
-    waiting: dict[str, int] = field(default_factory=dict)
-    finished: dict[str, FinishedSource] = field(default_factory=dict)
-    since_flush: int = 0
-
-    def expect(self, source: str, entry: FinishedSource) -> None:
-        self.waiting[source] = self.waiting.get(source, 0) + entry.items
-        self.finished[source] = entry
-
-    def queue(self, item: NewItem, descriptor: npt.NDArray[np.float32]) -> None:
-        self.items.append(item)
-        self.descriptors.append(descriptor)
-        if len(self.items) >= self.batch_size:
-            self.write()
-
-    def write(self) -> None:
-        """Write what is queued (tiles stored before this run are skipped), then journal every
-        image whose tiles are all stored, in one commit."""
-        if self.items:
-            stored = self.index.known_hashes([item.content_hash for item in self.items])
-            fresh = [n for n, item in enumerate(self.items) if item.content_hash not in stored]
-            self.summary.tiles_already_indexed += len(self.items) - len(fresh)
-            if fresh:
-                # `write_tiles`'s step, on records whose pixels stayed on the cluster.
-                vectors = np.stack([self.descriptors[n] for n in fresh])
-                outcomes = self.index.add(vectors, [self.items[n] for n in fresh])
-                added = sum(outcome.added for outcome in outcomes)
-                self.summary.tiles_added += added
-                self.summary.tiles_duplicate += len(fresh) - added
-                self.since_flush += added
-            for item in self.items:
-                self.waiting[journal_key(item.archive, item.source)] -= 1
-            self.items, self.descriptors = [], []
-        self.finish_sources()
-        if self.since_flush >= self.flush_every:
-            self.index.flush()
-            self.since_flush = 0
-
-    def finish_sources(self) -> None:
-        done = [source for source, count in self.waiting.items() if count == 0]
-        for source in done:
-            del self.waiting[source]
-        self.index.mark_sources_finished([self.finished.pop(source) for source in done])
+# ---- stage 5 on the driver: the one ingest writer ---------------------------------------------
 
 
 def encode_archive_on_ray(
     images: Sequence[ArchiveImage],
-    index: ArchiveIndex | ShardedIndex,
+    index: Index,
     checkpoint: Path,
     config: PipelineConfig | None = None,
     ray_config: RayEncodingConfig | None = None,
@@ -318,23 +215,53 @@ def encode_archive_on_ray(
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
     plan = plan_actors(ray_config, resources)
     log.info("encoding on Ray with %s", plan)
-    started = time.perf_counter()
-    summary = IndexingSummary()
-    writer = _Writer(index, config.batch_size, config.flush_every, summary)
+    writer = IngestWriter(index, config)
     root = ArchiveRoot.of([image.path for image in images], archive_root)
     rows = _encoded_rows(images, index, Path(checkpoint).resolve(), config, plan, root)
-    for position, image_rows in _progress(_by_image(rows), len(images), config.progress):
+    by_image = progress(_by_image(rows), len(images), config.progress, "indexing on Ray", "image")
+    for position, image_rows in by_image:
         names = _journal_names(images[position], root)
-        _take_image(images[position], names, image_rows, index, writer, summary)
-    writer.write()
-    index.flush()
-    summary.seconds = time.perf_counter() - started
-    return summary
+        _take_image(images[position], names, image_rows, writer)
+    return writer.close()
+
+
+class _RayEncoder:
+    """An `Encoder` whose model runs in the cluster's embedding actors: each batch is split over
+    the actors, embedded side by side, and put back in order."""
+
+    def __init__(self, checkpoint: Path, config: RayEncodingConfig) -> None:
+        import ray
+        from ray.util import ActorPool
+
+        connect(config.address)
+        resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
+        plan = plan_actors(config, resources)
+        log.info("embedding on Ray with %s", plan)
+        actor = ray.remote(num_cpus=plan.cpus_per_actor, num_gpus=plan.gpus_per_actor)(
+            EmbeddingActor
+        )
+        threads = max(1, math.ceil(plan.cpus_per_actor))
+        self._actors = plan.actors
+        self._pool = ActorPool(
+            [actor.remote(str(checkpoint), plan.device, threads) for _ in range(plan.actors)]
+        )
+
+    def __call__(self, images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        share = max(1, math.ceil(len(images) / self._actors))
+        parts = [list(images[start : start + share]) for start in range(0, len(images), share)]
+        embedded = self._pool.map(lambda actor, part: actor.embed.remote(part), parts)
+        return np.concatenate(list(embedded)).astype(np.float32, copy=False)
+
+
+def ray_encoder(checkpoint: Path, config: RayEncodingConfig | None = None) -> Encoder:
+    """An `Encoder` (as `indexer.ingest.pipeline` and `indexer.ingest.slides` take one) that
+    embeds on a Ray cluster, in `EmbeddingActor`s, the actors the Ray service uses too."""
+    return _RayEncoder(Path(checkpoint).resolve(), config or RayEncodingConfig())
 
 
 def _encoded_rows(
     images: Sequence[ArchiveImage],
-    index: ArchiveIndex | ShardedIndex,
+    index: Index,
     checkpoint: Path,
     config: PipelineConfig,
     plan: ActorPlan,
@@ -354,7 +281,12 @@ def _encoded_rows(
     dataset: ray.data.Dataset = ray.data.from_items(inputs, override_num_blocks=blocks)
     with _retry_settings_as_remote_args():
         dataset = dataset.flat_map(
-            partial(tile_rows, tiling=config.tiling, root=str(root.folder)),
+            partial(
+                tile_rows,
+                tiling=config.tiling,
+                root=str(root.folder),
+                max_pixels=Image.MAX_IMAGE_PIXELS,
+            ),
             num_cpus=TILING_TASK_CPUS,
             max_retries=TILING_TASK_RETRIES,
         )
@@ -417,44 +349,27 @@ def _by_image(rows: Iterable[dict[str, Any]]) -> Iterator[tuple[int, list[dict[s
 
 
 def _take_image(
-    image: ArchiveImage,
-    names: tuple[str, str],
-    rows: list[dict[str, Any]],
-    index: ArchiveIndex | ShardedIndex,
-    writer: _Writer,
-    summary: IndexingSummary,
+    image: ArchiveImage, names: tuple[str, str], rows: list[dict[str, Any]], writer: IngestWriter
 ) -> None:
-    summary.images += 1
+    writer.summary.images += 1
     first = rows[0]
     if first["kind"] == UNREADABLE_IMAGE:
-        summary.unreadable.append((str(image.path), str(first["reason"])))
-        log.warning("skipping unreadable image %s: %s", image.path, first["reason"])
+        writer.unreadable(str(image.path), str(first["reason"]))
         return
+    file_hash = str(first["file_hash"])
+    # A task that read bytes its image was finished with said so; duplicates are asked here.
     if first["kind"] == FINISHED:
-        summary.images_finished_before += 1
+        seen: SeenBefore | None = SeenBefore(None)
+    else:
+        seen = seen_before(writer.index.journal, names, file_hash)
+    if seen is not None:
+        writer.skipped(names[0], seen)
         return
-    twin = index.source_with_hash(str(first["file_hash"]))
-    if twin is not None and twin not in names:
-        summary.duplicate_files += 1
-        return
-    source = str(first["journal_key"])
-    summary.tiles_background += int(first["background"])
     kept = [row for row in rows if row["kind"] == TILE]
-    entry = FinishedSource(
-        source, str(first["file_hash"]), int(first["tiles"]), int(first["background"])
-    )
-    writer.expect(source, entry)
-    for row in kept:
-        writer.queue(pickle.loads(row["item"]), np.asarray(row["descriptor"], dtype=np.float32))
-    if not kept:
-        writer.finish_sources()
-
-
-def _progress(
-    items: Iterable[tuple[int, list[dict[str, Any]]]], total: int, show: bool
-) -> Iterable[tuple[int, list[dict[str, Any]]]]:
-    if not show:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, unit="image", desc="indexing on Ray")  # type: ignore[no-any-return]
+    items: list[NewItem] = [pickle.loads(row["item"]) for row in kept]
+    hashes = [item.content_hash for item in items]
+    fresh = writer.begin(str(first["journal_key"]), file_hash, hashes, int(first["background"]))
+    new = [number for number, is_new in enumerate(fresh) if is_new]
+    if new:
+        vectors = np.stack([np.asarray(kept[n]["descriptor"], dtype=np.float32) for n in new])
+        writer.write([items[n] for n in new], vectors)

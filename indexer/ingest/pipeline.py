@@ -2,12 +2,13 @@
 
 Each stage is a plain function so it can be tested alone; `index_archive` runs them with reading,
 decoding and tiling in a thread pool (PIL releases the GIL while decoding) while the calling
-thread embeds full batches and writes them.
+thread embeds full batches and hands them to the one writer of every ingest run
+(`indexer.ingest.writer.IngestWriter`: batches, journal, flush, summary).
 
-Resuming: the index's SQLite rows are the journal. A source image is marked finished (with its
-file hash) in the same database once all its tiles are written; a later run skips finished files,
-and tiles of a half-written image that are already stored (same content hash) are not embedded
-again. Files with the same bytes as a finished one are recognised as duplicates.
+Resuming: the index's journal (``index.journal``). A source image is marked finished (with its
+file hash) once all its tiles are written; a later run skips finished files, and tiles of a
+half-written image that are already stored (same content hash) are not embedded again. Files with
+the same bytes as a finished one are recognised as duplicates.
 
 Unreadable images (a file that cannot be read, bytes that do not decode to RGB pixels) are
 logged, counted and listed in the summary, and the run goes on. Only reading and decoding are
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import io
 import logging
-import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +33,23 @@ import numpy.typing as npt
 from PIL import Image
 
 from indexer.index.hashing import file_hash, tile_hash
-from indexer.index.metadata import FinishedSource
+from indexer.index.protocol import Index
 from indexer.index.records import NewItem, TileBox
-from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
 from indexer.index.tiling import TilingConfig, has_tissue, tile_boxes
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
 from indexer.ingest.sources import ArchiveImage
+
+# The run's config and summary are the writer's; importable from here as before.
+from indexer.ingest.writer import IndexingSummary as IndexingSummary
+from indexer.ingest.writer import (
+    IngestWriter,
+    SeenBefore,
+    prefetched,
+    progress,
+    seen_before,
+)
+from indexer.ingest.writer import PipelineConfig as PipelineConfig
 from model.preprocess import upright_rgb
 
 log = logging.getLogger(__name__)
@@ -120,34 +131,6 @@ class Unreadable:
 Prepared = TiledImage | FinishedBefore | DuplicateFile | Unreadable
 
 
-@dataclass(slots=True)
-class IndexingSummary:
-    """Counts of one run; ``unreadable`` lists (path, reason)."""
-
-    images: int = 0
-    images_finished_before: int = 0
-    duplicate_files: int = 0
-    tiles_added: int = 0
-    tiles_already_indexed: int = 0
-    tiles_duplicate: int = 0
-    tiles_background: int = 0
-    unreadable: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    def lines(self) -> list[str]:
-        return [
-            f"images seen:             {self.images}",
-            f"finished in earlier runs: {self.images_finished_before}",
-            f"duplicate files:         {self.duplicate_files}",
-            f"unreadable images:       {len(self.unreadable)}",
-            f"tiles added:             {self.tiles_added}",
-            f"tiles already indexed:   {self.tiles_already_indexed}",
-            f"duplicate tiles:         {self.tiles_duplicate}",
-            f"background tiles:        {self.tiles_background}",
-            f"seconds:                 {self.seconds:.1f}",
-        ]
-
-
 # ---- stages ------------------------------------------------------------------------------------
 
 
@@ -189,9 +172,7 @@ def embed_tiles(tiles: Sequence[Tile], encoder: Encoder) -> npt.NDArray[np.float
     return encoder([tile.pixels for tile in tiles])
 
 
-def write_tiles(
-    index: ArchiveIndex, tiles: Sequence[Tile], descriptors: npt.NDArray[np.float32]
-) -> int:
+def write_tiles(index: Index, tiles: Sequence[Tile], descriptors: npt.NDArray[np.float32]) -> int:
     """Stage 5: add to the index (durable on return); returns how many were new."""
     outcomes = index.add(descriptors, [tile.item for tile in tiles])
     return sum(outcome.added for outcome in outcomes)
@@ -216,28 +197,8 @@ def _item_for(raw: RawImage, box: TileBox, size: tuple[int, int], tile: Image.Im
 # ---- runner ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class PipelineConfig:
-    """Batching and parallelism of a run."""
-
-    tiling: TilingConfig = field(default_factory=TilingConfig)
-    batch_size: int = 64
-    workers: int = 2
-    flush_every: int = 50_000
-    progress: bool = True
-
-
-@dataclass(slots=True)
-class _Pending:
-    """Tiles waiting for a full batch, and how many tiles each source still waits for."""
-
-    tiles: list[Tile] = field(default_factory=list)
-    waiting: dict[str, int] = field(default_factory=dict)
-    finished: dict[str, tuple[str, int, int]] = field(default_factory=dict)
-
-
 def prepare(
-    image: ArchiveImage, index: ArchiveIndex, config: TilingConfig, root: ArchiveRoot | None = None
+    image: ArchiveImage, index: Index, config: TilingConfig, root: ArchiveRoot | None = None
 ) -> Prepared:
     """Stages 1-3 for one image: its tiles, or why it needs no work or cannot be read.
 
@@ -249,12 +210,9 @@ def prepare(
     except UNREADABLE_FILE as error:
         return Unreadable.because(image, error)
     # Journals written before sources were relative name the absolute path.
-    names = (raw.journal_key, str(image.path))
-    if raw.file_hash in (index.finished_source(name) for name in names):
-        return FinishedBefore(image)
-    twin = index.source_with_hash(raw.file_hash)
-    if twin is not None and twin not in names:
-        return DuplicateFile(image, twin)
+    seen = seen_before(index.journal, (raw.journal_key, str(image.path)), raw.file_hash)
+    if seen is not None:
+        return FinishedBefore(image) if seen.twin is None else DuplicateFile(image, seen.twin)
     try:
         pixels = decode_image(raw)
     except UNREADABLE as error:
@@ -264,7 +222,7 @@ def prepare(
 
 def index_archive(
     images: Sequence[ArchiveImage],
-    index: ArchiveIndex,
+    index: Index,
     encoder: Encoder,
     config: PipelineConfig | None = None,
     archive_root: Path | None = None,
@@ -275,124 +233,69 @@ def index_archive(
     """
     config = config or PipelineConfig()
     root = ArchiveRoot.of([image.path for image in images], archive_root)
-    summary, pending = IndexingSummary(), _Pending()
-    started = time.perf_counter()
-    since_flush = 0
+    writer = IngestWriter(index, config)
+    window = _Window(config)
+    pending: list[Tile] = []
     with ThreadPoolExecutor(max_workers=max(1, config.workers)) as pool:
-        prepared = _prefetched(pool, images, index, config, root)
-        for outcome in _progress(prepared, len(images), config.progress):
-            summary.images += 1
-            if not isinstance(outcome, TiledImage):
-                _count_skipped(outcome, summary)
-                continue
-            _queue(outcome, index, pending, summary)
-            wrote = False
-            while len(pending.tiles) >= config.batch_size:
-                since_flush += _write_batch(index, encoder, pending, summary, config.batch_size)
-                wrote = True
-            # One journal commit per written batch (or per batch's worth of images), not per image.
-            if wrote or len(pending.waiting) >= config.batch_size:
-                _finish_sources(index, pending)
-            if since_flush >= config.flush_every:
-                index.flush()
-                since_flush = 0
-        while pending.tiles:
-            _write_batch(index, encoder, pending, summary, config.batch_size)
-        _finish_sources(index, pending)
-    index.flush()
-    summary.seconds = time.perf_counter() - started
-    return summary
+        work = partial(prepare, index=index, config=config.tiling, root=root)
+        outcomes = prefetched(pool, work, images, window.ahead)
+        with closing(outcomes):
+            for outcome in progress(outcomes, len(images), config.progress, "indexing", "image"):
+                writer.summary.images += 1
+                if not isinstance(outcome, TiledImage):
+                    _count_skipped(outcome, writer)
+                    continue
+                window.saw(outcome)
+                pending.extend(_begin(outcome, writer))
+                while len(pending) >= config.batch_size:
+                    batch, pending = pending[: config.batch_size], pending[config.batch_size :]
+                    writer.write([tile.item for tile in batch], embed_tiles(batch, encoder))
+    if pending:
+        writer.write([tile.item for tile in pending], embed_tiles(pending, encoder))
+    return writer.close()
+
+
+def _begin(tiled: TiledImage, writer: IngestWriter) -> list[Tile]:
+    """Register an image with the writer; its tiles not already stored."""
+    fresh = writer.begin(
+        tiled.raw.journal_key,
+        tiled.raw.file_hash,
+        [tile.item.content_hash for tile in tiled.tiles],
+        tiled.background,
+    )
+    return [tile for tile, new in zip(tiled.tiles, fresh, strict=True) if new]
 
 
 def _count_skipped(
-    outcome: FinishedBefore | DuplicateFile | Unreadable, summary: IndexingSummary
+    outcome: FinishedBefore | DuplicateFile | Unreadable, writer: IngestWriter
 ) -> None:
     match outcome:
-        case FinishedBefore():
-            summary.images_finished_before += 1
-        case DuplicateFile():
-            summary.duplicate_files += 1
+        case FinishedBefore(image):
+            writer.skipped(str(image.path), SeenBefore(None))
+        case DuplicateFile(image, twin):
+            writer.skipped(str(image.path), SeenBefore(twin))
         case Unreadable(image, reason):
-            summary.unreadable.append((str(image.path), reason))
-            log.warning("skipping unreadable image %s: %s", image.path, reason)
+            writer.unreadable(str(image.path), reason)
 
 
-def _prefetched(
-    pool: ThreadPoolExecutor,
-    images: Sequence[ArchiveImage],
-    index: ArchiveIndex,
-    config: PipelineConfig,
-    root: ArchiveRoot,
-) -> Iterator[Prepared]:
-    """Results of `prepare` in archive order, with a bounded number of images in flight.
+class _Window:
+    """How many images to prepare ahead: about two batches of tiles, so the workers decode the
+    next batch while the model embeds this one, but large images (many tiles each, hundreds of
+    MB decoded) are never held more than a few at a time."""
 
-    The bound follows the tiles an image yields: about two batches of tiles stay prepared ahead,
-    so the workers decode the next batch while the model embeds this one, but large slides (many
-    tiles each, hundreds of MB decoded) are never held more than a few at a time.
-    """
-    floor, ceiling = max(2, 2 * config.workers), max(2, 2 * config.workers, 2 * config.batch_size)
-    ahead, tiles_seen, images_seen = floor, 0, 0
-    futures: deque[Future[Prepared]] = deque()
-    queue = iter(images)
-    while True:
-        while len(futures) < ahead and (image := next(queue, None)) is not None:
-            futures.append(pool.submit(prepare, image, index, config.tiling, root))
-        if not futures:
-            return
-        # A bug raised while preparing is raised here again, and stops the run.
-        outcome = futures.popleft().result()
-        if isinstance(outcome, TiledImage):
-            tiles_seen += len(outcome.tiles) + outcome.background
-            images_seen += 1
-            per_image = max(1.0, tiles_seen / images_seen)
-            ahead = int(min(ceiling, max(floor, 2 * config.batch_size / per_image)))
-        yield outcome
+    def __init__(self, config: PipelineConfig) -> None:
+        self._batch_size = config.batch_size
+        self._floor = max(2, 2 * config.workers)
+        self._ceiling = max(self._floor, 2 * config.batch_size)
+        self._ahead = self._floor
+        self._tiles = 0
+        self._images = 0
 
+    def ahead(self) -> int:
+        return self._ahead
 
-def _progress(items: Iterable[Prepared], total: int, show: bool) -> Iterable[Prepared]:
-    if not show:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, unit="image", desc="indexing")  # type: ignore[no-any-return]
-
-
-def _queue(
-    tiled: TiledImage, index: ArchiveIndex, pending: _Pending, summary: IndexingSummary
-) -> None:
-    """Queue the tiles not already stored; remember what finishing this source means."""
-    summary.tiles_background += tiled.background
-    stored = index.known_hashes([tile.item.content_hash for tile in tiled.tiles])
-    fresh = [tile for tile in tiled.tiles if tile.item.content_hash not in stored]
-    summary.tiles_already_indexed += len(tiled.tiles) - len(fresh)
-    source = tiled.raw.journal_key
-    pending.tiles.extend(fresh)
-    pending.waiting[source] = pending.waiting.get(source, 0) + len(fresh)
-    pending.finished[source] = (tiled.raw.file_hash, len(tiled.tiles), tiled.background)
-
-
-def _write_batch(
-    index: ArchiveIndex,
-    encoder: Encoder,
-    pending: _Pending,
-    summary: IndexingSummary,
-    batch_size: int,
-) -> int:
-    batch, pending.tiles = pending.tiles[:batch_size], pending.tiles[batch_size:]
-    added = write_tiles(index, batch, embed_tiles(batch, encoder))
-    summary.tiles_added += added
-    summary.tiles_duplicate += len(batch) - added
-    for tile in batch:
-        pending.waiting[journal_key(tile.item.archive, tile.item.source)] -= 1
-    return added
-
-
-def _finish_sources(index: ArchiveIndex, pending: _Pending) -> None:
-    """Journal every source whose tiles are all written, in one commit."""
-    done = [source for source, count in pending.waiting.items() if count == 0]
-    finished = []
-    for source in done:
-        file_hash, items, skipped = pending.finished.pop(source)
-        finished.append(FinishedSource(source, file_hash, items, skipped))
-        del pending.waiting[source]
-    index.mark_sources_finished(finished)
+    def saw(self, tiled: TiledImage) -> None:
+        self._tiles += len(tiled.tiles) + tiled.background
+        self._images += 1
+        per_image = max(1.0, self._tiles / self._images)
+        self._ahead = int(min(self._ceiling, max(self._floor, 2 * self._batch_size / per_image)))

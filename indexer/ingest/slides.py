@@ -12,14 +12,15 @@ which tiles are read at all, so empty glass is never read at full resolution.
 
 One slide at a time, in bounded memory whatever its size: tile regions are read by a thread pool
 (OpenSlide decodes without the GIL) at most ``batch_size + 4 * workers`` tiles ahead of the
-model, and each full batch goes through the archive pipeline's own embed and write stages
-(`embed_tiles`, `write_tiles`, i.e. `ArchiveIndex.add`).
+model, and each full batch goes through the archive pipeline's own embed stage (`embed_tiles`)
+and the writer of every ingest run (`indexer.ingest.writer.IngestWriter`).
 
-Resuming and duplicates use the index's journal: a slide's hash is derived from OpenSlide's
-``openslide.quickhash-1`` (a digest of the slide's smallest level and its metadata, cheap for any
-size). A slide recorded finished with that hash is skipped; a slide whose hash a finished slide
-under another path already has is a duplicate; tiles of a half-encoded slide that are already
-stored (same content hash: slide hash, level-0 box and output size) are not read again.
+Resuming and duplicates use the index's journal (``index.journal``): a slide's hash is derived
+from OpenSlide's ``openslide.quickhash-1`` (a digest of the slide's smallest level and its
+metadata, cheap for any size). A slide recorded finished with that hash is skipped; a slide whose
+hash a finished slide under another path already has is a duplicate; tiles of a half-encoded
+slide that are already stored (same content hash: slide hash, level-0 box and output size) are
+not read again.
 
 Provenance of each tile item: ``source`` is the slide's path in its archive folder (``archive``
 the folder's name, as for images), ``tile`` the level-0 box,
@@ -32,20 +33,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
-from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import numpy as np
-import numpy.typing as npt
 from PIL import Image
 
 from indexer.index.hashing import tile_hash
-from indexer.index.metadata import FinishedSource
+from indexer.index.protocol import Index
 from indexer.index.records import NewItem, TileBox
 from indexer.index.slides import (
     SlideRecord,
@@ -53,13 +50,21 @@ from indexer.index.slides import (
     level_read_size,
     read_slide_tile,
 )
-from indexer.index.store import ArchiveIndex
 from indexer.index.thumbnails import make_thumbnail
-from indexer.index.tiling import DEFAULT_TILE_SIZE, tile_starts
+from indexer.index.tiling import tile_starts
 from indexer.index.tissue import MASK_CELLS_PER_TILE, TissueMask, best_level, tissue_mask
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
-from indexer.ingest.pipeline import Encoder, IndexingSummary, Tile, embed_tiles, write_tiles
+from indexer.ingest.pipeline import Encoder, Tile, embed_tiles
 from indexer.ingest.sources import ArchiveImage, SourceError, load_csv
+from indexer.ingest.writer import (
+    IndexingSummary,
+    IngestWriter,
+    PipelineConfig,
+    prefetched,
+    progress,
+    seen_before,
+    tile_bar,
+)
 from model.errors import HistosearchError
 
 if TYPE_CHECKING:
@@ -72,6 +77,8 @@ log = logging.getLogger(__name__)
 SLIDE_SUFFIXES: Final = frozenset(
     {".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm"}
 )
+# Micrometres per pixel of the tiles cut from slides (about 20x objective).
+DEFAULT_MPP: Final = 0.5
 # Bound on the mask's long side whatever the slide and tile size (4096^2 RGB is 50 MB).
 MAX_MASK_SIDE: Final = 4096
 
@@ -89,36 +96,31 @@ def _slide_errors() -> tuple[type[BaseException], ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class SlideConfig:
-    """How slides are cut and encoded: resolution, tile edge, tissue share, batching."""
+class SlideConfig(PipelineConfig):
+    """How slides are cut and encoded: a run's settings (tile edge, stride and tissue share in
+    ``tiling``, batching, workers) and the physical resolution of the tiles."""
 
-    mpp: float = 0.5
-    tile_size: int = DEFAULT_TILE_SIZE
-    stride: int | None = None
-    min_tissue: float = 0.25
+    mpp: float = DEFAULT_MPP
     slide_mpp: float | None = None
-    batch_size: int = 64
-    workers: int = 2
-    flush_every: int = 50_000
-    progress: bool = True
 
     def __post_init__(self) -> None:
+        PipelineConfig.__post_init__(self)
         if not self.mpp > 0:
             raise ValueError(f"mpp must be positive, got {self.mpp}")
         if self.slide_mpp is not None and not self.slide_mpp > 0:
             raise ValueError(f"slide mpp must be positive, got {self.slide_mpp}")
-        if self.tile_size < 16:
-            raise ValueError(f"tile size must be at least 16 px, got {self.tile_size}")
-        if self.stride is not None and not self.stride > 0:
-            raise ValueError(f"stride must be positive, got {self.stride}")
-        if not 0.0 <= self.min_tissue <= 1.0:
-            raise ValueError(f"min_tissue must lie in [0, 1], got {self.min_tissue}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch size must be at least 1, got {self.batch_size}")
+
+    @property
+    def tile_size(self) -> int:
+        return self.tiling.tile_size
 
     @property
     def step(self) -> int:
-        return self.stride if self.stride is not None else self.tile_size
+        return self.tiling.step
+
+    @property
+    def min_tissue(self) -> float:
+        return self.tiling.min_tissue
 
 
 # ---- the archive -------------------------------------------------------------------------------
@@ -325,20 +327,18 @@ def tile_item(
 class _SlideRun:
     """What encoding one slide needs besides the slide itself."""
 
-    index: ArchiveIndex
+    writer: IngestWriter
     registry: SlideRegistry
     encoder: Encoder
     pool: ThreadPoolExecutor
-    writer: ThreadPoolExecutor
+    write_thread: ThreadPoolExecutor
     config: SlideConfig
-    summary: IndexingSummary
     root: ArchiveRoot
-    since_flush: int = 0
 
 
 def index_slides(
     slides: Sequence[ArchiveImage],
-    index: ArchiveIndex,
+    index: Index,
     encoder: Encoder,
     config: SlideConfig | None = None,
     archive_root: Path | None = None,
@@ -350,25 +350,21 @@ def index_slides(
     """
     config = config or SlideConfig()
     root = ArchiveRoot.of([image.path for image in slides], archive_root)
-    summary = IndexingSummary()
-    started = time.perf_counter()
+    writer = IngestWriter(index, config)
     errors = _slide_errors()
     with (
         SlideRegistry(index.directory) as registry,
         ThreadPoolExecutor(max(1, config.workers), thread_name_prefix="slide-read") as pool,
-        ThreadPoolExecutor(1, thread_name_prefix="slide-write") as writer,
+        ThreadPoolExecutor(1, thread_name_prefix="slide-write") as write_thread,
     ):
-        run = _SlideRun(index, registry, encoder, pool, writer, config, summary, root)
-        for image in _progress(slides, config.progress, "slides", "slide"):
-            summary.images += 1
+        run = _SlideRun(writer, registry, encoder, pool, write_thread, config, root)
+        for image in progress(slides, len(slides), config.progress, "slides", "slide"):
+            writer.summary.images += 1
             try:
                 _index_slide(image, run)
             except errors as error:
-                summary.unreadable.append((str(image.path), f"{type(error).__name__}: {error}"))
-                log.warning("skipping slide %s: %s", image.path, error)
-    index.flush()
-    summary.seconds = time.perf_counter() - started
-    return summary
+                writer.unreadable(str(image.path), f"{type(error).__name__}: {error}")
+    return writer.close()
 
 
 def _index_slide(image: ArchiveImage, run: _SlideRun) -> None:
@@ -378,25 +374,18 @@ def _index_slide(image: ArchiveImage, run: _SlideRun) -> None:
         hash_hex = slide_hash(slide, image.path)
         record = slide_record(image, slide, hash_hex, mpp, run.config, run.root)
         source = journal_key(record.archive, record.source)
-        if run.index.finished_source(source) == hash_hex:
-            run.summary.images_finished_before += 1
-            return
-        twin = run.index.source_with_hash(hash_hex)
-        if twin is not None and twin != source:
-            run.summary.duplicate_files += 1
-            log.info("%s is the same slide as %s: skipped", source, twin)
+        seen = seen_before(run.writer.index.journal, (source,), hash_hex)
+        if seen is not None:
+            run.writer.skipped(source, seen)
             return
         run.registry.put(record)
         plan = plan_tiles(slide, mpp, run.config)
-        run.summary.tiles_background += plan.background
         hashes = [tile_content_hash(hash_hex, box, run.config.tile_size) for box in plan.boxes]
-        stored = run.index.known_hashes(hashes)
-        fresh = [box for box, key in zip(plan.boxes, hashes, strict=True) if key not in stored]
-        run.summary.tiles_already_indexed += len(plan.boxes) - len(fresh)
-        _encode_tiles(slide, image, record, plan, fresh, run)
-        run.index.mark_sources_finished(
-            [FinishedSource(source, hash_hex, len(plan.boxes), plan.background)]
-        )
+        fresh = run.writer.begin(source, hash_hex, hashes, plan.background)
+        boxes = [box for box, new in zip(plan.boxes, fresh, strict=True) if new]
+        _encode_tiles(slide, image, record, plan, boxes, run)
+        # Journalled before the next slide is looked at: a copy of it is then a duplicate.
+        run.writer.write_queued()
         run.registry.put(replace(record, tiles=len(plan.boxes)))
     finally:
         slide.close()
@@ -410,9 +399,9 @@ def _encode_tiles(
     boxes: list[TileBox],
     run: _SlideRun,
 ) -> None:
-    """Read ``boxes`` in the pool, a bounded number ahead, and embed and write full batches.
+    """Read ``boxes`` in the pool, a bounded number ahead, embed full batches and write them.
 
-    A batch is written (durably) by the writer thread while the next one is embedded: at most one
+    A batch is written (durably) by the write thread while the next one is embedded: at most one
     write is in flight, and each is finished before the next starts, so they stay in order. On
     the 2-core development machine writes took 2.1 s of a 29 s run of 640 tiles, all of it spent
     with the network idle before this overlap.
@@ -425,64 +414,31 @@ def _encode_tiles(
         pixels = read_tile(slide, plan, box, config.tile_size)
         return Tile(pixels, tile_item(image, record, plan, box, pixels, config))
 
-    queue = iter(boxes)
-    in_flight: deque[Future[Tile]] = deque()
+    tiles = prefetched(run.pool, read, boxes, lambda: ahead)
     batch: list[Tile] = []
-    bar = _bar(len(boxes), config.progress and len(boxes) > 0, image.path.name)
+    bar = tile_bar(len(boxes), config.progress and len(boxes) > 0, image.path.name)
     try:
-        while True:
-            while len(in_flight) < ahead and (box := next(queue, None)) is not None:
-                in_flight.append(run.pool.submit(read, box))
-            if not in_flight:
-                break
-            batch.append(in_flight.popleft().result())
-            if len(batch) >= config.batch_size or not in_flight:
+        for number, tile in enumerate(tiles, start=1):
+            batch.append(tile)
+            if len(batch) >= config.batch_size or number == len(boxes):
                 descriptors = embed_tiles(batch, run.encoder)
                 if writing is not None:
                     writing.result()  # the previous batch is durable (or its error raised here)
-                writing = run.writer.submit(_write_batch, batch, descriptors, run)
+                items = [tile.item for tile in batch]
+                writing = run.write_thread.submit(run.writer.write, items, descriptors)
                 if bar is not None:
                     bar.update(len(batch))
                 batch = []
-        if writing is not None:
-            writing.result()
     finally:
         # The slide is closed after this returns: no read may still be running on it then, and
-        # the caller marks it finished only once every write is done.
-        for future in in_flight:
-            future.cancel()
-        running: list[Future[Any]] = [*in_flight, *([writing] if writing is not None else [])]
-        wait(running)
+        # no write may overlap the next slide's use of the writer.
+        tiles.close()
+        if writing is not None:
+            wait([writing])
         if bar is not None:
             bar.close()
-
-
-def _write_batch(batch: list[Tile], descriptors: npt.NDArray[np.float32], run: _SlideRun) -> None:
-    added = write_tiles(run.index, batch, descriptors)
-    run.summary.tiles_added += added
-    run.summary.tiles_duplicate += len(batch) - added
-    run.since_flush += added
-    if run.since_flush >= run.config.flush_every:
-        run.index.flush()
-        run.since_flush = 0
-
-
-def _progress(
-    items: Sequence[ArchiveImage], show: bool, description: str, unit: str
-) -> Iterator[ArchiveImage]:
-    if not show:
-        return iter(items)
-    from tqdm import tqdm
-
-    return iter(tqdm(items, total=len(items), unit=unit, desc=description, position=0))
-
-
-def _bar(total: int, show: bool, description: str) -> Any:
-    if not show:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="tile", desc=description, position=1, leave=False)
+    if writing is not None:
+        writing.result()
 
 
 __all__ = [

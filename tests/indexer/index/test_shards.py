@@ -199,12 +199,12 @@ def test_unflushed_adds_and_removals_survive_a_crash_in_every_shard(tmp_path):
 def test_source_journal_is_found_again_through_its_shard(tmp_path):
     with new_sharded(tmp_path / "sharded", 4) as sharded:
         finished = [FinishedSource(f"slides/{n}.svs", f"file-{n}", 3, 1) for n in range(12)]
-        sharded.mark_sources_finished(finished)
-        assert [sharded.finished_source(entry.source) for entry in finished] == [
+        sharded.journal.mark_sources_finished(finished)
+        assert [sharded.journal.finished_source(entry.source) for entry in finished] == [
             entry.file_hash for entry in finished
         ]
-        assert sharded.source_with_hash("file-7") == "slides/7.svs"
-        assert sharded.finished_source("slides/unknown.svs") is None
+        assert sharded.journal.source_with_hash("file-7") == "slides/7.svs"
+        assert sharded.journal.finished_source("slides/unknown.svs") is None
 
 
 def test_stats_sum_the_shards(tmp_path):

@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from indexer.index.protocol import Index
 from indexer.index.shards import ShardedIndex
 from indexer.index.store import ArchiveIndex, ItemRecord
 from indexer.index.tiling import TilingConfig
 from indexer.ingest.distributed import (
-    RayClusterError,
     RayEncodingConfig,
-    connect,
     encode_archive_on_ray,
     plan_actors,
 )
@@ -52,7 +51,7 @@ def single_process_index(directory: Path, checkpoint: Path, archive: list[Archiv
     return index, summary
 
 
-def contents(index: ArchiveIndex | ShardedIndex) -> dict[int, tuple[ItemRecord, list[int]]]:
+def contents(index: Index) -> dict[int, tuple[ItemRecord, list[int]]]:
     """Every stored item by id: its record (without the time it was added) and its code."""
     ids = [hit.id for hit in index.search(np.ones((1, index.descriptor_dim)), 1000)[0]]
     shards = index.shards if isinstance(index, ShardedIndex) else [index]
@@ -115,14 +114,6 @@ def test_a_ray_run_resumes_skipping_finished_images_and_duplicate_files(
         assert summary.tiles_added == 14 - 6 and len(index) == 14
 
 
-def test_an_unreachable_cluster_address_fails_fast_naming_it():
-    pytest.importorskip("ray", reason="ray is not installed: install the `ray` extra")
-    with pytest.raises(RayClusterError, match=r"no Ray cluster answers at 127\.0\.0\.1:9"):
-        connect("127.0.0.1:9")
-    with pytest.raises(RayClusterError, match="not a Ray cluster address"):
-        connect("somewhere")
-
-
 def test_the_embedding_pool_fits_the_cluster():
     two_cpus = plan_actors(RayEncodingConfig(), {"CPU": 2.0})
     assert (two_cpus.actors, two_cpus.gpus_per_actor, two_cpus.device) == (1, 0.0, "cpu")
@@ -160,3 +151,34 @@ assert not loaded, loaded
         [sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.ray
+def test_slides_embedded_on_ray_into_shards_search_as_the_single_process_index(
+    tmp_path, ray_cluster, checkpoint
+):
+    """`histosearch index --source slides --ray auto --shards 3`: the slides' tiles are read here,
+    embedded by the cluster's model actors, and written into three shards."""
+    from indexer.cli import main
+    from indexer.index.opening import open_index
+    from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
+
+    tissue = 0
+    for phase, name in enumerate(("slide-a", "slide-b")):
+        cells = [(c, r) for r in range(3) for c in range(4) if (c + r + phase) % 2 == 0]
+        tissue += len(cells)
+        (tmp_path / "slides").mkdir(exist_ok=True)
+        mosaic = checkerboard_mosaic(4 * 300, 3 * 300, 300, cells)
+        write_mosaic_slide(tmp_path / "slides" / f"{name}.tif", mosaic, 0.25)
+    argv = ["index", "--source", "slides", "--data", str(tmp_path / "slides"), "--no-progress"]
+    argv += ["--checkpoint", str(checkpoint), "--tile-size", "150", "--batch-size", "4"]
+    assert main([*argv, "--index", str(tmp_path / "single"), "--device", "cpu"]) == 0
+    on_ray = ["--index", str(tmp_path / "ray"), "--ray", "auto", "--shards", "3"]
+    assert main([*argv, *on_ray, "--ray-actors", "1"]) == 0
+    device = torch.device("cpu")
+    with (
+        open_index(tmp_path / "single", device) as single,
+        open_index(tmp_path / "ray", device) as sharded,
+    ):
+        assert isinstance(sharded.index, ShardedIndex) and len(sharded.index) == tissue
+        assert contents(sharded.index) == contents(single.index)

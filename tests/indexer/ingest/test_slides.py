@@ -20,6 +20,7 @@ from PIL import Image
 
 from indexer.index.slides import SlideRegistry
 from indexer.index.thumbnails import make_thumbnail
+from indexer.index.tiling import TilingConfig
 from indexer.ingest.slides import (
     SlideConfig,
     SlideError,
@@ -53,7 +54,7 @@ class ProjectionEncoder:
 
 def config(**options) -> SlideConfig:
     return SlideConfig(
-        **{"mpp": 0.5, "tile_size": 150, "batch_size": 4, "progress": False, **options}
+        **{"mpp": 0.5, "tiling": TilingConfig(150), "batch_size": 4, "progress": False, **options}
     )
 
 
@@ -185,9 +186,9 @@ def test_unreadable_and_truncated_slides_are_reported_and_skipped_without_stoppi
     }
     with new_index(tmp_path / "index") as index:
         summary = index_slides(images, index, ProjectionEncoder(), config(), archive)
-        assert index.finished_source("archive/TUMOR/slide-a.tif") is not None
-        assert index.finished_source("archive/truncated.tif") is None
-        assert index.finished_source("archive/damaged.tif") is None
+        assert index.journal.finished_source("archive/TUMOR/slide-a.tif") is not None
+        assert index.journal.finished_source("archive/truncated.tif") is None
+        assert index.journal.finished_source("archive/damaged.tif") is None
         stored = len(index)
     reasons = {Path(path).name: reason for path, reason in summary.unreadable}
     assert sorted(reasons) == ["damaged.tif", "empty.ndpi", "garbage.svs", "truncated.tif"]
@@ -263,13 +264,13 @@ def test_resuming_after_a_kill_mid_slide_re_encodes_nothing_already_stored(slide
         # the writer thread when the process was killed (writes overlap the next forward).
         assert stored in (8, 12)
         key = f"{slides.name}/TUMOR/slide-a.tif"
-        assert index.finished_source(key) is None
+        assert index.journal.finished_source(key) is None
         encoder = ProjectionEncoder()
         summary = index_slides(load_slides(slides), index, encoder, config(), slides)
         assert encoder.tiles == len(TISSUE_CELLS) - stored
         assert summary.tiles_already_indexed == stored
         assert len(index) == len(TISSUE_CELLS)
-        assert index.finished_source(key) is not None
+        assert index.journal.finished_source(key) is not None
 
 
 def test_a_manifest_of_slides_gives_labels_and_groups(slides, tmp_path):

@@ -1,0 +1,194 @@
+"""The settings of one `histosearch index` run: one validated model, the source of its options.
+
+`IndexConfig` is the only place an option of `index`, its help and its default are written; the
+command generates its options from it (``indexer/cli/options.py``, as `train` does from
+`indexer.learn.config.TrainConfig`). Its defaults are the runners' own (`PipelineConfig`,
+`TilingConfig`, `SlideConfig`), named, not repeated. Every option reaches every source it is
+valid for; one that would be ignored (``--mpp`` for images, ``--ray-actors`` without ``--ray``)
+is refused, naming the option and the source.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from indexer.index.tiling import DEFAULT_MIN_TISSUE, DEFAULT_TILE_SIZE, TilingConfig
+from indexer.ingest.slides import DEFAULT_MPP, SlideConfig
+from indexer.ingest.writer import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, PipelineConfig
+
+# Help sections of `histosearch index --help`, in the order they are listed.
+ARCHIVE = "archive and index"
+TILES = "tiles"
+SLIDES = "whole-slide images (--source slides)"
+RUN = "encoding"
+RAY = "Ray cluster (needs the `ray` extra)"
+
+Source = Literal["auto", "folder", "csv", "bracs", "crc-extended", "bach", "slides"]
+
+
+def _section(name: str, **extra: Any) -> dict[str, Any]:
+    return {"cli_group": name, **extra}
+
+
+class IndexConfig(BaseModel):
+    """Every setting of an index run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data: Path = Field(
+        description="archive folder or CSV manifest", json_schema_extra=_section(ARCHIVE)
+    )
+    index: Path = Field(description="index directory", json_schema_extra=_section(ARCHIVE))
+    checkpoint: Path | None = Field(
+        default=None,
+        description="model checkpoint (required for a new index)",
+        json_schema_extra=_section(ARCHIVE),
+    )
+    source: Source = Field(
+        default="auto",
+        description="archive layout (auto = csv for a file, folder otherwise); slides: "
+        "whole-slide images OpenSlide reads, in a folder or a path,label,group CSV",
+        json_schema_extra=_section(ARCHIVE),
+    )
+    dataset: str | None = Field(
+        default=None,
+        description="dataset name stored with each item",
+        json_schema_extra=_section(ARCHIVE),
+    )
+    shards: int | None = Field(
+        default=None,
+        ge=1,
+        description="split a new index into this many shards by group (default: one "
+        "unsharded index)",
+        json_schema_extra=_section(ARCHIVE),
+    )
+    tile_size: int = Field(
+        default=DEFAULT_TILE_SIZE,
+        ge=16,
+        description="tile edge in pixels",
+        json_schema_extra=_section(TILES),
+    )
+    stride: int | None = Field(
+        default=None,
+        gt=0,
+        description="tile stride in pixels (default: tile size)",
+        json_schema_extra=_section(TILES),
+    )
+    min_tissue: float = Field(
+        default=DEFAULT_MIN_TISSUE,
+        ge=0.0,
+        le=1.0,
+        description="tissue share a tile needs (0-1)",
+        json_schema_extra=_section(TILES),
+    )
+    max_image_pixels: int | None = Field(
+        default=None,
+        gt=0,
+        description="largest image to decode, in pixels (default: 1e9; the archive is trusted)",
+        json_schema_extra=_section(TILES),
+    )
+    mpp: float = Field(
+        default=DEFAULT_MPP,
+        gt=0.0,
+        description="micrometres per pixel of the tiles",
+        json_schema_extra=_section(SLIDES),
+    )
+    slide_mpp: float | None = Field(
+        default=None,
+        gt=0.0,
+        description="level-0 micrometres per pixel, for slides that do not record it",
+        json_schema_extra=_section(SLIDES),
+    )
+    batch_size: int = Field(
+        default=DEFAULT_BATCH_SIZE,
+        ge=1,
+        description="tiles per forward pass and per write",
+        json_schema_extra=_section(RUN),
+    )
+    workers: int = Field(
+        default=DEFAULT_WORKERS,
+        description="threads reading and decoding",
+        json_schema_extra=_section(RUN),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="where the model runs (auto: CUDA when available)",
+        json_schema_extra=_section(RUN),
+    )
+    progress: bool = Field(
+        default=True, description="progress bars", json_schema_extra=_section(RUN)
+    )
+    ray: str | None = Field(
+        default=None,
+        description="encode on a Ray cluster: auto (RAY_ADDRESS, a running local one, or a new "
+        "local one) or its address (default: this process)",
+        json_schema_extra=_section(RAY, cli_metavar="auto|ADDRESS"),
+    )
+    ray_actors: int | None = Field(
+        default=None,
+        ge=1,
+        description="embedding actors (default: one per GPU, else CPUs / 4)",
+        json_schema_extra=_section(RAY, cli_metavar="N"),
+    )
+
+    @property
+    def slides(self) -> bool:
+        return self.source == "slides"
+
+    @model_validator(mode="after")
+    def _every_option_reaches_its_source(self) -> IndexConfig:
+        given = self.model_fields_set
+        refused = []
+        if not self.slides:
+            refused += [
+                f"--{name.replace('_', '-')} applies to --source slides only"
+                for name in ("mpp", "slide_mpp")
+                if name in given
+            ]
+        else:
+            if "max_image_pixels" in given:
+                refused.append(
+                    "--max-image-pixels bounds decoded images; slides are read by OpenSlide "
+                    "tile by tile (--source slides)"
+                )
+        if self.ray is None and "ray_actors" in given:
+            refused.append("--ray-actors needs --ray")
+        if self.ray is not None and not self.slides and "workers" in given:
+            refused.append(
+                "--workers sets this process's reading threads; with --ray, images are read "
+                "by Ray tasks"
+            )
+        if self.ray is not None and "device" in given:
+            refused.append(
+                "--device picks this process's device; with --ray the cluster's actors run the "
+                "model (a GPU each where the cluster has GPUs)"
+            )
+        if refused:
+            raise ValueError("; ".join(refused))
+        return self
+
+    def tiling(self) -> TilingConfig:
+        return TilingConfig(self.tile_size, self.stride, self.min_tissue)
+
+    def pipeline(self) -> PipelineConfig:
+        """The run's settings for images."""
+        return PipelineConfig(
+            tiling=self.tiling(),
+            batch_size=self.batch_size,
+            workers=self.workers,
+            progress=self.progress,
+        )
+
+    def slide_config(self) -> SlideConfig:
+        """The run's settings for slides."""
+        return SlideConfig(
+            tiling=self.tiling(),
+            batch_size=self.batch_size,
+            workers=self.workers,
+            progress=self.progress,
+            mpp=self.mpp,
+            slide_mpp=self.slide_mpp,
+        )
