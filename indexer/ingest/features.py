@@ -240,7 +240,11 @@ class FeatureArchive:
         ``ArchiveIndex.finished_source``); files whose fingerprint matches are skipped.
         """
         for file in self.files:
-            fingerprint = file.fingerprint
+            try:
+                fingerprint = file.fingerprint
+            except OSError as error:
+                yield RefusedFile(file, FeatureFileError(file.source, f"unreadable ({error})"))
+                continue
             key = self.journal_key(file)
             if finished is not None and finished(key) == fingerprint:
                 log.info("%s: indexed before, skipped", file.source)
@@ -519,9 +523,17 @@ def open_npy(file: FeatureFile) -> npt.NDArray[Any]:
         raise FeatureFileError(
             file.source, f"truncated: {file.size} bytes, its header promises {expected}"
         )
-    return np.memmap(
-        file.path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C"
-    )
+    try:
+        return np.memmap(
+            file.path,
+            dtype=dtype,
+            mode="r",
+            offset=offset,
+            shape=shape,
+            order="F" if fortran else "C",
+        )
+    except (OSError, ValueError) as error:
+        raise FeatureFileError(file.source, f"unreadable ({error})") from error
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,15 +572,20 @@ def read_row_table(path: Path, columns: FeatureColumns, rows: int) -> RowTable:
         )
     if len(lines) != rows:
         raise FeatureFileError(source, f"{len(lines)} lines for {rows} rows of the matrix")
-    by_column = list(zip(*lines, strict=True)) if lines else [() for _ in header]
-    table = dict(zip(header, by_column, strict=True))
-    slide_ids = list(table[columns.slide_id])
+    ragged = next((n for n, line in enumerate(lines, start=2) if len(line) != len(header)), None)
+    if ragged is not None:
+        raise FeatureFileError(
+            f"{source}:{ragged}", f"{len(lines[ragged - 2])} fields, the header has {len(header)}"
+        )
+    # Column by column (not zip(*lines)): half the CPU time on the 147k-line shared set.
+    table = {name: [line[i] for line in lines] for i, name in enumerate(header)}
+    slide_ids = table[columns.slide_id]
     groups = [group or slide for group, slide in zip(table[columns.group], slide_ids, strict=True)]
     return RowTable(
         slide_ids=slide_ids,
         labels=[label or None for label in table[columns.label]],
         groups=groups,
-        others={name: list(values) for name, values in table.items() if name not in wanted},
+        others={name: values for name, values in table.items() if name not in wanted},
     )
 
 

@@ -199,6 +199,17 @@ def test_an_npy_csv_with_another_number_of_lines_is_refused(tmp_path: Path) -> N
     assert str(refused.error) == "regions.csv: 4 lines for 5 rows of the matrix"
 
 
+def test_an_npy_csv_line_with_a_missing_field_is_refused_naming_the_line(tmp_path: Path) -> None:
+    path = npy_archive(tmp_path, features(3, seed=9))
+    lines = (tmp_path / "regions.csv").read_text().splitlines()
+    lines[2] = "slide-0,patient-0"
+    (tmp_path / "regions.csv").write_text("\n".join(lines) + "\n")
+
+    _, (refused,) = read_all(FeatureArchive.open(path, FeatureOptions(columns=SHARED_COLUMNS)))
+
+    assert str(refused.error) == "regions.csv:3: 2 fields, the header has 4"
+
+
 def test_nan_rows_of_an_npy_matrix_are_refused_by_row_and_the_others_indexed(
     tmp_path: Path,
 ) -> None:
