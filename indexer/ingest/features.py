@@ -25,7 +25,7 @@ truncated or unreadable, non-numeric dtype) and reading goes on with the rest of
 per-slide file with non-finite rows is refused whole (a slide half extracted is not worth
 indexing); in the ``npy`` matrix, which holds many slides, only those rows are refused.
 
-Resuming: every file has a `FeatureFile.fingerprint` (SHA-256 of its bytes, and of the CSV for
+Resuming: every file has a `FeatureFile.fingerprint()` (SHA-256 of its bytes, and of the CSV for
 ``npy``), recorded in the index's journal once its last batch is written, so a re-run skips it.
 A row's ``content_hash`` is a digest of its float32 values, so rows already stored by an
 interrupted run are recognised as duplicates however the file is named.
@@ -104,9 +104,8 @@ class FeatureFile:
     layout: Layout
     size: int
 
-    @property
     def fingerprint(self) -> str:
-        """SHA-256 of the file's bytes (for ``npy``: of the matrix, then its CSV)."""
+        """SHA-256 of the file's bytes (for ``npy``: of the matrix, then its CSV); reads it all."""
         digest = hashlib.sha256()
         for path in (self.path, *([_csv_beside(self.path)] if self.layout == "npy" else [])):
             with path.open("rb") as handle:
@@ -241,7 +240,7 @@ class FeatureArchive:
         """
         for file in self.files:
             try:
-                fingerprint = file.fingerprint
+                fingerprint = file.fingerprint()
             except OSError as error:
                 yield RefusedFile(file, FeatureFileError(file.source, f"unreadable ({error})"))
                 continue

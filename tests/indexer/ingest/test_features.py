@@ -24,7 +24,7 @@ from indexer.ingest.features import (
     vector_hash,
 )
 from indexer.ingest.sources import SourceError
-from tests.indexer.index_helpers import DIM, new_index
+from tests.indexer.index_helpers import DIM, SHARED_DATA, new_index
 
 D = 8
 
@@ -179,6 +179,31 @@ def test_an_npy_matrix_streams_in_chunks_with_the_rows_of_its_csv(tmp_path: Path
     assert (row5.source, row5.label, row5.group) == ("regions.npy", "type-1", "patient-0")
     assert row5.extra == {"subtype": "sub", "slide_id": "slide-1", "row": 5}
     assert archive.dim == D
+
+
+def test_the_shared_hipt_regions_read_with_cancer_type_and_patient_columns() -> None:
+    data = SHARED_DATA / "tcga-hipt-regions-192d" / "regions.npy"
+    options = FeatureOptions(columns=SHARED_COLUMNS, dim=192, chunk_rows=1000)
+
+    first = next(FeatureArchive.open(data, options).batches())
+
+    assert isinstance(first, FeatureBatch)
+    expected = np.load(data, mmap_mode="r")[:1000].astype(np.float32)
+    np.testing.assert_array_equal(first.vectors, expected)
+    with (data.with_suffix(".csv")).open(newline="") as handle:
+        lines = list(csv.DictReader(handle))[:1000]
+    assert [item.label for item in first.items] == [line["cancer_type"] for line in lines]
+    assert [item.group for item in first.items] == [line["patient_id"] for line in lines]
+    assert first.items[7].extra == {
+        "subtype": lines[7]["subtype"],
+        "slide_id": lines[7]["slide_id"],
+        "row": 7,
+    }
+    assert (first.items[0].source, first.items[0].archive) == (
+        "regions.npy",
+        "tcga-hipt-regions-192d",
+    )
+    assert not first.last
 
 
 def test_an_npy_csv_without_the_named_columns_is_refused_naming_them(tmp_path: Path) -> None:
