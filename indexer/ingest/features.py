@@ -105,12 +105,12 @@ class FeatureFile:
     size: int
 
     def fingerprint(self) -> str:
-        """SHA-256 of the file's bytes (for ``npy``: of the matrix, then its CSV); reads it all."""
-        digest = hashlib.sha256()
-        for path in (self.path, *([_csv_beside(self.path)] if self.layout == "npy" else [])):
-            with path.open("rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
-        return digest.hexdigest()
+        """SHA-256 of the file's bytes, hex; for ``npy``, SHA-256 of the matrix's and its CSV's
+        digests (a label edited in the CSV makes it another archive). Reads the files whole."""
+        if self.layout != "npy":
+            return _sha256(self.path).hex()
+        both = _sha256(self.path) + _sha256(_csv_beside(self.path))
+        return hashlib.sha256(both).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +176,11 @@ def _files_with(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return sorted(
         path for path in folder.rglob("*") if path.is_file() and path.suffix.lower() in suffixes
     )
+
+
+def _sha256(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").digest()
 
 
 def _csv_beside(matrix: Path) -> Path:

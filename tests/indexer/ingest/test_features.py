@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -434,6 +435,7 @@ def test_a_rewritten_file_is_read_again(tmp_path: Path) -> None:
     archive = FeatureArchive.open(tmp_path)
     (batch,), _ = read_all(archive)
     journal = {batch.journal_key: batch.fingerprint}
+    assert batch.fingerprint == hashlib.sha256((tmp_path / "a.h5").read_bytes()).hexdigest()
 
     write_h5(tmp_path / "a.h5", features(3, seed=41))
     (again,), _ = read_all(FeatureArchive.open(tmp_path), finished=journal.get)
@@ -456,3 +458,17 @@ def test_vectors_of_another_dimension_than_an_existing_index_are_refused(tmp_pat
         f"other.pt: {DIM // 2} features per row, expected {DIM} (the index's dimension)"
     )
     index.close()
+
+
+def test_an_npy_archive_whose_csv_changed_is_read_again(tmp_path: Path) -> None:
+    path = npy_archive(tmp_path, features(2, seed=44))
+    options = FeatureOptions(columns=SHARED_COLUMNS)
+    (batch,), _ = read_all(FeatureArchive.open(path, options))
+    journal = {batch.journal_key: batch.fingerprint}
+    assert read_all(FeatureArchive.open(path, options), finished=journal.get) == ([], [])
+
+    csv_path = tmp_path / "regions.csv"
+    csv_path.write_text(csv_path.read_text().replace("type-1", "type-9"))
+    (again,), _ = read_all(FeatureArchive.open(path, options), finished=journal.get)
+
+    assert [item.label for item in again.items] == ["type-0", "type-9"]
