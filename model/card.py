@@ -225,6 +225,12 @@ class ModelCard(ModelSpec):
     backbone_weights_sha256: str = ""
     # The embedding the backbone's publisher reads out (e.g. 1024 for UNI, 2560 for Virchow2).
     embedding_dim: int = Field(default=0, ge=0)
+    # A feature model (`model.feature_spq`) reads vectors another model produced, not pixels:
+    # their length, the name of that model, and the head's hidden width (0: linear). 0 / "" on
+    # every image model, whose keys then stay what they were.
+    input_dim: int = Field(default=0, ge=0)
+    feature_model: str = ""
+    feature_head_hidden: int = Field(default=0, ge=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -276,6 +282,12 @@ class ModelCard(ModelSpec):
                 "codeword_dim",
             }
         )
+        if self.input_dim:
+            fields.update(
+                input_dim=self.input_dim,
+                feature_model=self.feature_model,
+                feature_head_hidden=self.feature_head_hidden,
+            )
         if self.stain_descriptor:
             fields.update(stain_descriptor=True, stain_histogram_bins=self.stain_histogram_bins)
             if self.stain_variance_floor != LEGACY_STAIN_VARIANCE_FLOOR:

@@ -1,0 +1,312 @@
+"""Retrieval quality of codes over a feature archive (vectors a backbone already produced).
+
+Queries and archive never share a patient (group): the queries are the held-out part's items,
+the archive the other parts' items, so no query can find its own patient's regions. Every method
+returns a ranking (Q, depth) of archive rows, best first; `ranking_quality` turns it into P@k,
+mAP@k, majority vote of the top 5 and recall of the float top 10 (the share of the exact cosine
+neighbours that the method's top 10 keeps).
+
+Baselines on the same vectors: exact cosine on the centred vectors, FAISS `IndexPQ` (k-means
+codebooks) and OPQ at the same bits, LanceDB's IVF-PQ at the same code length, and the optional
+second stage: a shortlist re-ranked by 8-bit scalar-quantised vectors.
+"""
+
+from __future__ import annotations
+
+import csv
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from indexer.index.pq import CodeArray, flat_pq_index, pack_codes
+from indexer.learn.splits import GroupSplit
+from model.feature_spq import FeatureSPQModel
+
+FloatArray = npt.NDArray[np.float32]
+IntArray = npt.NDArray[np.int64]
+LabelArray = npt.NDArray[np.str_]
+
+FLOAT_TOP = 10
+
+
+@dataclass(frozen=True)
+class FeatureArchive:
+    """Vectors of one backbone with the slide, patient (group) and label of every row."""
+
+    vectors: FloatArray
+    slides: LabelArray
+    groups: LabelArray
+    labels: LabelArray
+
+    def __post_init__(self) -> None:
+        rows = len(self.vectors)
+        if self.vectors.ndim != 2 or not (
+            len(self.slides) == len(self.groups) == len(self.labels) == rows
+        ):
+            raise ValueError("vectors must be (N, D) with one slide, group and label per row")
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def rows_of(self, groups: Sequence[str]) -> IntArray:
+        """Positions of the rows whose group is one of ``groups``, in archive order."""
+        wanted = np.isin(self.groups, np.asarray(list(groups)))
+        return np.flatnonzero(wanted).astype(np.int64)
+
+    def subset(self, rows: IntArray) -> FeatureArchive:
+        return FeatureArchive(
+            self.vectors[rows], self.slides[rows], self.groups[rows], self.labels[rows]
+        )
+
+
+def load_region_archive(folder: Path, limit: int | None = None) -> FeatureArchive:
+    """``regions.npy`` (N, D) with ``regions.csv`` (slide_id, patient_id, cancer_type, ...),
+    the layout of ``tcga-hipt-regions-192d``; ``limit`` keeps the first rows (whole slides
+    are contiguous, so only the last slide may be cut)."""
+    vectors = np.load(folder / "regions.npy", mmap_mode="r")
+    with (folder / "regions.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if len(rows) != len(vectors):
+        raise ValueError(f"{folder}: {len(vectors)} vectors but {len(rows)} CSV rows")
+    count = len(rows) if limit is None else min(limit, len(rows))
+    return FeatureArchive(
+        vectors=np.asarray(vectors[:count], dtype=np.float32),
+        slides=np.array([row["slide_id"] for row in rows[:count]]),
+        groups=np.array([row["patient_id"] for row in rows[:count]]),
+        labels=np.array([row["cancer_type"] for row in rows[:count]]),
+    )
+
+
+@dataclass(frozen=True)
+class QueryArchiveSplit:
+    """Query rows (held-out groups) and archive rows (all groups but theirs)."""
+
+    queries: IntArray
+    archive: IntArray
+
+
+def query_archive_split(
+    data: FeatureArchive, split: GroupSplit, part: str, max_queries: int | None, seed: int
+) -> QueryArchiveSplit:
+    """Queries from ``part`` ("validation" or "test"); the archive is everything that is neither
+    in ``part`` nor in test while choosing on validation (train + validation for test, train
+    alone for validation), so held-out patients are never on both sides and test never shapes a
+    choice. ``max_queries`` draws that many query rows with ``seed``."""
+    if part not in ("validation", "test"):
+        raise ValueError(f"part must be validation or test, got {part!r}")
+    queries = data.rows_of(getattr(split, part))
+    archive_groups = split.train if part == "validation" else split.train + split.validation
+    archive = data.rows_of(archive_groups)
+    if max_queries is not None and len(queries) > max_queries:
+        picks = np.random.default_rng(seed).choice(len(queries), max_queries, replace=False)
+        queries = np.sort(queries[picks])
+    return QueryArchiveSplit(queries=queries, archive=archive)
+
+
+def centre_and_normalise(vectors: FloatArray, mean: FloatArray) -> FloatArray:
+    """Subtract ``mean`` and scale each row to unit length (cosine = inner product)."""
+    centred = np.ascontiguousarray(vectors - mean, dtype=np.float32)
+    faiss.normalize_L2(centred)
+    return centred
+
+
+@dataclass(frozen=True)
+class Quality:
+    precision_at_10: float
+    map_at_10: float
+    majority_vote_at_5: float
+    float_recall_at_10: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "p_at_10": self.precision_at_10,
+            "map_at_10": self.map_at_10,
+            "mv_at_5": self.majority_vote_at_5,
+            "float_recall_at_10": self.float_recall_at_10,
+        }
+
+
+def ranking_quality(
+    ranked: IntArray,
+    query_labels: LabelArray,
+    archive_labels: LabelArray,
+    float_ranked: IntArray,
+) -> Quality:
+    """Metrics of rankings (Q, >=10) of archive rows against the exact float ranking.
+
+    AP@10 is the hashing literature's (mean of P@i over the relevant ranks of the top 10, 0 with
+    none relevant), as `indexer.evaluate.metrics`; majority vote ties go to the label ranked first.
+    """
+    top = ranked[:, :10]
+    relevant = archive_labels[top] == query_labels[:, None]
+    hits = relevant.astype(np.float64)
+    precision_at_rank = hits.cumsum(axis=1) / np.arange(1, 11)
+    found = hits.sum(axis=1)
+    average_precision = np.where(
+        found > 0, (precision_at_rank * hits).sum(axis=1) / np.maximum(found, 1), 0.0
+    )
+    vote = [_majority(archive_labels[row[:5]]) for row in top]
+    truth = float_ranked[:, :FLOAT_TOP]
+    recall = [len(np.intersect1d(a, b)) / FLOAT_TOP for a, b in zip(top, truth, strict=True)]
+    return Quality(
+        precision_at_10=float(hits.mean()),
+        map_at_10=float(average_precision.mean()),
+        majority_vote_at_5=float(np.mean(np.asarray(vote) == query_labels)),
+        float_recall_at_10=float(np.mean(recall)),
+    )
+
+
+def _majority(labels: LabelArray) -> str:
+    names, counts = np.unique(labels, return_counts=True)
+    best = counts.max()
+    # Ties: the tied label ranked first.
+    return str(next(label for label in labels if counts[names == label][0] == best))
+
+
+def exact_ranking(queries: FloatArray, archive: FloatArray, depth: int) -> IntArray:
+    """Rows of ``archive`` by inner product with each query (unit vectors: cosine), best first."""
+    index = faiss.IndexFlatIP(archive.shape[1])
+    index.add(np.ascontiguousarray(archive))
+    _, ranked = index.search(np.ascontiguousarray(queries), depth)
+    return ranked.astype(np.int64)
+
+
+def pq_geometry(bits: int, nbits: int) -> int:
+    """Sub-spaces M for ``bits``-bit codes of ``nbits``-bit codewords."""
+    if bits % nbits:
+        raise ValueError(f"{bits} bits is not a whole number of {nbits}-bit codewords")
+    return bits // nbits
+
+
+def faiss_pq_index(
+    train: FloatArray, bits: int, nbits: int, rotate: bool, seed: int = 0
+) -> faiss.Index:
+    """FAISS IndexPQ (inner product over k-means codebooks) or OPQ + IndexPQ, trained."""
+    dim = train.shape[1]
+    num_codebooks = pq_geometry(bits, nbits)
+    pq = faiss.IndexPQ(dim, num_codebooks, nbits, faiss.METRIC_INNER_PRODUCT)
+    pq.pq.cp.seed = seed
+    index: faiss.Index = pq
+    if rotate:
+        index = faiss.IndexPreTransform(faiss.OPQMatrix(dim, num_codebooks), pq)
+    index.train(np.ascontiguousarray(train))
+    return index
+
+
+def index_ranking(
+    index: faiss.Index, archive: FloatArray, queries: FloatArray, depth: int
+) -> IntArray:
+    index.add(np.ascontiguousarray(archive))
+    _, ranked = index.search(np.ascontiguousarray(queries), depth)
+    return ranked.astype(np.int64)
+
+
+class ScalarQuantisedVectors:
+    """8-bit scalar quantisation of unit vectors (FAISS `ScalarQuantizer`, QT_8bit_uniform): the
+    second stage's finer code, 1 byte per dimension, kept on disk or memory-mapped."""
+
+    def __init__(self, train: FloatArray) -> None:
+        self.quantizer = faiss.ScalarQuantizer(
+            train.shape[1], faiss.ScalarQuantizer.QT_8bit_uniform
+        )
+        self.quantizer.train(np.ascontiguousarray(train))
+
+    def encode(self, vectors: FloatArray) -> npt.NDArray[np.uint8]:
+        codes: npt.NDArray[np.uint8] = self.quantizer.compute_codes(np.ascontiguousarray(vectors))
+        return codes
+
+    def decode(self, codes: npt.NDArray[np.uint8]) -> FloatArray:
+        vectors: FloatArray = self.quantizer.decode(np.ascontiguousarray(codes))
+        return vectors
+
+
+def rerank(
+    queries: FloatArray,
+    shortlist: IntArray,
+    fine_codes: npt.NDArray[np.uint8],
+    quantizer: ScalarQuantisedVectors,
+) -> IntArray:
+    """Each query's shortlist (Q, S) re-ordered by inner product with the decoded fine codes."""
+    reordered = np.empty_like(shortlist)
+    for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
+        decoded = quantizer.decode(fine_codes[np.sort(candidates)])
+        order = np.argsort(-(decoded @ query), kind="stable")
+        reordered[row] = np.sort(candidates)[order]
+    return reordered
+
+
+def lancedb_ranking(
+    archive: FloatArray, queries: FloatArray, bits: int, depth: int, partitions: int = 256
+) -> IntArray:
+    """LanceDB's IVF-PQ (``partitions`` coarse cells, 8-bit PQ of the residual, ``bits`` per
+    code), searched over every cell with no refinement: the code alone ranks, beside the cell."""
+    import lancedb
+    import pyarrow as pa  # type: ignore[import-untyped]
+
+    num_sub_vectors = pq_geometry(bits, 8)
+    with tempfile.TemporaryDirectory() as folder:
+        database = lancedb.connect(folder)
+        column = pa.FixedSizeListArray.from_arrays(
+            pa.array(archive.reshape(-1), type=pa.float32()), archive.shape[1]
+        )
+        table = database.create_table(
+            "archive",
+            pa.table({"row": pa.array(np.arange(len(archive)), type=pa.int64()), "vector": column}),
+        )
+        table.create_index(
+            metric="cosine",
+            num_partitions=partitions,
+            num_sub_vectors=num_sub_vectors,
+            num_bits=8,
+        )
+        ranked = np.full((len(queries), depth), -1, dtype=np.int64)
+        for position, query in enumerate(queries):
+            found = (
+                table.search(query)
+                .nprobes(partitions)  # type: ignore[attr-defined]
+                .limit(depth)
+                .select(["row"])
+                .to_arrow()["row"]
+                .to_numpy()
+            )
+            ranked[position, : len(found)] = found
+        return ranked
+
+
+def model_codes(model: FeatureSPQModel, vectors: FloatArray, batch: int = 65_536) -> CodeArray:
+    """(N, M) uint8 hard codes of ``vectors`` through the feature model, in batches."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(vectors), batch):
+            rows = torch.from_numpy(np.ascontiguousarray(vectors[start : start + batch]))
+            parts.append(model.assign_codes(rows).numpy().astype(np.uint8))
+    return np.concatenate(parts) if parts else np.zeros((0, model.card.num_codebooks), np.uint8)
+
+
+def model_descriptors(model: FeatureSPQModel, vectors: FloatArray) -> FloatArray:
+    with torch.no_grad():
+        descriptors: FloatArray = model.encode(
+            torch.from_numpy(np.ascontiguousarray(vectors))
+        ).numpy()
+    return descriptors
+
+
+def spq_index(model: FeatureSPQModel, codes: CodeArray) -> faiss.IndexPQ:
+    """The search the index runs: FAISS inner-product `IndexPQ` over the model's codewords."""
+    codebooks = model.codebooks().detach().numpy().astype(np.float32)
+    return flat_pq_index(codebooks, pack_codes(codes, model.card.codebook_size))
+
+
+def spq_ranking(
+    model: FeatureSPQModel, archive: FloatArray, queries: FloatArray, depth: int
+) -> IntArray:
+    """Archive rows by ADC (sum of per-sub-space cosines) of each query's descriptor."""
+    index = spq_index(model, model_codes(model, archive))
+    _, ranked = index.search(model_descriptors(model, queries), depth)
+    return ranked.astype(np.int64)

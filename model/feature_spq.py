@@ -1,0 +1,130 @@
+"""SPQ on feature vectors a backbone already produced: centring -> head -> product quantiser.
+
+The backbone is whoever made the vectors (its name is on the card, ``feature_model``); what
+learns is a head that maps a centred input vector to the M unit sub-vectors of the descriptor,
+and the codebooks. The views have the names and shapes of `model.spq.SPQModel`'s (``encode``,
+``quantize``, ``assign_codes``, ``codes_from_descriptors``, ``codebooks``, ``decode``), with
+(N, input_dim) feature rows in place of images, so an index treats both alike: same cosine ADC,
+same codebooks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.card import ModelCard
+from model.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CheckpointMismatchError,
+    atomic_torch_save,
+    read_checkpoint,
+)
+from model.quantizer import ProductQuantizer, split_subvectors
+
+
+class FeatureSPQModel(nn.Module):
+    """(N, input_dim) feature vectors to descriptors and PQ codes; the card's ``input_dim`` > 0.
+
+    ``feature_mean`` (a buffer, saved with the weights) is the training vectors' mean: a
+    backbone's raw features share a large common direction (the dataset README asks for
+    centring before cosine), which would otherwise dominate every sub-space.
+    The head is linear when the card's ``feature_head_hidden`` is 0, else one hidden ReLU layer.
+    """
+
+    feature_mean: torch.Tensor
+
+    def __init__(self, card: ModelCard) -> None:
+        super().__init__()
+        if card.input_dim <= 0:
+            raise ValueError("a feature model's card needs input_dim > 0 (the vectors' length)")
+        self.card = card
+        self.register_buffer("feature_mean", torch.zeros(card.input_dim))
+        self.head: nn.Module
+        if card.feature_head_hidden:
+            self.head = nn.Sequential(
+                nn.Linear(card.input_dim, card.feature_head_hidden),
+                nn.ReLU(inplace=True),
+                nn.Linear(card.feature_head_hidden, card.descriptor_dim),
+            )
+        else:
+            self.head = nn.Linear(card.input_dim, card.descriptor_dim, bias=False)
+        self.quantizer = ProductQuantizer(
+            card.num_codebooks,
+            card.codebook_size,
+            card.codeword_dim,
+            card.soft_quantization_scale,
+        )
+
+    def centred(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, input_dim) -> centred unit rows (the float vectors' cosine geometry)."""
+        if features.ndim != 2 or features.shape[1] != self.card.input_dim:
+            raise ValueError(
+                f"features must be (N, {self.card.input_dim}), got {tuple(features.shape)}"
+            )
+        return F.normalize(features.float() - self.feature_mean, dim=-1)
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, input_dim) -> (N, M*d) float32, each of the M sub-vectors of unit length."""
+        raw = self.head(self.centred(features))
+        return split_subvectors(raw.float(), self.card.num_codebooks).reshape(len(features), -1)
+
+    def quantize(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, input_dim) -> (N, M*d) soft-quantised descriptor (differentiable)."""
+        return self.quantizer.soft_quantize(self.encode(features))
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training view: (descriptor, soft-quantised descriptor), both (N, M*d)."""
+        descriptors = self.encode(features)
+        return descriptors, self.quantizer.soft_quantize(descriptors)
+
+    def assign_codes(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, input_dim) -> (N, M) int64 hard codes in [0, K)."""
+        return self.codes_from_descriptors(self.encode(features))
+
+    def codes_from_descriptors(self, descriptors: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.assign(descriptors)
+
+    def codebooks(self) -> torch.Tensor:
+        """(M, K, d) float32 unit-length codewords."""
+        return self.quantizer.codebooks()
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, M) codes -> (N, M*d) the codewords they select."""
+        return self.quantizer.decode(codes)
+
+
+def save_feature_checkpoint(
+    model: FeatureSPQModel, path: Path, extra: dict[str, Any] | None = None
+) -> None:
+    """The weights (centring mean included) with the card, in the checkpoint format of
+    `model.checkpoint` (tensors and plain data, written atomically)."""
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "card": model.card.model_dump(mode="json"),
+        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
+    }
+    if extra:
+        payload["extra"] = extra
+    atomic_torch_save(payload, path)
+
+
+def load_feature_checkpoint(path: Path, map_location: str = "cpu") -> FeatureSPQModel:
+    """Rebuild a feature model in eval mode; refuses a pixel model's checkpoint or weights that
+    do not fit the card (`CheckpointMismatchError`)."""
+    payload = read_checkpoint(Path(path), map_location)
+    card = ModelCard.model_validate(payload["card"])
+    if card.input_dim <= 0:
+        raise CheckpointMismatchError(f"{path} holds an image model, not a feature model")
+    model = FeatureSPQModel(card)
+    try:
+        model.load_state_dict(payload["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise CheckpointMismatchError(
+            f"{path}: weights do not fit the card's architecture: {error}"
+        ) from None
+    return model.to(map_location).eval()
