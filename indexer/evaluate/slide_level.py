@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -211,17 +211,17 @@ def float_source(_training: FloatArray) -> Codec:
 @dataclass
 class _FaissCodeSearch:
     """Codes in a FAISS index; scores are minus its squared L2 ADC distances, and exact scores
-    of given rows come from the decoded codes (the same distances, up to float rounding)."""
+    of given rows come from decoding their codes (the same distances, up to float rounding)."""
 
     index: faiss.Index
-    decoded: FloatArray
+    codes: npt.NDArray[np.uint8]
 
     def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IdArray]:
         distances, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return -distances, rows.astype(np.int64)
 
     def scores(self, queries: FloatArray, rows: IdArray) -> FloatArray:
-        held = self.decoded[rows]
+        held = np.asarray(self.index.sa_decode(self.codes[rows]), dtype=np.float32)
         squared = (
             (queries**2).sum(axis=1)[:, None] - 2 * queries @ held.T + (held**2).sum(axis=1)[None]
         )
@@ -240,9 +240,9 @@ class FaissCodec:
     def hold(self, vectors: FloatArray) -> CodeSearch:
         index = faiss.clone_index(self.trained)
         array = np.ascontiguousarray(vectors, dtype=np.float32)
+        codes = index.sa_encode(array)
         index.add(array)
-        decoded = index.sa_decode(index.sa_encode(array)) if len(array) else array
-        return _FaissCodeSearch(index, np.asarray(decoded, dtype=np.float32))
+        return _FaissCodeSearch(index, np.asarray(codes, dtype=np.uint8))
 
 
 def faiss_pq_source(
@@ -253,20 +253,31 @@ def faiss_pq_source(
     if bits % nbits:
         raise ValueError(f"{bits} bits is not a whole number of {nbits}-bit sub-quantisers")
     sub_quantisers = bits // nbits
-    fast = "fs" if nbits == 4 else ""
-    factory = f"PQ{sub_quantisers}x{nbits}{fast}"
-    if opq:
-        factory = f"OPQ{sub_quantisers},{factory}"
+    name = f"{'OPQ' if opq else ''}PQ{sub_quantisers}x{nbits}{'fs' if nbits == 4 else ''}"
 
     def train(training: FloatArray) -> Codec:
         rng = np.random.default_rng(seed)
         take = min(len(training), max_training)
         sample = np.ascontiguousarray(training[rng.choice(len(training), take, replace=False)])
-        index = faiss.index_factory(training.shape[1], factory, faiss.METRIC_L2)
+        index = _pq_index(training.shape[1], sub_quantisers, nbits, opq)
         index.train(sample)
-        return FaissCodec(factory, bits, index)
+        return FaissCodec(name, bits, index)
 
     return train
+
+
+def _pq_index(dim: int, sub_quantisers: int, nbits: int, opq: bool) -> faiss.Index:
+    """Built by hand, not by `index_factory`: the factory's ``PQ`` turns on polysemous training,
+    which took 86 s of a 0.3 s PQ training here and changes nothing ADC ranks by."""
+    if nbits == 4:
+        quantiser: faiss.Index = faiss.IndexPQFastScan(dim, sub_quantisers, nbits)
+    else:
+        quantiser = faiss.IndexPQ(dim, sub_quantisers, nbits)
+    if not opq:
+        return quantiser
+    rotation = faiss.OPQMatrix(dim, sub_quantisers)
+    # FAISS's Python wrapper keeps the rotation and the quantiser alive with the index.
+    return faiss.IndexPreTransform(rotation, quantiser)
 
 
 # ---- leave one patient out ---------------------------------------------------------------------
@@ -308,12 +319,36 @@ class ExcludingSearch:
 
 @dataclass(frozen=True)
 class EvaluationSettings:
-    """What a run evaluates: level, aggregations, knobs, depth of hits fetched once per query."""
+    """What a run evaluates: the level, and each variant (an aggregation with its knobs).
+
+    Hits are fetched once per query, as deep as the deepest variant asks; a shallower variant
+    reads the first columns (rows are best first, so that is its own top-k).
+    """
 
     level: GroupBy = "slide"
-    aggregations: tuple[Aggregation, ...] = tuple(Aggregation)
-    search: SlideSearchSettings = field(default_factory=lambda: SlideSearchSettings(evidence=0))
+    variants: tuple[Variant, ...] = ()
     mosaic: int = 24
+
+    def __post_init__(self) -> None:
+        if not self.variants:
+            default = SlideSearchSettings(evidence=0)
+            object.__setattr__(self, "variants", tuple(Variant(a, default) for a in Aggregation))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One aggregation with its knobs; ``name`` says both."""
+
+    aggregation: Aggregation
+    search: SlideSearchSettings
+
+    @property
+    def name(self) -> str:
+        if self.aggregation in (Aggregation.MEAN, Aggregation.VOTE):
+            knobs = "" if self.aggregation is Aggregation.MEAN else f" k={self.search.item_k}"
+        else:
+            knobs = f" k={self.search.item_k} rescore={self.search.rescore}"
+        return f"{self.aggregation.value}{knobs}"
 
 
 @dataclass(frozen=True)
@@ -332,25 +367,40 @@ def centre_and_normalise(vectors: FloatArray, centre: FloatArray) -> FloatArray:
     return unit
 
 
-def prepare_archive(
-    features: SlideFeatures,
-    split: PatientSplit,
-    source: CodeSource,
-    search: SlideSearchSettings,
-    codec: Codec | None = None,
-    *,
-    means_own_codec: bool = False,
-) -> tuple[PreparedArchive, Codec]:
-    """Centre on the training items' mean, train the codec on training items (unless given one),
-    hold every item and slide mean with it (or the means with a codec trained on the training
-    slides' means, ``means_own_codec``)."""
+@dataclass(frozen=True)
+class TrainedCodes:
+    """What is learnt from the training patients: the centre, the items' codec and the slide
+    means' codec (its own: means spread less than items, and a codebook trained on items
+    wastes codewords on them; measured in benchmarks/slide_search.py, "means_codebook")."""
+
+    centre: FloatArray
+    items: Codec
+    means: Codec
+
+
+def train_codes(
+    features: SlideFeatures, split: PatientSplit, source: CodeSource, *, means_own: bool = True
+) -> TrainedCodes:
+    """Centre on the training items' mean; train the codecs on training patients only."""
     training_items = np.array(
-        [features.slide_groups[s] in split.train for s in features.item_slide]
+        [features.slide_groups[s] in split.train for s in features.item_slide], dtype=bool
     )
     centre = features.vectors[training_items].mean(axis=0)
-    unit_items = centre_and_normalise(features.vectors, centre)
-    unit_means = centre_and_normalise(features.slide_means, centre)
-    codec = codec if codec is not None else source(unit_items[training_items])
+    items = source(centre_and_normalise(features.vectors[training_items], centre))
+    if not means_own:
+        return TrainedCodes(centre, items, items)
+    training_slides = np.array([group in split.train for group in features.slide_groups])
+    means = source(centre_and_normalise(features.slide_means[training_slides], centre))
+    return TrainedCodes(centre, items, means)
+
+
+def prepare_archive(
+    features: SlideFeatures, trained: TrainedCodes, search: SlideSearchSettings
+) -> PreparedArchive:
+    """Every item and slide mean of ``features``, centred, held by the trained codecs, as a
+    slide searcher that leaves a group out by `ExcludingSearch`."""
+    unit_items = centre_and_normalise(features.vectors, trained.centre)
+    unit_means = centre_and_normalise(features.slide_means, trained.centre)
     item_groups = [features.slide_groups[s] for s in features.item_slide]
     catalog = SlideCatalog.from_items(
         np.arange(len(unit_items)),
@@ -359,12 +409,9 @@ def prepare_archive(
     )
     # The catalog orders slides by id: keep the means' rows in that order.
     row_of = {slide: row for row, slide in enumerate(features.slide_ids)}
-    mean_rows = np.array([row_of[slide] for slide in catalog.slide_ids])
-    means_codec = codec
-    if means_own_codec:
-        training_slides = np.array([group in split.train for group in features.slide_groups])
-        means_codec = source(unit_means[training_slides])
-    held_items, held_means = codec.hold(unit_items), means_codec.hold(unit_means[mean_rows])
+    mean_rows = np.array([row_of[slide] for slide in catalog.slide_ids], dtype=np.int64)
+    held_items = trained.items.hold(unit_items)
+    held_means = trained.means.hold(unit_means[mean_rows])
     searcher = SlideSearcher(
         catalog,
         ExcludingSearch(held_items, item_groups),
@@ -372,7 +419,7 @@ def prepare_archive(
         ExcludingSearch(held_means, [features.slide_groups[i] for i in mean_rows]),
         search,
     )
-    return PreparedArchive(features, searcher, unit_items, unit_means), codec
+    return PreparedArchive(features, searcher, unit_items, unit_means)
 
 
 @dataclass(frozen=True)
@@ -432,24 +479,26 @@ def ranked_labels(
     archive: PreparedArchive,
     queries: Sequence[tuple[str, SlideQuery, str]],
     settings: EvaluationSettings,
-) -> dict[Aggregation, list[list[str]]]:
-    """The labels of each query's top `DEPTH` targets, per aggregation; hits fetched once."""
-    searcher = replace(archive.searcher, settings=settings.search)
-    catalog, features = searcher.catalog, archive.features
+) -> dict[Variant, list[list[str]]]:
+    """The labels of each query's top `DEPTH` targets, per variant; hits fetched once."""
+    catalog, features = archive.searcher.catalog, archive.features
     slide_label = dict(zip(features.slide_ids, features.slide_labels, strict=True))
     target_label = (
         [slide_label[s] for s in catalog.slide_ids]
         if settings.level == "slide"
         else _group_labels(catalog, slide_label)
     )
-    found: dict[Aggregation, list[list[str]]] = {a: [] for a in settings.aggregations}
+    searchers = {v: replace(archive.searcher, settings=v.search) for v in settings.variants}
+    depth = max(variant.search.item_k for variant in settings.variants)
+    found: dict[Variant, list[list[str]]] = {variant: [] for variant in settings.variants}
     for _, query, _ in queries:
-        scores, ids = searcher.item_search(
-            query.vectors, settings.search.item_k, query.exclude_group
-        )
-        for aggregation in settings.aggregations:
-            ranked = searcher.rank(query, scores, ids, DEPTH, aggregation, settings.level)
-            found[aggregation].append([target_label[t] for t in ranked.targets.tolist()])
+        scores, ids = archive.searcher.item_search(query.vectors, depth, query.exclude_group)
+        for variant, searcher in searchers.items():
+            k = variant.search.item_k
+            ranked = searcher.rank(
+                query, scores[:, :k], ids[:, :k], DEPTH, variant.aggregation, settings.level
+            )
+            found[variant].append([target_label[t] for t in ranked.targets.tolist()])
     return found
 
 
@@ -510,9 +559,42 @@ def _mean(values: Sequence[bool | float]) -> float:
 
 def evaluate_part(
     archive: PreparedArchive, groups: frozenset[str], settings: EvaluationSettings
-) -> dict[Aggregation, LevelMetrics]:
-    """Metrics per aggregation over the slides (or cases) of ``groups``, each patient left out."""
+) -> dict[Variant, LevelMetrics]:
+    """Metrics per variant over the slides (or cases) of ``groups``, each patient left out."""
     queries = query_targets(archive, settings.level, groups, settings.mosaic)
     truth = [label for _, _, label in queries]
     ranked = ranked_labels(archive, queries, settings)
-    return {aggregation: label_metrics(ranked[aggregation], truth) for aggregation in ranked}
+    return {variant: label_metrics(ranked[variant], truth) for variant in ranked}
+
+
+def knob_grid(
+    item_ks: Sequence[int], rescores: Sequence[int], aggregations: Sequence[Aggregation]
+) -> tuple[Variant, ...]:
+    """Every aggregation with every knob that matters to it (mean: none; vote: item_k)."""
+    variants: dict[str, Variant] = {}
+    for aggregation in aggregations:
+        for item_k in item_ks:
+            for rescore in rescores:
+                search = SlideSearchSettings(item_k=item_k, rescore=rescore, evidence=0)
+                if aggregation is Aggregation.VOTE:
+                    search = SlideSearchSettings(item_k=item_k, rescore=0, evidence=0)
+                if aggregation is Aggregation.MEAN:
+                    search = SlideSearchSettings(item_k=min(item_ks), rescore=0, evidence=0)
+                variant = Variant(aggregation, search)
+                variants.setdefault(variant.name, variant)
+    return tuple(variants.values())
+
+
+def choose_variants(results: dict[Variant, LevelMetrics]) -> dict[Aggregation, Variant]:
+    """Per aggregation, the variant with the best MV@5 (then top-1, then the shallower one):
+    call it with validation results only."""
+    best: dict[Aggregation, Variant] = {}
+    for variant, metrics in results.items():
+        current = best.get(variant.aggregation)
+        if current is None or _rank_key(metrics, variant) > _rank_key(results[current], current):
+            best[variant.aggregation] = variant
+    return best
+
+
+def _rank_key(metrics: LevelMetrics, variant: Variant) -> tuple[float, float, int, int]:
+    return (metrics.mv5, metrics.top1, -variant.search.item_k, -variant.search.rescore)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Literal, Protocol
 
 import faiss
@@ -114,6 +114,12 @@ class SlideCatalog:
     slide_group: IntArray
     item_ids: IdArray
     item_slide: IntArray
+    _by_slide: IntArray = field(init=False, repr=False, compare=False)
+    _slide_starts: IntArray = field(init=False, repr=False, compare=False)
+    _by_group: IntArray = field(init=False, repr=False, compare=False)
+    _group_starts: IntArray = field(init=False, repr=False, compare=False)
+    _slide_at: dict[str, int] = field(init=False, repr=False, compare=False)
+    _group_at: dict[str, int] = field(init=False, repr=False, compare=False)
 
     @classmethod
     def from_items(
@@ -145,25 +151,42 @@ class SlideCatalog:
             item_slide=item_slide[order],
         )
 
+    def __post_init__(self) -> None:
+        # Lookup structures built once: items of a slide are a slice of ``_by_slide``.
+        by_slide = np.argsort(self.item_slide, kind="stable")
+        starts = np.searchsorted(self.item_slide[by_slide], np.arange(len(self.slide_ids) + 1))
+        by_group = np.argsort(self.slide_group, kind="stable")
+        group_starts = np.searchsorted(self.slide_group[by_group], np.arange(len(self.groups) + 1))
+        object.__setattr__(self, "_by_slide", by_slide)
+        object.__setattr__(self, "_slide_starts", starts)
+        object.__setattr__(self, "_by_group", by_group)
+        object.__setattr__(self, "_group_starts", group_starts)
+        object.__setattr__(self, "_slide_at", {s: i for i, s in enumerate(self.slide_ids)})
+        object.__setattr__(self, "_group_at", {g: i for i, g in enumerate(self.groups)})
+
     def slide_position(self, slide_id: str) -> int:
-        position = int(np.searchsorted(np.array(self.slide_ids), slide_id))
-        if position == len(self.slide_ids) or self.slide_ids[position] != slide_id:
+        position: int | None = self._slide_at.get(slide_id)
+        if position is None:
             raise UnknownSlideError(slide_id)
         return position
 
     def group_position(self, group: str) -> int:
-        position = int(np.searchsorted(np.array(self.groups), group))
-        if position == len(self.groups) or self.groups[position] != group:
+        position: int | None = self._group_at.get(group)
+        if position is None:
             raise UnknownGroupError(group)
         return position
 
     def slides_of_group(self, group: str) -> IntArray:
-        positions: IntArray = np.flatnonzero(self.slide_group == self.group_position(group))
-        return positions
+        return self.slides_of_groups([self.group_position(group)])
+
+    def slides_of_groups(self, groups: npt.ArrayLike) -> IntArray:
+        """Slide positions of the given group positions, in slide order."""
+        return _gathered(self._by_group, self._group_starts, groups)
 
     def items_of_slides(self, slides: npt.ArrayLike) -> IdArray:
-        wanted = np.isin(self.item_slide, np.asarray(slides, dtype=np.int64))
-        found: IdArray = self.item_ids[wanted]
+        """Item ids of the given slide positions, slide by slide as given, each in id order."""
+        rows = _gathered(self._by_slide, self._slide_starts, slides)
+        found: IdArray = self.item_ids[rows]
         return found
 
     def targets_of(self, item_ids: npt.ArrayLike, group_by: GroupBy) -> IntArray:
@@ -186,6 +209,19 @@ class SlideCatalog:
             if group_by == "slide"
             else (self.groups[target])
         )
+
+
+def _gathered(order: IntArray, starts: IntArray, wanted: npt.ArrayLike) -> IntArray:
+    """The concatenated slices ``order[starts[w]:starts[w + 1]]`` of each wanted position."""
+    positions = np.asarray(wanted, dtype=np.int64).ravel()
+    if len(positions) == 0:
+        return np.empty(0, dtype=np.int64)
+    begins, ends = starts[positions], starts[positions + 1]
+    lengths = ends - begins
+    # Offsets of each output entry inside its own slice, without a Python loop.
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    gathered: IntArray = order[np.repeat(begins, lengths) + within].astype(np.int64)
+    return gathered
 
 
 # ---- queries -----------------------------------------------------------------------------------
@@ -400,11 +436,9 @@ def rescore_targets(
     Returns the ranked targets, and the (n, N) item scores with the N item ids they cover (for
     evidence).
     """
-    item_targets = (
-        catalog.item_slide if group_by == "slide" else catalog.slide_group[catalog.item_slide]
-    )
-    wanted = np.isin(item_targets, candidates)
-    ids, owners = catalog.item_ids[wanted], item_targets[wanted]
+    slides = candidates if group_by == "slide" else catalog.slides_of_groups(candidates)
+    ids = catalog.items_of_slides(slides)
+    owners = catalog.targets_of(ids, group_by)
     order = np.argsort(owners, kind="stable")
     ids, owners = ids[order], owners[order]
     if len(ids) == 0:
