@@ -1,0 +1,409 @@
+"""Slide and case search benchmark on real features: tcga-hipt-regions-192d.
+
+    nice -n 10 python -m benchmarks.slide_search [--threads 2] [--validation-patients 400]
+        [--test-patients N] [--skip-latency] [--data DIR] [--out FILE]
+
+7,437 TCGA slides of 6,170 patients (HIPT region embeddings, 192-d, at most 24 per slide, each
+slide's mean over all its regions beside them). Patients are split once (seed 0) into train 65% /
+validation 15% / test 20%. Codes are trained on training patients' vectors only; every choice
+(PQ or OPQ, items per query item, rescoring depth) is made on validation patients; the figures
+reported are test patients' (leave one patient out: a query never meets its own patient).
+
+Tasks: the cancer type (25 classes), and the subtype within BRCA (IDC/ILC), kidney
+(CCRCC/PRCC/CHRCC) and lung (LUAD/LUSC), each over its own slides, with the pan-cancer codes.
+Levels: a slide as query, slides as answers; a case (all slides of a patient) as query, cases as
+answers. Sources: exact float cosine, and codes of 32 / 64 / 128 bits (FAISS PQ or OPQ with 8-bit
+sub-quantisers; slide means with their own codebook of the same size).
+
+Latency (one query at a time, best of the median over queries, ``--threads`` FAISS threads):
+a slide query of 24 items against the 147k items / 7,437 slides; the same against 10^6 items
+(the 147k resampled with Gaussian noise, sigma 0.03 per dimension on unit vectors, in synthetic
+slides of 24 items: a stand-in of the real distribution, not real slides); and a slide of
+10,000 tiles (one slide's regions resampled with the same noise) reduced to its mosaic first.
+Results: a table on stdout and ``benchmarks/results/slide_search.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from indexer.evaluate.slide_level import (
+    SUBTYPE_TASKS,
+    CodeSource,
+    EvaluationSettings,
+    LabelledSlides,
+    PatientSplit,
+    PreparedArchive,
+    SlideFeatures,
+    TrainedCodes,
+    Variant,
+    choose_variants,
+    evaluate_part,
+    faiss_pq_source,
+    float_source,
+    knob_grid,
+    load_labelled_slides,
+    patient_split,
+    prepare_archive,
+    train_codes,
+)
+from indexer.index.pq import FloatArray
+from indexer.index.slide_search import (
+    Aggregation,
+    SlideQuery,
+    SlideSearchSettings,
+    select_mosaic,
+    vector_set_query,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA = REPO_ROOT.parent / "shared" / "data" / "tcga-hipt-regions-192d"
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "slide_search.json"
+SEED = 0
+VALIDATION_FRACTION, TEST_FRACTION = 0.15, 0.2
+ITEM_KS, RESCORES = (25, 50, 100), (0, 32)
+BITS = (32, 64, 128)
+NOISE = 0.03
+SCALE_ITEMS = 1_000_000
+
+
+def subset(groups: frozenset[str], count: int | None, seed: int) -> frozenset[str]:
+    """``count`` of the groups (seeded), or all of them."""
+    if count is None or count >= len(groups):
+        return groups
+    chosen = np.random.default_rng(seed).choice(sorted(groups), count, replace=False)
+    return frozenset(chosen.tolist())
+
+
+def pq_source(bits: int, opq: bool) -> CodeSource:
+    return faiss_pq_source(bits, opq=opq, max_training=32_768, seed=SEED)
+
+
+# ---- quality -----------------------------------------------------------------------------------
+
+
+def validate(
+    features: SlideFeatures,
+    trained: TrainedCodes,
+    groups: frozenset[str],
+) -> tuple[dict[Aggregation, Variant], dict[str, dict[str, float | int]]]:
+    """Knobs per aggregation chosen on validation slides (cancer type)."""
+    archive = prepare_archive(features, trained, SlideSearchSettings(evidence=0))
+    variants = knob_grid(ITEM_KS, RESCORES, list(Aggregation))
+    results = evaluate_part(archive, groups, EvaluationSettings(variants=variants))
+    table = {variant.name: metrics.as_dict() for variant, metrics in results.items()}
+    return choose_variants(results), table
+
+
+def held_out_figures(
+    features: SlideFeatures,
+    trained: TrainedCodes,
+    chosen: dict[Aggregation, Variant],
+    groups: frozenset[str],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Test figures per level and aggregation, with the knobs chosen on validation."""
+    archive = prepare_archive(features, trained, SlideSearchSettings(evidence=0))
+    figures: dict[str, dict[str, dict[str, Any]]] = {}
+    for level in ("slide", "group"):
+        settings = EvaluationSettings(level=level, variants=tuple(chosen.values()))
+        results = evaluate_part(archive, groups, settings)
+        figures[level] = {
+            v.aggregation.value: {**m.as_dict(), "knobs": v.name} for v, m in results.items()
+        }  # type: ignore[dict-item]
+    return figures
+
+
+def choose_family(
+    features: SlideFeatures, split: PatientSplit, groups: frozenset[str]
+) -> tuple[bool, dict[str, Any]]:
+    """PQ or OPQ at 64 bits, and the means' codebook (own or the items'), on validation."""
+    report: dict[str, Any] = {}
+    best: tuple[float, bool] | None = None
+    default = EvaluationSettings()
+    for opq in (False, True):
+        started = time.perf_counter()
+        trained = train_codes(features, split, pq_source(64, opq))
+        seconds = time.perf_counter() - started
+        archive = prepare_archive(features, trained, SlideSearchSettings(evidence=0))
+        results = evaluate_part(archive, groups, default)
+        name = trained.items.name
+        report[name] = {
+            "train_s": round(seconds, 1),
+            **{v.aggregation.value: m.as_dict() for v, m in results.items()},
+        }
+        score = max(m.mv5 for m in results.values())
+        if best is None or score > best[0]:
+            best = (score, opq)
+        shared = replace(trained, means=trained.items)
+        mean_only = EvaluationSettings(
+            variants=(Variant(Aggregation.MEAN, SlideSearchSettings(evidence=0)),)
+        )
+        shared_mean = evaluate_part(
+            prepare_archive(features, shared, SlideSearchSettings(evidence=0)), groups, mean_only
+        )
+        report[name]["means_codebook"] = {
+            "own": results[next(v for v in results if v.aggregation is Aggregation.MEAN)].mv5,
+            "items": next(iter(shared_mean.values())).mv5,
+        }
+    assert best is not None
+    return best[1], report
+
+
+def quality(
+    labelled: LabelledSlides,
+    split: PatientSplit,
+    validation: frozenset[str],
+    test: frozenset[str],
+) -> tuple[dict[str, Any], dict[str, TrainedCodes]]:
+    features = labelled.features
+    opq, family = choose_family(features, split, validation)
+    sources: dict[str, CodeSource] = {"float": float_source}
+    for bits in BITS:
+        sources[f"{'opq' if opq else 'pq'}{bits}"] = pq_source(bits, opq)
+    tasks = {"cancer_type": features} | {
+        f"subtype_{organ.lower()}": labelled.subtype_task(organ, subtypes)
+        for organ, subtypes in SUBTYPE_TASKS.items()
+    }
+    report: dict[str, Any] = {"family_on_validation": family, "sources": {}}
+    trained_by_source: dict[str, TrainedCodes] = {}
+    for name, source in sources.items():
+        started = time.perf_counter()
+        trained = train_codes(features, split, source)
+        trained_by_source[name] = trained
+        chosen, validation_table = validate(features, trained, validation)
+        entry: dict[str, Any] = {
+            "codec": trained.items.name,
+            "bits": trained.items.bits,
+            "validation": validation_table,
+            "chosen_on_validation": {a.value: v.name for a, v in chosen.items()},
+            "test": {},
+        }
+        for task, task_features in tasks.items():
+            entry["test"][task] = held_out_figures(task_features, trained, chosen, test)
+            print_task(name, task, entry["test"][task])
+        entry["seconds"] = round(time.perf_counter() - started, 1)
+        report["sources"][name] = entry
+    return report, trained_by_source
+
+
+def print_task(source: str, task: str, figures: dict[str, dict[str, dict[str, Any]]]) -> None:
+    for level, by_aggregation in figures.items():
+        for aggregation, metrics in by_aggregation.items():
+            print(
+                f"{source:>7} {task:<16} {level:<5} {aggregation:<10} "
+                f"n={metrics['queries']:>5} top1={metrics['top1']:.4f} mv3={metrics['mv3']:.4f} "
+                f"mv5={metrics['mv5']:.4f} f1@mv5={metrics['macro_f1_mv5']:.4f} "
+                f"map5={metrics['map5']:.4f}  ({metrics['knobs']})",
+                flush=True,
+            )
+
+
+def targets(report: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets on the cancer-type task, slide level, test patients."""
+    sources = report["sources"]
+    float_slide = sources["float"]["test"]["cancer_type"]["slide"]
+    baseline = float_slide["mean"]["mv5"]
+    code64 = next(name for name in sources if name.endswith("64"))
+    coded = sources[code64]["test"]["cancer_type"]["slide"]
+    best_code = max(coded, key=lambda a: coded[a]["mv5"])
+    best_float = max(float_slide, key=lambda a: float_slide[a]["mv5"])
+    return {
+        "float_mean_mv5_baseline": baseline,
+        "codes_64_best": {"aggregation": best_code, "mv5": coded[best_code]["mv5"]},
+        "codes_64_ratio_to_baseline": coded[best_code]["mv5"] / baseline,
+        "codes_64_meets_0.98": coded[best_code]["mv5"] >= 0.98 * baseline,
+        "codes_64_best_above_baseline": coded[best_code]["mv5"] > baseline,
+        "float_best": {"aggregation": best_float, "mv5": float_slide[best_float]["mv5"]},
+        "float_best_above_baseline": float_slide[best_float]["mv5"] > baseline,
+    }
+
+
+# ---- latency -----------------------------------------------------------------------------------
+
+
+def timed_ms(action: Callable[[], object], repeats: int) -> float:
+    """Median milliseconds of ``repeats`` calls (after one warm-up call)."""
+    action()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        times.append(1000 * (time.perf_counter() - started))
+    return float(np.median(times))
+
+
+def query_latencies(
+    archive: PreparedArchive, queries: Sequence[SlideQuery], repeats: int
+) -> dict[str, float]:
+    """Median ms per slide query (k=10, 3 evidence items), per aggregation, over the queries."""
+    searcher = replace(archive.searcher, settings=SlideSearchSettings())
+    figures = {}
+    for aggregation in Aggregation:
+
+        def one(query: SlideQuery, aggregation: Aggregation = aggregation) -> object:
+            return searcher.search(query, 10, aggregation)
+
+        per_query = [timed_ms(partial(one, query), repeats) for query in queries]
+        figures[aggregation.value] = round(float(np.median(per_query)), 2)
+    return figures
+
+
+def held_out_queries(
+    archive: PreparedArchive, test: frozenset[str], count: int
+) -> list[SlideQuery]:
+    """Slides of 24 items of test patients, each with its patient left out."""
+    catalog = archive.searcher.catalog
+    features = archive.features
+    row_of = {slide: row for row, slide in enumerate(features.slide_ids)}
+    queries = []
+    for position, slide in enumerate(catalog.slide_ids):
+        group = catalog.groups[catalog.slide_group[position]]
+        rows = catalog.items_of_slides([position])
+        if group in test and len(rows) == 24:
+            mean = archive.unit_means[row_of[slide]]
+            queries.append(SlideQuery(archive.unit_items[rows], mean, group))
+        if len(queries) == count:
+            break
+    return queries
+
+
+def resampled(unit: FloatArray, count: int, seed: int) -> FloatArray:
+    """``count`` rows drawn from ``unit`` with Gaussian noise, L2-normalised again."""
+    rng = np.random.default_rng(seed)
+    rows = unit[rng.integers(0, len(unit), count)]
+    noisy = (rows + NOISE * rng.standard_normal(rows.shape, dtype=np.float32)).astype(np.float32)
+    faiss.normalize_L2(noisy)
+    return noisy
+
+
+def scaled_features(archive: PreparedArchive, count: int) -> SlideFeatures:
+    """``count`` resampled items in synthetic slides of 24, one patient each (already unit, so
+    the centre of `TrainedCodes` must be zero for them)."""
+    vectors = resampled(archive.unit_items, count, seed=1)
+    slides = count // 24 + (count % 24 > 0)
+    item_slide = np.arange(count, dtype=np.int64) // 24
+    means = np.zeros((slides, vectors.shape[1]), dtype=np.float32)
+    np.add.at(means, item_slide, vectors)
+    names = tuple(f"synthetic-{i:07d}" for i in range(slides))
+    return SlideFeatures(
+        vectors=vectors,
+        item_slide=item_slide,
+        slide_ids=names,
+        slide_groups=tuple(f"patient-{i:07d}" for i in range(slides)),
+        slide_labels=("none",) * slides,
+        slide_means=means,
+    )
+
+
+def latency(
+    labelled: LabelledSlides,
+    trained_by_source: dict[str, TrainedCodes],
+    test: frozenset[str],
+    repeats: int,
+) -> dict[str, Any]:
+    features = labelled.features
+    report: dict[str, Any] = {}
+    code64 = next(name for name in trained_by_source if name.endswith("64"))
+    for name in ("float", code64):
+        archive = prepare_archive(features, trained_by_source[name], SlideSearchSettings())
+        queries = held_out_queries(archive, test, 30)
+        report[f"{name}_147k_items_7k_slides_ms"] = query_latencies(archive, queries, repeats)
+        print(f"latency {name} 147k items: {report[f'{name}_147k_items_7k_slides_ms']}", flush=True)
+        if name == code64:
+            report["mosaic_10000_tiles_ms"] = mosaic_latency(archive, queries[0], repeats)
+            print(f"latency mosaic 10,000 tiles: {report['mosaic_10000_tiles_ms']}", flush=True)
+            big = scaled_features(archive, SCALE_ITEMS)
+            zero = np.zeros(big.vectors.shape[1], dtype=np.float32)
+            scaled = prepare_archive(
+                big, replace(trained_by_source[name], centre=zero), SlideSearchSettings()
+            )
+            report[f"{name}_1M_items_ms"] = query_latencies(scaled, queries[:10], repeats)
+            print(f"latency {name} 10^6 items: {report[f'{name}_1M_items_ms']}", flush=True)
+            del scaled, big
+    return report
+
+
+def mosaic_latency(archive: PreparedArchive, query: SlideQuery, repeats: int) -> dict[str, float]:
+    """A slide of 10,000 tiles: mosaic selection alone, then mosaic + search (k=10)."""
+    tiles = resampled(query.vectors, 10_000, seed=2)
+    dim = tiles.shape[1]
+    searcher = replace(archive.searcher, settings=SlideSearchSettings())
+    figures = {"select_mosaic_only": round(timed_ms(lambda: select_mosaic(tiles, 24), repeats), 2)}
+    for aggregation in Aggregation:
+
+        def whole(aggregation: Aggregation = aggregation) -> object:
+            built = vector_set_query(tiles, dim, exclude_group=query.exclude_group, mosaic=24)
+            return searcher.search(built, 10, aggregation)
+
+        figures[f"mosaic_and_{aggregation.value}"] = round(timed_ms(whole, repeats), 2)
+    return figures
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--validation-patients", type=int, default=400)
+    parser.add_argument("--test-patients", type=int, default=None, help="default: all")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-latency", action="store_true")
+    args = parser.parse_args(argv)
+    faiss.omp_set_num_threads(args.threads)
+    started = time.perf_counter()
+    labelled = load_labelled_slides(args.data)
+    split = patient_split(labelled.features.slide_groups, VALIDATION_FRACTION, TEST_FRACTION, SEED)
+    validation = subset(split.validation, args.validation_patients, SEED)
+    test = subset(split.test, args.test_patients, SEED)
+    report: dict[str, Any] = {
+        "command": "python -m benchmarks.slide_search "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v}"
+            for k, v in vars(args).items()
+            if k not in {"data", "out", "skip_latency"}
+        )
+        + (" --skip-latency" if args.skip_latency else ""),
+        "data": "tcga-hipt-regions-192d",
+        "split": {
+            "seed": SEED,
+            "patients": {
+                "train": len(split.train),
+                "validation": len(split.validation),
+                "test": len(split.test),
+            },
+            "validation_patients_used": len(validation),
+            "test_patients_used": len(test),
+        },
+        "machine": {
+            "cpus": platform.processor() or platform.machine(),
+            "faiss_threads": args.threads,
+        },
+    }
+    quality_report, trained = quality(labelled, split, validation, test)
+    report["quality"] = quality_report
+    report["targets"] = targets(quality_report)
+    print(json.dumps(report["targets"], indent=2))
+    if not args.skip_latency:
+        report["latency"] = latency(labelled, trained, test, args.repeats)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
