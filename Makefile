@@ -35,10 +35,10 @@ test: install
 	$(VENV)/bin/pytest
 
 benchmark: install
-	$(VENV)/bin/python -m benchmarks.retrieval
-	$(VENV)/bin/python -m benchmarks.indexer
-	$(VENV)/bin/python -m benchmarks.service_load
-	$(VENV)/bin/python -m benchmarks.service_hardening
+	$(VENV)/bin/python -m benchmarks.quality.retrieval
+	$(VENV)/bin/python -m benchmarks.indexer.goals
+	$(VENV)/bin/python -m benchmarks.service.service_load
+	$(VENV)/bin/python -m benchmarks.service.service_hardening
 
 # Rebuild OpenSeadragon (pinned in viewer/package-lock.json) into service/static/vendor/ (npm ci).
 vendor-viewer:

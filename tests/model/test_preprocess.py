@@ -111,8 +111,9 @@ def test_precision_is_taken_as_asked_or_chosen_by_the_device() -> None:
 def test_auto_precision_takes_bfloat16_on_a_cpu_only_with_amx_units(
     amx: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """AVX512-BF16 without AMX trains slower in bfloat16 than in float32 (benchmarks.precision),
-    so the CPU's AMX units decide, where oneDNN can run bfloat16 at all."""
+    """AVX512-BF16 without AMX trains slower in bfloat16 than in float32
+    (benchmarks.quality.precision), so the CPU's AMX units decide, where oneDNN can run bfloat16
+    at all."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     chosen = select_precision("auto", torch.device("cpu"))
