@@ -281,7 +281,7 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
     )
     return RaySearchEngine(
         model,
-        index,  # type: ignore[arg-type]  # a ShardedIndex answers every call an ArchiveIndex does
+        index,  # a ShardedIndex answers every call an ArchiveIndex does
         torch.device("cpu"),
         embedder=_REPLICA_HANDLES["embedder"],
         workers=settings.workers,

@@ -229,7 +229,7 @@ def measure_encoding(workdir: Path, repeats: int, archive_name: str) -> dict[str
                 runs[name].append(seconds)
                 loads[name] += [before, load_average()]
     finally:
-        ray.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
     startup = {name: min(values) for name, values in starts.items()}
     best = {name: min(values) for name, values in runs.items()}
     steady = {name: best[name] - startup[name] if name in startup else best[name] for name in best}

@@ -7,7 +7,7 @@ is an SPQ model with the default card, or that card with another input size (ran
 does not depend on training). The input size sets how the forward pass weighs against the fixed
 per-tile work (read, decode, hash, thumbnail) that the pipeline adds.
 
-- ``bare forward``: ``model.encode`` on the same batches, already decoded, resized and normalised
+- ``bare forward``: ``SPQModel.encode`` on the same batches, already decoded, resized and normalised
   before the clock starts: the floor the pipeline cannot beat.
 - ``pipeline``: `index_archive` into a fresh index directory: read, hash, decode (thread pool),
   tile, tissue check, thumbnail, preprocess, embed, durable SQLite write, final snapshot.

@@ -12,10 +12,10 @@ written tile by tile by tifffile (never held whole in memory).
   pool, resize, thumbnail, preprocess, embed, durable SQLite write, final snapshot.
 - ``pipeline, random descriptors``: the same run with random descriptors instead of the network,
   i.e. what the pipeline itself costs per tile (reads, thumbnails, SQLite writes).
-- ``bare forward``: ``model.encode`` alone on the first ``--forward-tiles`` tissue tiles of the same
-  slide, read and preprocessed before the clock starts: the floor the pipeline cannot beat. It is
-  timed just before and just after the pipeline (the machine's load drifts during a run), and the
-  pipeline is compared with their mean; the pipeline's forwards take the same batch size.
+- ``bare forward``: ``SPQModel.encode`` alone on the first ``--forward-tiles`` tissue tiles of the
+  same slide, read and preprocessed before the clock starts: the floor the pipeline cannot beat.
+  It is timed just before and just after the pipeline (the machine's load drifts during a run),
+  and the pipeline is compared with their mean; the pipeline's forwards take the same batch size.
 - ``CPU per tile``: process CPU time (every thread) per tile of the pipeline and of the bare
   forward; unlike wall-clock rates it hardly moves with the other jobs' load on a shared machine.
 - ``peak RSS``: the process's high-water mark of resident memory (``VmHWM``, reset just before
@@ -111,7 +111,7 @@ def rss_bytes() -> int:
 def bare_forward(
     model: torch.nn.Module, card: ModelCard, tiles: list[Image.Image], batch_size: int
 ) -> tuple[float, float]:
-    """(tiles per second, CPU milliseconds per tile) of ``model.encode`` alone."""
+    """(tiles per second, CPU milliseconds per tile) of ``SPQModel.encode`` alone."""
     batches = [
         preprocess(tiles[start : start + batch_size], card)
         for start in range(0, len(tiles), batch_size)

@@ -167,7 +167,7 @@ RECIPE_PRECISION: dict[str, Any] = {"precision": "bf16"}
 
 
 def pcam_manifest(source: Path, out: Path, seed: int = 0) -> Path:
-    """Write ``out/manifest.csv``: PCam's labels.csv with pcam-train re-grouped (see `PCAM`).
+    """Write ``manifest.csv`` in ``out``: PCam's labels.csv with pcam-train re-grouped (see `PCAM`).
     Paths are written relative to ``out``, where the CSV loader resolves them."""
     with (source / "labels.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

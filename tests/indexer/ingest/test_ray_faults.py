@@ -58,7 +58,7 @@ def live_actors(class_name: str) -> dict[str, dict[str, Any]]:
     """
     from ray._private import state
 
-    table: dict[str, dict[str, Any]] = state.actors()  # type: ignore[no-untyped-call]
+    table: dict[str, dict[str, Any]] = state.actors()
     return {
         actor_id: actor
         for actor_id, actor in table.items()
@@ -69,7 +69,7 @@ def live_actors(class_name: str) -> dict[str, dict[str, Any]]:
 def restarts_of(actor_id: str) -> int:
     from ray._private import state
 
-    table: dict[str, dict[str, Any]] = state.actors()  # type: ignore[no-untyped-call]
+    table: dict[str, dict[str, Any]] = state.actors()
     return int(table[actor_id]["NumRestarts"])
 
 
