@@ -19,11 +19,12 @@ from indexer.ingest.distributed import RayEncodingConfig, encode_archive_on_ray
 from indexer.ingest.pipeline import PipelineConfig
 from indexer.ingest.sources import ArchiveImage, load_folder
 from model import ModelCard, build_model, save_checkpoint
+from support.data import SHARED_DATA
 from tests.indexer.ingest.test_distributed import contents, counts, single_process_index
 
 pytestmark = pytest.mark.ray
 
-PCAM = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "pcam-96px-7k"
+PCAM = SHARED_DATA / "pcam-96px-7k"
 # Enough 96 px tiles that most are still to be embedded when the first batches are stored.
 IMAGES = 240
 CONFIG = PipelineConfig(
