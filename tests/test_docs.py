@@ -30,6 +30,8 @@ SKIPPED_FOLDERS = {".git", ".venv", "node_modules", "var", "vendor", "build", "d
 PYTHON_FOLDERS = (*PACKAGES, "tests")
 
 INLINE_CODE = re.compile(r"(``?)([^`\n]+?)\1")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+HEADING = re.compile(r"^#{1,6}\s+(.*?)\s*$")
 FENCE = re.compile(r"^\s*(```|~~~)")
 EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,7}$")
 # A placeholder or a shell construct means the token is an example, not a path to check.
@@ -80,6 +82,42 @@ def markdown_mentions(path: Path) -> Iterator[Mention]:
         if not fenced:
             for match in INLINE_CODE.finditer(line):
                 yield Mention(path, number, match.group(2).strip())
+
+
+def markdown_links(path: Path) -> Iterator[Mention]:
+    """Relative links (`[text](docs/model.md#training)`), outside fenced blocks."""
+    fenced = False
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if FENCE.match(line):
+            fenced = not fenced
+            continue
+        if not fenced:
+            for match in LINK.finditer(line):
+                if not re.match(r"^[a-z]+:", match.group(1)):
+                    yield Mention(path, number, match.group(1))
+
+
+def heading_anchors(path: Path) -> set[str]:
+    """GitHub's anchors: headings lower-cased, punctuation dropped, spaces as hyphens."""
+    anchors = set()
+    fenced = False
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and (match := HEADING.match(line)):
+            text = match.group(1).lower().replace("`", "")
+            anchors.add(re.sub(r"[^\w\- ]", "", text).replace(" ", "-"))
+    return anchors
+
+
+def link_problem(link: Mention) -> str | None:
+    target, _, anchor = link.token.partition("#")
+    path = (link.file.parent / target).resolve() if target else link.file
+    if not path.exists():
+        return "no such file"
+    if anchor and path.suffix == ".md" and anchor not in heading_anchors(path):
+        return f"{path.name} has no heading #{anchor}"
+    return None
 
 
 def docstring_mentions(path: Path) -> Iterator[Mention]:
@@ -197,6 +235,28 @@ def test_every_dotted_project_name_resolves(mentions: list[Mention]) -> None:
         if (problem := resolve(name)) is not None
     ]
     assert not unresolved, "names in the docs that do not resolve:\n" + "\n".join(unresolved)
+
+
+def test_every_relative_link_in_the_markdown_reaches_its_file_and_heading() -> None:
+    broken = [
+        f"{link.where()} ({problem})"
+        for path in markdown_files()
+        for link in markdown_links(path)
+        if (problem := link_problem(link)) is not None
+    ]
+    assert not broken, "links in the docs that lead nowhere:\n" + "\n".join(broken)
+
+
+def test_a_heading_gives_the_anchor_github_gives_it(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n## Backbones: what the codes keep, and what each costs\n")
+    assert "backbones-what-the-codes-keep-and-what-each-costs" in heading_anchors(page)
+    assert link_problem(Mention(page, 1, "page.md#title")) is None
+    assert (
+        link_problem(Mention(page, 1, "#no-such-heading"))
+        == "page.md has no heading #no-such-heading"
+    )
+    assert link_problem(Mention(page, 1, "missing.md")) == "no such file"
 
 
 @pytest.mark.parametrize(
