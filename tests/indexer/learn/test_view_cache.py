@@ -207,6 +207,7 @@ def _held_out_codes_p10(model: SPQModel, test: ValidationSet) -> float:
     return validate(model, test, torch.device("cpu"))["val_p10_codes"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not KATHER.is_dir(), reason="needs ../shared/data/kather2016-texture-240")
 def test_a_short_frozen_vit_s_run_gives_codes_that_beat_its_untrained_head_on_test_groups(
     tmp_path: Path,
