@@ -20,7 +20,8 @@ from indexer.learn.training import (
 from indexer.learn.view_cache import PROGRESS_FILE, VIEWS_FILE, build_view_cache
 from model import SPQModel, load_checkpoint
 from model.card import ModelSpec
-from tests.indexer.learn.test_training import LC25000, SHARED_DATA, _tiny_config
+from support.data import SHARED_DATA
+from tests.indexer.learn.test_training import LC25000, _tiny_config
 
 KATHER = SHARED_DATA / "kather2016-texture-240"
 
