@@ -39,7 +39,7 @@ test: install
 test-fast: install
 	$(VENV)/bin/pytest -m "not slow and not browser and not ray and not deploy"
 
-# Machine-comparable speed figures, minutes in all (benchmarks/README.md lists every script).
+# Machine-comparable speed figures, minutes per script, no training (benchmarks/README.md).
 benchmark: install
 	$(VENV)/bin/python -m benchmarks.indexer.goals
 	$(VENV)/bin/python -m benchmarks.indexer.slides
