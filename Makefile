@@ -7,7 +7,8 @@ FAISS_EXTRA ?= cpu
 # The slide viewer's OpenSeadragon, built from viewer/package-lock.json (never committed).
 VIEWER := service/static/vendor/openseadragon/openseadragon.min.js
 
-.PHONY: run check install lint typecheck test benchmark clean-demo vendor-viewer
+.PHONY: run check install lint typecheck test test-fast benchmark benchmark-quality clean-demo \
+	vendor-viewer
 
 $(VENV)/.installed: pyproject.toml scripts/bootstrap
 	VENV=$(VENV) PYTHON=$(PYTHON) FAISS_EXTRA=$(FAISS_EXTRA) scripts/bootstrap
@@ -34,11 +35,22 @@ typecheck: install
 test: install
 	$(VENV)/bin/pytest
 
+# The edit loop: everything but tests over 30 s, the browser, Ray and the Docker deployment.
+test-fast: install
+	$(VENV)/bin/pytest -m "not slow and not browser and not ray and not deploy"
+
+# Machine-comparable speed figures, minutes per script, no training (benchmarks/README.md).
 benchmark: install
-	$(VENV)/bin/python -m benchmarks.retrieval
-	$(VENV)/bin/python -m benchmarks.indexer
-	$(VENV)/bin/python -m benchmarks.service_load
-	$(VENV)/bin/python -m benchmarks.service_hardening
+	$(VENV)/bin/python -m benchmarks.indexer.goals
+	$(VENV)/bin/python -m benchmarks.indexer.slides
+	$(VENV)/bin/python -m benchmarks.service.service_load
+	$(VENV)/bin/python -m benchmarks.service.service_hardening
+	$(VENV)/bin/python -m benchmarks.service.region_query
+
+# Retrieval quality on held-out groups: trains models, hours on a CPU.
+benchmark-quality: install
+	$(VENV)/bin/python -m benchmarks.quality.retrieval
+	$(VENV)/bin/python -m benchmarks.quality.supervised_ceiling
 
 # Rebuild OpenSeadragon (pinned in viewer/package-lock.json) into service/static/vendor/ (npm ci).
 vendor-viewer:

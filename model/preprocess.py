@@ -188,7 +188,7 @@ def bfloat16_trains_faster(device: torch.device) -> bool:
     """Whether bfloat16 mixed precision trains faster than float32 on ``device``: a CUDA GPU
     with bfloat16 support, or a CPU with AMX tile units. A CPU with AVX512-BF16 alone runs
     bfloat16 through oneDNN, but slower than float32 (0.79-0.88x the training images/s,
-    ``python -m benchmarks.precision``)."""
+    ``python -m benchmarks.quality.precision``)."""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type == "cpu":

@@ -279,7 +279,7 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
     return engine_from_settings(
         settings,
         model,
-        index,  # type: ignore[arg-type]  # a ShardedIndex answers every call an ArchiveIndex does
+        index,  # a ShardedIndex answers every call an ArchiveIndex does
         torch.device("cpu"),
         embed=remote_embedder(_REPLICA_HANDLES["embedder"]),
     )

@@ -70,3 +70,36 @@ def test_the_rule_catches_an_upward_import(tmp_path):
     assert not _allowed("indexer.index.store", "indexer.ingest.sources")
     assert not _allowed("model.spq", "indexer.index.store")
     assert _allowed("service.engine", "indexer.index.store")
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The top-level package of every absolute import anywhere in ``path``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+# The product never imports what only develops it; benchmarks share helpers with the tests
+# through `support`, never by importing `tests`.
+FORBIDDEN = {
+    "model": {"benchmarks", "support", "tests"},
+    "indexer": {"benchmarks", "support", "tests"},
+    "service": {"benchmarks", "support", "tests"},
+    "support": {"benchmarks", "tests"},
+    "benchmarks": {"tests"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_the_product_and_the_benchmarks_never_import_tests(package):
+    offending = [
+        f"{_module_name(path)} imports {imported}"
+        for path in _modules_under(package)
+        for imported in sorted(_top_level_imports(path) & FORBIDDEN[package])
+    ]
+    assert offending == []

@@ -8,7 +8,7 @@ their size and SHA-256, and how far into the SQLite journal (item ids, removal s
 Format 1 (written before snapshots had generations) named fixed files ``codes.faiss`` and
 ``columns.npz`` under those keys inside ``snapshot``; it is read as generation 0.
 
-(Not to be confused with `indexer.ingest.manifest`, the CSV list of archive images.)
+(Not to be confused with a CSV manifest of archive images, read by `indexer.ingest.sources`.)
 """
 
 from __future__ import annotations

@@ -169,7 +169,7 @@ def _wait_until_ready(server: subprocess.Popen[str], ready_url: str) -> None:
 def test_index_slides_job_adds_the_slides_folder_and_serve_shows_them_in_the_viewer(
     deployment, tmp_path
 ):
-    from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
+    from support.slide_samples import checkerboard_mosaic, write_mosaic_slide
 
     env = dict(deployment)
     empty = tmp_path / "no-slides"

@@ -8,10 +8,11 @@ import numpy as np
 
 from indexer.index.pq import FloatArray, decode
 from indexer.index.store import ArchiveIndex, NewItem
+from support.data import shared_data_root
 
 M, K, D_SUB = 8, 16, 16
 DIM = M * D_SUB
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED_DATA = shared_data_root()
 
 
 def unit_codebooks(seed: int = 0, codebook_size: int = K) -> FloatArray:

@@ -1,7 +1,5 @@
 """`Embedder` against the model's own `encode` on the same preprocessed batch."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -9,8 +7,9 @@ from PIL import Image
 
 from model import Embedder, ModelCard, SPQModel, build_model, normalize
 from model.preprocess import open_upright_rgb, preprocess
+from support.data import SHARED_DATA
 
-KATHER = Path(__file__).resolve().parents[3] / "shared" / "data" / "kather2016-texture-240"
+KATHER = SHARED_DATA / "kather2016-texture-240"
 CPU = torch.device("cpu")
 
 

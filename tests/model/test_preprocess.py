@@ -1,5 +1,3 @@
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -7,16 +5,11 @@ from PIL import Image
 
 from model import ModelCard, UnsupportedPixelsError, select_device, to_rgb
 from model.preprocess import bfloat16_trains_faster, preprocess, resized_pixels, select_precision
+from support.data import SHARED_DATA
 
-KATHER_TILE = next(
-    (
-        Path(__file__).resolve().parents[3]
-        / "shared"
-        / "data"
-        / "kather2016-texture-240"
-        / "01_TUMOR"
-    ).glob("*.tif")
-)
+KATHER_TUMOR = SHARED_DATA / "kather2016-texture-240" / "01_TUMOR"
+# Where the data set is absent, the test that opens this tile is skipped (tests/conftest.py).
+KATHER_TILE = next(KATHER_TUMOR.glob("*.tif"), KATHER_TUMOR / "absent.tif")
 CARD = ModelCard(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
@@ -111,8 +104,9 @@ def test_precision_is_taken_as_asked_or_chosen_by_the_device() -> None:
 def test_auto_precision_takes_bfloat16_on_a_cpu_only_with_amx_units(
     amx: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """AVX512-BF16 without AMX trains slower in bfloat16 than in float32 (benchmarks.precision),
-    so the CPU's AMX units decide, where oneDNN can run bfloat16 at all."""
+    """AVX512-BF16 without AMX trains slower in bfloat16 than in float32
+    (benchmarks.quality.precision), so the CPU's AMX units decide, where oneDNN can run bfloat16
+    at all."""
     monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     chosen = select_precision("auto", torch.device("cpu"))

@@ -14,7 +14,8 @@ from model.presets import PRESETS
 from model.timm_backbones import build_timm_trunk
 
 # The small presets are also built for real and run on a real 224 px batch.
-SMALL_PRESETS = ["kaiko-vits16", "lunit-vits16", "h0-mini"]
+# H0-mini (86M parameters) takes about a minute on two loaded cores.
+SMALL_PRESETS = ["kaiko-vits16", "lunit-vits16", pytest.param("h0-mini", marks=pytest.mark.slow)]
 
 
 def published_parameter_count(text: str) -> float:

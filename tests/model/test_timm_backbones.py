@@ -186,6 +186,7 @@ def test_phikon_v2s_preset_accepts_exactly_the_keys_of_a_transformers_vit_l():
     assert all(mapped[key].shape == expected[key].shape for key in expected)
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_is_explained_with_how_to_pass_a_downloaded_file(tmp_path):
     """timm's hub loader under the hub's offline variables (no network is touched)."""
     script = (

@@ -5,34 +5,14 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-KATHER = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "kather2016-texture-240"
-
-
-def kather_tiles() -> list[tuple[Path, str, str]]:
-    """(path, label, group) of every tile in the Kather 2016 texture set, in file order."""
-    rows = (KATHER / "labels.csv").read_text().splitlines()[1:]
-    tiles = []
-    for row in rows:
-        path, label, group = row.split(",")
-        tiles.append((KATHER / path, label, group))
-    return tiles
-
-
-def tile_rgb(index: int = 0) -> Image.Image:
-    path, _, _ = kather_tiles()[index]
-    with Image.open(path) as image:
-        return image.convert("RGB")
-
-
-def encode(image: Image.Image, fmt: str, **options: object) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
+from support.kather import KATHER as KATHER
+from support.kather import encode as encode
+from support.kather import kather_tiles as kather_tiles
+from support.kather import tile_rgb as tile_rgb
 
 
 def _chunk(kind: bytes, payload: bytes) -> bytes:

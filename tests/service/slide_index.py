@@ -17,7 +17,7 @@ from PIL import Image
 from indexer.cli import main
 from indexer.index.slides import read_slide_tile
 from model import Embedder, SPQModel, build_model, save_checkpoint
-from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
+from support.slide_samples import checkerboard_mosaic, write_mosaic_slide
 from tests.service.conftest import SMALL_CARD
 
 CELL = 300

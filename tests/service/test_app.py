@@ -40,7 +40,7 @@ def test_a_service_without_the_viewer_logs_how_to_build_it_and_still_serves_the_
     (static / "index.html").write_text("<!doctype html><title>histosearch</title>")
     monkeypatch.setattr(service.app, "STATIC_DIR", static)
     with caplog.at_level(logging.WARNING, logger="service.app"):
-        app = create_app(Settings(index_dir=tmp_path))  # type: ignore[call-arg]
+        app = create_app(Settings(index_dir=tmp_path))
     assert any("make vendor-viewer" in record.getMessage() for record in caplog.records)
     # No lifespan (no index is opened): the page is a static file.
     client = TestClient(app)
@@ -49,7 +49,7 @@ def test_a_service_without_the_viewer_logs_how_to_build_it_and_still_serves_the_
 
 
 def test_the_pages_link_an_icon_that_is_served_and_so_is_favicon_ico(tmp_path):
-    client = TestClient(create_app(Settings(index_dir=tmp_path)))  # type: ignore[call-arg]
+    client = TestClient(create_app(Settings(index_dir=tmp_path)))
     for page in ("index.html", "slide.html"):
         assert (
             '<link rel="icon" type="image/svg+xml" href="/static/favicon.svg">'

@@ -2,7 +2,7 @@
 after each restart every acknowledged add is back, no acknowledged delete is, /stats is right.
 
 Traffic goes to 127.0.0.1 only. ``HISTOSEARCH_CRASH_KILLS`` sets the number of kills (default 8;
-benchmarks/crash_recovery.py runs 50 and reports the figures).
+benchmarks/service/crash_recovery.py runs 50 and reports the figures).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from indexer.index.store import ArchiveIndex
+from support.crash_cycles import run_crash_cycles, unique_image
 from tests.service.conftest import API_KEY, LiveServer
-from tests.service.crash_cycles import run_crash_cycles, unique_image
 
 pytestmark = pytest.mark.slow
 

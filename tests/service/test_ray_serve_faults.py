@@ -62,7 +62,7 @@ def replicas_of(deployment: str) -> dict[str, int]:
     store (GCS): `ray.util.state` asks the dashboard, which the test cluster does not start."""
     from ray._private import state
 
-    table: dict[str, dict[str, Any]] = state.actors()  # type: ignore[no-untyped-call]
+    table: dict[str, dict[str, Any]] = state.actors()
     return {
         actor_id: int(actor["Pid"])
         for actor_id, actor in table.items()

@@ -48,8 +48,8 @@ def strict_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
         try:
             page = context.new_page()
-            page.console_errors = []  # type: ignore[attr-defined]
-            page.responses = []  # type: ignore[attr-defined]
+            page.console_errors = []
+            page.responses = []
             page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
             page.on("response", lambda r: page.responses.append((r.url, r.status)))
             yield page

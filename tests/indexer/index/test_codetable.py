@@ -131,7 +131,7 @@ def test_no_filter_allows_every_item_and_none_allows_no_item():
     table.remove(ids[:3])
     # With tombstones "no filter" is a mask of the live items.
     mask = table.eligible(NO_FILTER)
-    assert mask is not ALL and mask.sum() == 27  # type: ignore[union-attr]
+    assert mask is not ALL and mask.sum() == 27
     # Excluding a group that is NONE leaves out nothing; excluding group 0 drops every 7th item.
     kept = table.eligible(TermFilter(exclude_group=0))
-    assert kept is not ALL and kept.sum() == 27 - sum(1 for i in range(3, 30) if i % 7 == 0)  # type: ignore[union-attr]
+    assert kept is not ALL and kept.sum() == 27 - sum(1 for i in range(3, 30) if i % 7 == 0)

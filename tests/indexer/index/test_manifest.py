@@ -70,4 +70,4 @@ def test_a_manifest_that_is_not_json_is_refused(tmp_path):
 def test_the_model_is_frozen():
     manifest = IndexManifest.model_validate(format_1())
     with pytest.raises(ValueError, match="frozen"):
-        manifest.code_size = 8  # type: ignore[misc]
+        manifest.code_size = 8

@@ -305,7 +305,7 @@ class ReplyLostShard(LocalShard):
 
     fail_next_add = False
 
-    def add_codes(self, codes, records, *, item_ids=None):  # type: ignore[no-untyped-def]
+    def add_codes(self, codes, records, *, item_ids=None):
         outcomes = super().add_codes(codes, records, item_ids=item_ids)
         if ReplyLostShard.fail_next_add:
             ReplyLostShard.fail_next_add = False

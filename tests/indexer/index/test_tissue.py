@@ -5,7 +5,7 @@ import openslide
 import pytest
 
 from indexer.index.tissue import TissueMask, best_level, classify_tissue, otsu_threshold
-from tests.indexer.ingest.slide_samples import GLASS, checkerboard_mosaic, write_mosaic_slide
+from support.slide_samples import GLASS, checkerboard_mosaic, write_mosaic_slide
 
 PINK = (214, 120, 170)  # eosin-like
 GREEN_PEN = (40, 150, 60)

@@ -19,11 +19,12 @@ from indexer.ingest.distributed import RayEncodingConfig, encode_archive_on_ray
 from indexer.ingest.pipeline import PipelineConfig
 from indexer.ingest.sources import ArchiveImage, load_folder
 from model import ModelCard, build_model, save_checkpoint
+from support.data import SHARED_DATA
 from tests.indexer.ingest.test_distributed import contents, counts, single_process_index
 
 pytestmark = pytest.mark.ray
 
-PCAM = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "pcam-96px-7k"
+PCAM = SHARED_DATA / "pcam-96px-7k"
 # Enough 96 px tiles that most are still to be embedded when the first batches are stored.
 IMAGES = 240
 CONFIG = PipelineConfig(
@@ -58,7 +59,7 @@ def live_actors(class_name: str) -> dict[str, dict[str, Any]]:
     """
     from ray._private import state
 
-    table: dict[str, dict[str, Any]] = state.actors()  # type: ignore[no-untyped-call]
+    table: dict[str, dict[str, Any]] = state.actors()
     return {
         actor_id: actor
         for actor_id, actor in table.items()
@@ -69,7 +70,7 @@ def live_actors(class_name: str) -> dict[str, dict[str, Any]]:
 def restarts_of(actor_id: str) -> int:
     from ray._private import state
 
-    table: dict[str, dict[str, Any]] = state.actors()  # type: ignore[no-untyped-call]
+    table: dict[str, dict[str, Any]] = state.actors()
     return int(table[actor_id]["NumRestarts"])
 
 

@@ -31,8 +31,8 @@ from indexer.ingest.slides import (
     slide_resolution,
 )
 from indexer.ingest.sources import ArchiveImage
+from support.slide_samples import Mosaic, checkerboard_mosaic, write_mosaic_slide
 from tests.indexer.index_helpers import DIM, new_index
-from tests.indexer.ingest.slide_samples import Mosaic, checkerboard_mosaic, write_mosaic_slide
 
 CELL = 300
 COLS, ROWS = 10, 8

@@ -11,8 +11,8 @@ from indexer.evaluate.run import evaluate_checkpoint
 from indexer.learn.config import TrainConfig, recorded_config
 from indexer.learn.training import Trainer, learning_rate_at, train, validate
 from model import load_checkpoint
+from support.data import SHARED_DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[4] / "shared" / "data"
 LC25000 = SHARED_DATA / "lc25000-lung-224px"
 KATHER = SHARED_DATA / "kather2016-texture-240"
 

@@ -20,7 +20,8 @@ from indexer.learn.training import (
 from indexer.learn.view_cache import PROGRESS_FILE, VIEWS_FILE, build_view_cache
 from model import SPQModel, load_checkpoint
 from model.card import ModelSpec
-from tests.indexer.learn.test_training import LC25000, SHARED_DATA, _tiny_config
+from support.data import SHARED_DATA
+from tests.indexer.learn.test_training import LC25000, _tiny_config
 
 KATHER = SHARED_DATA / "kather2016-texture-240"
 
@@ -207,6 +208,7 @@ def _held_out_codes_p10(model: SPQModel, test: ValidationSet) -> float:
     return validate(model, test, torch.device("cpu"))["val_p10_codes"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not KATHER.is_dir(), reason="needs ../shared/data/kather2016-texture-240")
 def test_a_short_frozen_vit_s_run_gives_codes_that_beat_its_untrained_head_on_test_groups(
     tmp_path: Path,

@@ -18,7 +18,7 @@ import numpy.typing as npt
 import tifffile
 from PIL import Image
 
-from tests.indexer.index_helpers import SHARED_DATA
+from support.data import SHARED_DATA
 
 KATHER = SHARED_DATA / "kather2016-texture-240"
 GLASS = (242, 242, 244)

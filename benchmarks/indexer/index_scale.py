@@ -1,6 +1,6 @@
 """Index scale benchmark: search latency, memory and start-up of an archive index at 10k-1M items.
 
-    nice python -m benchmarks.index_scale [--sizes 10000 100000 1000000] [--queries 500]
+    nice python -m benchmarks.indexer.index_scale [--sizes 10000 100000 1000000] [--queries 500]
 
 Synthetic 32-bit codes (M=8, K=16) stand in for an archive: search cost depends on the number of
 codes, not on where they came from. In the same process and on the same codes it times:
@@ -42,12 +42,11 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from benchmarks.common import REPO_ROOT, RESULTS, write_result
 from indexer.index.codetable import RERANK_MARGIN
 from indexer.index.pq import FloatArray, decode, flat_pq_index, normalise_subvectors, pack_codes
 from indexer.index.store import ArchiveIndex, NewItem, SearchFilters
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
 M, K, D_SUB = 8, 16, 16
 ADD_CHUNK = 100_000
 
@@ -231,7 +230,7 @@ def measure_startup(directory: Path) -> dict[str, Any]:
     """Wall time from spawning a fresh interpreter until its first search has answered."""
     started = time.perf_counter()
     process = subprocess.run(
-        [sys.executable, "-m", "benchmarks.index_scale", "--probe", str(directory)],
+        [sys.executable, "-m", "benchmarks.indexer.index_scale", "--probe", str(directory)],
         capture_output=True,
         text=True,
         check=True,
@@ -301,7 +300,7 @@ def run(sizes: Sequence[int], query_count: int, k: int, output: Path) -> list[di
         "k": k,
         "queries": query_count,
     }
-    output.write_text(json.dumps({"environment": environment, "rows": rows}, indent=2))
+    write_result(output, {"environment": environment, "rows": rows})
     return rows
 
 

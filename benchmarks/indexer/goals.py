@@ -1,25 +1,24 @@
 """Indexer goals in one table: search cost against raw FAISS, encoding speed, memory, start-up.
 
-    nice python -m benchmarks.indexer [--sizes 10000 100000 1000000] [--queries 500]
+    nice python -m benchmarks.indexer.goals [--sizes 10000 100000 1000000] [--queries 500]
 
-Runs `benchmarks.index_scale` (search latency, RAM per item, start-up; its own detailed table)
-and `benchmarks.encoding` (real tiles through the whole pipeline; its own table), then prints
-every goal of the archive indexer with the measured value and whether it was met. Results:
-``benchmarks/results/indexer.json`` (plus the two scripts' own JSON files).
+Runs `benchmarks.indexer.index_scale` (search latency, RAM per item, start-up; its own detailed
+table) and `benchmarks.indexer.encoding` (real tiles through the whole pipeline; its own table),
+then prints every goal of the archive indexer with the measured value and whether it was met.
+Results: ``benchmarks/results/indexer.json`` (plus the two scripts' own JSON files).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import encoding, index_scale
+from benchmarks.common import RESULTS, write_result
+from benchmarks.indexer import encoding, index_scale
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MAX_SEARCH_OVER_FAISS = 1.1
 MIN_ENCODING_OVER_FORWARD = 0.8
 MAX_BYTES_PER_ITEM = 64
@@ -111,7 +110,7 @@ def run(sizes: Sequence[int], queries: int, output: Path) -> list[Goal]:
         print(f"(memory and start-up goals are for {MEMORY_AND_STARTUP_SIZE:,} items)")
     print_goals(goals)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps({"goals": [asdict(goal) for goal in goals]}, indent=2))
+    write_result(output, {"goals": [asdict(goal) for goal in goals]})
     return goals
 
 

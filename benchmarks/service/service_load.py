@@ -1,6 +1,6 @@
 """Service load benchmark: a real `histosearch serve` process over a 10k-item archive.
 
-    nice python -m benchmarks.service_load [--checkpoint model.pt] [--seconds 20]
+    nice python -m benchmarks.service.service_load [--checkpoint model.pt] [--seconds 20]
 
 The archive: the 240 Kather 2016 tiles and 740 of the LC25000 tiles are embedded with the model
 (real codes from real tissue); the rest of the 10,000 items are copies of those codes with one or
@@ -22,7 +22,6 @@ Results: a table on stdout and ``benchmarks/results/service_load.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -40,7 +39,8 @@ import httpx
 import numpy as np
 import torch
 
-from benchmarks.servers import free_port, launch_until_ready, percentile
+from benchmarks.common import REPO_ROOT, RESULTS, shared_data_root, write_result
+from benchmarks.service.servers import free_port, launch_until_ready, percentile
 from indexer.index.hashing import file_hash
 from indexer.index.store import ArchiveIndex, NewItem
 from indexer.index.thumbnails import make_thumbnail
@@ -50,9 +50,7 @@ from service.app import load_engine
 from service.engine import Upload
 from service.settings import Settings
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA = REPO_ROOT.parent / "shared" / "data"
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+DATA = shared_data_root()
 ARCHIVE_SIZE = 10_000
 CLIENT_LEVELS = (1, 4, 16)
 K = 10
@@ -150,7 +148,13 @@ def build_archive_in_child(checkpoint: Path, index_dir: Path) -> int:
     """Build in a separate process: torch state left over from encoding 1,000 tiles in batches
     made later single queries in the same process measurably slower, which would skew the
     in-process baseline."""
-    command = [sys.executable, "-m", "benchmarks.service_load", "--checkpoint", str(checkpoint)]
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.service.service_load",
+        "--checkpoint",
+        str(checkpoint),
+    ]
     subprocess.run([*command, "--build-into", str(index_dir)], check=True, cwd=REPO_ROOT)
     with ArchiveIndex.open(index_dir) as index:
         return len(index)
@@ -374,7 +378,7 @@ def main() -> int:
         },
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
     }
-    (RESULTS / "service_load.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result(RESULTS / "service_load.json", report)
     return 0
 
 

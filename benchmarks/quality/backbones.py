@@ -1,10 +1,10 @@
 """CPU cost per tile of every backbone preset: the SPQ model's ``encode`` with random weights.
 
-    nice python -m benchmarks.backbones [--threads 2] [--batch-size 32] [--only uni,h0-mini]
-    nice python -m benchmarks.backbones --quality [options: --quality --help]
+    nice python -m benchmarks.quality.backbones [--threads 2] [--batch-size 32] [--only uni,h0-mini]
+    nice python -m benchmarks.quality.backbones --quality [options: --quality --help]
 
 ``--quality`` measures retrieval quality instead: how much of a frozen backbone's own float
-features' P@10 the 32- and 64-bit codes keep (``benchmarks/backbone_quality.py``).
+features' P@10 the 32- and 64-bit codes keep (``benchmarks/quality/backbone_quality.py``).
 
 Speed does not depend on the weights, so each preset's architecture is built with random ones
 (nothing is downloaded) under the SPQ head at its own input size, and one batch of tiles is
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import platform
 import sys
@@ -31,11 +30,10 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import RESULTS, write_result
 from model import ModelCard, build_model
 from model.presets import PRESETS
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
 RESNETS = ("resnet18", "resnet50")
 # Tiles per timed batch by parameter count: the giants would take minutes for 32 tiles.
 TILES_BY_SIZE = ((5e8, 4), (2e8, 8))
@@ -109,7 +107,7 @@ def _timed(model: Any, images: torch.Tensor) -> float:
 
 def main() -> None:
     if "--quality" in sys.argv[1:]:
-        from benchmarks import backbone_quality
+        from benchmarks.quality import backbone_quality
 
         backbone_quality.main([arg for arg in sys.argv[1:] if arg != "--quality"])
         return
@@ -149,7 +147,7 @@ def main() -> None:
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}")
 
 

@@ -1,6 +1,7 @@
 """Hardening benchmark: stalled clients, greedy clients and the API contract, against a real server.
 
-    nice python -m benchmarks.service_hardening [--stalled 2000] [--greedy 8] [--searches 40]
+    nice python -m benchmarks.service.service_hardening [--stalled 2000] [--greedy 8] \
+        [--searches 40]
 
 All traffic goes to 127.0.0.1 (from several loopback source addresses, as distinct clients).
 Over the 240 Kather 2016 tiles indexed with a random-weights default model (timings do not
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import selectors
@@ -45,15 +45,14 @@ import httpx
 import torch
 from PIL import Image, ImageDraw
 
-from benchmarks.servers import free_port, launch_until_ready, percentile
+from benchmarks.common import REPO_ROOT, RESULTS, shared_data_root, write_result
+from benchmarks.service.servers import free_port, launch_until_ready, percentile
 from indexer.index.hashing import file_hash
 from indexer.index.store import ArchiveIndex, NewItem
 from indexer.index.thumbnails import make_thumbnail
 from model import Embedder, ModelCard, build_model, save_checkpoint
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-KATHER = REPO_ROOT.parent / "shared" / "data" / "kather2016-texture-240"
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+KATHER = shared_data_root() / "kather2016-texture-240"
 CONTRACT_CONFIG = REPO_ROOT / "tests" / "service" / "schemathesis.toml"
 API_KEY = "benchmark-key-0123456789abcdef"
 PIXEL_LIMIT_SIDE = 6300  # 39.69 MP, under the default 40 MP limit
@@ -365,7 +364,7 @@ def main() -> int:
             "contract": contract_run(index_dir, workdir),
         }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.output, results)
     print_table(results)
     return 0
 

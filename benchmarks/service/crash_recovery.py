@@ -1,6 +1,6 @@
 """Crash-recovery benchmark: SIGKILL a real `histosearch serve` at random moments, many times.
 
-    nice python -m benchmarks.crash_recovery [--kills 50] [--seed 0]
+    nice python -m benchmarks.service.crash_recovery [--kills 50] [--seed 0]
 
 The index: the 240 Kather 2016 tiles embedded by a small randomly initialised SPQ model (the
 test suite's index). The server runs with a snapshot after every change
@@ -19,18 +19,14 @@ A restart that fails ends the series (its error is in the JSON). Results: a tabl
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import sys
 import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from tests.service.conftest import build_small_index
-from tests.service.crash_cycles import CycleOutcome, run_crash_cycles
-
-RESULTS = Path(__file__).resolve().parent / "results" / "crash_recovery.json"
+from benchmarks.common import RESULTS, write_result
+from support.crash_cycles import CycleOutcome, run_crash_cycles
+from support.small_index import build_small_index
 
 
 def summary(outcomes: list[CycleOutcome], kills: int, seconds: float) -> dict[str, object]:
@@ -83,7 +79,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULTS / "crash_recovery.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="crash-recovery-") as scratch:
         workdir = Path(scratch)
@@ -92,17 +88,9 @@ def main() -> int:
         outcomes = run_crash_cycles(index_dir, workdir, kills=args.kills, seed=args.seed)
         figures = summary(outcomes, args.kills, time.perf_counter() - started)
     print_table(figures, len(outcomes))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "figures": figures,
-                "cycles": [asdict(outcome) for outcome in outcomes],
-                "machine": {"python": sys.version.split()[0], "platform": platform.platform()},
-            },
-            indent=2,
-        )
-        + "\n"
+    write_result(
+        args.out,
+        {"figures": figures, "cycles": [asdict(outcome) for outcome in outcomes]},
     )
     print(f"wrote {args.out}")
     clean = all(outcome.clean for outcome in outcomes) and len(outcomes) == args.kills

@@ -1,6 +1,7 @@
 """How much of a frozen backbone's own retrieval quality 32- and 64-bit codes keep.
 
-    nice python -m benchmarks.backbones --quality [--weights FILE] [--spq-checkpoint DATA=FILE]
+    nice python -m benchmarks.quality.backbones --quality [--weights FILE] \
+        [--spq-checkpoint DATA=FILE]
 
 For every dataset and frozen backbone: ``--cached-views`` training of the SPQ head (views encoded
 once through the frozen trunk, head trained on pairs of cached views, checkpoint chosen on the
@@ -38,6 +39,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import REPO_ROOT, RESULTS, shared_data_root, write_result
 from indexer.evaluate.baselines import colour_histograms
 from indexer.evaluate.metrics import cosine_scores, describe_in_batches, score_method
 from indexer.evaluate.run import ceiling_features, code_search_result, entries_of_part
@@ -55,9 +57,7 @@ from indexer.learn.view_cache import BackboneOutput, trunk_digest
 from model import ModelSpec, SPQModel, load_checkpoint, read_checkpoint
 from model.card import code_geometry
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_ROOT = REPO_ROOT.parent / "shared" / "data"
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+DATA_ROOT = shared_data_root()
 DATASETS = ("kather2016-texture-240", "lc25000-lung-224px")
 # Views per training image: Kather's 130 training tiles afford more than LC25000's 800.
 VIEWS = {"kather2016-texture-240": 8, "lc25000-lung-224px": 4}
@@ -335,7 +335,7 @@ def _is_histosearch_checkpoint(path: Path) -> bool:
 
 def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks.backbones --quality", description=__doc__.splitlines()[0]
+        prog="python -m benchmarks.quality.backbones --quality", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "--datasets", nargs="+", default=list(DATASETS), help="under ../shared/data"
@@ -419,5 +419,5 @@ def main(argv: Sequence[str]) -> None:
         "rows": merged_rows(args.out, [asdict(row) for row in rows]),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     print(f"wrote {args.out}")

@@ -1,9 +1,9 @@
 """Why the from-scratch recipe does not beat the simple baselines: cheap measurements, no training.
 
-    python -m benchmarks.recipe_diagnosis [--datasets kather lc25000 pcam idc]
+    python -m benchmarks.quality.recipe_diagnosis [--datasets kather lc25000 pcam idc]
 
-On the VALIDATION groups of the retrieval benchmark's splits (`benchmarks.retrieval.PLANS`; the
-test groups are never read), for each shared set:
+On the VALIDATION groups of the retrieval benchmark's splits
+(`benchmarks.quality.retrieval.PLANS`; the test groups are never read), for each shared set:
 - colour: the RGB histogram at native size and at the model's 64 px; optical-density (OD)
   statistics and histograms (`model.stain_colour`) as descriptors on their own;
 - what the augmentations erase: the histogram's cosine between two augmented views of one image,
@@ -19,7 +19,6 @@ Prints a table and writes ``benchmarks/results/recipe_diagnosis.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -30,7 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmarks.retrieval import PLANS, REPO_ROOT, RESULTS, DatasetPlan, plan_data
+from benchmarks.common import REPO_ROOT, RESULTS, write_result
+from benchmarks.quality.retrieval import PLANS, DatasetPlan, plan_data
 from indexer.evaluate.baselines import RandomBackboneDescriptor, colour_histograms
 from indexer.evaluate.metrics import cosine_scores, load_images, retrieval_metrics
 from indexer.ingest.sources import ArchiveImage
@@ -182,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(1)
     results = {name: diagnose(PLANS[name]) for name in args.datasets}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "recipe_diagnosis.json").write_text(json.dumps(results, indent=2))
+    write_result(RESULTS / "recipe_diagnosis.json", results)
     for name, rows in results.items():
         print(f"\n## {name} validation ({rows['validation_images']} images)")
         for method, values in rows.items():

@@ -5,7 +5,8 @@ checks what the previous kill left (against a ledger of acknowledged changes), s
 deletes from one client until a random moment, then SIGKILLs the server. With a snapshot after
 every change (``HISTOSEARCH_SNAPSHOT_EVERY_CHANGES=1``) kills land in the middle of snapshots.
 
-Used by tests/service/test_crash_recovery.py (a few cycles) and benchmarks/crash_recovery.py (50).
+Used by tests/service/test_crash_recovery.py (a few cycles) and
+benchmarks/service/crash_recovery.py (50).
 Traffic goes to 127.0.0.1 only.
 """
 
@@ -22,8 +23,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.service import samples
-from tests.service.conftest import API_KEY, LiveServer
+from support.kather import encode, tile_rgb
+from support.live_server import API_KEY, LiveServer
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 SNAPSHOT_EVERY_CHANGE = {"HISTOSEARCH_SNAPSHOT_EVERY_CHANGES": "1"}
@@ -34,10 +35,10 @@ RECHECK_SAMPLE = 10
 
 
 def unique_image(number: int) -> bytes:
-    tile = samples.tile_rgb(number % 240)
+    tile = tile_rgb(number % 240)
     # One changed pixel makes each upload new content, so none is a duplicate of the archive.
     tile.putpixel((number % tile.width, 0), (number % 256, 17, 99))
-    return samples.encode(tile, "PNG")
+    return encode(tile, "PNG")
 
 
 @dataclass(slots=True)

@@ -1,13 +1,13 @@
 """Encoding benchmark: images per second of the whole indexing pipeline vs the bare forward pass.
 
-    nice python -m benchmarks.encoding [--repeats 3] [--batch-size 64] [--input-size 64]
+    nice python -m benchmarks.indexer.encoding [--repeats 3] [--batch-size 64] [--input-size 64]
 
 The archive is real tiles from ``../shared/data`` (Kather 2016 TIFFs and LC25000 JPEGs). The model
 is an SPQ model with the default card, or that card with another input size (random weights: speed
 does not depend on training). The input size sets how the forward pass weighs against the fixed
 per-tile work (read, decode, hash, thumbnail) that the pipeline adds.
 
-- ``bare forward``: ``model.encode`` on the same batches, already decoded, resized and normalised
+- ``bare forward``: ``SPQModel.encode`` on the same batches, already decoded, resized and normalised
   before the clock starts: the floor the pipeline cannot beat.
 - ``pipeline``: `index_archive` into a fresh index directory: read, hash, decode (thread pool),
   tile, tissue check, thumbnail, preprocess, embed, durable SQLite write, final snapshot.
@@ -19,8 +19,6 @@ stdout and ``benchmarks/results/encoding.json``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import tempfile
 import time
@@ -30,6 +28,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import RESULTS, shared_data_root, write_result
 from indexer.index.store import ArchiveIndex
 from indexer.index.tiling import TilingConfig
 from indexer.ingest.pipeline import PipelineConfig, index_archive
@@ -37,14 +36,7 @@ from indexer.ingest.sources import ArchiveImage, load_folder
 from model import Embedder, ModelCard, SPQModel, build_model
 from model.preprocess import open_upright_rgb, preprocess
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
 DATASETS = ("kather2016-texture-240", "lc25000-lung-224px")
-
-
-def shared_data_root() -> Path:
-    override = os.environ.get("HISTOSEARCH_SHARED_DATA")
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
 
 
 def archive(per_dataset: int) -> list[ArchiveImage]:
@@ -125,7 +117,7 @@ def run(
         f"{result['pipeline_images_per_s']:14.1f} | {result['pipeline_over_bare']:5.2f}"
     )
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2))
+    write_result(output, result)
     return result
 
 

@@ -1,13 +1,13 @@
 """Training speed in float32 against bfloat16 mixed precision, on this machine's CPU (or GPU).
 
-    nice python -m benchmarks.precision [--threads 2] [--steps 12] [--datasets kather pcam]
+    nice python -m benchmarks.quality.precision [--threads 2] [--steps 12] [--datasets kather pcam]
 
 ``--precision auto`` has to know whether bfloat16 pays on the device it runs on. On a CPU that
 depends on the silicon, not on whether oneDNN can run bfloat16 at all: AMX tile units multiply
 bfloat16 matrices several times faster than AVX-512 does in float32, while a CPU with only
 AVX512-BF16 converts and accumulates in vector registers and can end up slower than float32.
 This benchmark measures it with the real thing: for each set, the retrieval benchmark's recipe
-(`benchmarks.retrieval.PLANS`: its input size, its stain branch) is built once per precision
+(`benchmarks.quality.retrieval.PLANS`: its input size, its stain branch) is built once per precision
 with ``Trainer`` and times ``--steps`` training steps (two augmented views, forward, CQC loss,
 backward, Adam) on batches of the set's own training tiles, after two warm-up steps. Each figure
 is the best of ``--repeats`` timings, since the machine may be shared.
@@ -19,7 +19,6 @@ Results: a table on stdout and ``benchmarks/results/precision.json``, with this 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
@@ -31,7 +30,8 @@ from typing import Any, Literal
 
 import torch
 
-from benchmarks.retrieval import PLANS, RESULTS, plan_data
+from benchmarks.common import RESULTS, write_result
+from benchmarks.quality.retrieval import PLANS, plan_data
 from indexer.learn.config import TrainConfig
 from indexer.learn.training import Trainer
 from model.preprocess import cpu_features, select_device, select_precision
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(table(rows))
     print(f"--precision auto chooses {result['auto_chooses']} here; CPU: {result['cpu']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out, result)
     return 0
 
 

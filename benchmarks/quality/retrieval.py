@@ -2,7 +2,7 @@
 seed, then evaluate the 32-bit codes, the float descriptor and two baselines on held-out test
 groups.
 
-    python -m benchmarks.retrieval [--seeds 0 1 2] [--datasets kather lc25000] [--epochs N]
+    python -m benchmarks.quality.retrieval [--seeds 0 1 2] [--datasets kather lc25000] [--epochs N]
 
 Budgets are epochs, not minutes, so that a run is the same run on a slower or a busier machine
 (the learning-rate schedule follows the budget), and every figure is trained once per seed: two
@@ -37,6 +37,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.common import (
+    REPO_ROOT,
+    RESULTS,
+    repository_relative,
+    shared_data_root,
+    write_result,
+)
 from indexer.evaluate.run import (
     METHOD_CODES,
     METHOD_FLOAT,
@@ -47,20 +54,6 @@ from indexer.evaluate.run import (
 )
 from indexer.learn.config import TrainConfig
 from indexer.learn.training import train
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
-
-
-def shared_data_root() -> Path:
-    override = os.environ.get("HISTOSEARCH_SHARED_DATA")
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
-
-
-def repository_relative(path: Path) -> Path:
-    """``path`` relative to the repository root, which the benchmark runs from (not resolved:
-    ``../shared`` may be a link, and the relative name is what another checkout has too)."""
-    return Path(os.path.relpath(os.path.abspath(path), REPO_ROOT))
 
 
 @dataclass(frozen=True)
@@ -83,10 +76,10 @@ class DatasetPlan:
 # memorises the tiles. Epoch budgets are those that 3 minutes (Kather), 6 (LC25000) and 5 (PCam,
 # IDC) of training gave on a free 2-core machine at 155-187 images/s (89 at PCam's 96 px), the
 # budgets the recipe's settings were chosen under: about 21 minutes a seed there.
-# Stain-colour branch: on where it raised validation P@10 in `benchmarks.recipe_sweep` (LC25000,
-# IDC; PCam at temperature 0.2: +0.015), off where it did not (Kather: -0.08 and -0.05 in two
-# seeds). A setting beyond the defaults is taken only where it raised validation P@10 by 0.01 or
-# more in runs of equal minutes (benchmarks/results/recipe_sweep_*.json).
+# Stain-colour branch: on where it raised validation P@10 in `benchmarks.quality.recipe_sweep`
+# (LC25000, IDC; PCam at temperature 0.2: +0.015), off where it did not (Kather: -0.08 and -0.05
+# in two seeds). A setting beyond the defaults is taken only where it raised validation P@10 by
+# 0.01 or more in runs of equal minutes (benchmarks/results/recipe_sweep_*.json).
 KATHER = DatasetPlan(
     name="kather",
     folder="kather2016-texture-240",
@@ -168,13 +161,13 @@ NOT_BENCHMARKED = {
 PLANS = {plan.name: plan for plan in (KATHER, LC25000, PCAM, IDC)}
 
 # The figures above were trained in bfloat16 mixed precision. `--precision auto` takes float32 on
-# a CPU without AMX units, where it is faster (benchmarks/precision.py), so the benchmark names
-# its precision: a seed's run is then the same run on any machine.
+# a CPU without AMX units, where it is faster (benchmarks/quality/precision.py), so the benchmark
+# names its precision: a seed's run is then the same run on any machine.
 RECIPE_PRECISION: dict[str, Any] = {"precision": "bf16"}
 
 
 def pcam_manifest(source: Path, out: Path, seed: int = 0) -> Path:
-    """Write ``out/manifest.csv``: PCam's labels.csv with pcam-train re-grouped (see `PCAM`).
+    """Write ``manifest.csv`` in ``out``: PCam's labels.csv with pcam-train re-grouped (see `PCAM`).
     Paths are written relative to ``out``, where the CSV loader resolves them."""
     with (source / "labels.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -437,17 +430,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {name: every[name] for name in PLANS if name in every}
     total_minutes = training_minutes(results)
     this_run_minutes = training_minutes(measured)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "retrieval.json").write_text(
-        json.dumps(
-            {
-                "total_training_minutes": total_minutes,
-                "datasets": results,
-                "summary": summary_table(results),
-                "not_benchmarked": NOT_BENCHMARKED,
-            },
-            indent=2,
-        )
+    write_result(
+        RESULTS / "retrieval.json",
+        {
+            "total_training_minutes": total_minutes,
+            "datasets": results,
+            "summary": summary_table(results),
+            "not_benchmarked": NOT_BENCHMARKED,
+        },
     )
     for name, result in measured.items():
         for run in result["runs"]:

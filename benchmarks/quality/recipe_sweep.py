@@ -1,9 +1,9 @@
 """Recipe variants compared on VALIDATION groups only: short runs, best validation P@10 per run.
 
-    python -m benchmarks.recipe_sweep [--minutes 1.5] [--datasets ...] [--variants ...]
+    python -m benchmarks.quality.recipe_sweep [--minutes 1.5] [--datasets ...] [--variants ...]
 
-Each variant trains on the retrieval benchmark's split (`benchmarks.retrieval.PLANS`) for the
-same number of minutes, one after another in this process; the figure is the best validation
+Each variant trains on the retrieval benchmark's split (`benchmarks.quality.retrieval.PLANS`)
+for the same number of minutes, one after another in this process; the figure is the best validation
 P@10 of the codes (and the float descriptor's at that point), which is how the shipped recipe is
 chosen. Test groups are never read. Results: ``benchmarks/results/recipe_sweep.json``.
 """
@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.retrieval import PLANS, RECIPE_PRECISION, REPO_ROOT, RESULTS, plan_data
+from benchmarks.common import REPO_ROOT, RESULTS, write_result
+from benchmarks.quality.retrieval import PLANS, RECIPE_PRECISION, plan_data
 from indexer.learn.config import TrainConfig
 from indexer.learn.training import train
 
@@ -146,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"perplexity {row['code_perplexity']:.1f}, last {row['last_val_p10_codes']:.3f})",
             flush=True,
         )
-        target.write_text(json.dumps({**budget, "runs": results}, indent=2))
+        write_result(target, {**budget, "runs": results})
     return 0
 
 

@@ -1,22 +1,24 @@
 """What the recipe's network reaches WITH labels: the ceiling self-supervised training is under.
 
-    nice python -m benchmarks.supervised_ceiling [--datasets pcam idc] [--epochs N] [--threads 2]
-    nice python -m benchmarks.supervised_ceiling --datasets idc --input-size 96 \
+    nice python -m benchmarks.quality.supervised_ceiling [--datasets pcam idc] [--epochs N] \
+        [--threads 2]
+    nice python -m benchmarks.quality.supervised_ceiling --datasets idc --input-size 96 \
         --out benchmarks/results/supervised_ceiling_idc_96px.json
-    nice python -m benchmarks.supervised_ceiling --datasets idc --input-size 96 --stages 2 3 4 \
+    nice python -m benchmarks.quality.supervised_ceiling --datasets idc --input-size 96 \
+        --stages 2 3 4 \
         --out benchmarks/results/supervised_ceiling_idc_96px_stage4.json
 
 The from-scratch SPQ recipe sits at the colour histogram's level on most shared sets. Either the
 contrastive objective fails to find what separates the classes, or the network and its CPU budget
 (a ResNet-18 trunk to stage 3 at 64-96 px, a few epochs) cannot hold more than colour. This
-benchmark tells the two apart. It trains the recipe's own network (`benchmarks.retrieval.PLANS`:
-same trunk, input size, stain branch, augmentations, batch, epochs, learning rate) WITH the
-training groups' class labels: one augmented view per image, a linear classifier on the
-descriptor, cross-entropy. Validation P@10 of the float descriptor picks the checkpoint, exactly
-as in self-supervised training; the codebooks are then fitted to its training descriptors by
-k-means and the 32-bit codes scored too. Only training and validation groups are read; the test
-groups never are. The RGB colour histogram (the baseline, at native size) is scored on the same
-validation images.
+benchmark tells the two apart. It trains the recipe's own network
+(`benchmarks.quality.retrieval.PLANS`: same trunk, input size, stain branch, augmentations, batch,
+epochs, learning rate) WITH the training groups' class labels: one augmented view per image, a
+linear classifier on the descriptor, cross-entropy. Validation P@10 of the float descriptor picks
+the checkpoint, exactly as in self-supervised training; the codebooks are then fitted to its
+training descriptors by k-means and the 32-bit codes scored too. Only training and validation groups
+are read; the test groups never are. The RGB colour histogram (the baseline, at native size) is
+scored on the same validation images.
 
 If the labelled network stays near the histogram, no self-supervised objective will lift this
 network past it in this budget, and the lever is the network or the budget; if it goes well past
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
 import shutil
 import sys
@@ -42,8 +43,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.recipe_diagnosis import scored
-from benchmarks.retrieval import PLANS, RESULTS, DatasetPlan, plan_data
+from benchmarks.common import RESULTS, write_result
+from benchmarks.quality.recipe_diagnosis import scored
+from benchmarks.quality.retrieval import PLANS, DatasetPlan, plan_data
 from indexer.evaluate.baselines import colour_histograms
 from indexer.evaluate.metrics import load_images
 from indexer.ingest.sources import ArchiveImage
@@ -216,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in args.datasets:
             rows.append(ceiling_of(PLANS[name], args, scratch))
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps({"seed": args.seed, "rows": rows}, indent=2) + "\n")
+            write_result(args.out, {"seed": args.seed, "rows": rows})
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print(table(rows))

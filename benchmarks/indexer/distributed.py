@@ -1,10 +1,10 @@
 """Scale-out costs: a sharded search against one index, and encoding on Ray against one process.
 
-    nice python -m benchmarks.distributed [--items 1000000] [--shards 4] [--queries 300]
+    nice python -m benchmarks.indexer.distributed [--items 1000000] [--shards 4] [--queries 300]
 
-1. Search: ``--items`` seeded synthetic codes (as `benchmarks.index_scale` makes them) once in
-   one `ArchiveIndex` and once in a `ShardedIndex` of ``--shards`` shards, in this process. Times
-   one query per call (median over turns, the two indexes alternating) and batches of
+1. Search: ``--items`` seeded synthetic codes (as `benchmarks.indexer.index_scale` makes them)
+   once in one `ArchiveIndex` and once in a `ShardedIndex` of ``--shards`` shards, in this
+   process. Times one query per call (median over turns, the two indexes alternating) and batches of
    ``--queries`` (best of rounds), `search_arrays` and `search` with records. Goal: the merge
    costs at most 1.2x. The two are also checked to return the same ids.
 2. Encoding: a real archive (``--archive``, default the 7,000 PCam tiles, 96 px, one tile each,
@@ -22,7 +22,6 @@ Results: a table on stdout and ``benchmarks/results/distributed.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -36,8 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.encoding import shared_data_root
-from benchmarks.index_scale import (
+from benchmarks.common import RESULTS, shared_data_root, write_result
+from benchmarks.indexer.index_scale import (
     ADD_CHUNK,
     best_of_interleaved,
     median_single_query_us,
@@ -52,7 +51,6 @@ from indexer.ingest.pipeline import PipelineConfig, index_archive
 from indexer.ingest.sources import ArchiveImage, load_folder
 from model import Embedder, ModelCard, build_model, save_checkpoint
 
-RESULTS = Path(__file__).resolve().parent / "results"
 MAX_MERGE_RATIO = 1.2
 MAX_RAY_RATIO = 1.15
 K = 10
@@ -231,7 +229,7 @@ def measure_encoding(workdir: Path, repeats: int, archive_name: str) -> dict[str
                 runs[name].append(seconds)
                 loads[name] += [before, load_average()]
     finally:
-        ray.shutdown()  # type: ignore[no-untyped-call]
+        ray.shutdown()
     startup = {name: min(values) for name, values in starts.items()}
     best = {name: min(values) for name, values in runs.items()}
     steady = {name: best[name] - startup[name] if name in startup else best[name] for name in best}
@@ -373,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     machine = {"cpus": os.cpu_count(), "python": platform.python_version()}
     payload = {"machine": machine, "search": search, "encoding": encoding}
-    args.output.write_text(json.dumps(payload, indent=2))
+    write_result(args.output, payload)
     print(f"results: {args.output}")
     return 0
 

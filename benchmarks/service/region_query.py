@@ -1,13 +1,14 @@
 """Region query cost: a 2048 x 1536 upload (the size of a BACH photo) tiled and searched.
 
-    nice python -m benchmarks.region_query [--runs 5] [--workdir /tmp/histosearch-bench-regions]
+    nice python -m benchmarks.service.region_query [--runs 5] \
+        [--workdir /tmp/histosearch-bench-regions]
 
-The archive is `benchmarks.service_load`'s (10,000 items: 980 real tiles encoded by the default
-card with random weights, the rest perturbed copies of their codes); the index's tile geometry is
-set to 224 px at 0.5 um/px, the `histosearch index --source slides` geometry of docs/slides.md.
-The region is a mosaic of real Kather 2016 tiles (150 px) filling 2048 x 1536. Each case runs the
-service's own engine in process (decode, scale, tile, tissue check, one batched embed, one
-batched search, aggregation; no HTTP), ``--runs`` times after one warm-up; medians are reported.
+The archive is `benchmarks.service.service_load`'s (10,000 items: 980 real tiles encoded by the
+default card with random weights, the rest perturbed copies of their codes); the index's tile
+geometry is set to 224 px at 0.5 um/px, the `histosearch index --source slides` geometry of
+docs/slides.md. The region is a mosaic of real Kather 2016 tiles (150 px) filling 2048 x 1536. Each
+case runs the service's own engine in process (decode, scale, tile, tissue check, one batched embed,
+one batched search, aggregation; no HTTP), ``--runs`` times after one warm-up; medians are reported.
 
 - ``tile``: one 224 px Kather crop, the single-image path;
 - ``region at 0.5 um/px``: 70 tissue tiles, capped to the default 64;
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import platform
 import statistics
@@ -31,7 +31,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from benchmarks.service_load import DATA, RESULTS, build_archive, load_or_build_model
+from benchmarks.common import RESULTS, write_result
+from benchmarks.service.service_load import DATA, build_archive, load_or_build_model
 from indexer.index.store import ArchiveIndex
 from model import load_checkpoint
 from service.engine import SearchEngine, Upload
@@ -131,7 +132,7 @@ def main() -> int:
         "torch_threads": 1,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "region_query.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS / "region_query.json", result)
     return 0
 
 

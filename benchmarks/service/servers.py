@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -11,15 +10,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from support.live_server import free_port
+
+__all__ = ["free_port", "launch_until_ready", "percentile"]
+
 # A cold start loads torch, the model and the index: well under a minute here, so two is a hang.
 READY_TIMEOUT_S = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def launch_until_ready(

@@ -1,6 +1,6 @@
 """Whole-slide benchmark: tissue detection, slide pipeline vs bare forward, memory, Deep Zoom tiles.
 
-    nice python -m benchmarks.slides [--side 50000] [--tile-size 224] [--mpp 0.5]
+    nice python -m benchmarks.indexer.slides [--side 50000] [--tile-size 224] [--mpp 0.5]
 
 The slide is generated once into ``--workdir`` (default ``/tmp/histosearch-bench``) and reused:
 a ``side`` x ``side`` pyramidal JPEG-tiled TIFF at 0.25 um/px, real Kather 2016 H&E tiles (each
@@ -12,10 +12,10 @@ written tile by tile by tifffile (never held whole in memory).
   pool, resize, thumbnail, preprocess, embed, durable SQLite write, final snapshot.
 - ``pipeline, random descriptors``: the same run with random descriptors instead of the network,
   i.e. what the pipeline itself costs per tile (reads, thumbnails, SQLite writes).
-- ``bare forward``: ``model.encode`` alone on the first ``--forward-tiles`` tissue tiles of the same
-  slide, read and preprocessed before the clock starts: the floor the pipeline cannot beat. It is
-  timed just before and just after the pipeline (the machine's load drifts during a run), and the
-  pipeline is compared with their mean; the pipeline's forwards take the same batch size.
+- ``bare forward``: ``SPQModel.encode`` alone on the first ``--forward-tiles`` tissue tiles of the
+  same slide, read and preprocessed before the clock starts: the floor the pipeline cannot beat.
+  It is timed just before and just after the pipeline (the machine's load drifts during a run),
+  and the pipeline is compared with their mean; the pipeline's forwards take the same batch size.
 - ``CPU per tile``: process CPU time (every thread) per tile of the pipeline and of the bare
   forward; unlike wall-clock rates it hardly moves with the other jobs' load on a shared machine.
 - ``peak RSS``: the process's high-water mark of resident memory (``VmHWM``, reset just before
@@ -33,7 +33,6 @@ Results: a table on stdout and ``benchmarks/results/slides.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import multiprocessing
 import os
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.common import RESULTS, write_result
 from indexer.index.store import ArchiveIndex
 from indexer.ingest.slides import (
     SlideConfig,
@@ -61,10 +61,8 @@ from indexer.ingest.sources import ArchiveImage
 from model import Embedder, ModelCard, build_model
 from model.preprocess import preprocess
 from service.slide_library import SlideLibrary
-from tests.indexer.ingest.slide_samples import Mosaic, kather_images, write_mosaic_slide
+from support.slide_samples import Mosaic, kather_images, write_mosaic_slide
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
 SLIDE_MPP = 0.25
 CELL = 300  # a 150 px Kather tile at ~0.5 um/px covers 300 px at 0.25 um/px
 TISSUE_SHARE = 0.40
@@ -113,7 +111,7 @@ def rss_bytes() -> int:
 def bare_forward(
     model: torch.nn.Module, card: ModelCard, tiles: list[Image.Image], batch_size: int
 ) -> tuple[float, float]:
-    """(tiles per second, CPU milliseconds per tile) of ``model.encode`` alone."""
+    """(tiles per second, CPU milliseconds per tile) of ``SPQModel.encode`` alone."""
     batches = [
         preprocess(tiles[start : start + batch_size], card)
         for start in range(0, len(tiles), batch_size)
@@ -344,7 +342,7 @@ def main() -> None:
         "torch": torch.__version__,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(args.output, results)
     mask_rows, mask_cols = plan.mask.mask.shape
     rows = [
         (

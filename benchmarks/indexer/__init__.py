@@ -1,0 +1,1 @@
+"""The offline side's speed: search at scale, encoding, slides, Ray (`make benchmark`)."""

@@ -1,0 +1,1 @@
+"""Retrieval quality on held-out groups: hours of training each (`make benchmark-quality`)."""

@@ -1,0 +1,1 @@
+"""The service under load, hostile clients and crashes (`make benchmark`)."""
