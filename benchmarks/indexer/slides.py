@@ -49,6 +49,7 @@ from PIL import Image
 
 from benchmarks.common import RESULTS, write_result
 from indexer.index.store import ArchiveIndex
+from indexer.index.tiling import TilingConfig
 from indexer.ingest.slides import (
     SlideConfig,
     index_slides,
@@ -257,7 +258,7 @@ def main() -> None:
     model = build_model(card).eval()
     config = SlideConfig(
         mpp=args.mpp,
-        tile_size=args.tile_size,
+        tiling=TilingConfig(tile_size=args.tile_size),
         batch_size=args.batch_size,
         workers=args.workers,
         progress=False,

@@ -16,7 +16,7 @@ from indexer.index.shards import ShardedIndex
 from indexer.index.slides import read_slide_tile
 from indexer.index.store import ArchiveIndex
 from model import Embedder, ModelCard, build_model, save_checkpoint
-from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
+from support.slide_samples import checkerboard_mosaic, write_mosaic_slide
 
 CELL = 300
 TILE_PX = 150

@@ -161,7 +161,7 @@ def test_slides_embedded_on_ray_into_shards_search_as_the_single_process_index(
     embedded by the cluster's model actors, and written into three shards."""
     from indexer.cli import main
     from indexer.index.opening import open_index
-    from tests.indexer.ingest.slide_samples import checkerboard_mosaic, write_mosaic_slide
+    from support.slide_samples import checkerboard_mosaic, write_mosaic_slide
 
     tissue = 0
     for phase, name in enumerate(("slide-a", "slide-b")):

@@ -391,7 +391,7 @@ def write_to(index: ArchiveIndex, batch: FeatureBatch) -> None:
     """What the index writer does with a batch: add its rows, journal its file when done."""
     index.add(batch.vectors, batch.items)
     if batch.last:
-        index.mark_sources_finished(
+        index.journal.mark_sources_finished(
             [FinishedSource(batch.journal_key, batch.fingerprint, len(batch.items), 0)]
         )
 
@@ -404,7 +404,7 @@ def test_an_interrupted_run_resumes_without_rereading_or_duplicating_finished_fi
         write_h5(folder / f"slide-{slide}.h5", features(5, seed=30 + slide, dim=DIM))
     index = new_index(tmp_path / "index")
     options = FeatureOptions(dim=index.descriptor_dim)
-    first_run = FeatureArchive.open(folder, options).batches(index.finished_source)
+    first_run = FeatureArchive.open(folder, options).batches(index.journal.finished_source)
     for _ in range(2):  # interrupted after two slides
         outcome = next(first_run)
         assert isinstance(outcome, FeatureBatch)
@@ -417,7 +417,7 @@ def test_an_interrupted_run_resumes_without_rereading_or_duplicating_finished_fi
 
     index = ArchiveIndex.open(tmp_path / "index")
     resumed, refused = read_all(
-        FeatureArchive.open(folder, options), finished=index.finished_source
+        FeatureArchive.open(folder, options), finished=index.journal.finished_source
     )
     for batch in resumed:
         write_to(index, batch)
@@ -425,7 +425,9 @@ def test_an_interrupted_run_resumes_without_rereading_or_duplicating_finished_fi
     assert refused == []
     assert [batch.file.source for batch in resumed] == ["slide-2.h5", "slide-3.h5"]
     assert len(index) == 20
-    again, _ = read_all(FeatureArchive.open(folder, options), finished=index.finished_source)
+    again, _ = read_all(
+        FeatureArchive.open(folder, options), finished=index.journal.finished_source
+    )
     assert again == []
     index.close()
 
