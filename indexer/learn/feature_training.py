@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,33 +15,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from indexer.learn.splits import GroupSplit, SplitError
+# `patient_split` lives with every other split; imported here too, where callers found it first.
+from indexer.learn.splits import patient_split as patient_split
 from model.card import ModelCard, code_geometry
 from model.feature_spq import FeatureSPQModel
 from model.loss import CrossQuantizedContrastiveLoss
 
 FloatArray = npt.NDArray[np.float32]
-
-
-def patient_split(
-    groups: Sequence[str], validation_fraction: float, test_fraction: float, seed: int
-) -> GroupSplit:
-    """Shuffle the distinct groups (patients) with ``seed`` and cut them by fraction: made once,
-    so every variant is chosen on the same validation patients and reported on the same test
-    patients."""
-    if validation_fraction <= 0 or test_fraction <= 0 or validation_fraction + test_fraction >= 1:
-        raise SplitError("fractions must be > 0 and leave some groups for training")
-    distinct = sorted(set(groups))
-    random.Random(seed).shuffle(distinct)
-    n_test = max(1, round(len(distinct) * test_fraction))
-    n_validation = max(1, round(len(distinct) * validation_fraction))
-    if n_test + n_validation >= len(distinct):
-        raise SplitError(f"{len(distinct)} groups are too few for three parts")
-    return GroupSplit(
-        train=tuple(sorted(distinct[n_test + n_validation :])),
-        validation=tuple(sorted(distinct[n_test : n_test + n_validation])),
-        test=tuple(sorted(distinct[:n_test])),
-    )
 
 
 Signal = Literal["neighbours", "slide", "views"]
