@@ -36,6 +36,7 @@ from indexer.index.store import (
 )
 from indexer.index.thumbnails import make_thumbnail
 from model import Embedder, ModelCard, SPQModel
+from model.feature_encoder import FeatureEncoder
 from model.feature_spq import FeatureSPQModel
 from service.errors import ServiceError
 from service.fairness import FairScheduler
@@ -65,7 +66,6 @@ from service.vectors import (
     FeatureKind,
     VectorOutcome,
     VectorQuery,
-    encode_rows,
     image_refused,
     stored_code_descriptor,
     vector_refused,
@@ -225,6 +225,9 @@ class SearchEngine:
         # A feature index (vectors from another model, no pixels) is queried by vector or by a
         # stored code, encoded by its own head (service/vectors.py); None for an image index.
         self.features = FeatureKind.of(model.card)
+        self.feature_encoder = (
+            FeatureEncoder(model, device) if isinstance(model, FeatureSPQModel) else None
+        )
         self.max_query_vectors = max_query_vectors
         # Every image the engine embeds goes through this one function (on Ray: the deployment).
         self._embed_images: ImageEmbedder = embed or _image_embedder(model, device)
@@ -327,9 +330,9 @@ class SearchEngine:
         self, vectors: npt.NDArray[np.float32], k: int, filters: SearchFilters | None
     ) -> VectorOutcome:
         """Encode checked feature rows with the index's head and search each (blocking)."""
-        model = self._feature_model()
+        encoder = self._feature_encoder()
         start = time.perf_counter()
-        descriptors = encode_rows(model, vectors)
+        descriptors = encoder.descriptors(vectors)
         encode_ms = _elapsed_ms(start)
         start = time.perf_counter()
         found = self.index.search(descriptors, k, filters)
@@ -365,7 +368,7 @@ class SearchEngine:
         stored = self.index.get(item_id)
         if stored is None:
             raise ServiceError(404, ErrorCode.NOT_FOUND, f"no item with id {item_id}")
-        descriptor = stored_code_descriptor(self._feature_model(), self.index, item_id)
+        descriptor = stored_code_descriptor(self._feature_encoder(), self.index, item_id)
         embed_ms = _elapsed_ms(start)
         start = time.perf_counter()
         hits = [hit for hit in self.index.search(descriptor, k, filters)[0] if hit.id != item_id]
@@ -377,10 +380,10 @@ class SearchEngine:
         search_ms = _elapsed_ms(start)
         return SearchOutcome(None, _ranked(hits), 0.0, embed_ms, search_ms, copy_id)
 
-    def _feature_model(self) -> FeatureSPQModel:
-        if not isinstance(self.model, FeatureSPQModel):
+    def _feature_encoder(self) -> FeatureEncoder:
+        if self.feature_encoder is None:
             raise vector_refused()
-        return self.model
+        return self.feature_encoder
 
     def query_cost(self, upload: Upload) -> float:
         """Work units of one search: the pixels its decode will produce, and one forward."""

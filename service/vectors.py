@@ -4,8 +4,9 @@ A feature index (its card's ``input_dim`` > 0, `model.feature_spq.FeatureSPQMode
 of vectors a foundation model produced elsewhere: it has no pixels. It is searched with
 
 - a `VectorQuery`: rows of the producing model's features, checked by
-  `indexer.index.query_vectors` and encoded here with the index's own feature model (its head),
-  each row answered on its own; the descriptors are never quantised (asymmetric distance);
+  `indexer.index.query_vectors` and encoded by the index's own feature model (its head, through
+  `model.feature_encoder.FeatureEncoder`, as the indexer encodes the archive's rows), each row
+  answered on its own; the descriptors are never quantised (asymmetric distance);
 - an item's stored code (`stored_code_descriptor`): the codewords its code selects are the query,
   so nothing is re-read from the archive (there are no source files to re-read).
 
@@ -29,7 +30,7 @@ from indexer.index.shards import ShardedIndex
 from indexer.index.slides import RankedHit
 from indexer.index.store import ArchiveIndex
 from model.card import ModelCard
-from model.feature_spq import FeatureSPQModel
+from model.feature_encoder import FeatureEncoder
 from service.errors import ErrorCode, ServiceError
 
 # Work units of the fair scheduler (service.engine): one row costs a head forward (a 192 x 64
@@ -113,25 +114,14 @@ def vector_error(error: QueryVectorError, field: str) -> ServiceError:
     return ServiceError(422, _REASON_CODES[error.reason], f"{field}: {error}")
 
 
-def encode_rows(
-    model: FeatureSPQModel, vectors: npt.NDArray[np.float32]
-) -> npt.NDArray[np.float32]:
-    """(Q, input_dim) feature rows -> (Q, M*d) float32 descriptors by the index's own head."""
-    device = model.feature_mean.device
-    with torch.inference_mode():
-        descriptors = model.encode(torch.from_numpy(vectors).to(device))
-    return np.ascontiguousarray(descriptors.cpu().numpy(), dtype=np.float32)
-
-
 def stored_code_descriptor(
-    model: FeatureSPQModel, index: Index, item_id: int
+    encoder: FeatureEncoder, index: Index, item_id: int
 ) -> npt.NDArray[np.float32]:
     """(1, M*d): the codewords an item's stored code selects, the query of "more like this" in
     a feature index. The caller has checked that the item exists."""
     codes = codes_holder(index, item_id).codes_of([item_id])
-    device = model.feature_mean.device
     with torch.inference_mode():
-        decoded = model.decode(torch.from_numpy(codes.astype(np.int64)).to(device))
+        decoded = encoder.model.decode(torch.from_numpy(codes.astype(np.int64)).to(encoder.device))
     return np.ascontiguousarray(decoded.cpu().numpy(), dtype=np.float32)
 
 

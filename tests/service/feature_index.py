@@ -20,10 +20,8 @@ import torch
 from indexer.index.store import ArchiveIndex
 from indexer.ingest.features import FeatureArchive, FeatureBatch, FeatureOptions
 from model.card import ModelCard
-from model.feature_spq import FeatureSPQModel, load_feature_checkpoint, save_feature_checkpoint
-from service.engine import SearchEngine, engine_from_settings
-from service.settings import Settings
-from service.vectors import encode_rows
+from model.feature_encoder import FeatureEncoder
+from model.feature_spq import FeatureSPQModel, save_feature_checkpoint
 from support.data import SHARED_DATA, missing_data_reason
 
 FEATURE_SET = "tcga-hipt-regions-192d"
@@ -85,27 +83,12 @@ def build_feature_index(directory: Path, source: Path, rows: int = ROWS) -> Feat
     model.feature_mean.copy_(torch.from_numpy(vectors.mean(axis=0)))
     checkpoint = directory.parent / "feature-model.pt"
     save_feature_checkpoint(model, checkpoint)
-    index = ArchiveIndex.create_from_codebooks(
-        directory,
-        model.codebooks().detach().numpy(),
-        card=model.card.model_dump(mode="json"),
-        card_key=model.card.compatibility_key(),
-        checkpoint_path=checkpoint,
-    )
+    index = ArchiveIndex.create(directory, checkpoint)
+    encoder = FeatureEncoder(model, torch.device("cpu"))
     slide_ids: list[str] = []
     with index:
         for batch in FeatureArchive.open(matrix, FeatureOptions(dim=DIM)).batches():
             assert isinstance(batch, FeatureBatch), batch
-            index.add(encode_rows(model, batch.vectors), batch.items)
+            index.add(encoder.descriptors(batch.vectors), batch.items)
             slide_ids += [str(item.extra["slide_id"]) for item in batch.items]
     return FeatureSample(directory, vectors, slide_ids)
-
-
-def feature_engine(settings: Settings) -> SearchEngine:
-    """The service's engine over a feature index, opened as `service.app.load_engine` opens an
-    image index: the index, its own model, the codebook check."""
-    index = ArchiveIndex.open(settings.index_dir)
-    assert index.checkpoint_path is not None
-    model = load_feature_checkpoint(index.checkpoint_path)
-    index.check_model(model.codebooks().detach().numpy())
-    return engine_from_settings(settings, model, index, torch.device("cpu"))

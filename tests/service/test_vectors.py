@@ -24,7 +24,6 @@ from tests.service.feature_index import (
     FEATURE_MODEL,
     FeatureSample,
     build_feature_index,
-    feature_engine,
     require_features,
 )
 from tests.service.test_api import assert_error, make_client
@@ -48,7 +47,7 @@ def feature_client(sample: FeatureSample, **overrides: Any) -> TestClient:
         "max_query_vectors": 4,
     }
     options.update(overrides)
-    return TestClient(create_app(Settings(**options), engine_loader=feature_engine))
+    return TestClient(create_app(Settings(**options)))
 
 
 @pytest.fixture(scope="module")
