@@ -3,7 +3,7 @@ region of an indexed slide (``slide_id`` with a level-0 ``x``, ``y``, ``width``,
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
@@ -31,7 +31,13 @@ from service.routes.vector_search import (
     query_vector,
     search_by_vectors,
 )
-from service.schemas import QueryImage, SearchHit, SearchResponse, Timings
+from service.schemas import (
+    QueryImage,
+    SearchHit,
+    SearchResponse,
+    Timings,
+    VectorSearchResponse,
+)
 from service.settings import Settings
 
 router = APIRouter(tags=["search"], route_class=StrictFormRoute)
@@ -51,11 +57,32 @@ QUERY_KINDS = [
         "not": {"anyOf": [{"required": [f]} for f in ("image", "item_id", "mpp")]},
     },
 ]
+_VECTOR_FIELDS = ["vector", "vectors"]
+
+
+def query_kinds(feature_index: bool) -> list[dict[str, Any]]:
+    """`QUERY_KINDS` as this index takes them: an image index takes no vector; a feature index
+    (no pixels) takes exactly one of a vector, rows of vectors and an item id."""
+    if not feature_index:
+        no_vector = {"not": _any_of(_VECTOR_FIELDS)}
+        return [{"allOf": [kind, no_vector]} for kind in QUERY_KINDS]
+    others = ["image", "item_id", "mpp", *_REGION_FIELDS, *_VECTOR_FIELDS]
+    return [
+        {"required": [field], "not": _any_of([f for f in others if f not in (field, "mpp")])}
+        if field == "item_id"
+        else {"required": [field], "not": _any_of([f for f in others if f != field])}
+        for field in ("item_id", *_VECTOR_FIELDS)
+    ]
+
+
+def _any_of(fields: list[str]) -> dict[str, Any]:
+    return {"anyOf": [{"required": [field]} for field in fields]}
 
 
 @router.post(
     "/search",
-    response_model=SearchResponse,
+    # A search by `vectors` (rows of an .npy) is answered per row: a VectorSearchResponse.
+    response_model=SearchResponse | VectorSearchResponse,
     responses=error_responses(*UPLOAD_ERRORS, 404, *SERVER_LIMITS),
     openapi_extra=image_parts("image"),
 )

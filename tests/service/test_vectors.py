@@ -286,3 +286,18 @@ def test_a_vector_may_be_pretty_printed_json_with_newlines(
     assert "\n" in text
     body = by_vector(client, text, k=2).json()
     assert len(body["results"]) == 2
+
+
+def test_the_openapi_description_offers_each_index_only_what_it_takes(
+    client: TestClient, small_index: Path
+) -> None:
+    def kinds(openapi: dict[str, Any]) -> list[list[str]]:
+        content = openapi["paths"]["/search"]["post"]["requestBody"]["content"]
+        ref = content["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
+        one_of = openapi["components"]["schemas"][ref]["oneOf"]
+        return [kind.get("required") or kind["allOf"][0]["required"] for kind in one_of]
+
+    assert kinds(client.get("/openapi.json").json()) == [["item_id"], ["vector"], ["vectors"]]
+    with make_client(small_index) as image_client:
+        image_kinds = kinds(image_client.get("/openapi.json").json())
+    assert ["image"] in image_kinds and ["vector"] not in image_kinds
