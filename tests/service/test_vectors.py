@@ -3,8 +3,10 @@ every refusal says which rule was broken; items have no pixels and say so."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,11 +14,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from indexer.index.opening import open_index
 from indexer.index.store import ArchiveIndex
 from service.app import create_app
+from service.engine import SearchEngine
+from service.errors import ServiceError
 from service.settings import Settings
+from service.vectors import VectorQuery
 from tests.service import samples
 from tests.service.conftest import API_KEY
 from tests.service.feature_index import (
@@ -301,3 +308,44 @@ def test_the_openapi_description_offers_each_index_only_what_it_takes(
     with make_client(small_index) as image_client:
         image_kinds = kinds(image_client.get("/openapi.json").json())
     assert ["image"] in image_kinds and ["vector"] not in image_kinds
+
+
+def test_vector_searches_count_against_the_clients_limit_like_any_search(
+    sample: FeatureSample,
+) -> None:
+    """One client with a request in flight (limit 1) is refused a vector search at once (429);
+    another client's vector search waits for the worker and is answered once it is free."""
+    opened = open_index(sample.index_dir, torch.device("cpu"))
+    engine = SearchEngine(
+        opened.model,
+        opened.index,
+        torch.device("cpu"),
+        workers=1,
+        max_pending=8,
+        max_image_pixels=1_000_000,
+        max_in_flight_per_client=1,
+    )
+    release = threading.Event()
+    query = VectorQuery(sample.vectors[:2])
+
+    async def scenario() -> tuple[ServiceError, int]:
+        holding = asyncio.create_task(engine.offload(lambda: release.wait(30), client="a"))
+        await asyncio.sleep(0.05)
+        with pytest.raises(ServiceError) as refused:
+            await engine.search(query, 3, None, client="a", render=lambda out: len(out.rows))
+        other = asyncio.create_task(
+            engine.search(query, 3, None, client="b", render=lambda out: len(out.rows))
+        )
+        await asyncio.sleep(0.05)
+        assert not other.done()  # the one worker is held by client a
+        release.set()
+        await holding
+        return refused.value, await other
+
+    try:
+        refused, rows = asyncio.run(scenario())
+    finally:
+        release.set()
+        engine.close()
+    assert refused.status_code == 429 and refused.code == "too_many_requests"
+    assert rows == 2
