@@ -29,7 +29,7 @@ import torch
 from indexer.index.protocol import Index
 from indexer.index.store import MANIFEST, ArchiveIndex, IndexDirectoryError
 from model.card import ModelCard
-from model.checkpoint import load_index_model
+from model.checkpoint import load_index_model, read_card
 from model.embedder import Embedder
 from model.feature_encoder import FeatureEncoder
 from model.feature_spq import FeatureSPQModel
@@ -154,11 +154,33 @@ def open_or_create_index(
     if checkpoint is not None and own is not None and _digest(own) != _digest(checkpoint):
         opened.close()
         raise IndexDirectoryError(
-            f"{directory} was built with another model than {checkpoint}: its codes cannot be "
+            f"{directory} was built with another model than {checkpoint}"
+            f"{_feature_mismatch(opened.card, read_card(checkpoint))}: its codes cannot be "
             "mixed with this model's. Index into a new directory, or delete this one to rebuild "
             "it with this model."
         )
     return opened
+
+
+def _feature_mismatch(index_card: ModelCard, card: ModelCard) -> str:
+    """What differs in the vectors two models read, when either reads feature vectors."""
+    if not (index_card.input_dim or card.input_dim):
+        return ""
+    if index_card.input_dim and not card.input_dim:
+        return f" (the index holds {index_card.feature_model} vectors; that is an image model)"
+    if card.input_dim and not index_card.input_dim:
+        return f" (that model reads {card.feature_model} vectors; the index holds images)"
+    if index_card.feature_model != card.feature_model:
+        return (
+            f" (feature_model: the index holds vectors of {index_card.feature_model!r}, that "
+            f"model reads vectors of {card.feature_model!r})"
+        )
+    if index_card.input_dim != card.input_dim:
+        return (
+            f" (input_dim: the index holds {index_card.input_dim}-d vectors, that model reads "
+            f"{card.input_dim}-d ones)"
+        )
+    return ""
 
 
 def _open_either(directory: Path) -> Index:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from indexer.ingest.sources import ArchiveImage
 from model.errors import HistosearchError
@@ -144,3 +145,49 @@ def explicit_group_split(
         validation=tuple(sorted(validation_groups)),
         test=tuple(sorted(test_groups)),
     )
+
+
+def named_group_split(
+    groups: Iterable[str],
+    validation_groups: Sequence[str] | None,
+    test_groups: Sequence[str] | None,
+    validation_fraction: float,
+    test_fraction: float,
+    seed: int,
+) -> GroupSplit:
+    """Named held-out groups, the part not named drawn by fraction from the others with
+    ``seed``; with none named, `patient_split`. A named test group is never trained on, and
+    names not among ``groups`` are an error."""
+    distinct = sorted(set(groups))
+    if not validation_groups and not test_groups:
+        return patient_split(distinct, validation_fraction, test_fraction, seed)
+    named = set(validation_groups or ()) | set(test_groups or ())
+    unknown = sorted(named - set(distinct))
+    if unknown:
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        raise SplitError(f"groups not in the data: {unknown[:10]}{more}")
+    rest = sorted(set(distinct) - named)
+    random.Random(seed).shuffle(rest)
+    test = list(test_groups or ())
+    if not test:
+        cut = _part_size(len(distinct), test_fraction)
+        test, rest = rest[:cut], rest[cut:]
+    validation = list(validation_groups or ())
+    if not validation:
+        cut = _part_size(len(distinct), validation_fraction)
+        validation, rest = rest[:cut], rest[cut:]
+    return GroupSplit(
+        train=tuple(sorted(rest)),
+        validation=tuple(sorted(set(validation))),
+        test=tuple(sorted(set(test))),
+    )
+
+
+def read_group_file(path: Path) -> list[str]:
+    """Group names from a text file, one a line; blank lines and ``#`` comments are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise SplitError(f"{path}: cannot read the group file ({error})") from None
+    names = [line.split("#", 1)[0].strip() for line in lines]
+    return [name for name in names if name]

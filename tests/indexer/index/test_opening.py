@@ -157,7 +157,9 @@ def test_a_feature_model_of_another_foundation_model_is_refused_naming_it(tmp_pa
     model = saved_feature_model(tmp_path / "features.pt", seed=0)
     saved_feature_model(tmp_path / "uni.pt", seed=0, feature_model="uni")
     open_or_create_index(tmp_path / "index", tmp_path / "features.pt", CPU).close()
-    with pytest.raises(IndexDirectoryError, match="another model"):
+    with pytest.raises(
+        IndexDirectoryError, match="vectors of 'hipt', that model reads vectors of 'uni'"
+    ):
         open_or_create_index(tmp_path / "index", tmp_path / "uni.pt", CPU)
     ArchiveIndex.create_from_codebooks(
         tmp_path / "mixed",

@@ -1,0 +1,138 @@
+"""Indexing rate of a feature archive: rows per second of `histosearch index --source features`.
+
+    nice python -m benchmarks.indexer.feature_indexing [--threads 1]
+
+The rows are real: ``regions.npy`` of ``tcga-hipt-regions-192d`` (147,503 HIPT region
+embeddings, 192-d float16) with ``regions.csv``. The goal is 100,000 rows per second end to end.
+Stages, each timed alone (wall and CPU seconds; the machine is shared, so CPU seconds say what the
+code costs and wall seconds what a user waited):
+
+- ``read``: `indexer.ingest.features.FeatureArchive` batches (fingerprint, float32, checks, one
+  item per row with its content hash);
+- ``encode``: `model.feature_encoder.FeatureEncoder` descriptors of every row (the feature
+  model: centring, linear head; weights do not change the cost);
+- ``end to end``: `indexer.ingest.feature_index.index_feature_archive` into a new index
+  (reading, encoding, the ingest writer's SQLite rows, codes and journal, the final snapshot).
+
+Results: a table on stdout and ``benchmarks/results/feature_indexing.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.common import RESULTS, shared_data_root, write_result
+from indexer.index.store import ArchiveIndex
+from indexer.ingest.feature_index import index_feature_archive
+from indexer.ingest.feature_table import TCGA_COLUMNS
+from indexer.ingest.features import FeatureArchive, FeatureBatch, FeatureOptions
+from indexer.ingest.writer import PipelineConfig
+from model.card import ModelCard
+from model.feature_encoder import FeatureEncoder
+from model.feature_spq import FeatureSPQModel, save_feature_checkpoint
+
+GOAL_ROWS_PER_SECOND = 100_000
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    torch.set_num_threads(arguments.threads)
+    data = arguments.data / "regions.npy"
+    model = feature_model()
+    options = FeatureOptions(columns=TCGA_COLUMNS, dim=model.card.input_dim)
+    encoder = FeatureEncoder(model, torch.device("cpu"))
+    rows: list[dict[str, Any]] = []
+
+    def read() -> int:
+        return sum(
+            len(batch.items)
+            for batch in FeatureArchive.open(data, options).batches()
+            if isinstance(batch, FeatureBatch)
+        )
+
+    rows.append(timed("read", read))
+    vectors = np.load(data).astype(np.float32)
+    rows.append(timed("encode", lambda: len(encoder.descriptors(vectors))))
+    with tempfile.TemporaryDirectory() as folder:
+        save_feature_checkpoint(model, Path(folder) / "model.pt")
+        index = ArchiveIndex.create(Path(folder) / "index", Path(folder) / "model.pt")
+
+        def end_to_end() -> int:
+            archive = FeatureArchive.open(data, options)
+            summary = index_feature_archive(
+                archive, index, encoder, PipelineConfig(batch_size=16_384, progress=False)
+            )
+            return summary.counts.tiles_added
+
+        rows.append(timed("end to end", end_to_end))
+        index.close()
+    for row in rows:
+        print(
+            f"{row['stage']:<11} {row['rows']:>7} rows  wall {row['wall_s']:6.2f} s "
+            f"({row['rows_per_s_wall']:>9,.0f}/s)  cpu {row['cpu_s']:6.2f} s "
+            f"({row['rows_per_s_cpu']:>9,.0f}/s)"
+        )
+    out = write_result(
+        arguments.out,
+        {
+            "benchmark": "feature_indexing",
+            "data": "tcga-hipt-regions-192d/regions.npy",
+            "goal_rows_per_s": GOAL_ROWS_PER_SECOND,
+            "threads": arguments.threads,
+            "stages": rows,
+        },
+    )
+    print(f"wrote {out}")
+
+
+def feature_model() -> FeatureSPQModel:
+    """A 64-bit feature model for 192-d rows (16 sub-spaces of 12, K=16), as trained by default."""
+    torch.manual_seed(0)
+    card = ModelCard(
+        backbone="features:hipt",
+        num_codebooks=16,
+        codebook_size=16,
+        codeword_dim=12,
+        input_dim=192,
+        feature_model="hipt",
+    )
+    return FeatureSPQModel(card).eval()
+
+
+def timed(stage: str, work: Callable[[], int]) -> dict[str, Any]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    rows = work()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "stage": stage,
+        "rows": rows,
+        "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
+        "rows_per_s_wall": rows / wall,
+        "rows_per_s_cpu": rows / cpu if cpu > 0 else None,
+    }
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=shared_data_root() / "tcga-hipt-regions-192d",
+        help="folder with regions.npy and regions.csv",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "feature_indexing.json")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""Feature rows through the feature model into the ingest writer: journal, duplicates, parts."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from indexer.index.store import ArchiveIndex
+from indexer.ingest.feature_index import index_feature_archive
+from indexer.ingest.features import FeatureArchive, FeatureOptions
+from indexer.ingest.writer import PipelineConfig
+from model.card import ModelCard
+from model.feature_encoder import FeatureEncoder
+from model.feature_spq import FeatureSPQModel, save_feature_checkpoint
+
+DIM = 12
+CARD = {
+    "backbone": "features:toy",
+    "num_codebooks": 4,
+    "codebook_size": 16,
+    "codeword_dim": 3,
+    "input_dim": DIM,
+    "feature_model": "toy",
+}
+
+
+def feature_index(root: Path) -> tuple[ArchiveIndex, FeatureEncoder]:
+    torch.manual_seed(0)
+    model = FeatureSPQModel(ModelCard.model_validate(CARD)).eval()
+    save_feature_checkpoint(model, root / "model.pt")
+    index = ArchiveIndex.create(root / "index", root / "model.pt")
+    return index, FeatureEncoder(model, torch.device("cpu"))
+
+
+def npy_archive(folder: Path, rows: int, seed: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "rows.npy", np.random.default_rng(seed).normal(size=(rows, DIM)))
+    with (folder / "rows.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slide_id", "label", "group"])
+        writer.writerows([f"s{row // 10}", "a", f"p{row // 20}"] for row in range(rows))
+    return folder / "rows.npy"
+
+
+def run(index: ArchiveIndex, encoder: FeatureEncoder, data: Path, rows_per_part: int):
+    archive = FeatureArchive.open(data, FeatureOptions(dim=DIM, chunk_rows=rows_per_part))
+    config = PipelineConfig(batch_size=rows_per_part, progress=False)
+    return index_feature_archive(archive, index, encoder, config)
+
+
+def test_a_matrix_read_in_parts_is_journalled_once_its_last_part_is_written(tmp_path):
+    index, encoder = feature_index(tmp_path)
+    data = npy_archive(tmp_path / "a", rows=95, seed=1)
+    summary = run(index, encoder, data, rows_per_part=20)
+    assert summary.counts.tiles_added == 95 and len(index) == 95
+    (file,) = FeatureArchive.open(data).files
+    key = FeatureArchive.open(data).journal_key(file)
+    assert index.journal.finished_source(key) == file.fingerprint()
+    again = run(index, encoder, data, rows_per_part=20)
+    assert again.counts.images_finished_before == 1 and again.counts.tiles_added == 0
+    index.close()
+
+
+def test_the_same_bytes_under_another_name_are_a_duplicate_file(tmp_path):
+    index, encoder = feature_index(tmp_path)
+    run(index, encoder, npy_archive(tmp_path / "a", rows=30, seed=2), rows_per_part=8)
+    copy = run(index, encoder, npy_archive(tmp_path / "b", rows=30, seed=2), rows_per_part=8)
+    assert copy.counts.duplicate_files == 1 and copy.counts.tiles_added == 0
+    assert len(index) == 30
+    index.close()
