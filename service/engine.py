@@ -196,7 +196,6 @@ def engine_from_settings(
         max_query_tiles=settings.max_query_tiles,
         slides=slides,
         embed=embed,
-        max_query_vectors=settings.max_query_vectors,
     )
 
 
@@ -219,7 +218,6 @@ class SearchEngine:
         max_query_tiles: int = 64,
         slides: SlideLibrary | None = None,
         embed: ImageEmbedder | None = None,
-        max_query_vectors: int = 256,
     ) -> None:
         self.model = model.eval()
         # A feature index (vectors from another model, no pixels) is queried by vector or by a
@@ -228,7 +226,6 @@ class SearchEngine:
         self.feature_encoder = (
             FeatureEncoder(model, device) if isinstance(model, FeatureSPQModel) else None
         )
-        self.max_query_vectors = max_query_vectors
         # Every image the engine embeds goes through this one function (on Ray: the deployment).
         self._embed_images: ImageEmbedder = embed or _image_embedder(model, device)
         self.index = index
