@@ -100,11 +100,11 @@ const HistosearchResults = (() => {
   // query's `results`, or the per-row `queries` of a search by vectors).
   function render(body, { status, grid, slides, setImage, onOpen }) {
     status.textContent = statusLine(body);
+    grid.classList.toggle("grid", !body.queries);
+    grid.classList.toggle("row-results", Boolean(body.queries));
     if (body.queries) {
-      grid.className = "row-results";
       grid.replaceChildren(...body.queries.map((answer) => rowSection(answer, { setImage, onOpen })));
     } else {
-      grid.className = "grid";
       grid.replaceChildren(...body.results.map((hit) => resultCard(hit, { setImage, onOpen })));
     }
     slides.replaceChildren(...(body.slides || []).map(slideLink));
