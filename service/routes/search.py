@@ -62,17 +62,24 @@ _VECTOR_FIELDS = ["vector", "vectors"]
 
 def query_kinds(feature_index: bool) -> list[dict[str, Any]]:
     """`QUERY_KINDS` as this index takes them: an image index takes no vector; a feature index
-    (no pixels) takes exactly one of a vector, rows of vectors and an item id."""
+    (no pixels) takes a vector, rows of vectors or an item id (its stored code), and those of
+    `QUERY_KINDS` that need no pixels, each alone."""
+    no_vector = {"not": _any_of(_VECTOR_FIELDS)}
     if not feature_index:
-        no_vector = {"not": _any_of(_VECTOR_FIELDS)}
         return [{"allOf": [kind, no_vector]} for kind in QUERY_KINDS]
     others = ["image", "item_id", "mpp", *_REGION_FIELDS, *_VECTOR_FIELDS]
-    return [
+    own = [
         {"required": [field], "not": _any_of([f for f in others if f not in (field, "mpp")])}
         if field == "item_id"
         else {"required": [field], "not": _any_of([f for f in others if f != field])}
         for field in ("item_id", *_VECTOR_FIELDS)
     ]
+    without_pixels = [
+        {"allOf": [kind, no_vector]}
+        for kind in QUERY_KINDS
+        if not {"image", "item_id", "slide_id"} & set(kind.get("required", []))
+    ]
+    return own + without_pixels
 
 
 def _any_of(fields: list[str]) -> dict[str, Any]:
