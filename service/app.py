@@ -259,7 +259,9 @@ def _describe_configured_limits(app: FastAPI, settings: Settings) -> None:
         _form_property(schema, "/index", "images")["items"]["minLength"] = 1
         # The form's bound comes out as the float 2**63, one past the largest id: exact here.
         _form_property(schema, "/search", "item_id").update(minimum=0, maximum=MAX_ITEM_ID)
-        _form_schema(schema, "/search")["oneOf"] = search.QUERY_KINDS
+        engine: SearchEngine | None = app.state.engine
+        features = engine is not None and engine.features is not None
+        _form_schema(schema, "/search")["oneOf"] = search.query_kinds(feature_index=features)
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

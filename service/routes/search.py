@@ -3,21 +3,41 @@ region of an indexed slide (``slide_id`` with a level-0 ``x``, ``y``, ``width``,
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
 from indexer.index.slides import RankedHit
 from indexer.index.store import SearchFilters
 from service.deps import ClientDep, EngineDep, SettingsDep
-from service.engine import ImageQuery, ItemQuery, Query, RegionQuery, SearchOutcome
+from service.engine import (
+    ImageQuery,
+    ItemQuery,
+    Query,
+    RegionQuery,
+    SearchEngine,
+    SearchOutcome,
+)
 from service.errors import ErrorCode, ServiceError
-from service.forms import TEXT_PATTERN, StrictFormRoute
+from service.forms import JSON_TEXT, TEXT_PATTERN, StrictFormRoute
 from service.routes.images import MAX_ITEM_ID, item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
 from service.routes.slides import slide_results
 from service.routes.uploads import read_upload
-from service.schemas import QueryImage, SearchHit, SearchResponse, Timings
+from service.routes.vector_search import (
+    VECTOR_DESCRIPTION,
+    VECTORS_DESCRIPTION,
+    feature_hit,
+    query_vector,
+    search_by_vectors,
+)
+from service.schemas import (
+    QueryImage,
+    SearchHit,
+    SearchResponse,
+    Timings,
+    VectorSearchResponse,
+)
 from service.settings import Settings
 
 router = APIRouter(tags=["search"], route_class=StrictFormRoute)
@@ -37,11 +57,39 @@ QUERY_KINDS = [
         "not": {"anyOf": [{"required": [f]} for f in ("image", "item_id", "mpp")]},
     },
 ]
+_VECTOR_FIELDS = ["vector", "vectors"]
+
+
+def query_kinds(feature_index: bool) -> list[dict[str, Any]]:
+    """`QUERY_KINDS` as this index takes them: an image index takes no vector; a feature index
+    (no pixels) takes a vector, rows of vectors or an item id (its stored code), and those of
+    `QUERY_KINDS` that need no pixels, each alone."""
+    no_vector = {"not": _any_of(_VECTOR_FIELDS)}
+    if not feature_index:
+        return [{"allOf": [kind, no_vector]} for kind in QUERY_KINDS]
+    others = ["image", "item_id", "mpp", *_REGION_FIELDS, *_VECTOR_FIELDS]
+    own = [
+        {"required": [field], "not": _any_of([f for f in others if f not in (field, "mpp")])}
+        if field == "item_id"
+        else {"required": [field], "not": _any_of([f for f in others if f != field])}
+        for field in ("item_id", *_VECTOR_FIELDS)
+    ]
+    without_pixels = [
+        {"allOf": [kind, no_vector]}
+        for kind in QUERY_KINDS
+        if not {"image", "item_id", "slide_id"} & set(kind.get("required", []))
+    ]
+    return own + without_pixels
+
+
+def _any_of(fields: list[str]) -> dict[str, Any]:
+    return {"anyOf": [{"required": [field]} for field in fields]}
 
 
 @router.post(
     "/search",
-    response_model=SearchResponse,
+    # A search by `vectors` (rows of an .npy) is answered per row: a VectorSearchResponse.
+    response_model=SearchResponse | VectorSearchResponse,
     responses=error_responses(*UPLOAD_ERRORS, 404, *SERVER_LIMITS),
     openapi_extra=image_parts("image"),
 )
@@ -52,6 +100,10 @@ async def search(
     image: Annotated[
         UploadFile | None, File(description="The query image (JPEG, PNG, TIFF, ...).")
     ] = None,
+    vector: Annotated[
+        str | None, Form(description=VECTOR_DESCRIPTION, json_schema_extra=JSON_TEXT)
+    ] = None,
+    vectors: Annotated[UploadFile | None, File(description=VECTORS_DESCRIPTION)] = None,
     k: Annotated[int, Form(ge=1, description="How many results (at most HISTOSEARCH_MAX_K).")] = 10,
     label: Annotated[FilterText, Form(description="Only items with this label.")] = None,
     dataset: Annotated[FilterText, Form(description="Only items from this dataset.")] = None,
@@ -83,12 +135,19 @@ async def search(
         raise ServiceError(
             422, ErrorCode.K_TOO_LARGE, f"k={k} exceeds the limit of {settings.max_k}"
         )
+    if vector is not None or vectors is not None:
+        sent = {"image": image, "item_id": item_id, "mpp": mpp, "slide_id": slide_id}
+        sent |= {"x": x, "y": y, "width": width, "height": height}
+        others = [name for name, value in sent.items() if value is not None]
+        filters = _filters(label, dataset, exclude_group)
+        given = (vector, vectors)
+        return await search_by_vectors(engine, settings, client, k, filters, given, others)
     query = await _query(image, item_id, mpp, slide_id, (x, y, width, height), settings)
 
     def serialise(outcome: SearchOutcome) -> bytes:
         # Built and turned into JSON in the worker that searched: the event loop only moves
         # bytes, and FastAPI does not validate and serialise the same model a second time.
-        return _response(k, outcome).model_dump_json().encode()
+        return _response(k, outcome, engine).model_dump_json().encode()
 
     filters = _filters(label, dataset, exclude_group)
     body = await engine.search(query, k, filters, client=client, render=serialise)
@@ -159,7 +218,17 @@ def _hit(hit: RankedHit, exact_copy_id: int | None) -> SearchHit:
     )
 
 
-def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
+def _response(k: int, outcome: SearchOutcome, engine: SearchEngine) -> SearchResponse:
+    if outcome.query is None and engine.features is not None:
+        # "More like this" in a feature archive: an item's stored code was the query.
+        return SearchResponse(
+            k=k,
+            results=[feature_hit(hit, outcome.exact_copy_id) for hit in outcome.hits[:k]],
+            query=None,
+            query_vector=query_vector(engine.features, outcome.exact_copy_id),
+            timings=_timings(outcome),
+        )
+    assert outcome.query is not None
     width, height = outcome.query.size
     return SearchResponse(
         k=k,
@@ -171,12 +240,16 @@ def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
             format=outcome.query.original_format,
             mode=outcome.query.original_mode,
         ),
-        timings=Timings(
-            decode_ms=round(outcome.decode_ms, 3),
-            embed_ms=round(outcome.embed_ms, 3),
-            search_ms=round(outcome.search_ms, 3),
-            total_ms=round(outcome.decode_ms + outcome.embed_ms + outcome.search_ms, 3),
-        ),
+        timings=_timings(outcome),
         query_tiles=outcome.query_tiles,
         tissue_tiles=outcome.tissue_tiles,
+    )
+
+
+def _timings(outcome: SearchOutcome) -> Timings:
+    return Timings(
+        decode_ms=round(outcome.decode_ms, 3),
+        embed_ms=round(outcome.embed_ms, 3),
+        search_ms=round(outcome.search_ms, 3),
+        total_ms=round(outcome.decode_ms + outcome.embed_ms + outcome.search_ms, 3),
     )
