@@ -50,9 +50,15 @@ PORT = "${HISTOSEARCH_PORT:-8000}"
 
 
 def test_services_listen_publish_and_are_checked_on_the_configured_port(compose):
+    published = {
+        "service": "${HISTOSEARCH_PUBLISHED_PORT:-8000}",
+        "service-gpu": "${HISTOSEARCH_PUBLISHED_PORT:-8000}",
+        # `--profile ray up` starts the plain stack too: the Ray service needs a port of its own.
+        "service-ray": "${HISTOSEARCH_RAY_PUBLISHED_PORT:-8001}",
+    }
     for name in SERVING:
         service = compose["services"][name]
-        assert service["ports"] == [f"${{HISTOSEARCH_PUBLISHED_PORT:-8000}}:{PORT}"], name
+        assert service["ports"] == [f"{published[name]}:{PORT}"], name
         assert service["environment"]["HISTOSEARCH_PORT"] == PORT, name
         # healthcheck.py asks the container's own $HISTOSEARCH_PORT: no port written here.
         assert service["healthcheck"]["test"] == [

@@ -152,7 +152,8 @@ def _cleanup(stack: Stack | None, bases: BaseImages | None) -> None:
     if stack is not None:
         log = stack("logs", "--no-color", timeout=120, check=False).stdout
         (TIMINGS.parent / "compose.log").write_text(log)
-        stack("down", "-v", "--rmi", "all", "--remove-orphans", timeout=600, check=False)
+        stack("down", "-v", "--remove-orphans", timeout=600, check=False)
+        run(["docker", "image", "rm", f"{IMAGE}:cpu"], timeout=300, check=False)
     # The classic builder keeps each builder stage as an untagged image (GBs): only ours go.
     run(["docker", "image", "prune", "-f", "--filter", "label=io.histosearch.stage=builder"],
         timeout=600, check=False)  # fmt: skip
