@@ -122,7 +122,7 @@ def base_images() -> BaseImages:
         )
     missing = [image for image in STAND_INS.values() if not image_exists(image)]
     started = time.monotonic()
-    run([str(ROOT / "scripts" / "debian-base-images")], timeout=1800)
+    run([str(ROOT / "scripts" / "debian-base-images")], timeout=1200)
     seconds = time.monotonic() - started
     how = f"stand-ins from Debian packages (scripts/debian-base-images, {seconds:.0f} s)"
     return BaseImages(dict(STAND_INS), made=missing, how=how)
