@@ -33,7 +33,12 @@ def main(argv: list[str]) -> int:
     sys.stdout.write(f"check_torch_build: installed {description} (TORCH_BUILD={wanted})\n")
     if build == wanted:
         return 0
-    where = f"the CPU wheel index {index!r}" if index else "PyPI alone (TORCH_INDEX_URL='')"
+    where = (
+        f"with the CPU wheel index {index!r} (unreachable, or without this version: PyPI's"
+        " build came instead)"
+        if index
+        else "from PyPI alone (TORCH_INDEX_URL='')"
+    )
     remedy = (
         "TORCH_INDEX_URL=<an index or mirror that serves the CPU wheels>"
         if wanted == "cpu"
@@ -41,7 +46,7 @@ def main(argv: list[str]) -> int:
     )
     sys.stderr.write(
         f"check_torch_build: TORCH_BUILD={wanted} asks for the {wanted} build of torch, but pip"
-        f" installed {description} from {where}. Build with --build-arg {remedy}, or with"
+        f" installed {description} {where}. Build with --build-arg {remedy}, or with"
         f" --build-arg TORCH_BUILD={build} to keep this build (compose passes both from the"
         " environment or .env).\n"
     )
