@@ -7,7 +7,8 @@
 #            tiles; resumable); an empty folder is nothing to do
 #   serve  - serve the API and the web page from $HISTOSEARCH_INDEX_DIR on $HISTOSEARCH_PORT
 #   other  - passed to the `histosearch` command line as it is (e.g. `stats --index /data/index`)
-# The tests run this very script on the host, with the same variables, since no Docker engine runs there.
+# tests/deploy/test_entrypoints.py runs this very script on the host, with the same variables (the quick
+# check); tests/deploy/test_compose_up.py runs it in the containers of the real stack.
 set -euo pipefail
 
 : "${HISTOSEARCH_WORKDIR:=/data}"

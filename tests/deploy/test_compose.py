@@ -45,10 +45,43 @@ def test_service_starts_only_after_the_indexer_job_succeeds(compose):
     assert gpu_depends["indexer-gpu"]["condition"] == "service_completed_successfully"
 
 
-def test_service_publishes_port_8000_and_is_health_checked_on_ready(compose):
-    service = compose["services"]["service"]
-    assert any(str(port).endswith(":8000") for port in service["ports"])
-    assert any("/ready" in part for part in service["healthcheck"]["test"])
+SERVING = ("service", "service-gpu", "service-ray")
+PORT = "${HISTOSEARCH_PORT:-8000}"
+
+
+def test_services_listen_publish_and_are_checked_on_the_configured_port(compose):
+    published = {
+        "service": "${HISTOSEARCH_PUBLISHED_PORT:-8000}",
+        "service-gpu": "${HISTOSEARCH_PUBLISHED_PORT:-8000}",
+        # `--profile ray up` starts the plain stack too: the Ray service needs a port of its own.
+        "service-ray": "${HISTOSEARCH_RAY_PUBLISHED_PORT:-8001}",
+    }
+    for name in SERVING:
+        service = compose["services"][name]
+        assert service["ports"] == [f"{published[name]}:{PORT}"], name
+        assert service["environment"]["HISTOSEARCH_PORT"] == PORT, name
+        # healthcheck.py asks the container's own $HISTOSEARCH_PORT: no port written here.
+        assert service["healthcheck"]["test"] == [
+            "CMD", "python", "/app/docker/healthcheck.py", "/ready"
+        ], name  # fmt: skip
+    ray_serve = compose["services"]["service-ray"]["command"]
+    assert ray_serve[ray_serve.index("--port") + 1] == PORT
+
+
+def test_only_the_serving_containers_are_health_checked(compose):
+    checked = {name for name, service in compose["services"].items() if "healthcheck" in service}
+    assert checked == set(SERVING)
+
+
+def test_images_build_through_compose_with_the_documented_arguments(compose):
+    for name in ("indexer", "ray-head"):
+        build = compose["services"][name]["build"]
+        assert build["network"] == "${HISTOSEARCH_BUILD_NETWORK:-default}"
+        assert build["args"]["BUILD_CA_CERTIFICATES"].startswith("${HISTOSEARCH_BUILD_CA")
+        # Passed only when set, so the Dockerfile's own defaults hold otherwise.
+        for argument in ("PYTHON_IMAGE", "NODE_IMAGE", "TORCH_INDEX_URL", "TORCH_BUILD"):
+            assert build["args"][argument] is None, (name, argument)
+    assert compose["services"]["indexer-gpu"]["build"]["dockerfile"] == "docker/Dockerfile.gpu"
 
 
 def test_indexer_and_service_share_the_named_data_volume(compose):
@@ -74,6 +107,7 @@ def test_gpu_services_sit_behind_the_gpu_profile_and_reserve_a_gpu(compose):
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"]
     assert compose["services"]["indexer-gpu"]["build"]["target"] == "gpu"
+    assert compose["services"]["indexer-gpu"]["image"] == "${HISTOSEARCH_IMAGE:-histosearch}:gpu"
 
 
 def test_every_compose_command_is_a_verb_the_entrypoint_knows(compose):

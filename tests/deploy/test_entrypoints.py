@@ -1,9 +1,9 @@
 """The containers' exact entry points, run on the host with the variables the compose file sets.
 
-No Docker engine runs on the test machines, so this is how the images' commands stay honest:
-`docker/entrypoint.sh index` (the compose indexer job) must train and index a real archive, a second
-run must reuse what the first made, and `docker/entrypoint.sh serve` must answer searches with the
-image's own health check passing.
+The quick check of the images' commands, without building an image (test_compose_up.py runs the
+real stack on an engine): `docker/entrypoint.sh index` (the compose indexer job) must train and
+index a real archive, a second run must reuse what the first made, and `docker/entrypoint.sh serve`
+must answer searches with the compose health check passing on the configured port.
 """
 
 from __future__ import annotations
@@ -119,13 +119,13 @@ def test_second_index_job_reuses_the_model_and_encodes_nothing_again(deployment)
     assert "tiles added:             0" in second.stderr
 
 
-def test_healthcheck_fails_when_nothing_listens():
-    result = subprocess.run(
-        [sys.executable, str(HEALTHCHECK), f"http://127.0.0.1:{_free_port()}/ready"],
-        check=False,
-        timeout=30,
-    )
-    assert result.returncode == 1
+def test_healthcheck_fails_when_nothing_listens_on_the_configured_port():
+    env = {**os.environ, "HISTOSEARCH_PORT": str(_free_port())}
+    for target in ("/ready", f"http://127.0.0.1:{env['HISTOSEARCH_PORT']}/ready"):
+        result = subprocess.run(
+            [sys.executable, str(HEALTHCHECK), target], env=env, check=False, timeout=30
+        )
+        assert result.returncode == 1, target
 
 
 def test_serve_entrypoint_answers_searches_and_passes_its_health_check(deployment):
@@ -138,7 +138,7 @@ def test_serve_entrypoint_answers_searches_and_passes_its_health_check(deploymen
         text=True,
     )
     try:
-        _wait_until_ready(server, f"{url}/ready")
+        _wait_until_ready(server, deployment)
         tile = next(DEMO.glob("01_TUMOR/*.jpg"))
         with tile.open("rb") as handle:
             response = httpx.post(
@@ -154,12 +154,15 @@ def test_serve_entrypoint_answers_searches_and_passes_its_health_check(deploymen
     assert "Finished server process" in log
 
 
-def _wait_until_ready(server: subprocess.Popen[str], ready_url: str) -> None:
+def _wait_until_ready(server: subprocess.Popen[str], env: dict[str, str]) -> None:
+    """As compose checks the service: `healthcheck.py /ready`, on the port in its environment."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise AssertionError(f"server exited early: {server.stderr and server.stderr.read()}")
-        check = subprocess.run([sys.executable, str(HEALTHCHECK), ready_url], check=False)
+        check = subprocess.run(
+            [sys.executable, str(HEALTHCHECK), "/ready"], env=env, check=False, timeout=30
+        )
         if check.returncode == 0:
             return
         time.sleep(1)
@@ -209,7 +212,7 @@ def test_index_slides_job_adds_the_slides_folder_and_serve_shows_them_in_the_vie
         text=True,
     )  # fmt: skip
     try:
-        _wait_until_ready(server, f"{url}/ready")
+        _wait_until_ready(server, env)
         region = {"x": "0", "y": "0", "width": "900", "height": "600", "k": "5"}
         unknown = httpx.post(f"{url}/search", data={"slide_id": "0", **region}, timeout=60)
         assert unknown.status_code == 404
