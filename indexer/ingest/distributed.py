@@ -120,15 +120,45 @@ class ActorPlan:
         return "cuda" if self.gpus_per_actor else "cpu"
 
 
-def plan_actors(config: RayEncodingConfig, resources: dict[str, float]) -> ActorPlan:
-    """The embedding pool for a cluster with these total resources (`ray.cluster_resources`)."""
+def plan_actors(
+    config: RayEncodingConfig, resources: dict[str, float], node_cpus: Sequence[float] = ()
+) -> ActorPlan:
+    """The embedding pool for a cluster with these total resources (`ray.cluster_resources`)
+    and these CPUs on each node (`cluster_node_cpus`; one node of all the CPUs when not given).
+
+    An actor must fit on one node: sized from the cluster's total alone, 2 actors on four 2-CPU
+    nodes asked for 3.75 CPUs each, which no node holds, and encoding waited forever.
+    """
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
     if gpus:
         return ActorPlan(config.actors or gpus, config.cpus_per_actor or 1.0, 1.0)
+    nodes = list(node_cpus) or [cpus]
     actors = config.actors or max(1, int(cpus // 4))
     # Leave room for at least one tiling task, or the pipeline stalls.
-    share = max(0.25, min(8.0, (cpus - TILING_TASK_CPUS) / actors))
-    return ActorPlan(actors, config.cpus_per_actor or share, 0.0)
+    share = config.cpus_per_actor or max(
+        0.25, min(8.0, (cpus - TILING_TASK_CPUS) / actors, max(nodes) - TILING_TASK_CPUS)
+    )
+    return ActorPlan(min(actors, _actors_that_fit(nodes, share, cpus)), share, 0.0)
+
+
+def _actors_that_fit(nodes: Sequence[float], share: float, cpus: float) -> int:
+    """How many actors of ``share`` CPUs the nodes hold with one tiling task's room left: an
+    actor that no node can place would hold its share of every batch back forever."""
+    fits = sum(int(node // share) for node in nodes)
+    while fits > 1 and fits * share > cpus - TILING_TASK_CPUS:
+        fits -= 1
+    return max(1, fits)
+
+
+def cluster_node_cpus() -> list[float]:
+    """The CPUs of each live node of the connected cluster."""
+    import ray
+
+    return [
+        float(node["Resources"].get("CPU", 0.0))
+        for node in ray.nodes()  # type: ignore[no-untyped-call]
+        if node.get("Alive")
+    ]
 
 
 # ---- stage 1-3 on the cluster: one image in, one row per tile out --------------------------------
@@ -213,7 +243,7 @@ def encode_archive_on_ray(
     config, ray_config = config or PipelineConfig(), ray_config or RayEncodingConfig()
     connect(ray_config.address)
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    plan = plan_actors(ray_config, resources)
+    plan = plan_actors(ray_config, resources, cluster_node_cpus())
     log.info("encoding on Ray with %s", plan)
     writer = IngestWriter(index, config)
     root = ArchiveRoot.of([image.path for image in images], archive_root)
@@ -235,7 +265,7 @@ class _RayEncoder:
 
         connect(config.address)
         resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-        plan = plan_actors(config, resources)
+        plan = plan_actors(config, resources, cluster_node_cpus())
         log.info("embedding on Ray with %s", plan)
         actor = ray.remote(num_cpus=plan.cpus_per_actor, num_gpus=plan.gpus_per_actor)(
             EmbeddingActor

@@ -123,6 +123,15 @@ def test_the_embedding_pool_fits_the_cluster():
     assert plan_actors(RayEncodingConfig(actors=2), {"CPU": 16.0}).cpus_per_actor == 7.75
 
 
+def test_each_embedding_actor_fits_on_one_node_of_the_cluster():
+    four_small_nodes = plan_actors(RayEncodingConfig(), {"CPU": 8.0}, [2.0, 2.0, 2.0, 2.0])
+    assert four_small_nodes.actors == 2 and four_small_nodes.cpus_per_actor == 1.5
+    asked_too_many = plan_actors(RayEncodingConfig(actors=6), {"CPU": 8.0}, [2.0] * 4)
+    # Only one actor of 1.25 CPUs fits on a 2-CPU node: four, not six that would never start.
+    assert asked_too_many.actors == 4 and asked_too_many.cpus_per_actor == 1.25
+    assert asked_too_many.actors * asked_too_many.cpus_per_actor <= 8.0 - 0.5
+
+
 def test_nothing_of_ray_is_imported_unless_asked_for(tmp_path):
     """Every module of indexer/ and service/ imports, and sharded and unsharded searches run,
     without loading ray: the single-machine path does not need the `ray` extra."""
