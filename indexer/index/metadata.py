@@ -292,6 +292,19 @@ class MetadataStore:
             ).fetchone()
         return int(count), int(total)
 
+    def slide_rows(self) -> list[tuple[int, bytes, str | None, str | None, str | None, str]]:
+        """(id, packed code, group, ``extra.slide_id``, archive, source) of every item, in id
+        order: what slide search needs to know which slide each item belongs to."""
+        with self._mutex:
+            rows = self._connection.execute(
+                "SELECT id, code, grp, json_extract(extra, '$.slide_id'), archive, source "
+                "FROM items ORDER BY id"
+            ).fetchall()
+        return [
+            (int(a), bytes(b), c, d if isinstance(d, str) else None, e, f)
+            for a, b, c, d, e, f in rows
+        ]
+
     def last_allocated_id(self) -> int:
         """The largest id SQLite ever gave an item (deleted ones included); 0 before the first."""
         with self._mutex:

@@ -643,6 +643,15 @@ class ArchiveIndex:
         """
         return self._unsaved
 
+    def slide_rows(self) -> list[tuple[int, bytes, str | None, str | None, str | None, str]]:
+        """Every item's id, packed code, group, slide id, archive and source (SQLite, the source
+        of truth): `indexer.index.slide_archive` builds the index's slides from them."""
+        return self._metadata.slide_rows()
+
+    def content_state(self) -> tuple[int, int]:
+        """Item count and id sum: changes whenever items are added or removed."""
+        return self._metadata.count_and_id_sum()
+
     def stats(self) -> IndexStats:
         with self._lock.reading():
             items, tombstones = len(self._table), self._table.tombstones
