@@ -9,6 +9,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from indexer.cli.slide_queries import (
+    add_slide_search_arguments,
+    run_slide_search,
+    slide_search_asked,
+)
+
 log = logging.getLogger(__name__)
 
 
@@ -18,7 +24,9 @@ def register(subparsers: Any) -> None:
         help="rank indexed items by similarity to a query image",
         description="Embed IMAGE with the index's own model and print the best hits.",
     )
-    parser.add_argument("image", type=Path, help="query image (PNG, JPEG, TIFF ...)")
+    parser.add_argument(
+        "image", type=Path, nargs="?", help="query image (PNG, JPEG, TIFF ...); or --slide/--group"
+    )
     parser.add_argument("--index", type=Path, required=True, help="index directory")
     parser.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
     parser.add_argument("--label", help="only items with this label")
@@ -31,6 +39,7 @@ def register(subparsers: Any) -> None:
         help="where the model runs (default: auto, CUDA when available)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_slide_search_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -40,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
     from model import CheckpointMismatchError, select_device
     from model.preprocess import open_upright_rgb
 
+    if slide_search_asked(args):
+        return run_slide_search(args)
+    if args.image is None:
+        log.error("a query IMAGE is required (or --slide ID / --group ID)")
+        return 2
     if args.k < 1:
         log.error("-k must be at least 1")
         return 2

@@ -34,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from indexer.index.errors import IndexInputError
+from indexer.index.metadata import SlideRow
 from indexer.index.pq import (
     CodeArray,
     FloatArray,
@@ -68,8 +69,6 @@ from indexer.index.store import SearchFilters
 # 0.813 / 0.876, mean 0.821 / 0.860. Mean-max also needs no slide means (any archive) and every
 # query item counts.
 DEFAULT_AGGREGATION: Final = Aggregation.MEAN_MAX
-
-SlideRow = tuple[int, bytes, str | None, str | None, str | None, str]
 
 
 class SlideRows(Protocol):
@@ -118,8 +117,8 @@ def slide_key(slide_id: str | None, archive: str | None, source: str) -> str:
 class IndexSlides:
     """An index's slide catalog with each item's code and each slide's mean (vector and code).
 
-    ``codes`` rows follow ``catalog.item_ids``; ``means`` and ``mean_codes`` rows follow
-    ``catalog.slide_ids``.
+    ``codes`` rows follow ``catalog.item_ids``; ``means``, ``mean_codes`` and ``labels`` (each
+    slide's most frequent item label, None without labels) follow ``catalog.slide_ids``.
     """
 
     catalog: SlideCatalog
@@ -127,6 +126,7 @@ class IndexSlides:
     codes: CodeArray
     means: FloatArray
     mean_codes: CodeArray
+    labels: tuple[str | None, ...] = ()
     state: tuple[int, ...] = field(default=(), compare=False)
 
     @classmethod
@@ -154,7 +154,8 @@ class IndexSlides:
         catalog = SlideCatalog.from_items(ids, keys, groups)
         means = slide_means(catalog, codes, codebooks)
         mean_codes = assign_codes(means, codebooks) if len(means) else codes[:0]
-        return cls(catalog, codebooks, codes, means, mean_codes, state)
+        labels = _slide_labels(catalog, keys, [row[6] for row in rows])
+        return cls(catalog, codebooks, codes, means, mean_codes, labels, state)
 
     @property
     def descriptor_dim(self) -> int:
@@ -237,6 +238,23 @@ def slide_means(catalog: SlideCatalog, codes: CodeArray, codebooks: FloatArray) 
     summed = np.matmul(histogram.transpose(1, 0, 2), codebooks).transpose(1, 0, 2)
     means = summed.reshape(slides, -1) / np.maximum(sizes, 1.0)[:, None]
     return np.ascontiguousarray(means, dtype=np.float32)
+
+
+def _slide_labels(
+    catalog: SlideCatalog, keys: Sequence[str], labels: Sequence[str | None]
+) -> tuple[str | None, ...]:
+    """Each slide's most frequent item label (ties to the smallest), None where it has none."""
+    counts: dict[str, dict[str, int]] = {}
+    for key, label in zip(keys, labels, strict=True):
+        if label is not None:
+            own = counts.setdefault(key, {})
+            own[label] = own.get(label, 0) + 1
+    return tuple(
+        min(counts[slide], key=lambda label: (-counts[slide][label], label))
+        if slide in counts
+        else None
+        for slide in catalog.slide_ids
+    )
 
 
 class SlideArchiveCache:

@@ -58,7 +58,7 @@ from indexer.index.errors import (
 from indexer.index.locks import ReadWriteLock
 from indexer.index.manifest import MANIFEST as MANIFEST
 from indexer.index.manifest import IndexManifest, Snapshot, read_manifest
-from indexer.index.metadata import TERM_KINDS, CodeRow, MetadataStore
+from indexer.index.metadata import TERM_KINDS, CodeRow, MetadataStore, SlideRow
 from indexer.index.pq import (
     CodeArray,
     FloatArray,
@@ -643,9 +643,9 @@ class ArchiveIndex:
         """
         return self._unsaved
 
-    def slide_rows(self) -> list[tuple[int, bytes, str | None, str | None, str | None, str]]:
-        """Every item's id, packed code, group, slide id, archive and source (SQLite, the source
-        of truth): `indexer.index.slide_archive` builds the index's slides from them."""
+    def slide_rows(self) -> list[SlideRow]:
+        """Every item's id, packed code, group, slide id, archive, source and label (SQLite, the
+        source of truth): `indexer.index.slide_archive` builds the index's slides from them."""
         return self._metadata.slide_rows()
 
     def content_state(self) -> tuple[int, int]:
