@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,9 +24,10 @@ def slide_index_dir(tmp_path: Path) -> Path:
     return tmp_path / "index"
 
 
-def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict:
+def run_json(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     assert main(argv) == 0
-    return json.loads(capsys.readouterr().out)
+    body: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return body
 
 
 def test_search_with_a_slide_ranks_other_patients_slides_with_evidence(slide_index_dir, capsys):
