@@ -25,11 +25,11 @@ import torch
 from PIL import Image
 
 from indexer.index.hashing import tile_hash
+from indexer.index.protocol import Index
 from indexer.index.records import TileBox
 from indexer.index.slides import SLIDE_POOL, RankedHit
 from indexer.index.store import (
     AddOutcome,
-    ArchiveIndex,
     Hit,
     ItemRecord,
     NewItem,
@@ -158,7 +158,7 @@ def _elapsed_ms(start: float) -> float:
 def engine_from_settings(
     settings: Settings,
     model: SPQModel,
-    index: ArchiveIndex,
+    index: Index,
     device: torch.device,
     *,
     embed: ImageEmbedder | None = None,
@@ -193,7 +193,7 @@ class SearchEngine:
     def __init__(
         self,
         model: SPQModel,
-        index: ArchiveIndex,
+        index: Index,
         device: torch.device,
         *,
         workers: int,

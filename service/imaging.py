@@ -220,7 +220,7 @@ def _check_pixel_count(image: Image.Image, max_pixels: int, filename: str) -> No
         raise ImageRejectedError(
             ErrorCode.IMAGE_TOO_LARGE,
             f"{filename}: the image is {width}x{height} = {width * height} pixels; "
-            f"the limit is {max_pixels}",
+            f"the limit is {max_pixels} (HISTOSEARCH_MAX_IMAGE_PIXELS)",
         )
 
 

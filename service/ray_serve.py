@@ -5,7 +5,8 @@ Deployments (``histosearch serve --ray auto|ADDRESS --index <sharded index>``):
 - ``histosearch``: the ingress, the very app of `service.app.create_app` (same endpoints, errors,
   limits and page). One replica: it owns the index's id counter (``shards.json``), so that ids
   stay one sequence; it only decodes uploads and merges results, the heavy parts live below.
-- ``embedder``: the model, as many replicas as asked for (a GPU each when the cluster has GPUs).
+- ``embedder``: the model (`indexer.index.ray_cluster.EmbeddingActor`, the actor ingest on Ray
+  uses too), as many replicas as asked for (a GPU each when the cluster has GPUs).
 - ``shard-000`` ... ``shard-S``: one per shard, each holding that shard's codes and SQLite file in
   its own process. One replica each: a shard has exactly one writer.
 
@@ -21,10 +22,10 @@ Every node must see the index directory under the same path (a shared filesystem
 from __future__ import annotations
 
 import logging
-import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,10 +35,10 @@ from PIL import Image
 
 from indexer.index.metadata import FinishedSource
 from indexer.index.pq import FloatArray
+from indexer.index.ray_cluster import EmbeddingActor, connect
 from indexer.index.records import ItemRecord, NewItem
 from indexer.index.shards import LocalShard, ShardAnswer, ShardedIndex
 from indexer.index.store import AddOutcome, IndexStats, SearchFilters
-from model.errors import HistosearchError
 from service.engine import ImageEmbedder, SearchEngine, engine_from_settings
 from service.errors import ErrorCode, ServiceError
 from service.settings import Settings
@@ -67,7 +68,7 @@ class RayServeConfig:
     ingress_cpus: float = 0.5
 
 
-# ---- the shard and embedder deployments ------------------------------------------------------
+# ---- the shard deployment and its client -------------------------------------------------------
 
 
 class ShardReplica:
@@ -80,29 +81,15 @@ class ShardReplica:
         return self._index.codebooks, self._index.descriptor_dim
 
     def call(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """Run one of the shard's methods (or read a property when ``args`` is None)."""
-        value = getattr(self._index, method)
+        """Run one of the shard's methods, or read a property (a value that is not callable);
+        a dotted name reaches through attributes (``journal.finished_source``)."""
+        value = reduce(getattr, method.split("."), self._index)
         return value(*args, **kwargs) if callable(value) else value
 
     def __del__(self) -> None:
         index = getattr(self, "_index", None)
         if index is not None:
             index.close()
-
-
-class EmbedderReplica:
-    """The model on this replica's device."""
-
-    def __init__(self, checkpoint: str, device: str) -> None:
-        import torch
-
-        from model import Embedder, load_checkpoint
-
-        target = torch.device(device)
-        self._embedder = Embedder(load_checkpoint(Path(checkpoint), map_location=target), target)
-
-    def embed(self, images: list[Image.Image]) -> FloatArray:
-        return self._embedder.embed(images)
 
 
 class ShardClient:
@@ -194,16 +181,9 @@ class ShardClient:
         known: dict[str, int] = self._call("known_hashes", list(hashes))
         return known
 
-    def finished_source(self, source: str) -> str | None:
-        found: str | None = self._call("finished_source", source)
-        return found
-
-    def source_with_hash(self, file_hash: str) -> str | None:
-        found: str | None = self._call("source_with_hash", file_hash)
-        return found
-
-    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
-        self._call("mark_sources_finished", list(finished))
+    @property
+    def journal(self) -> ShardJournalClient:
+        return ShardJournalClient(self._call)
 
     def check_model(self, codebooks: npt.NDArray[np.floating]) -> None:
         self._call("check_model", codebooks)
@@ -228,6 +208,24 @@ class ShardClient:
     def stats(self) -> IndexStats:
         stats: IndexStats = self._call("stats")
         return stats
+
+
+class ShardJournalClient:
+    """A `SourceJournal` whose calls run on the journal of a shard deployment's index."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
+
+    def finished_source(self, source: str) -> str | None:
+        found: str | None = self._call("journal.finished_source", source)
+        return found
+
+    def source_with_hash(self, file_hash: str) -> str | None:
+        found: str | None = self._call("journal.source_with_hash", file_hash)
+        return found
+
+    def mark_sources_finished(self, finished: Sequence[FinishedSource]) -> None:
+        self._call("journal.mark_sources_finished", list(finished))
 
 
 def remote_embedder(handle: DeploymentHandle[Any]) -> ImageEmbedder:
@@ -279,7 +277,7 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
     return engine_from_settings(
         settings,
         model,
-        index,  # a ShardedIndex answers every call an ArchiveIndex does
+        index,
         torch.device("cpu"),
         embed=remote_embedder(_REPLICA_HANDLES["embedder"]),
     )
@@ -305,7 +303,7 @@ def build_application(settings: Settings, config: RayServeConfig | None = None) 
         name="embedder",
         num_replicas=config.embedder_replicas,
         ray_actor_options={"num_cpus": config.embedder_cpus, "num_gpus": config.embedder_gpus},
-    )(EmbedderReplica).bind(str(checkpoint), device)
+    )(EmbeddingActor).bind(str(checkpoint), device)
     shards = [
         serve.deployment(
             name=name, num_replicas=1, ray_actor_options={"num_cpus": config.shard_cpus}
@@ -330,31 +328,6 @@ def plan_replicas(resources: dict[str, float], embedder_replicas: int | None) ->
 
 
 # ---- running it ----------------------------------------------------------------------------------
-
-# Seconds to wait for a named cluster's port before giving up on it (Ray itself retries for long).
-CONNECT_TIMEOUT_S = 5.0
-
-
-class RayClusterError(HistosearchError):
-    """The Ray cluster named could not be reached."""
-
-
-def connect(address: str) -> None:
-    """Join the cluster at ``address``, or for ``auto`` the one in RAY_ADDRESS / on this machine
-    (else a new local one). The twin of `indexer.ingest.distributed.connect`, which `service`
-    may not import."""
-    import ray
-
-    if address != "auto":
-        host, _, port = address.removeprefix("ray://").rpartition(":")
-        if not host or not port.isdigit():
-            raise RayClusterError(f"{address!r} is not a Ray cluster address (host:port or auto)")
-        try:
-            socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
-        except OSError as error:
-            raise RayClusterError(f"no Ray cluster answers at {address}: {error}") from error
-    if not ray.is_initialized():
-        ray.init(address=None if address == "auto" else address, logging_level=logging.WARNING)
 
 
 def serve_on_ray(

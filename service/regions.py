@@ -110,7 +110,7 @@ def aggregate_tile_hits(
 ) -> list[tuple[int, float]]:
     """(item id, score) of the ``limit`` best items over all query tiles, by the module's rule.
 
-    ``scores`` and ``ids`` are `ArchiveIndex.search_arrays`' (Q, N) arrays (id -1 pads a row).
+    ``scores`` and ``ids`` are `Index.search_arrays`' (Q, N) arrays (id -1 pads a row).
     """
     best: dict[int, float] = {}
     found_by: Counter[int] = Counter()

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Final, TypeVar
 
 from PIL import Image
 
+from indexer.index.protocol import Index
 from indexer.index.records import ItemRecord, TileBox
 from indexer.index.slides import (
     SlideRecord,
@@ -39,7 +40,6 @@ from indexer.index.slides import (
     read_slide_tile,
     slide_id_of,
 )
-from indexer.index.store import ArchiveIndex
 from indexer.index.tissue import best_level_of
 from model.preprocess import open_upright_rgb, to_rgb
 from service.paths import public_text
@@ -170,7 +170,7 @@ class SlideLibrary:
         self._remember(key, data)
         return data
 
-    def item_query(self, index: ArchiveIndex, item_id: int) -> bytes:
+    def item_query(self, index: Index, item_id: int) -> bytes:
         """An item's own tile, re-read from its source, as PNG bytes to search with.
 
         A slide tile is read from its slide exactly as the indexer read it (same level, box and

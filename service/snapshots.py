@@ -26,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 class Flushable(Protocol):
-    """What the snapshotter needs from `indexer.index.store.ArchiveIndex`."""
+    """The two members of `indexer.index.protocol.IndexParts` the snapshotter uses (its tests
+    drive it with a counting stand-in that has only these)."""
 
     @property
     def unsaved_changes(self) -> int: ...

@@ -11,6 +11,7 @@ import pytest
 import torch
 from pydantic import SecretStr
 
+from indexer.index.metadata import FinishedSource
 from indexer.index.shards import ShardedIndex, shard_of
 from indexer.index.store import ArchiveIndex, SearchFilters
 from model import Embedder, build_model, save_checkpoint
@@ -146,6 +147,23 @@ def test_bad_uploads_writes_without_a_key_and_the_page_behave_as_in_one_process(
     assert refused.status_code == 401
     page = httpx.get(f"{deployed.url}/", timeout=30)
     assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def test_a_shard_clients_journal_reads_and_writes_its_shards_journal(deployed):
+    from ray import serve
+
+    from service.ray_serve import ShardClient
+
+    name = "shard-001"
+    client = ShardClient(serve.get_deployment_handle(name, app_name="histosearch"), name)
+    assert client.journal.finished_source("slides/a.svs") is None
+    client.journal.mark_sources_finished([FinishedSource("slides/a.svs", "hash-a", 4, 1)])
+    assert client.journal.finished_source("slides/a.svs") == "hash-a"
+    assert client.journal.source_with_hash("hash-a") == "slides/a.svs"
+    path = deployed.root / "index" / name / "metadata.sqlite"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as database:
+        stored = database.execute("SELECT source FROM sources").fetchall()
+    assert stored == [("slides/a.svs",)]
 
 
 def test_serve_on_an_unreachable_ray_cluster_fails_fast_naming_it(tmp_path, caplog):
