@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -18,6 +18,9 @@ from model.atomic import atomic_write
 from model.card import ModelCard
 from model.errors import HistosearchError
 from model.spq import SPQModel, count_parameters
+
+if TYPE_CHECKING:
+    from model.feature_spq import FeatureSPQModel
 
 CHECKPOINT_FORMAT = 1
 _PLAIN_LEAVES = (torch.Tensor, str, int, float, bool, type(None))
@@ -129,3 +132,27 @@ def load_checkpoint(
             f"{path}: card says {card.parameter_count} parameters, weights have {actual_parameters}"
         )
     return model.to(map_location).eval()
+
+
+def load_index_model(
+    path: Path,
+    expected_card: ModelCard | None = None,
+    map_location: str | torch.device = "cpu",
+) -> SPQModel | FeatureSPQModel:
+    """The model an index's codes come from, whichever kind the card names: a feature model
+    (`model.feature_spq.FeatureSPQModel`, card ``input_dim`` > 0) or an image model.
+
+    The card is checked against ``expected_card`` as `load_checkpoint` checks it, so a feature
+    model made from another foundation model (``feature_model``) or for vectors of another
+    length (``input_dim``) is refused naming that field.
+    """
+    card = read_card(Path(path))
+    if card.input_dim <= 0:
+        return load_checkpoint(path, expected_card, map_location)
+    if expected_card is not None:
+        problems = _disagreements(expected_card, card)
+        if problems:
+            raise CheckpointMismatchError(f"{path}: model card mismatch; " + "; ".join(problems))
+    from model.feature_spq import load_feature_checkpoint
+
+    return load_feature_checkpoint(Path(path), str(map_location))

@@ -27,7 +27,10 @@ DESCRIPTION = """\
 Encode every image of an archive with an SPQ model and add it to an index directory. Large
 images are cut into tiles; background tiles are skipped. Re-running resumes: images finished by
 an earlier run are not encoded again. With --source slides, whole-slide images are cut into
-tiles at a physical resolution (--mpp), tissue first.
+tiles at a physical resolution (--mpp), tissue first. With --source features, the vectors a
+foundation model already produced (a .npy with its CSV, or a folder of .h5 / .pt files) are
+encoded by a feature model (--checkpoint from `histosearch train --source features`); a file of
+another dimension than the model reads is refused by name and the rest indexed.
 
 Every option below is a field of the index config (indexer/ingest/config.py), which holds its
 default and validates it.
@@ -51,6 +54,54 @@ def config_from_args(args: argparse.Namespace) -> IndexConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    if config.features:
+        return run_features(config)
+    return _run_images(config)
+
+
+def run_features(config: IndexConfig) -> int:
+    """Index a feature archive with the index's feature model; prints the summary."""
+    from indexer.index.opening import open_or_create_index
+    from indexer.index.store import IndexDirectoryError
+    from indexer.ingest.feature_index import index_feature_archive
+    from indexer.ingest.features import FeatureArchive
+    from indexer.ingest.sources import SourceError
+    from model import CheckpointMismatchError, select_device
+    from model.errors import HistosearchError
+
+    try:
+        device = select_device(config.device)
+        opened = open_or_create_index(config.index, config.checkpoint, device, config.shards)
+    except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
+        log.error("%s", error)
+        return 2
+    with opened:
+        try:
+            encoder = opened.feature_encoder()
+            archive = FeatureArchive.open(config.data, config.feature_options(encoder.input_dim))
+            summary = index_feature_archive(
+                archive, opened.index, encoder, config.feature_pipeline()
+            )
+        except HistosearchError as error:
+            log.error("%s", error)
+            return 2
+    print(
+        f"index {config.index}: {archive.layout} feature archive {config.data}, "
+        f"{encoder.input_dim}-d vectors of {encoder.card.feature_model or 'a feature model'}"
+    )
+    for line in summary.lines():
+        print(f"  {line}")
+    for path, reason in summary.counts.unreadable:
+        print(f"  refused: {path}: {reason}")
+    return 0
+
+
+def _run_images(config: IndexConfig) -> int:
     from PIL import Image
 
     from indexer.index.opening import open_or_create_index
@@ -61,7 +112,6 @@ def run(args: argparse.Namespace) -> int:
     from model.errors import HistosearchError
 
     try:
-        config = config_from_args(args)
         # The archive is the user's own: lift PIL's bomb guard (89 Mpx) to a deliberate bound.
         Image.MAX_IMAGE_PIXELS = config.max_image_pixels or TRUSTED_ARCHIVE_MAX_PIXELS
         images = _archive(config)

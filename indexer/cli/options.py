@@ -49,7 +49,9 @@ class ModelOption:
 
     @property
     def dest(self) -> str:
-        return DEST_PREFIX + ".".join(self.path)
+        # By flag, not by field path: two configs of one command (train on images, train on
+        # features) share the options they both have (--data, --epochs, --seed ...).
+        return DEST_PREFIX + self.flag
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,8 @@ def option_help(option: ModelOption) -> str:
         text = f"{description} (required)"
     else:
         default = option.field.get_default(call_default_factory=True)
-        text = description if default is None else f"{description} (default: {_shown(default)})"
+        shown = default is not None and default != ""
+        text = f"{description} (default: {_shown(default)})" if shown else description
     return text.replace("%", "%%")
 
 
@@ -161,11 +164,24 @@ def add_model_options(
     parser: argparse.ArgumentParser,
     model: type[BaseModel],
     shorthands: Sequence[Shorthand] = (),
+    *,
+    variant: str | None = None,
 ) -> list[ModelOption]:
-    """Add one option per field of ``model`` to ``parser``, in help sections by ``cli_group``."""
+    """Add one option per field of ``model`` to ``parser``, in help sections by ``cli_group``.
+
+    A second config of the same command (``variant``, e.g. "--source features") adds only the
+    options the parser lacks; one it shares gets the variant's help (and default) appended, and
+    the parsed value reaches both configs.
+    """
     options = model_options(model)
-    groups: dict[str, argparse._ArgumentGroup] = {}
+    groups: dict[str, argparse._ArgumentGroup] = {
+        str(group.title): group for group in parser._action_groups
+    }
     for option in options:
+        existing = parser._option_string_actions.get(option.flag)
+        if existing is not None and variant is not None:
+            existing.help = f"{existing.help}; {variant}: {option_help(option)}"
+            continue
         if option.group not in groups:
             groups[option.group] = parser.add_argument_group(option.group)
         groups[option.group].add_argument(option.flag, **_argument_settings(option))
@@ -181,6 +197,18 @@ def add_model_options(
             help=shorthand.help.replace("%", "%%"),
         )
     return options
+
+
+def foreign_options(
+    args: argparse.Namespace, own: Sequence[ModelOption], others: Sequence[ModelOption]
+) -> list[str]:
+    """The flags given on the command line that belong to ``others`` (another config of the
+    same command) and not to ``own``: they would be ignored, so the caller refuses them."""
+    parsed = vars(args)
+    mine = {option.flag for option in own}
+    return sorted(
+        {option.flag for option in others if option.dest in parsed and option.flag not in mine}
+    )
 
 
 def _set(values: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

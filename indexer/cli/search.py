@@ -1,4 +1,6 @@
-"""`histosearch search`: the most similar indexed items to a query image."""
+"""`histosearch search`: the most similar indexed items to a query image, to query vectors of a
+feature index's foundation model (one JSON vector or the rows of an ``.npy``), or to an item
+already indexed."""
 
 from __future__ import annotations
 
@@ -7,7 +9,10 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from indexer.index.opening import OpenedIndex
 
 from indexer.cli.slide_queries import (
     add_slide_search_arguments,
@@ -18,15 +23,32 @@ from indexer.cli.slide_queries import (
 log = logging.getLogger(__name__)
 
 
+DESCRIPTION = """\
+Print the best hits of a query against an index. An image index embeds IMAGE with its own
+model. A feature index (built with --source features) takes vectors of the foundation model
+that made it: --vector '[0.1, ...]' (one JSON array) or --vectors q.npy (one row or a matrix
+of rows; one answer per row); their length must be the model's input length. --item ID queries
+with an indexed item's stored code (decoded to its codewords: the float vector is not kept).
+"""
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "search",
-        help="rank indexed items by similarity to a query image",
-        description="Embed IMAGE with the index's own model and print the best hits.",
+        help="rank indexed items by similarity to a query image, vectors or an indexed item",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "image", type=Path, nargs="?", help="query image (PNG, JPEG, TIFF ...); or --slide/--group"
+        "image", type=Path, nargs="?", help="query image (PNG, JPEG, TIFF ...), image indexes"
     )
+    parser.add_argument(
+        "--vector", metavar="JSON", help="one query vector as a JSON array (feature indexes)"
+    )
+    parser.add_argument(
+        "--vectors", type=Path, metavar="NPY", help="query rows in an .npy file (feature indexes)"
+    )
+    parser.add_argument("--item", type=int, metavar="ID", help="query with an indexed item")
     parser.add_argument("--index", type=Path, required=True, help="index directory")
     parser.add_argument("-k", type=int, default=10, help="number of hits (default: 10)")
     parser.add_argument("--label", help="only items with this label")
@@ -44,6 +66,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from indexer.index.errors import IndexInputError
     from indexer.index.opening import open_index
     from indexer.index.store import IndexDirectoryError, SearchFilters
     from model import CheckpointMismatchError, select_device
@@ -51,15 +74,18 @@ def run(args: argparse.Namespace) -> int:
 
     if slide_search_asked(args):
         return run_slide_search(args)
-    if args.image is None:
-        log.error("a query IMAGE is required (or --slide ID / --group ID)")
+    given = [
+        name for name in ("image", "vector", "vectors", "item") if getattr(args, name) is not None
+    ]
+    if len(given) != 1:
+        log.error("give one query: an image, --vector, --vectors, --item, --slide or --group")
         return 2
     if args.k < 1:
         log.error("-k must be at least 1")
         return 2
     try:
         # The same decode rule the indexer and the service apply, so scores agree with theirs.
-        query = open_upright_rgb(args.image)
+        image = open_upright_rgb(args.image) if args.image is not None else None
         opened = open_index(args.index, select_device(args.device))
     except (OSError, ValueError, IndexDirectoryError, CheckpointMismatchError) as error:
         # OSError covers unreadable files (UnidentifiedImageError); ValueError pixels with no
@@ -67,26 +93,91 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s", error)
         return 2
     with opened:
-        descriptor = opened.embedder().embed([query])
+        try:
+            if image is not None:
+                descriptors, names = opened.embedder().embed([image]), [str(args.image)]
+            else:
+                descriptors, names = _query_descriptors(args, opened)
+        except (IndexInputError, IndexDirectoryError, OSError) as error:
+            log.error("%s", error)
+            return 2
         filters = SearchFilters(args.label, args.dataset, args.exclude_group)
-        hits = opened.index.search(descriptor, args.k, filters)[0]
+        answers = opened.index.search(descriptors, args.k, filters)
     if args.json:
-        rows = [_hit_json(rank, hit) for rank, hit in enumerate(hits, start=1)]
-        print(json.dumps({"query": str(args.image), "hits": rows}, indent=2))
+        rows = [
+            {"query": name, "hits": [_hit_json(rank, hit) for rank, hit in enumerate(hits, 1)]}
+            for name, hits in zip(names, answers, strict=True)
+        ]
+        print(json.dumps(rows[0] if args.image is not None else rows, indent=2))
         return 0
-    print(
-        f"{'rank':>4}  {'score':>7}  {'id':>7}  {'label':<14} {'group':<18} source (tile x,y,w,h)"
-    )
+    for name, hits in zip(names, answers, strict=True):
+        if len(names) > 1 or args.image is None:
+            print(f"query {name}")
+        _print_table(hits, features=opened.is_feature_index)
+    return 0
+
+
+def _query_descriptors(args: argparse.Namespace, opened: OpenedIndex) -> tuple[Any, list[str]]:
+    """Descriptors of --vector / --vectors (checked against the model's input length) or of
+    --item's stored code, with a name per query row."""
+    from indexer.index.errors import IndexInputError
+    from indexer.index.query_vectors import vector_from_json, vectors_from_npy
+
+    if args.item is not None:
+        return _item_descriptor(opened, args.item), [f"item {args.item}"]
+    encoder = opened.feature_encoder()
+    if args.vector is not None:
+        rows = vector_from_json(args.vector, encoder.input_dim)
+        return encoder.descriptors(rows), ["vector"]
+    try:
+        data = Path(args.vectors).read_bytes()
+    except OSError as error:
+        raise IndexInputError(f"{args.vectors}: cannot read ({error})") from None
+    rows = vectors_from_npy(data, encoder.input_dim)
+    return encoder.descriptors(rows), [f"row {row}" for row in range(len(rows))]
+
+
+def _item_descriptor(opened: OpenedIndex, item_id: int) -> Any:
+    """The item's stored code decoded to its codewords, as a (1, M*d) query."""
+    import torch
+
+    from indexer.index.errors import IndexInputError
+    from indexer.index.shards import ShardedIndex
+    from indexer.index.store import ArchiveIndex
+
+    index = opened.index
+    parts = index.shards if isinstance(index, ShardedIndex) else [index]
+    for part in parts:
+        if isinstance(part, ArchiveIndex) and part.get(item_id) is not None:
+            codes = torch.from_numpy(part.codes_of([item_id]).astype("int64"))
+            with torch.inference_mode():
+                return opened.model.decode(codes.to(opened.device)).float().cpu().numpy()
+    raise IndexInputError(f"no item {item_id} in {index.directory}")
+
+
+def _print_table(hits: list[Any], features: bool) -> None:
+    if features:
+        print(f"{'rank':>4}  {'score':>7}  {'id':>7}  {'label':<14} {'group':<18} slide (row)")
+    else:
+        print(
+            f"{'rank':>4}  {'score':>7}  {'id':>7}  {'label':<14} {'group':<18} "
+            "source (tile x,y,w,h)"
+        )
     for rank, hit in enumerate(hits, start=1):
         record = hit.record
         if record is None:
             continue
-        tile = "" if record.tile is None else " ({},{},{},{})".format(*record.tile)
+        if features:
+            place = (
+                f"{record.extra.get('slide_id', record.source)} ({record.extra.get('row', '-')})"
+            )
+        else:
+            tile = "" if record.tile is None else " ({},{},{},{})".format(*record.tile)
+            place = f"{record.source}{tile}"
         print(
             f"{rank:>4}  {hit.score:7.4f}  {hit.id:>7}  {record.label or '-':<14} "
-            f"{record.group or '-':<18} {record.source}{tile}"
+            f"{record.group or '-':<18} {place}"
         )
-    return 0
 
 
 def _hit_json(rank: int, hit: Any) -> dict[str, Any]:

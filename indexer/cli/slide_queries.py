@@ -63,8 +63,16 @@ def run_slide_search(args: argparse.Namespace) -> int:
     )
     from indexer.index.slide_search import Aggregation
 
-    if getattr(args, "image", None) is not None:
-        log.error("--slide and --group are queries of their own: give no IMAGE with them")
+    other = [
+        name
+        for name in ("image", "vector", "vectors", "item")
+        if getattr(args, name, None) is not None
+    ]
+    if other:
+        log.error(
+            "--slide and --group are queries of their own: give no %s with them",
+            " or ".join("IMAGE" if name == "image" else f"--{name}" for name in other),
+        )
         return 2
     if args.label is not None or args.dataset is not None:
         log.error("--label and --dataset do not apply to a slide or case query")
@@ -158,8 +166,9 @@ def add_level_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--test-groups",
         type=Path,
-        help="file of test groups, one a line (default: the feature training's patient split "
-        "of the index's groups with --validation-fraction, --test-fraction and --seed)",
+        help="file of test groups, one a line (default: the test patients the index's feature "
+        "model recorded, else a seeded patient split of the index's groups with "
+        "--validation-fraction, --test-fraction and --seed)",
     )
     group.add_argument(
         "--validation-fraction",
@@ -208,7 +217,8 @@ def run_level_evaluation(args: argparse.Namespace) -> int:
         else:
             with open_index_directory(args.index) as index:
                 groups = IndexSlides.of_index(index).catalog.groups
-                evaluation = evaluate_index(index, _test_groups(args, groups), args.level)
+                test_groups = _test_groups(args, groups, index.card)
+                evaluation = evaluate_index(index, test_groups, args.level)
     except (IndexDirectoryError, OSError, ValueError, KeyError) as error:
         log.error("%s", error)
         return 2
@@ -219,10 +229,18 @@ def run_level_evaluation(args: argparse.Namespace) -> int:
     return 0
 
 
-def _test_groups(args: argparse.Namespace, groups: tuple[str, ...]) -> list[str]:
+def _test_groups(
+    args: argparse.Namespace, groups: tuple[str, ...], card: dict[str, Any]
+) -> list[str]:
+    """--test-groups; else the test patients the index's feature model recorded (never trained
+    on); else a seeded patient split of the index's groups."""
     if args.test_groups is not None:
         return [line.strip() for line in args.test_groups.read_text().splitlines() if line.strip()]
-    from indexer.learn.feature_training import patient_split
+    recorded = (card.get("extra") or {}).get("feature_run", {}).get("split", {}).get("test")
+    if recorded:
+        log.info("test groups: the %d recorded by the index's feature model", len(recorded))
+        return [str(group) for group in recorded]
+    from indexer.learn.splits import patient_split
 
     split = patient_split(groups, args.validation_fraction, args.test_fraction, args.seed)
     return list(split.test)

@@ -13,9 +13,7 @@ second stage: a shortlist re-ranked by 8-bit scalar-quantised vectors.
 
 from __future__ import annotations
 
-import csv
 import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy.typing as npt
 import torch
 
 from indexer.index.pq import CodeArray, flat_pq_index, pack_codes
+from indexer.ingest.feature_table import TCGA_COLUMNS, FeatureTable, read_feature_table
 from indexer.learn.splits import GroupSplit
 from model.feature_spq import FeatureSPQModel
 
@@ -35,52 +34,15 @@ LabelArray = npt.NDArray[np.str_]
 FLOAT_TOP = 10
 
 
-@dataclass(frozen=True)
-class FeatureArchive:
-    """Vectors of one backbone with the slide, patient (group) and label of every row."""
-
-    vectors: FloatArray
-    slides: LabelArray
-    groups: LabelArray
-    labels: LabelArray
-
-    def __post_init__(self) -> None:
-        rows = len(self.vectors)
-        if self.vectors.ndim != 2 or not (
-            len(self.slides) == len(self.groups) == len(self.labels) == rows
-        ):
-            raise ValueError("vectors must be (N, D) with one slide, group and label per row")
-
-    def __len__(self) -> int:
-        return len(self.vectors)
-
-    def rows_of(self, groups: Sequence[str]) -> IntArray:
-        """Positions of the rows whose group is one of ``groups``, in archive order."""
-        wanted = np.isin(self.groups, np.asarray(list(groups)))
-        return np.flatnonzero(wanted).astype(np.int64)
-
-    def subset(self, rows: IntArray) -> FeatureArchive:
-        return FeatureArchive(
-            self.vectors[rows], self.slides[rows], self.groups[rows], self.labels[rows]
-        )
+# The arrays of a feature archive (vectors, slide, group, label per row), read by the one reader.
+FeatureArchive = FeatureTable
 
 
 def load_region_archive(folder: Path, limit: int | None = None) -> FeatureArchive:
     """``regions.npy`` (N, D) with ``regions.csv`` (slide_id, patient_id, cancer_type, ...),
     the layout of ``tcga-hipt-regions-192d``; ``limit`` keeps the first rows (whole slides
     are contiguous, so only the last slide may be cut)."""
-    vectors = np.load(folder / "regions.npy", mmap_mode="r")
-    with (folder / "regions.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    if len(rows) != len(vectors):
-        raise ValueError(f"{folder}: {len(vectors)} vectors but {len(rows)} CSV rows")
-    count = len(rows) if limit is None else min(limit, len(rows))
-    return FeatureArchive(
-        vectors=np.asarray(vectors[:count], dtype=np.float32),
-        slides=np.array([row["slide_id"] for row in rows[:count]]),
-        groups=np.array([row["patient_id"] for row in rows[:count]]),
-        labels=np.array([row["cancer_type"] for row in rows[:count]]),
-    )
+    return read_feature_table(folder / "regions.npy", TCGA_COLUMNS, limit)
 
 
 @dataclass(frozen=True)

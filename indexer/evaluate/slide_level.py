@@ -82,18 +82,19 @@ class SlideFeatures:
 def load_slide_features(directory: Path, label: str = "cancer_type") -> SlideFeatures:
     """A folder of ``regions.npy`` / ``regions.csv`` (one row per item: slide_id, patient_id,
     labels) and ``slides.npy`` / ``slides.csv`` (one row per slide), as tcga-hipt-regions-192d."""
-    with (directory / "slides.csv").open(newline="") as handle:
-        slides = list(csv.DictReader(handle))
-    with (directory / "regions.csv").open(newline="") as handle:
-        item_slide_ids = [row["slide_id"] for row in csv.DictReader(handle)]
-    position = {row["slide_id"]: i for i, row in enumerate(slides)}
+    from indexer.ingest.feature_table import TCGA_COLUMNS, read_feature_table
+
+    columns = replace(TCGA_COLUMNS, label=label)
+    slides = read_feature_table(directory / "slides.npy", columns)
+    regions = read_feature_table(directory / "regions.npy", columns)
+    position = {slide: i for i, slide in enumerate(slides.slides.tolist())}
     return SlideFeatures(
-        vectors=np.load(directory / "regions.npy").astype(np.float32),
-        item_slide=np.array([position[slide] for slide in item_slide_ids], dtype=np.int64),
-        slide_ids=tuple(row["slide_id"] for row in slides),
-        slide_groups=tuple(row["patient_id"] for row in slides),
-        slide_labels=tuple(row[label] for row in slides),
-        slide_means=np.load(directory / "slides.npy").astype(np.float32),
+        vectors=regions.vectors,
+        item_slide=np.array([position[slide] for slide in regions.slides], dtype=np.int64),
+        slide_ids=tuple(slides.slides.tolist()),
+        slide_groups=tuple(slides.groups.tolist()),
+        slide_labels=tuple(slides.labels.tolist()),
+        slide_means=slides.vectors,
     )
 
 
@@ -132,18 +133,12 @@ class PatientSplit:
 def patient_split(
     groups: Sequence[str], validation_fraction: float, test_fraction: float, seed: int
 ) -> PatientSplit:
-    """Distinct groups shuffled with ``seed`` and cut by fraction: no patient in two parts."""
-    if validation_fraction <= 0 or test_fraction <= 0 or validation_fraction + test_fraction >= 1:
-        raise ValueError("fractions must be positive and leave patients for training")
-    names = np.array(sorted(set(groups)))
-    np.random.default_rng(seed).shuffle(names)
-    n_test = max(1, round(len(names) * test_fraction))
-    n_validation = max(1, round(len(names) * validation_fraction))
-    return PatientSplit(
-        train=frozenset(names[n_test + n_validation :].tolist()),
-        validation=frozenset(names[n_test : n_test + n_validation].tolist()),
-        test=frozenset(names[:n_test].tolist()),
-    )
+    """Distinct groups shuffled with ``seed`` and cut by fraction: no patient in two parts
+    (`indexer.learn.splits.patient_split`'s cut, as sets)."""
+    from indexer.learn.splits import patient_split as group_split
+
+    split = group_split(groups, validation_fraction, test_fraction, seed)
+    return PatientSplit(frozenset(split.train), frozenset(split.validation), frozenset(split.test))
 
 
 # ---- code sources ------------------------------------------------------------------------------

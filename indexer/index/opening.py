@@ -10,6 +10,11 @@ Every program that embeds images into or against an index (`histosearch index`, 
 
 `open_or_create_index` also takes the checkpoint the caller means to encode with: a new
 directory is created for it, an existing one must have been built with a byte-identical copy.
+
+Two kinds of index open alike: an image index (its model an `SPQModel`, used through
+`OpenedIndex.embedder`) and a feature index, whose model reads vectors a foundation model
+already produced (a `FeatureSPQModel`, card ``input_dim`` > 0, used through
+`OpenedIndex.feature_encoder`). `OpenedIndex.is_feature_index` tells them apart.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import torch
 from indexer.index.protocol import Index
 from indexer.index.store import MANIFEST, ArchiveIndex, IndexDirectoryError
 from model.card import ModelCard
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_index_model, read_card
 from model.embedder import Embedder
+from model.feature_encoder import FeatureEncoder
+from model.feature_spq import FeatureSPQModel
 from model.spq import SPQModel
 
 log = logging.getLogger(__name__)
@@ -36,14 +43,51 @@ class OpenedIndex:
     """An open index with its checked model on a device; closing it closes the index."""
 
     index: Index
-    model: SPQModel
+    model: SPQModel | FeatureSPQModel
     device: torch.device
 
+    @property
+    def card(self) -> ModelCard:
+        return self.model.card
+
+    @property
+    def is_feature_index(self) -> bool:
+        """Whether the index holds vectors a foundation model produced rather than images."""
+        return isinstance(self.model, FeatureSPQModel)
+
+    @property
+    def feature_dim(self) -> int:
+        """The length of the vectors a feature index reads (0 for an image index)."""
+        return self.model.card.input_dim if isinstance(self.model, FeatureSPQModel) else 0
+
     def embedder(self, batch_size: int | None = None) -> Embedder:
-        """An `Embedder` of this index's model (``batch_size``: images per forward pass)."""
+        """An `Embedder` of this index's model (``batch_size``: images per forward pass).
+
+        Raises `IndexKindError` on a feature index: its model reads vectors, not pixels.
+        """
+        if isinstance(self.model, FeatureSPQModel):
+            raise IndexKindError(
+                f"{self.index.directory} holds {self.model.card.input_dim}-d vectors of "
+                f"{self.model.card.feature_model or 'a feature model'}, not images: query it "
+                "with vectors of that model"
+            )
         if batch_size is None:
             return Embedder(self.model, self.device)
         return Embedder(self.model, self.device, batch_size)
+
+    def feature_encoder(self, batch_size: int | None = None) -> FeatureEncoder:
+        """A `FeatureEncoder` of this feature index's model (``batch_size``: rows per pass).
+
+        Raises `IndexKindError` on an image index: its model reads pixels, not vectors.
+        """
+        if not isinstance(self.model, FeatureSPQModel):
+            raise IndexKindError(
+                f"{self.index.directory} is an image index (backbone {self.model.card.backbone})"
+                ": it embeds images, not precomputed feature vectors"
+            )
+        if batch_size is None:
+            return FeatureEncoder(self.model, self.device)
+        return FeatureEncoder(self.model, self.device, batch_size)
 
     def close(self) -> None:
         self.index.close()
@@ -53,6 +97,10 @@ class OpenedIndex:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class IndexKindError(IndexDirectoryError):
+    """An image index asked for a feature encoder, or a feature index for an image embedder."""
 
 
 def open_index(directory: Path, device: torch.device) -> OpenedIndex:
@@ -106,11 +154,33 @@ def open_or_create_index(
     if checkpoint is not None and own is not None and _digest(own) != _digest(checkpoint):
         opened.close()
         raise IndexDirectoryError(
-            f"{directory} was built with another model than {checkpoint}: its codes cannot be "
+            f"{directory} was built with another model than {checkpoint}"
+            f"{_feature_mismatch(opened.card, read_card(checkpoint))}: its codes cannot be "
             "mixed with this model's. Index into a new directory, or delete this one to rebuild "
             "it with this model."
         )
     return opened
+
+
+def _feature_mismatch(index_card: ModelCard, card: ModelCard) -> str:
+    """What differs in the vectors two models read, when either reads feature vectors."""
+    if not (index_card.input_dim or card.input_dim):
+        return ""
+    if index_card.input_dim and not card.input_dim:
+        return f" (the index holds {index_card.feature_model} vectors; that is an image model)"
+    if card.input_dim and not index_card.input_dim:
+        return f" (that model reads {card.feature_model} vectors; the index holds images)"
+    if index_card.feature_model != card.feature_model:
+        return (
+            f" (feature_model: the index holds vectors of {index_card.feature_model!r}, that "
+            f"model reads vectors of {card.feature_model!r})"
+        )
+    if index_card.input_dim != card.input_dim:
+        return (
+            f" (input_dim: the index holds {index_card.input_dim}-d vectors, that model reads "
+            f"{card.input_dim}-d ones)"
+        )
+    return ""
 
 
 def _open_either(directory: Path) -> Index:
@@ -120,7 +190,7 @@ def _open_either(directory: Path) -> Index:
     return open_index_directory(directory)
 
 
-def _checked_model(index: Index, device: torch.device) -> SPQModel:
+def _checked_model(index: Index, device: torch.device) -> SPQModel | FeatureSPQModel:
     checkpoint = index.checkpoint_path
     if checkpoint is None:
         raise IndexDirectoryError(
@@ -128,7 +198,7 @@ def _checked_model(index: Index, device: torch.device) -> SPQModel:
             "model its codes came from"
         )
     card = ModelCard.model_validate(index.card)
-    model = load_checkpoint(checkpoint, expected_card=card, map_location=device)
+    model = load_index_model(checkpoint, expected_card=card, map_location=device)
     index.check_model(model.codebooks().detach().cpu().numpy())
     return model
 

@@ -316,9 +316,9 @@ class ShardedIndex:
     @classmethod
     def create(cls, directory: Path, checkpoint_path: Path, shard_count: int) -> ShardedIndex:
         """Start an empty sharded index for the model in ``checkpoint_path`` (copied per shard)."""
-        from model import load_checkpoint
+        from model.checkpoint import load_index_model
 
-        model = load_checkpoint(Path(checkpoint_path))
+        model = load_index_model(Path(checkpoint_path))
         return cls.create_from_codebooks(
             directory,
             model.codebooks().detach().cpu().numpy(),

@@ -190,9 +190,9 @@ class ArchiveIndex:
     @classmethod
     def create(cls, directory: Path, checkpoint_path: Path) -> ArchiveIndex:
         """Start an empty index for the model in ``checkpoint_path`` (copied in as ``model.pt``)."""
-        from model import load_checkpoint
+        from model.checkpoint import load_index_model
 
-        model = load_checkpoint(Path(checkpoint_path))
+        model = load_index_model(Path(checkpoint_path))
         codebooks = model.codebooks().detach().cpu().numpy()
         return cls.create_from_codebooks(
             directory,

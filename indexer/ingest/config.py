@@ -4,8 +4,8 @@
 command generates its options from it (``indexer/cli/options.py``, as `train` does from
 `indexer.learn.config.TrainConfig`). Its defaults are the runners' own (`PipelineConfig`,
 `TilingConfig`, `SlideConfig`), named, not repeated. Every option reaches every source it is
-valid for; one that would be ignored (``--mpp`` for images, ``--ray-actors`` without ``--ray``)
-is refused, naming the option and the source.
+valid for; one that would be ignored (``--mpp`` for images, ``--ray-actors`` without ``--ray``,
+``--tile-size`` for feature vectors) is refused, naming the option and the source.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from indexer.index.tiling import DEFAULT_MIN_TISSUE, DEFAULT_TILE_SIZE, TilingConfig
+from indexer.ingest.features import DEFAULT_CHUNK_ROWS, FeatureColumns, FeatureOptions
 from indexer.ingest.slides import DEFAULT_MPP, SlideConfig
 from indexer.ingest.writer import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, PipelineConfig
 
@@ -25,8 +26,23 @@ TILES = "tiles"
 SLIDES = "whole-slide images (--source slides)"
 RUN = "encoding"
 RAY = "Ray cluster (needs the `ray` extra)"
+FEATURES = "feature archives (--source features)"
 
-Source = Literal["auto", "folder", "csv", "bracs", "crc-extended", "bach", "slides"]
+Source = Literal["auto", "folder", "csv", "bracs", "crc-extended", "bach", "slides", "features"]
+# Options that cut or decode pixels, or read them on Ray: meaningless for feature vectors.
+PIXEL_OPTIONS = (
+    "tile_size",
+    "stride",
+    "min_tissue",
+    "max_image_pixels",
+    "mpp",
+    "slide_mpp",
+    "workers",
+    "ray",
+    "ray_actors",
+)
+FEATURE_OPTIONS = ("label_column", "group_column", "slide_column")
+DEFAULT_COLUMNS = FeatureColumns()
 
 
 def _section(name: str, **extra: Any) -> dict[str, Any]:
@@ -50,7 +66,10 @@ class IndexConfig(BaseModel):
     source: Source = Field(
         default="auto",
         description="archive layout (auto = csv for a file, folder otherwise); slides: "
-        "whole-slide images OpenSlide reads, in a folder or a path,label,group CSV",
+        "whole-slide images OpenSlide reads, in a folder or a path,label,group CSV; features: "
+        "vectors a foundation model produced (a .npy with a CSV of one line per row, or a "
+        "folder of .h5 / .pt files), encoded by a feature model (`histosearch train --source "
+        "features`)",
         json_schema_extra=_section(ARCHIVE),
     )
     dataset: str | None = Field(
@@ -102,10 +121,27 @@ class IndexConfig(BaseModel):
         description="level-0 micrometres per pixel, for slides that do not record it",
         json_schema_extra=_section(SLIDES),
     )
+    label_column: str = Field(
+        default=DEFAULT_COLUMNS.label,
+        description="CSV column of each row's (or slide's) label",
+        json_schema_extra=_section(FEATURES, cli_metavar="COLUMN"),
+    )
+    group_column: str = Field(
+        default=DEFAULT_COLUMNS.group,
+        description="CSV column of each row's group (the patient), never on both sides of a "
+        "fair evaluation",
+        json_schema_extra=_section(FEATURES, cli_metavar="COLUMN"),
+    )
+    slide_column: str = Field(
+        default=DEFAULT_COLUMNS.slide_id,
+        description="CSV column of each row's slide id",
+        json_schema_extra=_section(FEATURES, cli_metavar="COLUMN"),
+    )
     batch_size: int = Field(
         default=DEFAULT_BATCH_SIZE,
         ge=1,
-        description="tiles per forward pass and per write",
+        description="tiles per forward pass and per write (feature rows: rows per read, "
+        f"default {DEFAULT_CHUNK_ROWS})",
         json_schema_extra=_section(RUN),
     )
     workers: int = Field(
@@ -138,10 +174,20 @@ class IndexConfig(BaseModel):
     def slides(self) -> bool:
         return self.source == "slides"
 
+    @property
+    def features(self) -> bool:
+        return self.source == "features"
+
     @model_validator(mode="after")
     def _every_option_reaches_its_source(self) -> IndexConfig:
         given = self.model_fields_set
-        refused = []
+        if self.features:
+            return self._only_feature_options(given)
+        refused = [
+            f"--{name.replace('_', '-')} applies to --source features only"
+            for name in FEATURE_OPTIONS
+            if name in given
+        ]
         if not self.slides:
             refused += [
                 f"--{name.replace('_', '-')} applies to --source slides only"
@@ -169,6 +215,34 @@ class IndexConfig(BaseModel):
         if refused:
             raise ValueError("; ".join(refused))
         return self
+
+    def _only_feature_options(self, given: set[str]) -> IndexConfig:
+        refused = [
+            f"--{name.replace('_', '-')} does not apply to --source features: feature vectors "
+            "are neither cut, decoded nor read on Ray"
+            for name in PIXEL_OPTIONS
+            if name in given
+        ]
+        if refused:
+            raise ValueError("; ".join(refused))
+        return self
+
+    def feature_options(self, dim: int) -> FeatureOptions:
+        """How to read a feature archive for a model of ``dim``-long input vectors."""
+        return FeatureOptions(
+            columns=FeatureColumns(self.slide_column, self.label_column, self.group_column),
+            dim=dim,
+            dataset=self.dataset,
+            chunk_rows=self._feature_rows(),
+        )
+
+    def feature_pipeline(self) -> PipelineConfig:
+        """The writer's settings for feature rows: a read chunk is one write."""
+        return PipelineConfig(batch_size=self._feature_rows(), progress=self.progress)
+
+    def _feature_rows(self) -> int:
+        # --batch-size's default counts images; rows are ~1000x cheaper to encode.
+        return self.batch_size if "batch_size" in self.model_fields_set else DEFAULT_CHUNK_ROWS
 
     def tiling(self) -> TilingConfig:
         return TilingConfig(self.tile_size, self.stride, self.min_tissue)

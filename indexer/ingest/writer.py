@@ -130,6 +130,7 @@ class IngestWriter:
         self._vectors: list[npt.NDArray[np.float32]] = []
         self._waiting: dict[str, int] = {}
         self._finishing: dict[str, FinishedSource] = {}
+        self._open_parts: dict[str, bool] = {}  # sources begun in parts, final part still to come
         self._since_flush = 0
         self._started = time.perf_counter()
 
@@ -149,19 +150,35 @@ class IngestWriter:
         log.warning("skipping unreadable image %s: %s", path, reason)
 
     def begin(
-        self, source: str, file_hash: str, hashes: Sequence[str], background: int = 0
+        self,
+        source: str,
+        file_hash: str,
+        hashes: Sequence[str],
+        background: int = 0,
+        *,
+        last: bool = True,
     ) -> list[bool]:
         """Register a source (its journal key, its file hash, the content hashes of the items
         it keeps, how many it left out as background); per item, whether it still needs writing.
 
-        The source is journalled finished once every item that needs writing is written.
+        The source is journalled finished once every item that needs writing is written. A
+        source read in parts (the rows of a large feature matrix, chunk by chunk) is begun once
+        per part with ``last`` False on all but its final part: until that one is begun, the
+        source is held open, so a run stopped between parts resumes it instead of skipping it.
         """
         stored = self.index.known_hashes(list(hashes))
         fresh = [content_hash not in stored for content_hash in hashes]
         self.summary.tiles_background += background
         self.summary.tiles_already_indexed += len(hashes) - sum(fresh)
-        self._waiting[source] = self._waiting.get(source, 0) + sum(fresh)
-        self._finishing[source] = FinishedSource(source, file_hash, len(hashes), background)
+        earlier = self._finishing.get(source) if source in self._open_parts else None
+        hold = (0 if last else 1) - (1 if self._open_parts.pop(source, False) else 0)
+        if not last:
+            self._open_parts[source] = True
+        self._waiting[source] = self._waiting.get(source, 0) + sum(fresh) + hold
+        items, skipped = len(hashes), background
+        if earlier is not None:
+            items, skipped = items + earlier.items, skipped + earlier.skipped
+        self._finishing[source] = FinishedSource(source, file_hash, items, skipped)
         # Sources that need no writing are journalled in batches, not one commit each.
         if sum(count == 0 for count in self._waiting.values()) >= self._batch_size:
             self._journal_finished()

@@ -3,84 +3,27 @@
 from __future__ import annotations
 
 import itertools
-import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
-from indexer.learn.splits import GroupSplit, SplitError
-from model.card import ModelCard, code_geometry
+# The config lives in a module without torch, so that `histosearch train --help` stays instant.
+from indexer.learn.feature_config import FeatureTrainConfig as FeatureTrainConfig
+from indexer.learn.feature_config import Signal as Signal
+
+# `patient_split` lives with every other split; imported here too, where callers found it first.
+from indexer.learn.splits import patient_split as patient_split
+from model.card import ModelCard
 from model.feature_spq import FeatureSPQModel
 from model.loss import CrossQuantizedContrastiveLoss
 
 FloatArray = npt.NDArray[np.float32]
-
-
-def patient_split(
-    groups: Sequence[str], validation_fraction: float, test_fraction: float, seed: int
-) -> GroupSplit:
-    """Shuffle the distinct groups (patients) with ``seed`` and cut them by fraction: made once,
-    so every variant is chosen on the same validation patients and reported on the same test
-    patients."""
-    if validation_fraction <= 0 or test_fraction <= 0 or validation_fraction + test_fraction >= 1:
-        raise SplitError("fractions must be > 0 and leave some groups for training")
-    distinct = sorted(set(groups))
-    random.Random(seed).shuffle(distinct)
-    n_test = max(1, round(len(distinct) * test_fraction))
-    n_validation = max(1, round(len(distinct) * validation_fraction))
-    if n_test + n_validation >= len(distinct):
-        raise SplitError(f"{len(distinct)} groups are too few for three parts")
-    return GroupSplit(
-        train=tuple(sorted(distinct[n_test + n_validation :])),
-        validation=tuple(sorted(distinct[n_test : n_test + n_validation])),
-        test=tuple(sorted(distinct[:n_test])),
-    )
-
-
-Signal = Literal["neighbours", "slide", "views"]
-
-
-class FeatureTrainConfig(BaseModel):
-    """How to learn the head and codebooks on a feature archive (labels never read)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    bits: int = Field(default=64, description="code length: 32, 64 or 128 bits")
-    codebook_size: int = Field(default=16, description="K: 16 (4-bit codes) or 256 (8-bit)")
-    descriptor_dim: int = Field(default=0, ge=0, description="M*d; 0: the input dim")
-    head_hidden: int = Field(default=0, ge=0, description="hidden width of the head; 0: linear")
-    signal: Signal = Field(
-        default="neighbours",
-        description="label-free training signal: the float vectors' own neighbour ranking "
-        "(neighbours), another region of the same slide (slide), or noisy views (views)",
-    )
-    epochs: int = Field(default=4, ge=0)
-    batch_size: int = Field(default=1024, ge=4)
-    learning_rate: float = Field(default=1e-3, gt=0)
-    temperature: float = Field(default=0.2, gt=0, description="temperature of the CQC loss")
-    distillation_temperature: float = Field(
-        default=0.05, gt=0, description="softmax temperature of the neighbour distillation"
-    )
-    neighbours: int = Field(default=10, ge=1, description="float neighbours a batch draws from")
-    kmeans_iterations: int = Field(default=20, ge=0, description="final codebook refit")
-    opq_init: bool = Field(
-        default=True, description="start the linear head at FAISS's OPQ rotation"
-    )
-    seed: int = 0
-    threads: int = Field(default=2, ge=1)
-    feature_model: str = Field(default="", description="the model that produced the vectors")
-
-    @property
-    def num_codebooks(self) -> int:
-        return code_geometry(self.bits, self.codebook_size)
 
 
 @dataclass(frozen=True)
@@ -110,10 +53,14 @@ def feature_card(config: FeatureTrainConfig, input_dim: int) -> ModelCard:
 
 
 def train_on_features(
-    vectors: FloatArray, slides: Sequence[str], config: FeatureTrainConfig
+    vectors: FloatArray,
+    slides: Sequence[str],
+    config: FeatureTrainConfig,
+    on_step: Callable[[int, float], None] | None = None,
 ) -> FeatureTrainingResult:
     """Learn the head and codebooks on training vectors (N, D); ``slides`` names each row's
-    slide (the ``slide`` signal's positives; other signals ignore it). Labels are never read."""
+    slide (the ``slide`` signal's positives; other signals ignore it). Labels are never read.
+    ``on_step(step, loss)`` is called after each optimiser step (a progress bar)."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     torch.set_num_threads(config.threads)
@@ -139,6 +86,8 @@ def train_on_features(
             loss.backward()  # type: ignore[no-untyped-call]
             optimiser.step()
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(len(losses), losses[-1])
     model.eval()
     with torch.no_grad():
         model.quantizer.fit_codewords(model.encode(features), config.kmeans_iterations)

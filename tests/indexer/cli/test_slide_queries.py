@@ -93,7 +93,8 @@ def write_feature_folder(directory: Path, patients: int = 200) -> None:
             name = f"s{patient}-{slide}"
             vectors = centres[label] + 0.8 * rng.standard_normal((8, 32))
             regions.append(vectors)
-            region_rows += [{"slide_id": name, "patient_id": f"p{patient}"}] * 8
+            row = {"slide_id": name, "patient_id": f"p{patient}", "cancer_type": label}
+            region_rows += [row] * 8
             means.append(vectors.mean(axis=0))
             slide_rows.append({"slide_id": name, "patient_id": f"p{patient}", "cancer_type": label})
     np.save(directory / "regions.npy", np.concatenate(regions).astype(np.float16))

@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.index.opening import open_index, open_or_create_index
+from indexer.index.opening import IndexKindError, open_index, open_or_create_index
 from indexer.index.store import ArchiveIndex, IndexDirectoryError
 from model import CheckpointMismatchError, ModelCard, SPQModel, build_model, save_checkpoint
+from model.feature_spq import FeatureSPQModel, save_feature_checkpoint
+from tests.indexer.index_helpers import items
 
 CPU = torch.device("cpu")
 
@@ -28,7 +30,7 @@ def checkpoints(tmp_path_factory) -> tuple[Path, Path]:
     return root / "a.pt", root / "b.pt"
 
 
-def codebooks_of(model: SPQModel) -> np.ndarray:
+def codebooks_of(model: SPQModel | FeatureSPQModel) -> np.ndarray:
     return model.codebooks().detach().numpy()
 
 
@@ -91,3 +93,79 @@ def test_a_model_whose_codebooks_differ_from_the_codes_is_refused(tmp_path, chec
     ).close()
     with pytest.raises(IndexDirectoryError, match="codebooks differ"):
         open_index(tmp_path / "index", CPU)
+
+
+# ---- feature indexes: the model reads vectors a foundation model already produced -----------
+
+FEATURE_DIM = 12
+
+
+def saved_feature_model(path: Path, seed: int, **card: object) -> FeatureSPQModel:
+    torch.manual_seed(seed)
+    fields: dict[str, object] = {
+        "backbone": "features:hipt",
+        "num_codebooks": 4,
+        "codebook_size": 16,
+        "codeword_dim": 3,
+        "input_dim": FEATURE_DIM,
+        "feature_model": "hipt",
+        **card,
+    }
+    model = FeatureSPQModel(ModelCard.model_validate(fields)).eval()
+    save_feature_checkpoint(model, path)
+    return model
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_a_feature_checkpoint_creates_an_index_that_reopens_as_a_feature_index(tmp_path, shards):
+    model = saved_feature_model(tmp_path / "features.pt", seed=0)
+    with open_or_create_index(tmp_path / "index", tmp_path / "features.pt", CPU, shards) as opened:
+        assert opened.is_feature_index and opened.feature_dim == FEATURE_DIM
+        assert isinstance(opened.model, FeatureSPQModel)
+        np.testing.assert_array_equal(codebooks_of(opened.model), codebooks_of(model))
+        rows = np.random.default_rng(0).normal(size=(50, FEATURE_DIM)).astype(np.float32)
+        descriptors = opened.feature_encoder(batch_size=7).descriptors(rows)
+        opened.index.add(descriptors, items(50))
+    with open_index(tmp_path / "index", CPU) as reopened:
+        encoder = reopened.feature_encoder()
+        assert reopened.is_feature_index and len(reopened.index) == 50
+        expected = model.assign_codes(torch.from_numpy(rows)).numpy()
+        np.testing.assert_array_equal(encoder.codes(rows), expected)
+        (hits,) = reopened.index.search(encoder.descriptors(rows[:1]), 1)
+        assert hits[0].record is not None and hits[0].record.source == "slide-0/tile-0.png"
+
+
+def test_feature_rows_of_another_length_are_refused_naming_both_lengths(tmp_path):
+    saved_feature_model(tmp_path / "features.pt", seed=0)
+    opened = open_or_create_index(tmp_path / "index", tmp_path / "features.pt", CPU)
+    with opened, pytest.raises(ValueError, match=r"\(N, 12\).*\(3, 13\)"):
+        opened.feature_encoder().descriptors(np.zeros((3, 13), np.float32))
+
+
+def test_each_kind_of_index_refuses_the_other_kinds_encoder(tmp_path, checkpoints):
+    saved_feature_model(tmp_path / "features.pt", seed=0)
+    opened = open_or_create_index(tmp_path / "features", tmp_path / "features.pt", CPU)
+    with opened, pytest.raises(IndexKindError, match="12-d vectors of hipt, not images"):
+        opened.embedder()
+    with open_or_create_index(tmp_path / "images", checkpoints[0], CPU) as opened:
+        assert not opened.is_feature_index and opened.feature_dim == 0
+        with pytest.raises(IndexKindError, match="image index"):
+            opened.feature_encoder()
+
+
+def test_a_feature_model_of_another_foundation_model_is_refused_naming_it(tmp_path):
+    model = saved_feature_model(tmp_path / "features.pt", seed=0)
+    saved_feature_model(tmp_path / "uni.pt", seed=0, feature_model="uni")
+    open_or_create_index(tmp_path / "index", tmp_path / "features.pt", CPU).close()
+    with pytest.raises(
+        IndexDirectoryError, match="vectors of 'hipt', that model reads vectors of 'uni'"
+    ):
+        open_or_create_index(tmp_path / "index", tmp_path / "uni.pt", CPU)
+    ArchiveIndex.create_from_codebooks(
+        tmp_path / "mixed",
+        codebooks_of(model),
+        card=model.card.model_dump(mode="json"),
+        checkpoint_path=tmp_path / "uni.pt",
+    ).close()
+    with pytest.raises(CheckpointMismatchError, match="feature_model: expected 'hipt'"):
+        open_index(tmp_path / "mixed", CPU)

@@ -7,6 +7,7 @@ from indexer.learn.splits import (
     GroupSplit,
     explicit_group_split,
     findable_share,
+    patient_split,
     random_group_split,
 )
 
@@ -82,3 +83,22 @@ def test_unlabelled_split_is_the_first_shuffle_of_the_seed() -> None:
     entries = [ArchiveImage(e.path, None, e.group, "d") for e in _entries(20)]
     split = random_group_split(entries, 0.1, 0.3, seed=5)
     assert split == random_group_split(_entries(20), 0.1, 0.3, seed=5)  # one label: all findable
+
+
+def test_a_patient_split_of_names_cuts_as_the_split_of_unlabelled_images() -> None:
+    entries = [
+        ArchiveImage(path=Path(f"{g}.png"), label=None, group=f"p{g}", dataset="d")
+        for g in range(30)
+    ]
+    names = [entry.group for entry in entries] * 2
+    split = patient_split(names, 0.2, 0.1, seed=5)
+    assert split == random_group_split(entries, 0.2, 0.1, seed=5)
+    assert (len(split.train), len(split.validation), len(split.test)) == (21, 6, 3)
+    assert split != patient_split(names, 0.2, 0.1, seed=6)
+
+
+def test_a_patient_split_needs_positive_fractions_and_enough_patients() -> None:
+    with pytest.raises(ValueError, match="fractions"):
+        patient_split(["a", "b", "c"], 0.0, 0.2, seed=0)
+    with pytest.raises(ValueError, match="too few"):
+        patient_split(["a", "b"], 0.3, 0.3, seed=0)

@@ -1,0 +1,128 @@
+"""Indexing a feature archive: rows a foundation model produced -> the feature model's codes.
+
+The rows come from `indexer.ingest.features.FeatureArchive` (held to the model's input length,
+so a file of another dimension is refused by name and the rest indexed), go through the index's
+own `model.feature_encoder.FeatureEncoder` and into the one `IngestWriter`, as images and slides
+do: a file finished by an earlier run is skipped, the same bytes under another name are a
+duplicate file, rows already stored (an interrupted run) are not encoded again, and a file is
+journalled finished once its last row is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from indexer.index.protocol import Index
+from indexer.ingest.features import FeatureArchive, FeatureBatch, RefusedFile, open_npy
+from indexer.ingest.sources import SourceError
+from indexer.ingest.writer import IndexingSummary, IngestWriter, PipelineConfig, seen_before
+from model.feature_encoder import FeatureEncoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class FeatureIndexingSummary:
+    """Counts of one run over a feature archive (rows, not tiles)."""
+
+    files: int
+    counts: IndexingSummary
+
+    @property
+    def rows_per_second(self) -> float:
+        written = self.counts.tiles_added + self.counts.tiles_duplicate
+        return written / self.counts.seconds if self.counts.seconds > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        counts = self.counts
+        return [
+            f"files in the archive:     {self.files}",
+            f"finished in earlier runs: {counts.images_finished_before}",
+            f"duplicate files:          {counts.duplicate_files}",
+            f"refused files or rows:    {len(counts.unreadable)}",
+            f"rows added:               {counts.tiles_added}",
+            f"rows already indexed:     {counts.tiles_already_indexed}",
+            f"duplicate rows:           {counts.tiles_duplicate}",
+            f"seconds:                  {counts.seconds:.1f} ({self.rows_per_second:,.0f} rows/s)",
+        ]
+
+
+def index_feature_archive(
+    archive: FeatureArchive,
+    index: Index,
+    encoder: FeatureEncoder,
+    config: PipelineConfig,
+) -> FeatureIndexingSummary:
+    """Encode every row of ``archive`` not yet in ``index`` and add it; see the module doc."""
+    writer = IngestWriter(index, config)
+    skipping: str | None = None  # a duplicate file whose remaining batches are passed over
+    started: set[str] = set()  # sources of the files read in this run
+    bar = _row_bar(archive, config.progress)
+    try:
+        for outcome in archive.batches(finished=index.journal.finished_source):
+            if isinstance(outcome, RefusedFile):
+                writer.summary.unreadable.append((outcome.file.source, outcome.error.problem))
+                log.warning("refused %s", outcome.error)
+                continue
+            source = outcome.file.source
+            if source == skipping:
+                continue
+            if source not in started:
+                started.add(source)
+                seen = seen_before(index.journal, [outcome.journal_key], outcome.fingerprint)
+                if seen is not None:
+                    writer.skipped(source, seen)
+                    skipping = source
+                    continue
+            _write_batch(writer, encoder, outcome)
+            if bar is not None:
+                bar.update(len(outcome.items))
+        counts = writer.close()
+    finally:
+        if bar is not None:
+            bar.close()
+    finished_before = len(archive.files) - len(started) - _refused_whole(counts, started)
+    counts.images_finished_before += max(0, finished_before)
+    counts.images = len(archive.files)
+    return FeatureIndexingSummary(len(archive.files), counts)
+
+
+def _write_batch(writer: IngestWriter, encoder: FeatureEncoder, batch: FeatureBatch) -> None:
+    hashes = [item.content_hash for item in batch.items]
+    fresh = np.asarray(
+        writer.begin(batch.journal_key, batch.fingerprint, hashes, last=batch.last), dtype=bool
+    )
+    if not fresh.any():
+        if batch.last:
+            writer.write_queued()
+        return
+    rows = np.flatnonzero(fresh)
+    vectors = batch.vectors if len(rows) == len(fresh) else batch.vectors[rows]
+    writer.write([batch.items[row] for row in rows], encoder.descriptors(vectors))
+    if batch.last:
+        # A file's rows are journalled before the next file is checked for duplicate bytes.
+        writer.write_queued()
+
+
+def _refused_whole(counts: IndexingSummary, started: set[str]) -> int:
+    """Files refused before any of their rows was read (not finished before, not started)."""
+    return len({source for source, _ in counts.unreadable} - started)
+
+
+def _row_bar(archive: FeatureArchive, show: bool) -> Any:
+    """A progress bar of rows: the total is known up front for an ``npy`` matrix."""
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    total = None
+    if archive.layout == "npy":
+        try:
+            total = sum(len(open_npy(file)) for file in archive.files)
+        except SourceError:
+            total = None
+    return tqdm(total=total, unit="row", desc="feature rows", smoothing=0.1)
