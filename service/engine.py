@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +37,8 @@ from indexer.index.store import (
 )
 from indexer.index.thumbnails import make_thumbnail
 from model import Embedder, ModelCard, SPQModel
+from model.feature_encoder import FeatureEncoder
+from model.feature_spq import FeatureSPQModel
 from service.errors import ServiceError
 from service.fairness import FairScheduler
 from service.imaging import DecodedImage, decode_upload, decoded_megapixels
@@ -61,6 +63,15 @@ from service.slide_library import (
 )
 from service.slide_queries import SlideOutcome, SlideQueries, SlideSetQuery
 from service.snapshots import Snapshotter
+from service.vectors import (
+    VECTOR_ROW_COST,
+    FeatureKind,
+    VectorOutcome,
+    VectorQuery,
+    image_refused,
+    stored_code_descriptor,
+    vector_refused,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +143,12 @@ class ItemFields:
 
 @dataclass(frozen=True, slots=True)
 class SearchOutcome:
-    """A search's ranked hits (the pool: at least k), its query image and its timings."""
+    """A search's ranked hits (the pool: at least k), its query image and its timings.
 
-    query: DecodedImage
+    ``query`` is None where no image was the query (an item's stored code in a feature index).
+    """
+
+    query: DecodedImage | None
     hits: list[RankedHit]
     decode_ms: float
     embed_ms: float
@@ -157,7 +171,7 @@ def _elapsed_ms(start: float) -> float:
 
 def engine_from_settings(
     settings: Settings,
-    model: SPQModel,
+    model: SPQModel | FeatureSPQModel,
     index: Index,
     device: torch.device,
     *,
@@ -184,6 +198,7 @@ def engine_from_settings(
         max_query_tiles=settings.max_query_tiles,
         slides=slides,
         embed=embed,
+        max_query_vectors=settings.max_query_vectors,
     )
 
 
@@ -192,7 +207,7 @@ class SearchEngine:
 
     def __init__(
         self,
-        model: SPQModel,
+        model: SPQModel | FeatureSPQModel,
         index: Index,
         device: torch.device,
         *,
@@ -206,11 +221,18 @@ class SearchEngine:
         max_query_tiles: int = 64,
         slides: SlideLibrary | None = None,
         embed: ImageEmbedder | None = None,
+        max_query_vectors: int = 256,
     ) -> None:
-        self.embedder = Embedder(model.eval(), device, batch_size=EMBED_BATCH)
-        self.model = self.embedder.model
+        self.model = model.eval()
+        # A feature index (vectors from another model, no pixels) is queried by vector or by a
+        # stored code, encoded by its own head (service/vectors.py); None for an image index.
+        self.features = FeatureKind.of(model.card)
+        self.feature_encoder = (
+            FeatureEncoder(model, device) if isinstance(model, FeatureSPQModel) else None
+        )
+        self.max_query_vectors = max_query_vectors
         # Every image the engine embeds goes through this one function (on Ray: the deployment).
-        self._embed_images: ImageEmbedder = embed or self.embedder.embed
+        self._embed_images: ImageEmbedder = embed or _image_embedder(model, device)
         self.index = index
         self.device = device
         self.max_image_pixels = max_image_pixels
@@ -247,6 +269,18 @@ class SearchEngine:
         """Hits a search ranks: k, or with slides the wider pool slides are ranked from."""
         return max(k, SLIDE_POOL) if self.slides.slide_count else k
 
+    @overload
+    async def search(
+        self,
+        query: VectorQuery,
+        k: int,
+        filters: SearchFilters | None,
+        *,
+        client: str,
+        render: Callable[[VectorOutcome], T],
+    ) -> T: ...
+
+    @overload
     async def search(
         self,
         query: Query,
@@ -255,10 +289,30 @@ class SearchEngine:
         *,
         client: str,
         render: Callable[[SearchOutcome], T],
+    ) -> T: ...
+
+    async def search(
+        self,
+        query: Query | VectorQuery,
+        k: int,
+        filters: SearchFilters | None,
+        *,
+        client: str,
+        render: Callable[[Any], T],
     ) -> T:
         """Search with any kind of query on a worker, at its cost, and ``render`` the outcome
-        there too (the response is built and serialised off the event loop)."""
+        there too (the response is built and serialised off the event loop). A `VectorQuery`
+        renders a `VectorOutcome` (one answer per row), every other kind a `SearchOutcome`."""
         pool = self.pool_size(k)
+        if isinstance(query, VectorQuery):
+            vectors = query.vectors
+            return await self.offload(
+                lambda: render(self.search_vectors(vectors, pool, filters)),
+                client=client,
+                cost=VECTOR_ROW_COST * len(vectors),
+            )
+        if self.features is not None:
+            return await self._search_feature_index(query, pool, filters, client, render)
         if isinstance(query, RegionQuery):
             region = await self._planned_region(query)
             cost = region.pixels / 1e6 + FORWARD_COST * self.max_query_tiles
@@ -274,6 +328,65 @@ class SearchEngine:
             cost=self.query_cost(upload),
         )
 
+    def search_vectors(
+        self, vectors: npt.NDArray[np.float32], k: int, filters: SearchFilters | None
+    ) -> VectorOutcome:
+        """Encode checked feature rows with the index's head and search each (blocking)."""
+        encoder = self._feature_encoder()
+        start = time.perf_counter()
+        descriptors = encoder.descriptors(vectors)
+        encode_ms = _elapsed_ms(start)
+        start = time.perf_counter()
+        found = self.index.search(descriptors, k, filters)
+        return VectorOutcome([_ranked(hits) for hits in found], encode_ms, _elapsed_ms(start))
+
+    async def _search_feature_index(
+        self,
+        query: Query,
+        k: int,
+        filters: SearchFilters | None,
+        client: str,
+        render: Callable[[SearchOutcome], T],
+    ) -> T:
+        """A feature index has no pixels: only "more like this" by an item's stored code."""
+        assert self.features is not None
+        if not isinstance(query, ItemQuery):
+            what = "a slide region" if isinstance(query, RegionQuery) else "an image query"
+            raise image_refused(self.features, what)
+        item_id = query.item_id
+        return await self.offload(
+            lambda: render(self.search_stored_code(item_id, k, filters)),
+            client=client,
+            cost=LOOKUP_COST + VECTOR_ROW_COST,
+        )
+
+    def search_stored_code(
+        self, item_id: int, k: int, filters: SearchFilters | None
+    ) -> SearchOutcome:
+        """Search a feature index with the codewords of an item's stored code (blocking). The
+        item itself is ranked first when it passes the filters: codes repeat, and more than k
+        items can tie at its score."""
+        start = time.perf_counter()
+        stored = self.index.get(item_id)
+        if stored is None:
+            raise ServiceError(404, ErrorCode.NOT_FOUND, f"no item with id {item_id}")
+        descriptor = stored_code_descriptor(self._feature_encoder(), self.index, item_id)
+        embed_ms = _elapsed_ms(start)
+        start = time.perf_counter()
+        hits = [hit for hit in self.index.search(descriptor, k, filters)[0] if hit.id != item_id]
+        own_score = self.index.scores_of(descriptor, [item_id])[0]
+        copy_id = None
+        if own_score is not None and _passes(stored, filters):
+            hits = [Hit(item_id, own_score, stored), *hits][:k]
+            copy_id = item_id
+        search_ms = _elapsed_ms(start)
+        return SearchOutcome(None, _ranked(hits), 0.0, embed_ms, search_ms, copy_id)
+
+    def _feature_encoder(self) -> FeatureEncoder:
+        if self.feature_encoder is None:
+            raise vector_refused()
+        return self.feature_encoder
+
     def query_cost(self, upload: Upload) -> float:
         """Work units of one search: the pixels its decode will produce, and one forward."""
         if self.tiling is not None:
@@ -284,6 +397,8 @@ class SearchEngine:
 
     def upload_cost(self, uploads: Sequence[Upload]) -> float:
         """Work units of adding these files: each is decoded in full and embedded."""
+        if self.features is not None:
+            raise image_refused(self.features, "an image upload")
         return sum(decoded_megapixels(upload.data) + FORWARD_COST for upload in uploads)
 
     def decode(self, upload: Upload, *, as_query: bool = False) -> DecodedImage:
@@ -455,7 +570,7 @@ class SearchEngine:
         """The index's slides, read when the first slide or case query comes."""
         registry = self.slides.registry
         return SlideQueries(
-            self.index, self.model, lambda slide_id: registry.get(slide_id) is not None
+            self.index, self.feature_encoder, lambda slide_id: registry.get(slide_id) is not None
         )
 
     async def search_slides(
@@ -480,6 +595,8 @@ class SearchEngine:
 
         Returns once the store reports the additions durable.
         """
+        if self.features is not None:
+            raise image_refused(self.features, "an image upload")
         decoded = [self.decode(upload) for upload in uploads]
         descriptors = self.embed(decoded)
         records = [
@@ -506,6 +623,19 @@ class SearchEngine:
         self.snapshots.close()
         self.slides.close()
         self.index.close()
+
+
+def _image_embedder(model: SPQModel | FeatureSPQModel, device: torch.device) -> ImageEmbedder:
+    """The local embedder of an image model; a feature model has none (it never sees pixels)."""
+    if isinstance(model, SPQModel):
+        return Embedder(model, device, batch_size=EMBED_BATCH).embed
+    kind = FeatureKind.of(model.card)
+    assert kind is not None
+
+    def refuse(images: Sequence[Image.Image]) -> npt.NDArray[np.float32]:
+        raise image_refused(kind)
+
+    return refuse
 
 
 def _ranked(hits: Sequence[Hit]) -> list[RankedHit]:

@@ -160,9 +160,23 @@ class StrictFormRoute(APIRoute):
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
-        fields = frozenset(param.alias for param in self.dependant.body_params)
+        fields = frozenset(
+            param.alias for param in self.dependant.body_params if not _is_json_text(param)
+        )
 
         async def strict_handler(request: Request) -> Response:
             return await handler(StrictFormRequest(request.scope, request.receive, fields))
 
         return strict_handler
+
+
+# A form field declared as JSON text (``Form(json_schema_extra=JSON_TEXT)``): whitespace, newlines
+# included, is part of JSON's syntax, and the route parses and checks the value as JSON itself.
+JSON_TEXT: Final = {"contentMediaType": "application/json"}
+
+
+def _is_json_text(param: Any) -> bool:
+    extra = getattr(param.field_info, "json_schema_extra", None)
+    return (
+        isinstance(extra, dict) and extra.get("contentMediaType") == JSON_TEXT["contentMediaType"]
+    )

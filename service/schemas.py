@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +51,15 @@ class ErrorCode(StrEnum):
     NO_TISSUE = "no_tissue"
     REGION_OUTSIDE_SLIDE = "region_outside_slide"
     REGION_TOO_LARGE = "region_too_large"
+    # A query that does not fit the index's kind (pixels to a feature index, or the reverse), and
+    # query vectors that break a rule of indexer/index/query_vectors.py (one code per rule).
+    INDEX_KIND_MISMATCH = "index_kind_mismatch"
+    VECTOR_FORMAT = "vector_format"
+    VECTOR_DTYPE = "vector_dtype"
+    VECTOR_SHAPE = "vector_shape"
+    VECTOR_LENGTH = "vector_length"
+    VECTOR_NOT_FINITE = "vector_not_finite"
+    TOO_MANY_VECTORS = "too_many_vectors"
     # 429
     TOO_MANY_REQUESTS = "too_many_requests"
     # 500, 503
@@ -84,6 +93,13 @@ class ImageSize(_Schema):
     height: int
 
 
+class FeatureItem(_Schema):
+    """Where a feature archive's item came from: a row of its slide's feature file."""
+
+    slide_id: str | None = Field(default=None, description="The slide the vector describes.")
+    row: int | None = Field(default=None, description="Its row in the feature file (from 0).")
+
+
 class ItemMetadata(_Schema):
     """What the archive knows about one item."""
 
@@ -99,7 +115,17 @@ class ItemMetadata(_Schema):
     tile: TilePosition | None = None
     source_size: ImageSize | None = None
     added_at: datetime | None = None
-    thumbnail_url: str
+    thumbnail_url: str | None = Field(
+        description="The item's JPEG thumbnail; null for an item of a feature archive, which "
+        "holds no pixels (`thumbnail_note` then says so)."
+    )
+    thumbnail_note: str | None = Field(
+        default=None, description="Why there is no thumbnail, where there is none."
+    )
+    feature: FeatureItem | None = Field(
+        default=None,
+        description="For an item of a feature archive (vectors, no pixels): its slide and row.",
+    )
     extra: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -130,11 +156,26 @@ class Timings(_Schema):
     total_ms: float = Field(description="Decode + embed + search; no network or upload parsing.")
 
 
+class QueryVector(_Schema):
+    """The query of a search in a feature archive: a vector sent, or an item's stored code."""
+
+    dim: int = Field(description="The feature dimension the index holds.")
+    feature_model: str = Field(description="The model whose features the index holds.")
+    item_id: int | None = Field(
+        default=None, description="The item whose stored code was the query (item_id searches)."
+    )
+
+
 class SearchResponse(_Schema):
     k: int
     results: list[SearchHit]
-    query: QueryImage
+    query: QueryImage | None = Field(
+        description="The uploaded image; null where no image was the query (feature archives)."
+    )
     timings: Timings
+    query_vector: QueryVector | None = Field(
+        default=None, description="Set for a search in a feature archive (no query image)."
+    )
     slides: list[SlideResult] = Field(
         default_factory=list,
         description="Slides of the top results (up to 100), best first; empty without slides.",
@@ -149,6 +190,25 @@ class SearchResponse(_Schema):
         ge=1,
         description="Tissue tiles in the region; above query_tiles when only an evenly spaced "
         "subset of HISTOSEARCH_MAX_QUERY_TILES was searched.",
+    )
+
+
+class RowResults(_Schema):
+    """The answer to one row of a `vectors` search."""
+
+    row: int = Field(ge=0, description="The row of the uploaded .npy (from 0).")
+    results: list[SearchHit]
+
+
+class VectorSearchResponse(_Schema):
+    """The answer to a search by `vectors` (an .npy of one or more rows): one list per row."""
+
+    k: int
+    rows: int = Field(ge=1, description="Rows searched (at most HISTOSEARCH_MAX_QUERY_VECTORS).")
+    queries: list[RowResults] = Field(description="One answer per row, in row order.")
+    query_vector: QueryVector
+    timings: Timings = Field(
+        description="For all rows together: embed_ms is the head's encoding, decode_ms 0."
     )
 
 
@@ -186,8 +246,17 @@ class HealthResponse(_Schema):
     status: str = "alive"
 
 
+IndexKind = Literal["images", "features"]
+
+
 class ReadyResponse(_Schema):
     status: str = "ready"
+    index_kind: IndexKind | None = Field(
+        default=None,
+        description="`images` (searched with images) or `features` (a feature archive, searched "
+        "with vectors of `feature_dim` numbers); absent, as `items`, where reads need the key.",
+    )
+    feature_dim: int | None = Field(default=None, description="Length of a query vector.")
     items: int | None = Field(
         default=None,
         description="Items in the archive; absent where reads need the API key "
@@ -195,8 +264,42 @@ class ReadyResponse(_Schema):
     )
 
 
+class StageBytes(_Schema):
+    """Bytes one item takes in one stage of search, averaged over the items held."""
+
+    stage: str = Field(description="`codes`: the PQ codes every search scans.")
+    ram: float = Field(description="Process memory per item (the searchable table).")
+    disk: float = Field(description="Disk per item: the sum of `disk_parts`.")
+    disk_parts: dict[str, float] = Field(
+        description="Disk per item by file: `codes` and `ids` (the FAISS snapshot), `metadata` "
+        "(SQLite: records, thumbnails and the codes again, the source of truth)."
+    )
+
+
+class BytesPerItem(_Schema):
+    """What one item costs, in RAM and on disk; 0 for an empty index."""
+
+    ram: float = Field(description="Process memory per item, all stages.")
+    disk: float = Field(description="Disk per item, all stages.")
+    stages: list[StageBytes] = Field(
+        description="Per stage, in search order: `codes` first, then a re-ranking stage where "
+        "the index has one."
+    )
+    fixed_disk_bytes: int = Field(
+        description="Disk that does not grow with items: model, card, manifests."
+    )
+
+
 class StatsResponse(_Schema):
     items: int
+    index_kind: IndexKind = Field(description="`images`, or `features` for a feature archive.")
+    feature_dim: int | None = Field(
+        default=None, description="Length of a query vector (feature archives)."
+    )
+    feature_model: str | None = Field(
+        default=None, description="The model whose features a feature archive holds."
+    )
+    bytes_per_item: BytesPerItem
     code_bytes: int = Field(description="Bytes per stored code.")
     bits: int = Field(description="Bits per stored code (M * log2 K).")
     descriptor_dim: int

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
         le=4096,
         description="Most tiles of one region query searched (an evenly spaced subset beyond).",
     )
+    max_query_vectors: int = Field(
+        default=256,
+        gt=0,
+        le=100_000,
+        description="Most rows one search by vectors (an .npy) may carry; each is answered on "
+        "its own. Its bytes are capped by HISTOSEARCH_MAX_UPLOAD_BYTES, as any file's.",
+    )
     device: DevicePreference = Field(
         default="auto", description="Where the CNN runs (auto/cpu/cuda)."
     )

@@ -8,7 +8,7 @@ search, like a region query's tiles. Refusals name what was wrong: an unknown sl
 
 An uploaded vector set (``.npy``, rows x dim) holds the vectors the archive's items were indexed
 from: the model's descriptors for an image archive, or for a feature archive the producing
-model's features, which the index's own feature head encodes first.
+model's features, which the index's own `FeatureEncoder` encodes first (as search by vector).
 """
 
 from __future__ import annotations
@@ -16,11 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final
-
-import numpy as np
-import numpy.typing as npt
-import torch
+from typing import Final
 
 from indexer.index.errors import IndexInputError
 from indexer.index.pq import FloatArray
@@ -42,6 +38,7 @@ from indexer.index.slide_search import (
     UnknownGroupError,
     UnknownSlideError,
 )
+from model.feature_encoder import FeatureEncoder
 from service.errors import ErrorCode, ServiceError
 
 # Rows an uploaded vector set may hold: a slide of 100,000 tiles; the mosaic bounds what is
@@ -109,13 +106,15 @@ class SlideQueries:
     def __init__(
         self,
         index: SearchableIndex,
-        model: Any,
+        encoder: FeatureEncoder | None = None,
         registered: Callable[[str], bool] = lambda slide_id: False,
     ) -> None:
-        """``registered`` says whether a slide id is a whole-slide image the indexer opened: one
-        without searchable items (all glass, or every item removed) is then a 422, not a 404."""
+        """``encoder``: a feature index's own `FeatureEncoder` (uploaded rows are features),
+        None for an image index (uploaded rows are descriptors). ``registered`` says whether a
+        slide id is a whole-slide image the indexer opened: one without searchable items (all
+        glass, or every item removed) is then a 422, not a 404."""
         self.index = index
-        self.model = model
+        self.encoder = encoder
         self.registered = registered
         self.cache = SlideArchiveCache(index)
 
@@ -172,22 +171,15 @@ class SlideQueries:
     def set_descriptors(self, data: bytes) -> FloatArray:
         """An uploaded vector set as descriptors the index searches (module doc): 422 when it
         does not fit, naming the rule and the dimension expected."""
-        card = self.model.card
-        input_dim = int(getattr(card, "input_dim", 0) or 0)
-        dim = input_dim if input_dim > 0 else int(self.index.descriptor_dim)
+        encoder = self.encoder
+        dim = encoder.input_dim if encoder is not None else int(self.index.descriptor_dim)
         try:
             rows = vectors_from_npy(data, dim, MAX_SLIDE_VECTORS)
         except QueryVectorError as error:
             raise ServiceError(
                 422, ErrorCode.INVALID_REQUEST, f"slide_vectors ({error.reason}): {error}"
             ) from error
-        if input_dim <= 0:
-            return rows
-        with torch.no_grad():
-            encoded: npt.NDArray[np.float32] = (
-                self.model.encode(torch.from_numpy(rows)).numpy().astype(np.float32)
-            )
-        return encoded
+        return rows if encoder is None else encoder.descriptors(rows)
 
     def _with_records(self, answer: SlideAnswer) -> list[RankedSlideOrCase]:
         results = []

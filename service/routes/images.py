@@ -26,11 +26,13 @@ from service.schemas import (
     AddedImage,
     AddStatus,
     DeleteResponse,
+    FeatureItem,
     ImageSize,
     IndexResponse,
     ItemMetadata,
     TilePosition,
 )
+from service.vectors import NO_PIXELS_NOTE, feature_fields
 
 # Writes always need the key; reads get theirs where the app includes them (settings decide).
 write_router = APIRouter(tags=["images"], route_class=StrictFormRoute)
@@ -61,12 +63,24 @@ def thumbnail_url(item_id: int) -> str:
     return f"/images/{item_id}/thumbnail"
 
 
-def item_metadata(record: ItemRecord) -> ItemMetadata:
-    return ItemMetadata(**item_fields(record))
+def item_metadata(record: ItemRecord, *, pixels: bool = True) -> ItemMetadata:
+    return ItemMetadata(**item_fields(record, pixels=pixels))
 
 
-def item_fields(record: ItemRecord) -> dict[str, Any]:
-    """The `ItemMetadata` fields of a record, for it or for schemas extending it."""
+def item_fields(record: ItemRecord, *, pixels: bool = True) -> dict[str, Any]:
+    """The `ItemMetadata` fields of a record, for it or for schemas extending it; an item of an
+    index without ``pixels`` (a feature archive) has no thumbnail and says so."""
+    if not pixels:
+        slide_id, row = feature_fields(record)
+        return _fields(record) | {
+            "thumbnail_url": None,
+            "thumbnail_note": NO_PIXELS_NOTE,
+            "feature": FeatureItem(slide_id=slide_id, row=row),
+        }
+    return _fields(record) | {"thumbnail_url": thumbnail_url(record.id)}
+
+
+def _fields(record: ItemRecord) -> dict[str, Any]:
     tile = None if record.tile is None else TilePosition(**_as_box(record.tile))
     size = None if record.source_size is None else ImageSize(**_as_size(record.source_size))
     return {
@@ -78,7 +92,6 @@ def item_fields(record: ItemRecord) -> dict[str, Any]:
         "tile": tile,
         "source_size": size,
         "added_at": datetime.fromtimestamp(record.added_at, tz=UTC),
-        "thumbnail_url": thumbnail_url(record.id),
         "extra": dict(record.extra or {}),
     }
 
@@ -169,7 +182,8 @@ async def _record_or_404(engine: EngineDep, client: str, item_id: int) -> ItemRe
     responses=error_responses(404, 422, *SERVER_LIMITS),
 )
 async def get_image(engine: EngineDep, client: ClientDep, item_id: ItemId) -> ItemMetadata:
-    return item_metadata(await _record_or_404(engine, client, item_id))
+    record = await _record_or_404(engine, client, item_id)
+    return item_metadata(record, pixels=engine.features is None)
 
 
 @read_router.get(
@@ -185,7 +199,8 @@ async def get_thumbnail(
 ) -> Response:
     thumbnail = await engine.offload(lambda: engine.index.thumbnail(item_id), client=client)
     if thumbnail is None:
-        raise ServiceError(404, ErrorCode.NOT_FOUND, f"no thumbnail for item {item_id}")
+        note = "" if engine.features is None else f" ({NO_PIXELS_NOTE})"
+        raise ServiceError(404, ErrorCode.NOT_FOUND, f"no thumbnail for item {item_id}{note}")
     # Revalidated on every use (no-cache + ETag): a deleted item's thumbnail must not linger in
     # a browser's cache, and an unchanged one costs a 304 without its bytes.
     etag = f'"{hashlib.sha256(thumbnail).hexdigest()[:32]}"'

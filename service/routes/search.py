@@ -11,9 +11,16 @@ from indexer.index.slide_search import Aggregation
 from indexer.index.slides import RankedHit
 from indexer.index.store import SearchFilters
 from service.deps import ClientDep, EngineDep, SettingsDep
-from service.engine import ImageQuery, ItemQuery, Query, RegionQuery, SearchOutcome
+from service.engine import (
+    ImageQuery,
+    ItemQuery,
+    Query,
+    RegionQuery,
+    SearchEngine,
+    SearchOutcome,
+)
 from service.errors import ErrorCode, ServiceError
-from service.forms import TEXT_PATTERN, StrictFormRoute
+from service.forms import JSON_TEXT, TEXT_PATTERN, StrictFormRoute
 from service.routes.images import MAX_ITEM_ID, item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
 from service.routes.slide_search import (
@@ -25,6 +32,13 @@ from service.routes.slide_search import (
 )
 from service.routes.slides import slide_results
 from service.routes.uploads import read_upload
+from service.routes.vector_search import (
+    VECTOR_DESCRIPTION,
+    VECTORS_DESCRIPTION,
+    feature_hit,
+    query_vector,
+    search_by_vectors,
+)
 from service.schemas import QueryImage, SearchHit, SearchResponse, Timings
 from service.settings import Settings
 from service.slide_search_schemas import SlideSearchResponse
@@ -62,6 +76,10 @@ async def search(
     image: Annotated[
         UploadFile | None, File(description="The query image (JPEG, PNG, TIFF, ...).")
     ] = None,
+    vector: Annotated[
+        str | None, Form(description=VECTOR_DESCRIPTION, json_schema_extra=JSON_TEXT)
+    ] = None,
+    vectors: Annotated[UploadFile | None, File(description=VECTORS_DESCRIPTION)] = None,
     k: Annotated[int, Form(ge=1, description="How many results (at most HISTOSEARCH_MAX_K).")] = 10,
     label: Annotated[FilterText, Form(description="Only items with this label.")] = None,
     dataset: Annotated[FilterText, Form(description="Only items from this dataset.")] = None,
@@ -140,18 +158,26 @@ async def search(
         query_slide_id, query_group, slide_vectors, aggregation, group_by, mosaic, include_own_group
     )
     if slide_form.asked:
-        others = {"image": image, "item_id": item_id, "mpp": mpp, "slide_id": slide_id, "x": x}
-        others |= {"y": y, "width": width, "height": height, "label": label, "dataset": dataset}
-        slide_set = await slide_query(slide_form, others, settings)
+        not_slide = {"image": image, "item_id": item_id, "mpp": mpp, "slide_id": slide_id, "x": x}
+        not_slide |= {"y": y, "width": width, "height": height, "label": label}
+        not_slide |= {"dataset": dataset, "vector": vector, "vectors": vectors}
+        slide_set = await slide_query(slide_form, not_slide, settings)
         answer = await answer_slide_search(engine, slide_set, k, exclude_group, client)
         return Response(answer, media_type="application/json")
     refuse_slide_options(slide_form)
+    if vector is not None or vectors is not None:
+        sent = {"image": image, "item_id": item_id, "mpp": mpp, "slide_id": slide_id}
+        sent |= {"x": x, "y": y, "width": width, "height": height}
+        others = [name for name, value in sent.items() if value is not None]
+        filters = _filters(label, dataset, exclude_group)
+        given = (vector, vectors)
+        return await search_by_vectors(engine, settings, client, k, filters, given, others)
     query = await _query(image, item_id, mpp, slide_id, (x, y, width, height), settings)
 
     def serialise(outcome: SearchOutcome) -> bytes:
         # Built and turned into JSON in the worker that searched: the event loop only moves
         # bytes, and FastAPI does not validate and serialise the same model a second time.
-        return _response(k, outcome).model_dump_json().encode()
+        return _response(k, outcome, engine).model_dump_json().encode()
 
     filters = _filters(label, dataset, exclude_group)
     body = await engine.search(query, k, filters, client=client, render=serialise)
@@ -222,7 +248,17 @@ def _hit(hit: RankedHit, exact_copy_id: int | None) -> SearchHit:
     )
 
 
-def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
+def _response(k: int, outcome: SearchOutcome, engine: SearchEngine) -> SearchResponse:
+    if outcome.query is None and engine.features is not None:
+        # "More like this" in a feature archive: an item's stored code was the query.
+        return SearchResponse(
+            k=k,
+            results=[feature_hit(hit, outcome.exact_copy_id) for hit in outcome.hits[:k]],
+            query=None,
+            query_vector=query_vector(engine.features, outcome.exact_copy_id),
+            timings=_timings(outcome),
+        )
+    assert outcome.query is not None
     width, height = outcome.query.size
     return SearchResponse(
         k=k,
@@ -234,12 +270,16 @@ def _response(k: int, outcome: SearchOutcome) -> SearchResponse:
             format=outcome.query.original_format,
             mode=outcome.query.original_mode,
         ),
-        timings=Timings(
-            decode_ms=round(outcome.decode_ms, 3),
-            embed_ms=round(outcome.embed_ms, 3),
-            search_ms=round(outcome.search_ms, 3),
-            total_ms=round(outcome.decode_ms + outcome.embed_ms + outcome.search_ms, 3),
-        ),
+        timings=_timings(outcome),
         query_tiles=outcome.query_tiles,
         tissue_tiles=outcome.tissue_tiles,
+    )
+
+
+def _timings(outcome: SearchOutcome) -> Timings:
+    return Timings(
+        decode_ms=round(outcome.decode_ms, 3),
+        embed_ms=round(outcome.embed_ms, 3),
+        search_ms=round(outcome.search_ms, 3),
+        total_ms=round(outcome.decode_ms + outcome.embed_ms + outcome.search_ms, 3),
     )

@@ -29,7 +29,8 @@ from service.slide_search_schemas import (
 SLIDE_QUERY_FIELDS = ["query_slide_id", "query_group", "slide_vectors"]
 # Fields that only a slide or case query takes.
 SLIDE_ONLY_FIELDS = ["aggregation", "group_by", "mosaic", "include_own_group"]
-_OTHER_QUERY_FIELDS = ["image", "item_id", "mpp", "slide_id", "x", "y", "width", "height"]
+_OTHER_QUERY_FIELDS = ["image", "vector", "vectors", "item_id", "mpp", "slide_id", "x", "y"]
+_OTHER_QUERY_FIELDS += ["width", "height"]
 # The OpenAPI description of the three slide query kinds (added to search.QUERY_KINDS).
 SLIDE_QUERY_KINDS: list[dict[str, Any]] = [
     {

@@ -8,10 +8,19 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service.deps import ClientDep, EngineDep, SettingsDep
+from service.engine import SearchEngine
 from service.errors import ErrorCode, ServiceError
+from service.footprint import Footprint, index_footprint
 from service.paths import without_paths
 from service.routes.responses import SERVER_LIMITS, error_responses
-from service.schemas import HealthResponse, ReadyResponse, StatsResponse
+from service.schemas import (
+    BytesPerItem,
+    HealthResponse,
+    IndexKind,
+    ReadyResponse,
+    StageBytes,
+    StatsResponse,
+)
 from service.settings import Settings
 
 # Liveness and readiness are always open; /stats is a read, keyed where the settings say so.
@@ -52,7 +61,8 @@ async def ready(request: Request) -> ReadyResponse:
     settings: Settings = request.app.state.settings
     if settings.require_key_for_search:
         return ReadyResponse()
-    return ReadyResponse(items=len(engine.index))
+    dim = None if engine.features is None else engine.features.dim
+    return ReadyResponse(items=len(engine.index), index_kind=_kind(engine), feature_dim=dim)
 
 
 @router.head(
@@ -69,9 +79,20 @@ async def ready_head(request: Request) -> Response:
 @read_router.get("/stats", response_model=StatsResponse, responses=error_responses(*SERVER_LIMITS))
 async def stats(engine: EngineDep, settings: SettingsDep, client: ClientDep) -> StatsResponse:
     index_stats = await engine.offload(engine.index.stats, client=client)
+    footprint = await engine.offload(
+        lambda: index_footprint(
+            engine.index.directory, index_stats.items, index_stats.memory_bytes
+        ),
+        client=client,
+    )
     card = engine.card
+    features = engine.features
     return StatsResponse(
         items=index_stats.items,
+        index_kind=_kind(engine),
+        feature_dim=None if features is None else features.dim,
+        feature_model=None if features is None else features.feature_model,
+        bytes_per_item=_bytes_per_item(footprint),
         code_bytes=index_stats.code_bytes,
         bits=card.bits,
         descriptor_dim=card.descriptor_dim,
@@ -85,6 +106,27 @@ async def stats(engine: EngineDep, settings: SettingsDep, client: ClientDep) -> 
         device=str(engine.device),
         # The card records the training run's data and output folders: names only over HTTP.
         model_card=without_paths(card.model_dump(mode="json")),
+    )
+
+
+def _kind(engine: SearchEngine) -> IndexKind:
+    return "images" if engine.features is None else "features"
+
+
+def _bytes_per_item(footprint: Footprint) -> BytesPerItem:
+    return BytesPerItem(
+        ram=round(footprint.ram, 2),
+        disk=round(footprint.disk, 2),
+        stages=[
+            StageBytes(
+                stage=stage.name,
+                ram=round(stage.ram, 2),
+                disk=round(stage.disk, 2),
+                disk_parts={part: round(size, 2) for part, size in stage.disk_parts.items()},
+            )
+            for stage in footprint.stages
+        ],
+        fixed_disk_bytes=footprint.fixed_disk_bytes,
     )
 
 

@@ -1,4 +1,6 @@
 // The search page: one query image, a grid of the most similar archive tiles, details on click.
+// Over a feature archive (vectors, no pixels) it takes a JSON vector or an .npy of rows instead,
+// and shows the hits as text cards.
 // Plain browser JavaScript with no build step and nothing loaded from elsewhere; the results are
 // drawn by results.js, shared with the slide viewer.
 "use strict";
@@ -6,7 +8,7 @@
 const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "histosearch.apiKey";
 
-const state = { file: null, previewUrl: null, blobUrls: [] };
+const state = { file: null, previewUrl: null, blobUrls: [], features: null, vectorsFile: null };
 
 function apiKey() {
   return $("key-input").value.trim();
@@ -80,9 +82,20 @@ function formatBytes(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 }
 
+function hasQuery() {
+  if (!state.features) return Boolean(state.file);
+  return Boolean(state.vectorsFile || $("vector-input").value.trim());
+}
+
 function searchForm() {
   const form = new FormData();
-  form.append("image", state.file, state.file.name);
+  if (!state.features) {
+    form.append("image", state.file, state.file.name);
+  } else if (state.vectorsFile) {
+    form.append("vectors", state.vectorsFile, state.vectorsFile.name);
+  } else {
+    form.append("vector", $("vector-input").value.trim());
+  }
   form.append("k", $("k-input").value || "12");
   const label = $("label-input").value.trim();
   const group = $("group-input").value.trim();
@@ -92,7 +105,7 @@ function searchForm() {
 }
 
 async function search() {
-  if (!state.file) return;
+  if (!hasQuery()) return;
   showError("");
   $("status").textContent = "Searching…";
   $("search-button").disabled = true;
@@ -119,9 +132,7 @@ async function search() {
 
 function renderResults(body) {
   releaseBlobUrls();
-  const q = body.query;
-  $("query-info").textContent =
-    `${state.file.name} · ${q.width}×${q.height} ${q.format} (${q.mode})`;
+  $("query-info").textContent = queryInfo(body);
   HistosearchResults.render(body, {
     status: $("status"),
     grid: $("results"),
@@ -129,7 +140,20 @@ function renderResults(body) {
     setImage,
     onOpen: showDetail,
   });
-  rememberLabels(body.results);
+  rememberLabels(body.results || body.queries.flatMap((answer) => answer.results));
+}
+
+function queryInfo(body) {
+  const q = body.query;
+  if (q) return `${state.file.name} · ${q.width}×${q.height} ${q.format} (${q.mode})`;
+  const v = body.query_vector;
+  if (!v) return "";
+  const what = body.queries
+    ? `${state.vectorsFile.name} · ${body.rows} rows`
+    : v.item_id !== null && v.item_id !== undefined
+      ? `item ${v.item_id}'s stored code`
+      : "one vector";
+  return `${what} of ${v.dim} numbers (${v.feature_model})`;
 }
 
 function rememberLabels(results) {
@@ -150,13 +174,19 @@ function addLabelOptions(labels) {
 }
 
 function showDetail(hit) {
-  setImage($("detail-thumb"), hit.thumbnail_url);
+  const thumb = $("detail-thumb");
+  thumb.hidden = !hit.thumbnail_url;
+  if (hit.thumbnail_url) setImage(thumb, hit.thumbnail_url);
+  else thumb.removeAttribute("src");
   $("detail-title").textContent = `#${hit.rank} · ${hit.label || "unlabelled"} · score ${hit.score.toFixed(3)}`;
   drawPosition(hit);
+  const feature = hit.feature || {};
   const fields = [
     ["id", hit.id],
     ["label", hit.label],
     ["group", hit.group],
+    ["slide", feature.slide_id],
+    ["row", feature.row],
     ["dataset", hit.dataset],
     ["source", hit.source],
     ["added", hit.added_at ? new Date(hit.added_at).toLocaleString() : null],
@@ -182,6 +212,11 @@ function drawPosition(hit) {
   const box = $("tile-box");
   const size = hit.source_size;
   const tile = hit.tile || (size ? { x: 0, y: 0, width: size.width, height: size.height } : null);
+  if (!hit.thumbnail_url) {
+    map.hidden = true;
+    $("position-text").textContent = `${hit.thumbnail_note || "No pixels to show"}.`;
+    return;
+  }
   if (!size || !tile) {
     map.hidden = true;
     $("position-text").textContent = "The source image size is not recorded for this item.";
@@ -212,12 +247,45 @@ async function loadStats() {
     if (!response.ok) return;
     const stats = await response.json();
     $("archive-stats").textContent =
-      `${stats.items.toLocaleString()} tiles · ${stats.bits}-bit codes · ${stats.model_card.backbone}`;
+      stats.index_kind === "features"
+        ? `${stats.items.toLocaleString()} items · feature archive: ${stats.feature_dim}-d ` +
+          `vectors of ${stats.feature_model} · ${stats.bits}-bit codes`
+        : `${stats.items.toLocaleString()} tiles · ${stats.bits}-bit codes · ` +
+          stats.model_card.backbone;
+    if (stats.index_kind === "features") {
+      useFeatureQueries({ dim: stats.feature_dim, model: stats.feature_model });
+    }
     $("k-input").max = String(stats.max_k || 100);
     addLabelOptions(Object.keys(stats.labels || {}).filter((label) => label !== "(none)"));
   } catch (_) {
     /* the page still works without the numbers */
   }
+}
+
+// A feature archive has no pixels: the image drop zone gives way to a vector field and an .npy
+// chooser (the server would refuse an image with 422 index_kind_mismatch).
+function useFeatureQueries(features) {
+  state.features = features;
+  $("drop-zone").hidden = true;
+  $("vector-query").hidden = false;
+  $("vector-help").textContent =
+    `This archive holds feature vectors of ${features.dim} numbers from ${features.model}, ` +
+    "not images: search it with one such vector, or an .npy of rows (each answered on its own).";
+  $("status").textContent = "Paste a feature vector or choose an .npy to search the archive.";
+  $("search-button").disabled = !hasQuery();
+}
+
+function wireVectorFields() {
+  $("vector-input").addEventListener("input", () => {
+    state.vectorsFile = null;
+    $("vectors-input").value = "";
+    $("search-button").disabled = !hasQuery();
+  });
+  $("vectors-input").addEventListener("change", (event) => {
+    state.vectorsFile = event.target.files[0] || null;
+    $("search-button").disabled = !hasQuery();
+    search();
+  });
 }
 
 function wireDropZone() {
@@ -248,11 +316,16 @@ function wireDropZone() {
 function wireKeyField() {
   const input = $("key-input");
   input.value = sessionStorage.getItem(KEY_STORAGE) || "";
-  input.addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, input.value.trim()));
+  input.addEventListener("change", () => {
+    sessionStorage.setItem(KEY_STORAGE, input.value.trim());
+    // Where reads need the key, the archive's kind and numbers come once it is given.
+    loadStats();
+  });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   wireDropZone();
+  wireVectorFields();
   wireKeyField();
   $("search-form").addEventListener("submit", (event) => {
     event.preventDefault();

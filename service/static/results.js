@@ -21,27 +21,38 @@ const HistosearchResults = (() => {
     return `/static/slide.html?id=${encodeURIComponent(slideId)}&items=${itemIds.join(",")}`;
   }
 
-  // One hit: a button with its thumbnail (shown by setImage, which adds the key when needed).
+  // One hit: a button with its thumbnail (shown by setImage, which adds the key when needed), or,
+  // for an item of a feature archive (no pixels, no thumbnail_url), a text card that says so.
   function resultCard(hit, { setImage, onOpen }) {
     const item = document.createElement("li");
     const button = document.createElement("button");
     button.type = "button";
-    button.className = "hit";
+    button.className = hit.thumbnail_url ? "hit" : "hit text-card";
     button.dataset.id = hit.id;
     button.title = hit.source || `item ${hit.id}`;
-    const img = document.createElement("img");
-    img.alt = `${hit.label || "unlabelled"} tile ${hit.id}`;
-    img.loading = "lazy";
-    setImage(img, hit.thumbnail_url);
     const caption = document.createElement("span");
     caption.className = "caption";
     caption.append(
       textSpan("rank", `#${hit.rank}`),
       textSpan("label", hit.label || "—"),
       textSpan("score", hit.score.toFixed(3)),
-      textSpan("source", shortSource(hit.source)),
     );
-    button.append(img, caption);
+    if (hit.thumbnail_url) {
+      const img = document.createElement("img");
+      img.alt = `${hit.label || "unlabelled"} tile ${hit.id}`;
+      img.loading = "lazy";
+      setImage(img, hit.thumbnail_url);
+      caption.append(textSpan("source", shortSource(hit.source)));
+      button.append(img, caption);
+    } else {
+      const feature = hit.feature || {};
+      const row = feature.row === null || feature.row === undefined ? "" : ` · row ${feature.row}`;
+      caption.append(
+        textSpan("group", hit.group || ""),
+        textSpan("slide-id", `${feature.slide_id || shortSource(hit.source)}${row}`),
+      );
+      button.append(textSpan("no-pixels", hit.thumbnail_note || "no pixels to show"), caption);
+    }
     button.addEventListener("click", () => onOpen(hit));
     item.append(button);
     return item;
@@ -61,18 +72,41 @@ const HistosearchResults = (() => {
 
   function statusLine(body) {
     const t = body.timings;
-    if (!body.results.length) return "No archive items match these filters.";
+    const count = body.queries
+      ? body.queries.reduce((sum, answer) => sum + answer.results.length, 0)
+      : body.results.length;
+    if (!count) return "No archive items match these filters.";
     const tiles = body.query_tiles > 1 ? ` · ${body.query_tiles} query tiles` : "";
+    const rows = body.queries ? ` for ${body.rows} query rows` : "";
     return (
-      `${body.results.length} results${tiles} · decode ${t.decode_ms.toFixed(1)} ms · ` +
+      `${count} results${rows}${tiles} · decode ${t.decode_ms.toFixed(1)} ms · ` +
       `embed ${t.embed_ms.toFixed(1)} ms · search ${t.search_ms.toFixed(1)} ms`
     );
   }
 
-  // Fills the status line, the grid and the slide list of a page from a /search answer.
+  // The answer to an .npy of rows: one heading and one grid per row.
+  function rowSection(answer, options) {
+    const item = document.createElement("li");
+    const heading = document.createElement("h2");
+    heading.textContent = `Row ${answer.row}`;
+    const grid = document.createElement("ol");
+    grid.className = "grid";
+    grid.replaceChildren(...answer.results.map((hit) => resultCard(hit, options)));
+    item.append(heading, grid);
+    return item;
+  }
+
+  // Fills the status line, the grid and the slide list of a page from a /search answer (one
+  // query's `results`, or the per-row `queries` of a search by vectors).
   function render(body, { status, grid, slides, setImage, onOpen }) {
     status.textContent = statusLine(body);
-    grid.replaceChildren(...body.results.map((hit) => resultCard(hit, { setImage, onOpen })));
+    if (body.queries) {
+      grid.className = "row-results";
+      grid.replaceChildren(...body.queries.map((answer) => rowSection(answer, { setImage, onOpen })));
+    } else {
+      grid.className = "grid";
+      grid.replaceChildren(...body.results.map((hit) => resultCard(hit, { setImage, onOpen })));
+    }
     slides.replaceChildren(...(body.slides || []).map(slideLink));
   }
 
