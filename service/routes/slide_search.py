@@ -163,8 +163,12 @@ def slide_response(k: int, outcome: SlideOutcome, engine: SearchEngine) -> Slide
 
 
 def _ranked(result: RankedSlideOrCase, group_by: GroupBy, engine: SearchEngine) -> RankedSlide:
+    # A feature archive has no pixels: its items come without a thumbnail, and say so.
+    pixels = engine.features is None
     evidence = [
-        EvidenceItem(**item_fields(item.record), score=item.score, query_item=item.query_item)
+        EvidenceItem(
+            **item_fields(item.record, pixels=pixels), score=item.score, query_item=item.query_item
+        )
         for item in result.evidence
     ]
     return RankedSlide(
