@@ -19,8 +19,8 @@ the slide mean codes). They are derived, not stored: SQLite's item codes are the
 of truth, a mean stored beside them would have to follow every add, removal, shard and resumed
 run, and deriving them is one SQL read and two bincounts (`IndexSlides.of_index`; the cost of a
 cold build is measured in docs/slide-search.md). `SlideArchiveCache` keeps them per index state
-(item count and id sum), so a process derives them once until the archive changes, and a
-reopened index gets the same means from the same codes.
+(live items, tombstones and last id of each searchable table), so a process derives them once
+until the archive changes, and a reopened index gets the same means from the same codes.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class SlideRows(Protocol):
 
     def slide_rows(self) -> list[SlideRow]: ...
 
-    def content_state(self) -> tuple[int, int]: ...
+    def content_state(self) -> tuple[int, ...]: ...
 
 
 class SearchableIndex(Protocol):

@@ -648,9 +648,11 @@ class ArchiveIndex:
         source of truth): `indexer.index.slide_archive` builds the index's slides from them."""
         return self._metadata.slide_rows()
 
-    def content_state(self) -> tuple[int, int]:
-        """Item count and id sum: changes whenever items are added or removed."""
-        return self._metadata.count_and_id_sum()
+    def content_state(self) -> tuple[int, int, int]:
+        """Live items, tombstones and the last id of the searchable table: changes whenever
+        items are added, removed or compacted, and costs no SQL read (ids are never reused)."""
+        with self._lock.reading():
+            return len(self._table), self._table.tombstones, self._table.last_id
 
     def stats(self) -> IndexStats:
         with self._lock.reading():
