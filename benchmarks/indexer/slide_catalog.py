@@ -123,7 +123,8 @@ def main() -> None:
     print(f"unchanged check per query:       {figures['unchanged_check_ms']:.2f} ms")
     for name, ms in figures["slide_query_ms"].items():
         print(f"slide query, {name:<11}      {ms:.1f} ms (median)")
-    write_result(args.out, {"settings": vars(args) | {"out": str(args.out)}, **figures})
+    settings = {name: value for name, value in vars(args).items() if name != "out"}
+    write_result(args.out, {"settings": settings, **figures})
 
 
 if __name__ == "__main__":
