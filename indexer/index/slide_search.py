@@ -63,7 +63,10 @@ DEFAULT_RESCORE: Final = 32
 # 10,000 tiles is reduced to this by `select_mosaic` in well under 100 ms.
 DEFAULT_MOSAIC: Final = 24
 DEFAULT_EVIDENCE: Final = 3
-_KMEANS_ITERATIONS: Final = 20
+# k-means of a 10,000-tile slide into 24: 9 ms with 10 rounds on 64 points per centroid, 56 ms
+# with 20 rounds on 256 (one core, shared machine); the mosaic is a sample, not a fine partition.
+_KMEANS_ITERATIONS: Final = 10
+_KMEANS_POINTS_PER_CENTROID: Final = 64
 
 
 class Aggregation(enum.StrEnum):
@@ -259,7 +262,7 @@ def select_mosaic(vectors: npt.NDArray[np.floating], limit: int, seed: int = 0) 
         limit,
         niter=_KMEANS_ITERATIONS,
         seed=seed,
-        max_points_per_centroid=256,
+        max_points_per_centroid=_KMEANS_POINTS_PER_CENTROID,
         # A slide of a few dozen items is clustered too: no warning about few points.
         min_points_per_centroid=1,
     )
