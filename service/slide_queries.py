@@ -125,7 +125,11 @@ class SlideQueries:
     def run(self, query: SlideSetQuery, k: int) -> SlideOutcome:
         """Rank the archive's slides or cases (blocking: call through the engine's offload)."""
         start = time.perf_counter()
-        slides = self.cache.current()
+        try:
+            slides = self.cache.current()
+        except IndexInputError as error:
+            # Shards in other processes (Ray Serve) do not list their items here.
+            raise ServiceError(422, ErrorCode.INVALID_REQUEST, str(error)) from error
         catalog_ms = _elapsed_ms(start)
         start = time.perf_counter()
         try:

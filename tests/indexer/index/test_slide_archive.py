@@ -213,3 +213,13 @@ def test_a_sharded_index_answers_as_one_index(tmp_path, slide_index):
             (t.target, round(t.score, 4)) for t in expected
         ]
     index.close()
+
+
+def test_shards_that_cannot_list_their_items_are_refused_by_name():
+    class RemoteShards:
+        """A sharded index whose shards answer only searches (as shards in other processes)."""
+
+        shards = (object(),)
+
+    with pytest.raises(IndexInputError, match="local shards"):
+        IndexSlides.of_index(RemoteShards())
