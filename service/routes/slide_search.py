@@ -29,8 +29,12 @@ from service.slide_search_schemas import (
 SLIDE_QUERY_FIELDS = ["query_slide_id", "query_group", "slide_vectors"]
 # Fields that only a slide or case query takes.
 SLIDE_ONLY_FIELDS = ["aggregation", "group_by", "mosaic", "include_own_group"]
-_OTHER_QUERY_FIELDS = ["image", "vector", "vectors", "item_id", "mpp", "slide_id", "x", "y"]
-_OTHER_QUERY_FIELDS += ["width", "height"]
+# Fields of the other query kinds (image, vector, item, region) and the filters a slide query
+# does not take.
+_NOT_SLIDE_FIELDS = [
+    *("image", "vector", "vectors", "item_id", "mpp"),
+    *("slide_id", "x", "y", "width", "height", "label", "dataset"),
+]
 # The OpenAPI description of the three slide query kinds (added to search.QUERY_KINDS).
 SLIDE_QUERY_KINDS: list[dict[str, Any]] = [
     {
@@ -38,7 +42,7 @@ SLIDE_QUERY_KINDS: list[dict[str, Any]] = [
         "not": {
             "anyOf": [
                 {"required": [other]}
-                for other in [*SLIDE_QUERY_FIELDS, *_OTHER_QUERY_FIELDS, "label", "dataset"]
+                for other in [*SLIDE_QUERY_FIELDS, *_NOT_SLIDE_FIELDS]
                 if other != field
             ]
         },
