@@ -11,6 +11,7 @@ plain server (`service.app.load_engine`) and on Ray Serve (`service.ray_serve.lo
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
@@ -60,6 +61,7 @@ from service.slide_library import (
     SlideRegion,
     SlideUnavailableError,
 )
+from service.slide_queries import SlideOutcome, SlideQueries, SlideSetQuery
 from service.snapshots import Snapshotter
 from service.vectors import (
     VECTOR_ROW_COST,
@@ -556,6 +558,31 @@ class SearchEngine:
         query = _region_query(region, pixels)
         return self.search_decoded(
             query, k, filters, region.mpp, _elapsed_ms(start), from_slide=True
+        )
+
+    # ---- slide and case queries (service.slide_queries) -------------------------------------
+
+    @functools.cached_property
+    def slide_queries(self) -> SlideQueries:
+        """The index's slides, read when the first slide or case query comes."""
+        registry = self.slides.registry
+        return SlideQueries(
+            self.index, self.feature_encoder, lambda slide_id: registry.get(slide_id) is not None
+        )
+
+    async def search_slides(
+        self,
+        query: SlideSetQuery,
+        k: int,
+        *,
+        client: str,
+        render: Callable[[SlideOutcome], T],
+    ) -> T:
+        """Rank the archive's slides or cases for a slide, case or vector-set query on a worker,
+        at the cost of its item searches, and ``render`` the outcome there."""
+        queries = self.slide_queries
+        return await self.offload(
+            lambda: render(queries.run(query, k)), client=client, cost=queries.cost(query)
         )
 
     # ---- changing the archive ----------------------------------------------------------------

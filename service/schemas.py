@@ -45,6 +45,7 @@ class ErrorCode(StrEnum):
     MULTI_FRAME_IMAGE = "multi_frame_image"
     UNSUPPORTED_PIXEL_FORMAT = "unsupported_pixel_format"
     K_TOO_LARGE = "k_too_large"
+    EMPTY_SLIDE = "empty_slide"
     INVALID_TEXT = "invalid_text"
     INVALID_REQUEST = "invalid_request"
     NO_TISSUE = "no_tissue"

@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from indexer.cli.slide_queries import add_level_arguments, level_asked, run_level_evaluation
+
 DESCRIPTION = """\
 Evaluate a trained checkpoint on the groups it was neither trained nor selected on.
 
@@ -40,11 +42,10 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--checkpoint", required=True, type=Path, help="model.pt written by `histosearch train`"
+        "--checkpoint", type=Path, help="model.pt written by `histosearch train` (required)"
     )
     parser.add_argument(
         "--data",
-        required=True,
         type=Path,
         help="the image folder or CSV manifest the model was trained from "
         "(or another labelled set with --part all)",
@@ -139,6 +140,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--batch-size", type=int, default=64, help="images per forward pass (default: 64)"
     )
+    add_level_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -154,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from indexer.evaluate.run import evaluate_checkpoint, markdown_table, write_report
 
+    if level_asked(args):
+        return run_level_evaluation(args)
+    if args.checkpoint is None or args.data is None:
+        print("histosearch evaluate: --checkpoint and --data are required (without --level)")
+        return 2
     report = evaluate_checkpoint(
         args.checkpoint,
         args.data,

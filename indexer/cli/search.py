@@ -14,6 +14,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from indexer.index.opening import OpenedIndex
 
+from indexer.cli.slide_queries import (
+    add_slide_search_arguments,
+    run_slide_search,
+    slide_search_asked,
+)
+
 log = logging.getLogger(__name__)
 
 
@@ -55,6 +61,7 @@ def register(subparsers: Any) -> None:
         help="where the model runs (default: auto, CUDA when available)",
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_slide_search_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -65,11 +72,13 @@ def run(args: argparse.Namespace) -> int:
     from model import CheckpointMismatchError, select_device
     from model.preprocess import open_upright_rgb
 
+    if slide_search_asked(args):
+        return run_slide_search(args)
     given = [
         name for name in ("image", "vector", "vectors", "item") if getattr(args, name) is not None
     ]
     if len(given) != 1:
-        log.error("give one query: an image, --vector, --vectors or --item")
+        log.error("give one query: an image, --vector, --vectors, --item, --slide or --group")
         return 2
     if args.k < 1:
         log.error("-k must be at least 1")

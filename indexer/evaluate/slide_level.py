@@ -203,25 +203,46 @@ def float_source(_training: FloatArray) -> Codec:
     return FloatCodec()
 
 
+# Shortlist entries beyond k re-ranked exactly after a FastScan pass (as `CodeTable` does).
+FASTSCAN_MARGIN = 48
+
+
 @dataclass
 class _FaissCodeSearch:
-    """Codes in a FAISS index; scores are minus its squared L2 ADC distances, and exact scores
-    of given rows come from decoding their codes (the same distances, up to float rounding)."""
+    """Codes in a FAISS index; scores are minus squared L2 ADC distances. Exact scores of given
+    rows come from decoding their codes (the same distances, up to float rounding); a FastScan
+    index (8-bit quantised tables) is asked for a shortlist that is re-ranked that way."""
 
     index: faiss.Index
     codes: npt.NDArray[np.uint8]
+    approximate: bool
 
     def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IdArray]:
-        distances, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return -distances, rows.astype(np.int64)
+        array = np.ascontiguousarray(queries, dtype=np.float32)
+        if not self.approximate:
+            distances, rows = self.index.search(array, k)
+            return -distances, rows.astype(np.int64)
+        fetch = min(self.index.ntotal, k + FASTSCAN_MARGIN)
+        _, shortlist = self.index.search(array, fetch)
+        shortlist = shortlist.astype(np.int64)
+        held = self._decoded(np.maximum(shortlist, 0).ravel()).reshape(*shortlist.shape, -1)
+        exact = -((held - array[:, None, :]) ** 2).sum(axis=2)
+        exact[shortlist < 0] = -np.inf
+        order = np.lexsort((shortlist, -exact), axis=1)[:, :k]
+        return np.take_along_axis(exact, order, axis=1), np.take_along_axis(
+            shortlist, order, axis=1
+        )
 
     def scores(self, queries: FloatArray, rows: IdArray) -> FloatArray:
-        held = np.asarray(self.index.sa_decode(self.codes[rows]), dtype=np.float32)
+        held = self._decoded(rows)
         squared = (
             (queries**2).sum(axis=1)[:, None] - 2 * queries @ held.T + (held**2).sum(axis=1)[None]
         )
         scores: FloatArray = -squared.astype(np.float32)
         return scores
+
+    def _decoded(self, rows: IdArray) -> FloatArray:
+        return np.asarray(self.index.sa_decode(self.codes[rows]), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -237,7 +258,7 @@ class FaissCodec:
         array = np.ascontiguousarray(vectors, dtype=np.float32)
         codes = index.sa_encode(array)
         index.add(array)
-        return _FaissCodeSearch(index, np.asarray(codes, dtype=np.uint8))
+        return _FaissCodeSearch(index, np.asarray(codes, dtype=np.uint8), "fs" in self.name)
 
 
 def faiss_pq_source(
@@ -248,7 +269,8 @@ def faiss_pq_source(
     if bits % nbits:
         raise ValueError(f"{bits} bits is not a whole number of {nbits}-bit sub-quantisers")
     sub_quantisers = bits // nbits
-    name = f"{'OPQ' if opq else ''}PQ{sub_quantisers}x{nbits}{'fs' if nbits == 4 else ''}"
+    name = f"PQ{sub_quantisers}x{nbits}{'fs' if nbits == 4 else ''}"
+    name = f"OPQ{sub_quantisers},{name}" if opq else name
 
     def train(training: FloatArray) -> Codec:
         rng = np.random.default_rng(seed)
@@ -271,6 +293,8 @@ def _pq_index(dim: int, sub_quantisers: int, nbits: int, opq: bool) -> faiss.Ind
     if not opq:
         return quantiser
     rotation = faiss.OPQMatrix(dim, sub_quantisers)
+    # 10 rounds, not FAISS's 50: 82 s against PQ's 14 s at 64 bits on 32k vectors here.
+    rotation.niter = 10
     # FAISS's Python wrapper keeps the rotation and the quantiser alive with the index.
     return faiss.IndexPreTransform(rotation, quantiser)
 

@@ -94,6 +94,10 @@ class CodeRow:
     dataset: str | None
 
 
+# (id, packed code, group, slide id, archive, source, label): `MetadataStore.slide_rows`.
+SlideRow = tuple[int, bytes, str | None, str | None, str | None, str, str | None]
+
+
 class MetadataStore:
     """The ``metadata.sqlite`` file of an index directory."""
 
@@ -291,6 +295,19 @@ class MetadataStore:
                 "SELECT COUNT(*), COALESCE(SUM(id), 0) FROM items"
             ).fetchone()
         return int(count), int(total)
+
+    def slide_rows(self) -> list[SlideRow]:
+        """(id, packed code, group, ``extra.slide_id``, archive, source, label) of every item, in
+        id order: what slide search needs to know which slide each item belongs to."""
+        with self._mutex:
+            rows = self._connection.execute(
+                "SELECT id, code, grp, json_extract(extra, '$.slide_id'), archive, source, label "
+                "FROM items ORDER BY id"
+            ).fetchall()
+        return [
+            (int(a), bytes(b), c, d if isinstance(d, str) else None, e, f, g)
+            for a, b, c, d, e, f, g in rows
+        ]
 
     def last_allocated_id(self) -> int:
         """The largest id SQLite ever gave an item (deleted ones included); 0 before the first."""

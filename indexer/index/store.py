@@ -58,7 +58,7 @@ from indexer.index.errors import (
 from indexer.index.locks import ReadWriteLock
 from indexer.index.manifest import MANIFEST as MANIFEST
 from indexer.index.manifest import IndexManifest, Snapshot, read_manifest
-from indexer.index.metadata import TERM_KINDS, CodeRow, MetadataStore
+from indexer.index.metadata import TERM_KINDS, CodeRow, MetadataStore, SlideRow
 from indexer.index.pq import (
     CodeArray,
     FloatArray,
@@ -642,6 +642,17 @@ class ArchiveIndex:
         A cheap read without locks, for deciding when to `flush`; `stats()` reports the same.
         """
         return self._unsaved
+
+    def slide_rows(self) -> list[SlideRow]:
+        """Every item's id, packed code, group, slide id, archive, source and label (SQLite, the
+        source of truth): `indexer.index.slide_archive` builds the index's slides from them."""
+        return self._metadata.slide_rows()
+
+    def content_state(self) -> tuple[int, int, int]:
+        """Live items, tombstones and the last id of the searchable table: changes whenever
+        items are added, removed or compacted, and costs no SQL read (ids are never reused)."""
+        with self._lock.reading():
+            return len(self._table), self._table.tombstones, self._table.last_id
 
     def stats(self) -> IndexStats:
         with self._lock.reading():

@@ -3,10 +3,11 @@ region of an indexed slide (``slide_id`` with a level-0 ``x``, ``y``, ``width``,
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, Response, UploadFile
 
+from indexer.index.slide_search import Aggregation
 from indexer.index.slides import RankedHit
 from indexer.index.store import SearchFilters
 from service.deps import ClientDep, EngineDep, SettingsDep
@@ -22,6 +23,13 @@ from service.errors import ErrorCode, ServiceError
 from service.forms import JSON_TEXT, TEXT_PATTERN, StrictFormRoute
 from service.routes.images import MAX_ITEM_ID, item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
+from service.routes.slide_search import (
+    SLIDE_QUERY_KINDS,
+    SlideForm,
+    answer_slide_search,
+    refuse_slide_options,
+    slide_query,
+)
 from service.routes.slides import slide_results
 from service.routes.uploads import read_upload
 from service.routes.vector_search import (
@@ -39,6 +47,7 @@ from service.schemas import (
     VectorSearchResponse,
 )
 from service.settings import Settings
+from service.slide_search_schemas import SlideSearchResponse
 
 router = APIRouter(tags=["search"], route_class=StrictFormRoute)
 
@@ -56,6 +65,7 @@ QUERY_KINDS = [
         "required": _REGION_FIELDS,
         "not": {"anyOf": [{"required": [f]} for f in ("image", "item_id", "mpp")]},
     },
+    *SLIDE_QUERY_KINDS,
 ]
 _VECTOR_FIELDS = ["vector", "vectors"]
 
@@ -88,8 +98,9 @@ def _any_of(fields: list[str]) -> dict[str, Any]:
 
 @router.post(
     "/search",
-    # A search by `vectors` (rows of an .npy) is answered per row: a VectorSearchResponse.
-    response_model=SearchResponse | VectorSearchResponse,
+    # A search by `vectors` (rows of an .npy) is answered per row: a VectorSearchResponse; a
+    # slide or case query ranks slides or cases: a SlideSearchResponse.
+    response_model=SearchResponse | VectorSearchResponse | SlideSearchResponse,
     responses=error_responses(*UPLOAD_ERRORS, 404, *SERVER_LIMITS),
     openapi_extra=image_parts("image"),
 )
@@ -130,11 +141,65 @@ async def search(
     y: Level0 = None,
     width: Extent = None,
     height: Extent = None,
+    query_slide_id: Annotated[
+        str | None,
+        Form(
+            min_length=1,
+            max_length=1024,
+            pattern=TEXT_PATTERN,
+            description="Slide query: the archive's slides (or cases) most like this indexed "
+            "slide (a whole-slide image's id, a feature archive's slide id, or an image's "
+            "`<archive>/<path>`); answers a SlideSearchResponse.",
+        ),
+    ] = None,
+    query_group: Annotated[
+        str | None,
+        Form(
+            min_length=1,
+            max_length=1024,
+            pattern=TEXT_PATTERN,
+            description="Case query: every slide of this group (patient) as one query.",
+        ),
+    ] = None,
+    slide_vectors: Annotated[
+        UploadFile | None,
+        File(
+            description="Slide query from an .npy of one slide's item vectors (rows x dim: the "
+            "model's descriptors, or a feature archive's features)."
+        ),
+    ] = None,
+    aggregation: Annotated[
+        Aggregation | None,
+        Form(description="How item matches rank slides (slide queries; default mean-max)."),
+    ] = None,
+    group_by: Annotated[
+        Literal["slide", "group"] | None,
+        Form(description="Rank slides, or cases (groups) as one (slide queries)."),
+    ] = None,
+    mosaic: Annotated[
+        int | None,
+        Form(ge=1, le=256, description="Query items searched at most (slide queries; 24)."),
+    ] = None,
+    include_own_group: Annotated[
+        bool | None,
+        Form(description="Keep the query's own patient in the answer (slide queries)."),
+    ] = None,
 ) -> Response:
     if k > settings.max_k:
         raise ServiceError(
             422, ErrorCode.K_TOO_LARGE, f"k={k} exceeds the limit of {settings.max_k}"
         )
+    slide_form = SlideForm(
+        query_slide_id, query_group, slide_vectors, aggregation, group_by, mosaic, include_own_group
+    )
+    if slide_form.asked:
+        not_slide = {"image": image, "item_id": item_id, "mpp": mpp, "slide_id": slide_id, "x": x}
+        not_slide |= {"y": y, "width": width, "height": height, "label": label}
+        not_slide |= {"dataset": dataset, "vector": vector, "vectors": vectors}
+        slide_set = await slide_query(slide_form, not_slide, settings)
+        answer = await answer_slide_search(engine, slide_set, k, exclude_group, client)
+        return Response(answer, media_type="application/json")
+    refuse_slide_options(slide_form)
     if vector is not None or vectors is not None:
         sent = {"image": image, "item_id": item_id, "mpp": mpp, "slide_id": slide_id}
         sent |= {"x": x, "y": y, "width": width, "height": height}

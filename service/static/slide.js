@@ -2,6 +2,8 @@
 // pyramid with OpenSeadragon (vendored, see scripts/vendor-viewer) and outlines the given items.
 // A click searches with the tile-sized region centred on it, a shift-drag with a rectangle: the
 // service reads the region from the slide itself (POST /search with slide_id and a level-0 box).
+// "Find similar slides" searches with the whole slide (query_slide_id): each ranked slide links
+// to this viewer with its matching regions (the answer's evidence items) outlined.
 "use strict";
 
 const REGION_K = 12;
@@ -249,6 +251,76 @@ function wireRegionSearch(viewer, slide) {
   });
 }
 
+// ---- slides like this one (POST /search with query_slide_id) ----------------------------------
+
+// One ranked slide or case: a link to the viewer with its evidence outlined (whole-slide images),
+// else its evidence items' sources.
+function similarEntry(result) {
+  const item = document.createElement("li");
+  const text =
+    `#${result.rank} ${result.kind === "group" ? "case" : "slide"} ${result.id}` +
+    ` · ${result.label || "—"} · ${result.group} · score ${result.score.toFixed(3)} · ` +
+    `${result.evidence.length} matching region${result.evidence.length === 1 ? "" : "s"}`;
+  const url = result.viewer_url ||
+    (result.evidence.length && result.evidence[0].extra && /^[0-9a-f]+$/.test(result.evidence[0].extra.slide_id || "")
+      ? HistosearchResults.viewerUrl(
+        result.evidence[0].extra.slide_id,
+        result.evidence.filter((e) => e.extra.slide_id === result.evidence[0].extra.slide_id).map((e) => e.id),
+      )
+      : null);
+  if (url) {
+    const link = document.createElement("a");
+    link.href = url;
+    link.textContent = text;
+    item.append(link);
+  } else {
+    item.textContent = text;
+  }
+  return item;
+}
+
+async function searchSimilarSlides() {
+  const status = document.getElementById("similar-status");
+  const list = document.getElementById("similar-results");
+  status.textContent = "Searching with the whole slide…";
+  showError("");
+  const form = new FormData();
+  form.append("query_slide_id", slideId);
+  form.append("group_by", document.getElementById("similar-group-by").value);
+  form.append("aggregation", document.getElementById("similar-aggregation").value);
+  form.append("k", "10");
+  try {
+    const response = await fetch("/search", { method: "POST", body: form, headers });
+    if (!response.ok) {
+      showError(await errorMessage(response));
+      status.textContent = "No results.";
+      list.replaceChildren();
+      return;
+    }
+    const body = await response.json();
+    list.replaceChildren(...body.results.map(similarEntry));
+    const left = body.query.excluded_group ? `, ${body.query.excluded_group} left out` : "";
+    status.textContent = body.results.length
+      ? `${body.results.length} ${body.group_by === "group" ? "cases" : "slides"} like this one ` +
+        `(${body.query.mosaic_items} of its ${body.query.items} tiles searched${left}) · ` +
+        `${body.timings.total_ms.toFixed(1)} ms`
+      : "No other slides in the archive.";
+  } catch (error) {
+    showError(`The server could not be reached (${error.message}).`);
+    status.textContent = "";
+  } finally {
+    document.body.dataset.similarSearches =
+      String(Number(document.body.dataset.similarSearches || 0) + 1);
+  }
+}
+
+function wireSimilarSlides() {
+  document.getElementById("similar-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    searchSimilarSlides();
+  });
+}
+
 async function main() {
   if (!/^[0-9a-f]+$/.test(slideId)) {
     showError("No slide given: open this page from a search result.");
@@ -262,6 +334,7 @@ async function main() {
     return;
   }
   describe(slide);
+  wireSimilarSlides();
   if (typeof OpenSeadragon === "undefined") {
     showError(
       "The slide viewer is not installed on this server (OpenSeadragon is built into " +
