@@ -5,7 +5,8 @@
 
 The committed results/slide_search.json ran ``--threads 1 --validation-patients 150
 --test-patients 400`` (a seeded third of the test patients; the machine was shared by others),
-results/slide_search_opq.json the same with ``--opq --skip-latency``.
+results/slide_search_opq.json the same with ``--opq --skip-latency`` (where validation chose
+OPQ with 4-bit FastScan codes).
 
 7,437 TCGA slides of 6,170 patients (HIPT region embeddings, 192-d, at most 24 per slide, each
 slide's mean over all its regions beside them). Patients are split once (seed 0) into train 65% /
