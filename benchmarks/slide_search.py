@@ -1,7 +1,12 @@
 """Slide and case search benchmark on real features: tcga-hipt-regions-192d.
 
     nice -n 10 python -m benchmarks.slide_search [--threads 2] [--validation-patients 400]
-        [--test-patients N] [--skip-latency] [--data DIR] [--out FILE]
+        [--test-patients N] [--opq] [--skip-latency] [--skip-quality] [--data DIR] [--out FILE]
+
+The committed results/slide_search.json ran ``--threads 1 --validation-patients 150
+--test-patients 400`` (a seeded third of the test patients; the machine was shared by others),
+results/slide_search_opq.json the same with ``--opq --skip-latency`` (where validation chose
+OPQ with 4-bit FastScan codes).
 
 7,437 TCGA slides of 6,170 patients (HIPT region embeddings, 192-d, at most 24 per slide, each
 slide's mean over all its regions beside them). Patients are split once (seed 0) into train 65% /
@@ -12,8 +17,9 @@ reported are test patients' (leave one patient out: a query never meets its own 
 Tasks: the cancer type (25 classes), and the subtype within BRCA (IDC/ILC), kidney
 (CCRCC/PRCC/CHRCC) and lung (LUAD/LUSC), each over its own slides, with the pan-cancer codes.
 Levels: a slide as query, slides as answers; a case (all slides of a patient) as query, cases as
-answers. Sources: exact float cosine, and codes of 32 / 64 / 128 bits (FAISS PQ or OPQ with 8-bit
-sub-quantisers; slide means with their own codebook of the same size).
+answers. Sources: exact float cosine, and codes of 32 / 64 / 128 bits of the code family that
+scored best at 64 bits on validation (FAISS PQ with 8-bit sub-quantisers, or 4-bit FastScan; OPQ
+rotations too with ``--opq``); slide means get their own codebook of the same size.
 
 Latency (one query at a time, best of the median over queries, ``--threads`` FAISS threads):
 a slide query of 24 items against the 147k items / 7,437 slides; the same against 10^6 items
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -418,6 +425,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             "test_patients_used": len(test),
         },
         "machine": {
+            # A shared machine: timings move with the load of others (2 cores).
+            "load_average_at_start": list(os.getloadavg()),
             "cpus": platform.processor() or platform.machine(),
             "faiss_threads": args.threads,
         },
@@ -437,6 +446,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         write(args.out, report)  # the quality figures survive a failed latency run
     if not args.skip_latency:
         report["latency"] = latency(labelled, trained, test, args.repeats, args.scale_items)
+    report["machine"]["load_average_at_end"] = list(os.getloadavg())
     report["seconds"] = round(time.perf_counter() - started, 1)
     write(args.out, report)
     print(f"wrote {args.out}")
