@@ -63,7 +63,7 @@ from indexer.index.slide_search import (
 )
 from indexer.index.store import SearchFilters
 
-# Chosen on validation patients of tcga-hipt-regions-192d (benchmarks/slide_search.py, 300
+# Chosen on validation patients of tcga-hipt-regions-192d (benchmarks/quality/slide_search.py, 300
 # validation patients, 64-bit OPQ codes, slide means coded with the items' codebook, as an index
 # holds them): mean-max reached top-1 0.860 and MV@5 0.865, median-min 0.835 / 0.857, vote
 # 0.813 / 0.876, mean 0.821 / 0.860. Mean-max also needs no slide means (any archive) and every

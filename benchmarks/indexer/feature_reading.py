@@ -1,6 +1,6 @@
 """Feature-archive reading: rows per second from an ``.npy`` + CSV and from per-slide files.
 
-    nice python -m benchmarks.feature_reading [--slides 500] [--repeats 3]
+    nice python -m benchmarks.indexer.feature_reading [--slides 500] [--repeats 3]
 
 The rows are real: ``tcga-hipt-regions-192d`` (147,503 HIPT region embeddings, 192-d float16,
 from ``../shared/data`` or ``$HISTOSEARCH_SHARED_DATA``). Layouts measured:
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
 import tempfile
@@ -39,6 +38,7 @@ import h5py
 import numpy as np
 import torch
 
+from benchmarks.common import RESULTS, shared_data_root, write_result
 from indexer.ingest.features import (
     FeatureArchive,
     FeatureBatch,
@@ -46,8 +46,6 @@ from indexer.ingest.features import (
     FeatureOptions,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "benchmarks" / "results"
 DATASET = "tcga-hipt-regions-192d"
 COLUMNS = FeatureColumns(label="cancer_type", group="patient_id")
 # Goals from the feature-archive issue, rows per second.
@@ -58,11 +56,6 @@ GOALS = {
     "h5 large": 10_000,
     "pt large": 10_000,
 }
-
-
-def shared_data_root() -> Path:
-    override = os.environ.get("HISTOSEARCH_SHARED_DATA")
-    return Path(override) if override else REPO_ROOT.parent / "shared" / "data"
 
 
 def read_rows(data: Path, options: FeatureOptions) -> tuple[int, int, float, float]:
@@ -174,7 +167,7 @@ def run(
     }
     print_table(measured)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(output, result)
     return result
 
 

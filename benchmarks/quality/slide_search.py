@@ -1,6 +1,6 @@
 """Slide and case search benchmark on real features: tcga-hipt-regions-192d.
 
-    nice -n 10 python -m benchmarks.slide_search [--threads 2] [--validation-patients 400]
+    nice -n 10 python -m benchmarks.quality.slide_search [--threads 2] [--validation-patients 400]
         [--test-patients N] [--opq] [--skip-latency] [--skip-quality] [--data DIR] [--out FILE]
 
 The committed results/slide_search.json ran ``--threads 1 --validation-patients 150
@@ -45,6 +45,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from benchmarks.common import RESULTS, shared_data_root, write_result
 from indexer.evaluate.slide_level import (
     SUBTYPE_TASKS,
     CodeSource,
@@ -74,9 +75,8 @@ from indexer.index.slide_search import (
     vector_set_query,
 )
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA = REPO_ROOT.parent / "shared" / "data" / "tcga-hipt-regions-192d"
-RESULTS = REPO_ROOT / "benchmarks" / "results" / "slide_search.json"
+DATA = shared_data_root() / "tcga-hipt-regions-192d"
+RESULT = RESULTS / "slide_search.json"
 SEED = 0
 VALIDATION_FRACTION, TEST_FRACTION = 0.15, 0.2
 ITEM_KS, RESCORES = (25, 50, 100), (0, 32)
@@ -138,7 +138,7 @@ def held_out_figures(
         results = evaluate_part(archive, groups, settings)
         figures[level] = {
             v.aggregation.value: {**m.as_dict(), "knobs": v.name} for v, m in results.items()
-        }  # type: ignore[dict-item]
+        }
     return figures
 
 
@@ -387,7 +387,7 @@ def mosaic_latency(archive: PreparedArchive, query: SlideQuery, repeats: int) ->
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=RESULT)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--validation-patients", type=int, default=400)
     parser.add_argument("--test-patients", type=int, default=None, help="default: all")
@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     validation = subset(split.validation, args.validation_patients, SEED)
     test = subset(split.test, args.test_patients, SEED)
     report: dict[str, Any] = {
-        "command": "python -m benchmarks.slide_search "
+        "command": "python -m benchmarks.quality.slide_search "
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
@@ -454,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def write(path: Path, report: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(path, report)
 
 
 if __name__ == "__main__":
