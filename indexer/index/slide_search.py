@@ -22,7 +22,8 @@ item of each candidate slide, so median-min and mean-max are the true set-to-set
 
 Which wins (benchmarks/quality/slide_search.py, test patients of tcga-hipt-regions-192d,
 cancer type, slide level, MV@5): exact floats, mean 0.811, median-min 0.828, vote 0.830,
-mean-max 0.845; 64-bit OPQ + 4-bit FastScan codes, mean 0.755, median-min 0.782, vote 0.765, mean-max 0.803.
+mean-max 0.845; 64-bit OPQ + 4-bit FastScan codes, mean 0.755, median-min 0.782, vote 0.765,
+mean-max 0.803.
 Set-to-set matching is above mean pooling here, as the field reports, and mean-max (every query
 item counts) above Yottixel's median; it is the default.
 
