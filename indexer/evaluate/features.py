@@ -325,7 +325,7 @@ def coarse_cells(descriptors: FloatArray, cells: int, seed: int = 0) -> FloatArr
     faiss.normalize_L2(unit)
     kmeans = faiss.Kmeans(unit.shape[1], cells, niter=20, spherical=True, seed=seed)
     kmeans.train(unit)
-    centroids: FloatArray = kmeans.centroids
+    centroids: FloatArray = np.asarray(kmeans.centroids, dtype=np.float32)
     return centroids
 
 
