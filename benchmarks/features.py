@@ -299,13 +299,19 @@ def resampled(data: FeatureArchive, count: int, seed: int) -> FloatArray:
     return rows
 
 
-def median_one_query_ms(search: Callable[[FloatArray], object], queries: FloatArray) -> float:
-    times = []
-    for query in queries:
-        started = time.perf_counter()
-        search(query[None, :])
-        times.append(time.perf_counter() - started)
-    return 1000 * float(np.median(times))
+def median_one_query_ms(
+    searches: dict[str, tuple[Callable[[FloatArray], object], FloatArray]],
+) -> dict[str, float]:
+    """Median milliseconds of one query for each named (search, queries), the methods taking
+    turns query by query, so that a shared machine's load falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in searches}
+    count = min(len(queries) for _, queries in searches.values())
+    for position in range(count):
+        for name, (search, queries) in searches.items():
+            started = time.perf_counter()
+            search(queries[position][None, :])
+            times[name].append(time.perf_counter() - started)
+    return {name: 1000 * float(np.median(values)) for name, values in times.items()}
 
 
 def scale_timings(
@@ -399,9 +405,13 @@ def time_one_size(
         stored = np.load(fine_path, mmap_mode="r")
         descriptors = model_descriptors(model, probe_raw)
         shortlists = [spq.search(d[None, :], SHORTLIST)[1][0] for d in descriptors]
-        faiss_ms = median_one_query_ms(lambda q: faiss_index.search(q, 10), probe)
-        spq_ms = median_one_query_ms(lambda q: spq.search(q, 10), descriptors)
-        spq_shortlist_ms = median_one_query_ms(lambda q: spq.search(q, SHORTLIST), descriptors)
+        medians = median_one_query_ms(
+            {
+                "faiss": (lambda q: faiss_index.search(q, 10), probe),
+                "spq": (lambda q: spq.search(q, 10), descriptors),
+                "spq_shortlist": (lambda q: spq.search(q, SHORTLIST), descriptors),
+            }
+        )
         rerank_times = []
         for query, shortlist in zip(probe, shortlists, strict=True):
             started = time.perf_counter()
@@ -411,9 +421,9 @@ def time_one_size(
             "items": items,
             "source": source,
             "bits": model.card.bits,
-            "faiss_indexpq_own_codes_ms": faiss_ms,
-            "spq_codes_in_faiss_indexpq_ms": spq_ms,
-            "spq_shortlist_100_ms": spq_shortlist_ms,
+            "faiss_indexpq_own_codes_ms": medians["faiss"],
+            "spq_codes_in_faiss_indexpq_ms": medians["spq"],
+            "spq_shortlist_100_ms": medians["spq_shortlist"],
             "second_stage_rerank_100_ms": 1000 * float(np.median(rerank_times)),
             "spq_encode_per_s_single_thread": distinct / encode_seconds,
             "distinct_rows_encoded": distinct,
