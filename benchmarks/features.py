@@ -69,9 +69,9 @@ SPLIT_SEED = 0
 SHORTLIST = 100  # 10 x k for k = 10
 # The SPQ settings per code length, chosen on validation patients (see docs/features.md).
 CHOSEN: dict[int, dict[str, Any]] = {
-    32: {"codebook_size": 256, "signal": "neighbours", "epochs": 2},
-    64: {"codebook_size": 256, "signal": "neighbours", "epochs": 2},
-    128: {"codebook_size": 256, "signal": "neighbours", "epochs": 2},
+    32: {"codebook_size": 256, "signal": "slide", "epochs": 2},
+    64: {"codebook_size": 256, "signal": "slide+neighbours", "epochs": 2},
+    128: {"codebook_size": 256, "signal": "slide+neighbours", "epochs": 2},
 }
 
 
@@ -79,7 +79,7 @@ def main() -> None:
     arguments = parse_arguments()
     torch.set_num_threads(arguments.threads)
     faiss.omp_set_num_threads(arguments.threads)
-    data = load_region_archive(arguments.data)
+    data = load_region_archive(arguments.data, arguments.limit)
     split = patient_split(list(data.groups), 0.15, 0.15, SPLIT_SEED)
     rows = query_archive_split(data, split, arguments.part, arguments.queries, seed=0)
     train = data.subset(data.rows_of(split.train))
@@ -100,49 +100,30 @@ def main() -> None:
     results: list[dict[str, Any]] = [
         row("float exact", 0, float_quality, float_quality, ram=4 * data.vectors.shape[1])
     ]
-    print_row(results[-1])
-    for bits in arguments.bits:
-        for nbits in (4, 8):
-            for rotate in (False, True):
-                name = f"FAISS {'OPQ' if rotate else 'PQ'} {nbits}-bit"
-                started = time.perf_counter()
-                index = faiss_pq_index(opq_sample(unit_train, rotate), bits, nbits, rotate)
-                seconds = time.perf_counter() - started
-                ranked = index_ranking(index, unit_archive, unit_queries, SHORTLIST)
-                results.append(
-                    row(name, bits, quality(ranked), float_quality, ram=bits // 8, train_s=seconds)
-                )
-                print_row(results[-1])
-        if arguments.lancedb:
-            started = time.perf_counter()
-            ranked = lancedb_ranking(unit_archive, unit_queries, bits, 10)
-            results.append(
-                row(
-                    "LanceDB IVF-PQ 256 cells",
-                    bits,
-                    quality(ranked),
-                    float_quality,
-                    ram=bits // 8,
-                    train_s=time.perf_counter() - started,
-                    note="time is index build + all queries",
-                )
-            )
-            print_row(results[-1])
+    print_row(results[0])
+    models: dict[int, FeatureSPQModel] = {}
+    for bits in arguments.bits if arguments.quality else []:
         results.extend(
-            spq_rows(
-                bits,
-                arguments,
-                train,
-                archive,
-                queries,
-                unit_train,
-                unit_archive,
-                unit_queries,
-                quality,
-                float_quality,
+            baseline_rows(
+                bits, arguments, unit_train, unit_archive, unit_queries, quality, float_quality
             )
         )
-    scale = scale_timings(arguments, data, split, train, mean, unit_train)
+        model, rows_of_spq = spq_rows(
+            bits,
+            arguments,
+            train,
+            archive,
+            queries,
+            unit_train,
+            unit_archive,
+            unit_queries,
+            quality,
+            float_quality,
+        )
+        models[bits] = model
+        results.extend(rows_of_spq)
+    model = models.get(arguments.scale_bits) or train_spq(arguments.scale_bits, arguments, train)[0]
+    scale = scale_timings(arguments, data, split, model, mean, unit_train)
     report = {
         "benchmark": "features",
         "data": str(arguments.data.name),
@@ -164,12 +145,66 @@ def main() -> None:
     print(f"wrote {arguments.out}")
 
 
-def opq_sample(unit_train: FloatArray, rotate: bool) -> FloatArray:
-    """OPQ's rotation is trained on at most 20k rows (its alternating optimisation takes
-    minutes per code length on all 100k on 2 shared cores); its codebooks see the same rows."""
-    if not rotate or len(unit_train) <= 20_000:
+def baseline_rows(
+    bits: int,
+    arguments: argparse.Namespace,
+    unit_train: FloatArray,
+    unit_archive: FloatArray,
+    unit_queries: FloatArray,
+    quality: Callable[[IntArray], Quality],
+    float_quality: Quality,
+) -> list[dict[str, Any]]:
+    """FAISS PQ and OPQ at 4- and 8-bit codewords, and LanceDB's IVF-PQ, at ``bits``."""
+    results = []
+    for nbits in (4, 8):
+        for rotate in (False, True):
+            name = f"FAISS {'OPQ' if rotate else 'PQ'} {nbits}-bit"
+            started = time.perf_counter()
+            index = faiss_pq_index(
+                opq_sample(unit_train, rotate, arguments.opq_sample), bits, nbits, rotate
+            )
+            seconds = time.perf_counter() - started
+            ranked = index_ranking(index, unit_archive, unit_queries, SHORTLIST)
+            results.append(
+                row(name, bits, quality(ranked), float_quality, ram=bits // 8, train_s=seconds)
+            )
+            print_row(results[-1])
+    if arguments.lancedb:
+        started = time.perf_counter()
+        ranked = lancedb_ranking(unit_archive, unit_queries, bits, 10)
+        results.append(
+            row(
+                "LanceDB IVF-PQ 256 cells",
+                bits,
+                quality(ranked),
+                float_quality,
+                ram=bits // 8,
+                train_s=time.perf_counter() - started,
+                note="time is index build + all queries; the cell is not counted in the bits",
+            )
+        )
+        print_row(results[-1])
+    return results
+
+
+def train_spq(
+    bits: int, arguments: argparse.Namespace, train: FeatureArchive
+) -> tuple[FeatureSPQModel, float, dict[str, Any], FeatureTrainConfig]:
+    settings = {**CHOSEN[bits], **json.loads(arguments.spq)}
+    config = FeatureTrainConfig(
+        bits=bits, threads=arguments.threads, feature_model="hipt", **settings
+    )
+    trained = train_on_features(train.vectors, list(train.slides), config)
+    return trained.model, trained.seconds, settings, config
+
+
+def opq_sample(unit_train: FloatArray, rotate: bool, size: int) -> FloatArray:
+    """OPQ (rotation and codebooks) is trained on ``size`` rows drawn from the training rows:
+    its alternating optimisation took 4-7 minutes per code length on 5-20k rows on the shared
+    2 cores; PQ sees every training row (FAISS samples 256 per centroid itself)."""
+    if not rotate or len(unit_train) <= size:
         return unit_train
-    picks = np.random.default_rng(0).choice(len(unit_train), 20_000, replace=False)
+    picks = np.random.default_rng(0).choice(len(unit_train), size, replace=False)
     return unit_train[np.sort(picks)]
 
 
@@ -184,13 +219,8 @@ def spq_rows(
     unit_queries: FloatArray,
     quality: Callable[[IntArray], Quality],
     float_quality: Quality,
-) -> list[dict[str, Any]]:
-    settings = {**CHOSEN[bits], **json.loads(arguments.spq)}
-    config = FeatureTrainConfig(
-        bits=bits, threads=arguments.threads, feature_model="hipt", **settings
-    )
-    trained = train_on_features(train.vectors, list(train.slides), config)
-    model = trained.model
+) -> tuple[FeatureSPQModel, list[dict[str, Any]]]:
+    model, seconds, settings, config = train_spq(bits, arguments, train)
     started = time.perf_counter()
     codes = model_codes(model, archive)
     encode_rate = len(archive) / (time.perf_counter() - started)
@@ -203,7 +233,7 @@ def spq_rows(
         quality(ranked.astype(np.int64)),
         float_quality,
         ram=bits // 8,
-        train_s=trained.seconds,
+        train_s=seconds,
         encode_per_s=encode_rate,
         settings=settings,
     )
@@ -217,11 +247,11 @@ def spq_rows(
         float_quality,
         ram=bits // 8,
         disk=bits // 8 + unit_archive.shape[1],
-        train_s=trained.seconds,
+        train_s=seconds,
         settings=settings,
     )
     print_row(second)
-    return [compact, second]
+    return model, [compact, second]
 
 
 def row(
@@ -269,35 +299,36 @@ def resampled(data: FeatureArchive, count: int, seed: int) -> FloatArray:
     return rows
 
 
-def median_one_query_ms(search: Callable[[FloatArray], object], queries: FloatArray) -> float:
-    times = []
-    for query in queries:
-        started = time.perf_counter()
-        search(query[None, :])
-        times.append(time.perf_counter() - started)
-    return 1000 * float(np.median(times))
+def median_one_query_ms(
+    searches: dict[str, tuple[Callable[[FloatArray], object], FloatArray]],
+) -> dict[str, float]:
+    """Median milliseconds of one query for each named (search, queries), the methods taking
+    turns query by query, so that a shared machine's load falls on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in searches}
+    count = min(len(queries) for _, queries in searches.values())
+    for position in range(count):
+        for name, (search, queries) in searches.items():
+            started = time.perf_counter()
+            search(queries[position][None, :])
+            times[name].append(time.perf_counter() - started)
+    return {name: 1000 * float(np.median(values)) for name, values in times.items()}
 
 
 def scale_timings(
     arguments: argparse.Namespace,
     data: FeatureArchive,
     split: Any,
-    train: FeatureArchive,
+    model: FeatureSPQModel,
     mean: FloatArray,
     unit_train: FloatArray,
 ) -> list[dict[str, Any]]:
     """One-query latency of FAISS's IndexPQ over its own codes and over SPQ codes, and of the
     second stage's re-rank, at the real archive's size and at ``--scale-items``."""
-    bits = arguments.scale_bits
-    settings = {**CHOSEN[bits], **json.loads(arguments.spq)}
-    config = FeatureTrainConfig(
-        bits=bits, threads=arguments.threads, feature_model="hipt", **settings
-    )
-    model = train_on_features(train.vectors, list(train.slides), config).model
+    bits = model.card.bits
     faiss_pq = faiss_pq_index(unit_train, bits, 8, rotate=False)
     fine = ScalarQuantisedVectors(unit_train)
-    probe = centre_and_normalise(data.vectors[data.rows_of(split.test)][:200], mean)
-    probe_raw = data.vectors[data.rows_of(split.test)][:200]
+    probe = centre_and_normalise(data.vectors[data.rows_of(split.test)][:100], mean)
+    probe_raw = data.vectors[data.rows_of(split.test)][:100]
     timings = []
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
@@ -306,7 +337,18 @@ def scale_timings(
             continue
         source = "real" if items == len(data) else "real resampled with 10% noise"
         timings.append(
-            time_one_size(items, source, data, model, faiss_pq, fine, mean, probe, probe_raw)
+            time_one_size(
+                items,
+                source,
+                data,
+                model,
+                faiss_pq,
+                fine,
+                mean,
+                probe,
+                probe_raw,
+                arguments.distinct_rows,
+            )
         )
         print(json.dumps(timings[-1]), flush=True)
     return timings
@@ -322,6 +364,7 @@ def time_one_size(
     mean: FloatArray,
     probe: FloatArray,
     probe_raw: FloatArray,
+    distinct_rows: int,
 ) -> dict[str, Any]:
     chunk = 500_000
     spq_parts, faiss_parts = [], []
@@ -331,8 +374,9 @@ def time_one_size(
             fine_path, mode="w+", dtype=np.uint8, shape=(items, data.vectors.shape[1])
         )
         encode_seconds = 0.0
-        for start in range(0, items, chunk):
-            count = min(chunk, items - start)
+        distinct = min(items, distinct_rows)
+        for start in range(0, distinct, chunk):
+            count = min(chunk, distinct - start)
             raw = (
                 data.vectors[start : start + count]
                 if source == "real"
@@ -344,19 +388,30 @@ def time_one_size(
             unit = centre_and_normalise(raw, mean)
             faiss_parts.append(faiss_pq.sa_encode(unit))
             fine_file[start : start + count] = fine.encode(unit)
+        # A flat scan reads every code whatever its value: beyond the distinct rows the codes
+        # repeat, which times the same as as many distinct codes.
+        for start in range(distinct, items, distinct):
+            count = min(distinct, items - start)
+            fine_file[start : start + count] = fine_file[:count]
         fine_file.flush()
         del fine_file
-        spq_codes = np.concatenate(spq_parts)
+        spq_codes = np.resize(np.concatenate(spq_parts), (items, model.card.num_codebooks))
+        faiss_codes = np.concatenate(faiss_parts)
+        faiss_codes = np.resize(faiss_codes, (items, faiss_codes.shape[1]))
         spq = spq_index(model, spq_codes)
-        del spq_parts
-        faiss_index = faiss_pq_index_with_codes(faiss_pq, np.concatenate(faiss_parts))
-        del faiss_parts
+        del spq_parts, spq_codes
+        faiss_index = faiss_pq_index_with_codes(faiss_pq, faiss_codes)
+        del faiss_parts, faiss_codes
         stored = np.load(fine_path, mmap_mode="r")
         descriptors = model_descriptors(model, probe_raw)
         shortlists = [spq.search(d[None, :], SHORTLIST)[1][0] for d in descriptors]
-        faiss_ms = median_one_query_ms(lambda q: faiss_index.search(q, 10), probe)
-        spq_ms = median_one_query_ms(lambda q: spq.search(q, 10), descriptors)
-        spq_shortlist_ms = median_one_query_ms(lambda q: spq.search(q, SHORTLIST), descriptors)
+        medians = median_one_query_ms(
+            {
+                "faiss": (lambda q: faiss_index.search(q, 10), probe),
+                "spq": (lambda q: spq.search(q, 10), descriptors),
+                "spq_shortlist": (lambda q: spq.search(q, SHORTLIST), descriptors),
+            }
+        )
         rerank_times = []
         for query, shortlist in zip(probe, shortlists, strict=True):
             started = time.perf_counter()
@@ -366,11 +421,12 @@ def time_one_size(
             "items": items,
             "source": source,
             "bits": model.card.bits,
-            "faiss_indexpq_own_codes_ms": faiss_ms,
-            "spq_codes_in_faiss_indexpq_ms": spq_ms,
-            "spq_shortlist_100_ms": spq_shortlist_ms,
+            "faiss_indexpq_own_codes_ms": medians["faiss"],
+            "spq_codes_in_faiss_indexpq_ms": medians["spq"],
+            "spq_shortlist_100_ms": medians["spq_shortlist"],
             "second_stage_rerank_100_ms": 1000 * float(np.median(rerank_times)),
-            "spq_encode_per_s_single_thread": items / encode_seconds,
+            "spq_encode_per_s_single_thread": distinct / encode_seconds,
+            "distinct_rows_encoded": distinct,
             "threads": 1,
         }
 
@@ -385,14 +441,25 @@ def faiss_pq_index_with_codes(trained: faiss.Index, codes: npt.NDArray[np.uint8]
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--limit", type=int, default=None, help="first rows only (smoke runs)")
     parser.add_argument("--part", choices=("validation", "test"), default="test")
     parser.add_argument("--bits", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--queries", type=int, default=2000, help="held-out regions queried")
-    parser.add_argument("--threads", type=int, default=2, help="for training (latency: 1)")
+    parser.add_argument("--threads", type=int, default=1, help="for training (latency: 1)")
+    parser.add_argument("--opq-sample", type=int, default=10_000, help="rows OPQ trains on")
     parser.add_argument("--no-lancedb", dest="lancedb", action="store_false")
+    parser.add_argument(
+        "--latency-only", dest="quality", action="store_false", help="skip the quality table"
+    )
     parser.add_argument("--spq", default="{}", help="JSON overriding the chosen SPQ settings")
     parser.add_argument("--scale-items", type=int, default=10_000_000, help="0: skip")
     parser.add_argument("--scale-bits", type=int, default=64)
+    parser.add_argument(
+        "--distinct-rows",
+        type=int,
+        default=1_000_000,
+        help="rows encoded at --scale-items; the codes of the rest repeat theirs",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "features.json")
     return parser.parse_args()
 

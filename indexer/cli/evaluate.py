@@ -145,6 +145,8 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if level_asked(args):
+        return run_level_evaluation(args)
     if args.source == "features":
         return run_features(args)
     refused = [flag for flag, value in _feature_flags(args) if value]
@@ -156,8 +158,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from indexer.evaluate.run import evaluate_checkpoint, markdown_table, write_report
 
-    if level_asked(args):
-        return run_level_evaluation(args)
     if args.checkpoint is None or args.data is None:
         print("histosearch evaluate: --checkpoint and --data are required (without --level)")
         return 2

@@ -159,17 +159,13 @@ def add_level_arguments(parser: argparse.ArgumentParser) -> None:
         "slide- and case-level evaluation",
         "with --level: rank slides (or cases) of the test groups, each leaving its own group "
         "out; on an index (--index, its codes) or a slide-feature folder (--data, float vectors "
-        "and PQ codes); writes OUT/slide_evaluation_<level>.json and .md",
+        "and PQ codes of each --bits); test groups from --test-groups / --test-groups-file, else "
+        "the test patients the index's feature model recorded, else a seeded patient split "
+        "(--validation-fraction, --test-fraction, --seed); writes "
+        "OUT/slide_evaluation_<level>.json and .md",
     )
     group.add_argument("--level", choices=["slide", "group"], help="evaluate slide or case search")
     group.add_argument("--index", type=Path, help="an index directory to evaluate (--level)")
-    group.add_argument(
-        "--test-groups",
-        type=Path,
-        help="file of test groups, one a line (default: the test patients the index's feature "
-        "model recorded, else a seeded patient split of the index's groups with "
-        "--validation-fraction, --test-fraction and --seed)",
-    )
     group.add_argument(
         "--validation-fraction",
         type=float,
@@ -183,7 +179,6 @@ def add_level_arguments(parser: argparse.ArgumentParser) -> None:
         help="patients evaluated in the split (default: 0.2)",
     )
     group.add_argument("--seed", type=int, default=0, help="seed of the split (default: 0)")
-    group.add_argument("--bits", type=int, default=64, help="PQ bits of a feature folder's codes")
 
 
 def level_asked(args: argparse.Namespace) -> bool:
@@ -209,7 +204,7 @@ def run_level_evaluation(args: argparse.Namespace) -> int:
             evaluation = evaluate_feature_folder(
                 args.data,
                 args.level,
-                bits=args.bits,
+                bits=tuple(dict.fromkeys(args.bits)),
                 seed=args.seed,
                 validation_fraction=args.validation_fraction,
                 test_fraction=args.test_fraction,
@@ -232,10 +227,13 @@ def run_level_evaluation(args: argparse.Namespace) -> int:
 def _test_groups(
     args: argparse.Namespace, groups: tuple[str, ...], card: dict[str, Any]
 ) -> list[str]:
-    """--test-groups; else the test patients the index's feature model recorded (never trained
-    on); else a seeded patient split of the index's groups."""
-    if args.test_groups is not None:
-        return [line.strip() for line in args.test_groups.read_text().splitlines() if line.strip()]
+    """--test-groups / --test-groups-file; else the test patients the index's feature model
+    recorded (never trained on); else a seeded patient split of the index's groups."""
+    from indexer.evaluate.feature_report import held_out_groups
+
+    named = held_out_groups(args.test_groups, args.test_groups_file)
+    if named is not None:
+        return list(named)
     recorded = (card.get("extra") or {}).get("feature_run", {}).get("split", {}).get("test")
     if recorded:
         log.info("test groups: the %d recorded by the index's feature model", len(recorded))

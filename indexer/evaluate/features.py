@@ -22,7 +22,13 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from indexer.index.pq import CodeArray, flat_pq_index, pack_codes
+from indexer.index.pq import (
+    CodeArray,
+    adc_scores,
+    flat_pq_index,
+    pack_codes,
+    unit_lookup_tables,
+)
 from indexer.ingest.feature_table import TCGA_COLUMNS, FeatureTable, read_feature_table
 from indexer.learn.splits import GroupSplit
 from model.feature_spq import FeatureSPQModel
@@ -272,3 +278,53 @@ def spq_ranking(
     index = spq_index(model, model_codes(model, archive))
     _, ranked = index.search(model_descriptors(model, queries), depth)
     return ranked.astype(np.int64)
+
+
+def coarse_cells(descriptors: FloatArray, cells: int, seed: int = 0) -> FloatArray:
+    """(cells, D) unit centroids of spherical k-means on unit-scaled ``descriptors``: a coarse
+    partition whose cell each item is filed under (grouped by cell, it costs no code bits)."""
+    unit = np.ascontiguousarray(descriptors, dtype=np.float32).copy()
+    faiss.normalize_L2(unit)
+    kmeans = faiss.Kmeans(unit.shape[1], cells, niter=20, spherical=True, seed=seed)
+    kmeans.train(unit)
+    centroids: FloatArray = np.asarray(kmeans.centroids, dtype=np.float32)
+    return centroids
+
+
+def cell_of(descriptors: FloatArray, centroids: FloatArray) -> IntArray:
+    """The most cosine-similar centroid of each descriptor."""
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(centroids)
+    unit = np.ascontiguousarray(descriptors, dtype=np.float32).copy()
+    faiss.normalize_L2(unit)
+    _, found = index.search(unit, 1)
+    return found[:, 0].astype(np.int64)
+
+
+def cell_and_code_ranking(
+    model: FeatureSPQModel,
+    archive: FloatArray,
+    queries: FloatArray,
+    centroids: FloatArray,
+    weight: float,
+    depth: int,
+) -> IntArray:
+    """Archive rows by ADC / M + ``weight`` x cos(query, the item's cell centroid), every cell
+    searched: the cell adds what a code of the same bits cannot hold (the prototype of a coarse
+    partition; LanceDB's IVF-PQ keeps its cell beside the code in the same way)."""
+    archive_descriptors = model_descriptors(model, archive)
+    cells = cell_of(archive_descriptors, centroids)
+    codes = model_codes(model, archive)
+    codebooks = model.codebooks().detach().numpy().astype(np.float32)
+    query_descriptors = model_descriptors(model, queries)
+    unit_queries = query_descriptors / np.linalg.norm(query_descriptors, axis=1, keepdims=True)
+    ranked = np.empty((len(queries), depth), dtype=np.int64)
+    for start in range(0, len(queries), 100):
+        block = slice(start, start + 100)
+        tables = unit_lookup_tables(np.ascontiguousarray(query_descriptors[block]), codebooks)
+        scores = adc_scores(tables, codes) / model.card.num_codebooks
+        scores += weight * (unit_queries[block] @ centroids.T)[:, cells]
+        top = np.argpartition(-scores, depth, axis=1)[:, :depth]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+        ranked[block] = np.take_along_axis(top, order, axis=1)
+    return ranked

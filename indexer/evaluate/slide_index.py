@@ -23,6 +23,7 @@ from typing import Any
 
 from indexer.evaluate.slide_level import (
     DEPTH,
+    CodeSource,
     EvaluationSettings,
     LevelMetrics,
     evaluate_part,
@@ -140,14 +141,14 @@ def evaluate_feature_folder(
     directory: Path,
     level: GroupBy,
     *,
-    bits: int = 64,
+    bits: Sequence[int] = (64,),
     seed: int = 0,
     validation_fraction: float = 0.15,
     test_fraction: float = 0.2,
     mosaic: int = DEFAULT_MOSAIC,
 ) -> SlideEvaluation:
-    """Float vectors and ``bits``-bit FAISS PQ codes of a slide-feature folder, on its test
-    patients (seeded patient split; codes trained on the training patients only)."""
+    """Float vectors and FAISS PQ codes of each length in ``bits`` of a slide-feature folder, on
+    its test patients (seeded patient split; codes trained on the training patients only)."""
     features = load_slide_features(directory)
     split = patient_split(features.slide_groups, validation_fraction, test_fraction, seed)
     training_slides = sum(group in split.train for group in features.slide_groups)
@@ -159,7 +160,8 @@ def evaluate_feature_folder(
         )
     settings = EvaluationSettings(level=level, mosaic=mosaic)
     results: dict[str, dict[str, LevelMetrics]] = {}
-    sources = {"float": float_source, f"PQ{bits // 8}x8": faiss_pq_source(bits, seed=seed)}
+    sources: dict[str, CodeSource] = {"float": float_source}
+    sources |= {f"PQ{length // 8}x8": faiss_pq_source(length, seed=seed) for length in bits}
     for name, source in sources.items():
         trained = train_codes(features, split, source)
         archive = prepare_archive(features, trained, SlideSearchSettings(evidence=0))

@@ -32,16 +32,16 @@ class FeatureTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     bits: int = Field(default=64, description="code length: 32, 64 or 128 bits")
-    codebook_size: int = Field(default=16, description="K: 16 (4-bit codes) or 256 (8-bit)")
+    codebook_size: int = Field(default=256, description="K: 16 (4-bit codes) or 256 (8-bit)")
     descriptor_dim: int = Field(default=0, ge=0, description="M*d; 0: the input dim")
     head_hidden: int = Field(default=0, ge=0, description="hidden width of the head; 0: linear")
     signal: Signal = Field(
-        default="neighbours",
+        default="slide+neighbours",
         description="label-free training signal: the float vectors' own neighbour ranking "
         "(neighbours), another region of the same slide (slide), noisy views (views), or "
         "slide and neighbours together (slide+neighbours)",
     )
-    epochs: int = Field(default=4, ge=0, description="passes over the training rows")
+    epochs: int = Field(default=2, ge=0, description="passes over the training rows")
     batch_size: int = Field(default=1024, ge=4, description="rows per step")
     learning_rate: float = Field(default=1e-3, gt=0, description="Adam learning rate")
     temperature: float = Field(default=0.2, gt=0, description="temperature of the CQC loss")

@@ -71,7 +71,7 @@ def test_evaluate_at_slide_level_on_an_index_writes_every_aggregation(slide_inde
     test_groups.write_text("patient-0\npatient-1\n")
     out = tmp_path / "out"
     argv = ["evaluate", "--level", "slide", "--index", str(slide_index_dir)]
-    assert main([*argv, "--test-groups", str(test_groups), "--out", str(out)]) == 0
+    assert main([*argv, "--test-groups-file", str(test_groups), "--out", str(out)]) == 0
     report = json.loads((out / "slide_evaluation_slide.json").read_text())
     assert report["test_groups"] == 2
     codes = report["results"]["codes"]
@@ -112,7 +112,7 @@ def test_evaluate_at_case_level_on_a_feature_folder_compares_floats_and_codes(tm
     argv = ["evaluate", "--level", "group", "--data", str(tmp_path / "features")]
     assert main([*argv, "--out", str(out)]) == 0
     report = json.loads((out / "slide_evaluation_group.json").read_text())
-    assert set(report["results"]) == {"float", "PQ8x8"}
+    assert set(report["results"]) == {"float", "PQ4x8", "PQ8x8", "PQ16x8"}  # --bits: 32 64 128
     assert report["test_groups"] == 40  # 20% of 200 patients
     # Two well separated classes: the float vectors' nearest case has the query's class.
     assert report["results"]["float"]["mean"]["top1"] == 1.0

@@ -56,5 +56,5 @@ def test_the_help_explains_the_feature_options_and_both_defaults(capsys) -> None
     assert "--test-groups-file FILE" in text and "--feature-model" in text
     assert (
         "maximum number of epochs (default: 300); --source features: passes over the "
-        "training rows (default: 4)" in text
+        "training rows (default: 2)" in text
     )

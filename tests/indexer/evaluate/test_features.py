@@ -8,15 +8,22 @@ import pytest
 from indexer.evaluate.features import (
     FeatureArchive,
     ScalarQuantisedVectors,
+    cell_and_code_ranking,
+    cell_of,
     centre_and_normalise,
+    coarse_cells,
     exact_ranking,
     faiss_pq_index,
     index_ranking,
+    model_descriptors,
     query_archive_split,
     ranking_quality,
     rerank,
+    spq_ranking,
 )
 from indexer.learn.feature_training import patient_split
+from model.card import ModelCard
+from model.feature_spq import FeatureSPQModel
 
 
 def test_quality_counts_label_hits_map_vote_and_float_recall_by_hand() -> None:
@@ -78,3 +85,37 @@ def test_a_shortlist_reranked_by_8_bit_vectors_keeps_nearly_every_float_neighbou
     held = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(coarse, truth, strict=True)])
     assert after > before + 0.2
     assert after >= held - 0.01
+
+
+def small_feature_model() -> FeatureSPQModel:
+    card = ModelCard(
+        backbone="features:test",
+        num_codebooks=4,
+        codebook_size=16,
+        codeword_dim=4,
+        input_dim=16,
+        feature_model="test",
+    )
+    return FeatureSPQModel(card).eval()
+
+
+def test_the_cell_and_code_ranking_without_cell_weight_is_the_index_search() -> None:
+    data = small_archive(rows=600, dim=16)
+    model = small_feature_model()
+    archive, queries = data.vectors[20:], data.vectors[:20]
+    centroids = coarse_cells(model_descriptors(model, archive), 8)
+    by_cells = cell_and_code_ranking(model, archive, queries, centroids, 0.0, 10)
+    by_index = spq_ranking(model, archive, queries, 10)
+    shared = [len(np.intersect1d(a, b)) for a, b in zip(by_cells, by_index, strict=True)]
+    assert np.mean(shared) >= 9.5
+
+
+def test_a_heavy_cell_weight_ranks_the_query_cell_first() -> None:
+    data = small_archive(rows=600, dim=16)
+    model = small_feature_model()
+    archive, queries = data.vectors[20:], data.vectors[:20]
+    centroids = coarse_cells(model_descriptors(model, archive), 4)
+    cells = cell_of(model_descriptors(model, archive), centroids)
+    query_cells = cell_of(model_descriptors(model, queries), centroids)
+    ranked = cell_and_code_ranking(model, archive, queries, centroids, 100.0, 5)
+    assert (cells[ranked] == query_cells[:, None]).all()

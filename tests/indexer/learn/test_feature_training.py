@@ -49,7 +49,7 @@ def test_a_short_run_on_tcga_features_beats_faiss_pq_at_32_bits_on_held_out_pati
     split = patient_split(list(data.groups), 0.2, 0.2, seed=0)
     rows = query_archive_split(data, split, "test", max_queries=600, seed=0)
     train = data.subset(data.rows_of(split.train))
-    config = FeatureTrainConfig(bits=32, codebook_size=16, epochs=1, threads=1)
+    config = FeatureTrainConfig(bits=32, epochs=1, threads=1)
     model = train_on_features(train.vectors, list(train.slides), config).model
 
     archive, queries = data.vectors[rows.archive], data.vectors[rows.queries]
@@ -60,7 +60,7 @@ def test_a_short_run_on_tcga_features_beats_faiss_pq_at_32_bits_on_held_out_pati
     )
     truth = exact_ranking(unit_queries, unit_archive, 10)
     labels, archive_labels = data.labels[rows.queries], data.labels[rows.archive]
-    faiss_pq = faiss_pq_index(centre_and_normalise(train.vectors, mean), 32, 4, rotate=False)
+    faiss_pq = faiss_pq_index(centre_and_normalise(train.vectors, mean), 32, 8, rotate=False)
     baseline = ranking_quality(
         index_ranking(faiss_pq, unit_archive, unit_queries, 10), labels, archive_labels, truth
     )
