@@ -23,7 +23,7 @@ TCGA = SHARED_DATA / "tcga-hipt-regions-192d"
 ROWS = 3000
 COLUMNS = ["--label-column", "cancer_type", "--group-column", "patient_id"]
 # A short run: one epoch, no OPQ start, few k-means rounds (the test checks the plumbing; the
-# quality of the defaults is `benchmarks/features.py`'s to measure).
+# quality of the defaults is `benchmarks/quality/features.py`'s to measure).
 QUICK = ["--epochs", "1", "--no-opq-init", "--kmeans-iterations", "2"]
 
 pytestmark = pytest.mark.skipif(

@@ -1,6 +1,6 @@
 """What compact codes keep of a pathology foundation model's features (tcga-hipt-regions-192d).
 
-    nice python -m benchmarks.features [--part test] [--bits 32 64 128] [--queries 2000]
+    nice python -m benchmarks.quality.features [--part test] [--bits 32 64 128] [--queries 2000]
         [--scale-items 10000000] [--out benchmarks/results/features.json]
 
 Patients are split once (seed 0: 70% train, 15% validation, 15% test, by `patient_split`).
@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from benchmarks.common import RESULTS, shared_data_root, write_result
 from indexer.evaluate.features import (
     FeatureArchive,
     FloatArray,
@@ -62,9 +63,7 @@ from indexer.evaluate.features import (
 from indexer.learn.feature_training import FeatureTrainConfig, patient_split, train_on_features
 from model.feature_spq import FeatureSPQModel
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA = REPO_ROOT.parent / "shared" / "data" / "tcga-hipt-regions-192d"
-RESULTS = REPO_ROOT / "benchmarks" / "results"
+DATA = shared_data_root() / "tcga-hipt-regions-192d"
 SPLIT_SEED = 0
 SHORTLIST = 100  # 10 x k for k = 10
 # The SPQ settings per code length, chosen on validation patients (see docs/features.md).
@@ -141,7 +140,7 @@ def main() -> None:
         "latency": scale,
     }
     arguments.out.parent.mkdir(parents=True, exist_ok=True)
-    arguments.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_result(arguments.out, report)
     print(f"wrote {arguments.out}")
 
 
