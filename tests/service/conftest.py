@@ -6,10 +6,14 @@ uvicorn processes started through `histosearch serve` on a free loopback port.
 
 from __future__ import annotations
 
+import io
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import pytest
 
 from support.live_server import API_KEY as API_KEY
@@ -19,6 +23,7 @@ from support.small_index import SMALL_CARD as SMALL_CARD
 from support.small_index import build_small_index
 from support.small_index import kather_items as kather_items
 from support.small_index import tile_box as tile_box
+from tests.service.feature_index import FeatureSample, build_feature_index, require_features
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +54,34 @@ def live_server(
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def feature_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LiveServer, FeatureSample]]:
+    """A server over a small feature index (HIPT region features, no pixels), one per module."""
+    source = require_features()
+    folder = tmp_path_factory.mktemp("features")
+    sample = build_feature_index(folder / "index", source)
+    server = LiveServer(sample.index_dir, folder / "server.log").start()
+    try:
+        yield server, sample
+    finally:
+        server.stop()
+
+
 @pytest.fixture()
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_KEY}"}
+
+
+def post_search(server: LiveServer, fields: dict[str, str], files: Any = None) -> Any:
+    """POST /search on a live server with form `fields` and uploaded `files`."""
+    with server.client() as client:
+        return client.post("/search", data=fields, files=files)
+
+
+def npy_bytes(array: npt.NDArray[Any]) -> bytes:
+    """`array` as the bytes of an .npy file."""
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
