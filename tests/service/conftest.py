@@ -24,6 +24,7 @@ from support.small_index import build_small_index
 from support.small_index import kather_items as kather_items
 from support.small_index import tile_box as tile_box
 from tests.service.feature_index import FeatureSample, build_feature_index, require_features
+from tests.service.slide_index import archive_roots, build_slide_index
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +66,20 @@ def feature_server(
     server = LiveServer(sample.index_dir, folder / "server.log").start()
     try:
         yield server, sample
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def slide_pair_server(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LiveServer, dict[str, Path]]]:
+    """A server over the two-slide index (`build_slide_index`), with its slide paths."""
+    index_dir, slides = build_slide_index(tmp_path_factory.mktemp("slides"))
+    server = LiveServer(index_dir, index_dir.parent / "server.log", env=archive_roots(index_dir))
+    server.start()
+    try:
+        yield server, slides
     finally:
         server.stop()
 
