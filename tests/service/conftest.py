@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,15 @@ from support.small_index import kather_items as kather_items
 from support.small_index import tile_box as tile_box
 from tests.service.feature_index import FeatureSample, build_feature_index, require_features
 from tests.service.slide_index import archive_roots, build_slide_index
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +92,29 @@ def slide_pair_server(
         yield server, slides
     finally:
         server.stop()
+
+
+@contextmanager
+def chromium_context(
+    profile: Path, viewport: dict[str, int], bypass_csp: bool = False
+) -> Iterator[Any]:
+    """A headless Debian Chromium (driven by Playwright) with its profile in `profile`."""
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_FLAGS,
+            viewport=viewport,
+            bypass_csp=bypass_csp,
+        )
+        try:
+            yield context
+        finally:
+            context.close()
 
 
 @pytest.fixture()

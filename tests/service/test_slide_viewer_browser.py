@@ -14,8 +14,7 @@ from typing import Any
 import openslide
 import pytest
 
-from tests.service.conftest import LiveServer
-from tests.service.test_page_browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.service.conftest import LiveServer, chromium_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -23,26 +22,14 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def strict_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A page that keeps the server's CSP in force, and records console errors and responses."""
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-viewer")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1200, "height": 800},
-        )
-        try:
-            page = context.new_page()
-            page.console_errors = []
-            page.responses = []
-            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-            page.on("response", lambda r: page.responses.append((r.url, r.status)))
-            yield page
-        finally:
-            context.close()
+    profile = tmp_path_factory.mktemp("chromium-viewer")
+    with chromium_context(profile, {"width": 1200, "height": 800}) as context:
+        page = context.new_page()
+        page.console_errors = []
+        page.responses = []
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("response", lambda r: page.responses.append((r.url, r.status)))
+        yield page
 
 
 def slide_items(server: LiveServer) -> dict[str, list[int]]:
