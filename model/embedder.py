@@ -8,6 +8,7 @@ same preprocessing (`model.preprocess.preprocess`), the same eval mode, no gradi
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -25,19 +26,21 @@ FloatArray = npt.NDArray[np.float32]
 DEFAULT_BATCH_SIZE = 32
 
 
-class Embedder:
-    """An SPQ model in eval mode on a device, turning images into (N, M*d) float32 descriptors.
+class _CardedModel(Protocol):
+    @property
+    def card(self) -> ModelCard: ...
 
-    The descriptors are the continuous ones (`SPQModel.encode`, each sub-vector unit length):
-    queries are never quantised; the index quantises what it stores.
-    """
 
-    def __init__(
-        self, model: SPQModel, device: torch.device, batch_size: int = DEFAULT_BATCH_SIZE
-    ) -> None:
+ModelT = TypeVar("ModelT", bound=_CardedModel)
+
+
+class BatchedModel(Generic[ModelT]):
+    """A model on a device that is run in batches of `batch_size` inputs and gives descriptors."""
+
+    def __init__(self, model: ModelT, device: torch.device, batch_size: int) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model.to(device)
+        self.model = model
         self.device = device
         self.batch_size = batch_size
 
@@ -47,7 +50,21 @@ class Embedder:
 
     @property
     def dim(self) -> int:
+        """The length of the descriptors it gives (M*d)."""
         return self.card.descriptor_dim
+
+
+class Embedder(BatchedModel[SPQModel]):
+    """An SPQ model in eval mode on a device, turning images into (N, M*d) float32 descriptors.
+
+    The descriptors are the continuous ones (`SPQModel.encode`, each sub-vector unit length):
+    queries are never quantised; the index quantises what it stores.
+    """
+
+    def __init__(
+        self, model: SPQModel, device: torch.device, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
+        super().__init__(model.to(device), device, batch_size)
 
     def __call__(self, images: Sequence[Image.Image]) -> FloatArray:
         return self.embed(images)

@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from model.card import ModelCard
+from model.embedder import BatchedModel
 from model.feature_spq import FeatureSPQModel
 
 FloatArray = npt.NDArray[np.float32]
@@ -26,7 +26,7 @@ T = TypeVar("T", bound=np.generic)
 DEFAULT_FEATURE_BATCH_SIZE = 16384
 
 
-class FeatureEncoder:
+class FeatureEncoder(BatchedModel[FeatureSPQModel]):
     """A feature model in eval mode on a device: (N, input_dim) rows to descriptors or codes."""
 
     def __init__(
@@ -35,25 +35,12 @@ class FeatureEncoder:
         device: torch.device,
         batch_size: int = DEFAULT_FEATURE_BATCH_SIZE,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self.model = model.to(device).eval()
-        self.device = device
-        self.batch_size = batch_size
-
-    @property
-    def card(self) -> ModelCard:
-        return self.model.card
+        super().__init__(model.to(device).eval(), device, batch_size)
 
     @property
     def input_dim(self) -> int:
         """The length of the rows this model reads (the foundation model's embedding)."""
         return self.card.input_dim
-
-    @property
-    def dim(self) -> int:
-        """The length of the descriptors it gives (M*d)."""
-        return self.card.descriptor_dim
 
     def __call__(self, rows: npt.NDArray[np.floating]) -> FloatArray:
         return self.descriptors(rows)

@@ -18,7 +18,7 @@ from indexer.cli import main
 from indexer.index.slides import read_slide_tile
 from model import Embedder, SPQModel, build_model, save_checkpoint
 from support.slide_samples import checkerboard_mosaic, write_mosaic_slide
-from tests.service.conftest import SMALL_CARD
+from support.small_index import SMALL_CARD
 
 CELL = 300
 TILE_PX = 150

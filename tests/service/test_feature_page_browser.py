@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,24 +13,12 @@ import numpy as np
 import pytest
 
 from support.live_server import LiveServer
-from tests.service.feature_index import FeatureSample, build_feature_index, require_features
+from tests.service.feature_index import FeatureSample
 from tests.service.test_page_browser import page as page  # the Chromium fixture
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 NO_PIXELS = "feature archive: no pixels to show"
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, FeatureSample]]:
-    source = require_features()
-    folder = tmp_path_factory.mktemp("page-features")
-    sample = build_feature_index(folder / "index", source)
-    server = LiveServer(sample.index_dir, folder / "server.log").start()
-    try:
-        yield server, sample
-    finally:
-        server.stop()
 
 
 def no_broken_images(page: Any) -> None:
@@ -43,9 +30,9 @@ def no_broken_images(page: Any) -> None:
 
 
 def test_a_feature_archive_is_searched_by_a_pasted_vector_and_shown_as_text(
-    served: tuple[LiveServer, FeatureSample], page: Any, tmp_path: Path
+    feature_server: tuple[LiveServer, FeatureSample], page: Any, tmp_path: Path
 ) -> None:
-    server, sample = served
+    server, sample = feature_server
     page.goto(server.url)
     page.wait_for_selector("#archive-stats:has-text('feature archive')")
     assert page.is_hidden("#drop-zone") and page.is_visible("#vector-input")
@@ -72,9 +59,9 @@ def test_a_feature_archive_is_searched_by_a_pasted_vector_and_shown_as_text(
 
 
 def test_an_npy_of_rows_is_answered_row_by_row_on_the_page(
-    served: tuple[LiveServer, FeatureSample], page: Any, tmp_path: Path
+    feature_server: tuple[LiveServer, FeatureSample], page: Any, tmp_path: Path
 ) -> None:
-    server, sample = served
+    server, sample = feature_server
     buffer = io.BytesIO()
     np.save(buffer, sample.vectors[[1, 400]])
     rows = tmp_path / "two-rows.npy"
@@ -91,9 +78,9 @@ def test_an_npy_of_rows_is_answered_row_by_row_on_the_page(
 
 
 def test_a_vector_of_the_wrong_length_shows_the_servers_reason(
-    served: tuple[LiveServer, FeatureSample], page: Any
+    feature_server: tuple[LiveServer, FeatureSample], page: Any
 ) -> None:
-    server, _ = served
+    server, _ = feature_server
     page.goto(server.url)
     page.wait_for_selector("#archive-stats:has-text('feature archive')")
     page.fill("#vector-input", "[0.1, 0.2, 0.3]")

@@ -14,18 +14,10 @@ from typing import Any
 import pytest
 
 from tests.service import samples
-from tests.service.conftest import LiveServer
+from tests.service.conftest import LiveServer, chromium_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 # Set to a path (e.g. docs/screenshot-search.png) to keep the results screenshot; tests never
 # write into the repository by default.
 SCREENSHOT_ENV = "HISTOSEARCH_KEEP_SCREENSHOT"
@@ -33,23 +25,12 @@ SCREENSHOT_ENV = "HISTOSEARCH_KEEP_SCREENSHOT"
 
 @pytest.fixture(scope="module")
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1280, "height": 860},
-            # The page's own CSP forbids eval, which Playwright's wait_for_function relies on.
-            bypass_csp=True,
-        )
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
+    # The page's own CSP forbids eval, which Playwright's wait_for_function relies on.
+    viewport = {"width": 1280, "height": 860}
+    with chromium_context(
+        tmp_path_factory.mktemp("chromium-profile"), viewport, bypass_csp=True
+    ) as context:
+        yield context.new_page()
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ slide-b under STROMA, each its own group)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +13,7 @@ import torch
 
 from indexer.index.store import ArchiveIndex
 from model import Embedder, load_checkpoint
-from tests.service.conftest import API_KEY, LiveServer
+from tests.service.conftest import API_KEY, LiveServer, npy_bytes, post_search
 from tests.service.slide_index import archive_roots, build_slide_index, slide_tile, tissue_cells
 
 
@@ -36,20 +35,9 @@ def slide_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str,
         server.stop()
 
 
-def search(server: LiveServer, fields: dict[str, str], files: Any = None) -> Any:
-    with server.client() as client:
-        return client.post("/search", data=fields, files=files)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def test_a_slide_query_ranks_the_other_slide_and_leaves_its_own_patient_out(slide_server):
     server, ids = slide_server["server"], slide_server["ids"]
-    response = search(server, {"query_slide_id": ids["slide-a"], "k": "5"})
+    response = post_search(server, {"query_slide_id": ids["slide-a"], "k": "5"})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["aggregation"] == "mean-max" and body["group_by"] == "slide"
@@ -76,7 +64,7 @@ def test_a_slide_query_ranks_the_other_slide_and_leaves_its_own_patient_out(slid
 def test_with_its_own_patient_kept_a_slide_finds_itself_first(slide_server, aggregation):
     ids = slide_server["ids"]
     fields = {"query_slide_id": ids["slide-a"], "include_own_group": "true"}
-    response = search(slide_server["server"], {**fields, "aggregation": aggregation})
+    response = post_search(slide_server["server"], {**fields, "aggregation": aggregation})
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["query"]["excluded_group"] is None
@@ -88,7 +76,7 @@ def test_with_its_own_patient_kept_a_slide_finds_itself_first(slide_server, aggr
 def test_a_case_query_answers_cases_with_their_best_items(slide_server):
     groups, ids = slide_server["groups"], slide_server["ids"]
     fields = {"query_group": groups["slide-b"], "group_by": "group"}
-    response = search(slide_server["server"], fields)
+    response = post_search(slide_server["server"], fields)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["query"]["kind"] == "group" and body["query"]["excluded_group"] == groups["slide-b"]
@@ -103,8 +91,8 @@ def test_an_uploaded_set_of_descriptors_finds_the_slide_it_came_from(slide_serve
     model = load_checkpoint(root / "model.pt")
     tiles = [slide_tile(path, cell) for cell in tissue_cells(0)]
     descriptors = Embedder(model, torch.device("cpu")).embed(tiles)
-    files = {"slide_vectors": ("slide-a.npy", npy(descriptors), "application/octet-stream")}
-    response = search(slide_server["server"], {"k": "2"}, files)
+    files = {"slide_vectors": ("slide-a.npy", npy_bytes(descriptors), "application/octet-stream")}
+    response = post_search(slide_server["server"], {"k": "2"}, files)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["query"]["kind"] == "vectors" and body["query"]["items"] == len(tiles)
@@ -113,17 +101,17 @@ def test_an_uploaded_set_of_descriptors_finds_the_slide_it_came_from(slide_serve
 
 def test_unknown_slides_and_groups_are_404s_naming_them(slide_server):
     server = slide_server["server"]
-    response = search(server, {"query_slide_id": "0123abcd"})
+    response = post_search(server, {"query_slide_id": "0123abcd"})
     assert response.status_code == 404 and "0123abcd" in response.json()["detail"]
-    response = search(server, {"query_group": "patient-nobody"})
+    response = post_search(server, {"query_group": "patient-nobody"})
     assert response.status_code == 404 and "patient-nobody" in response.json()["detail"]
 
 
 def test_a_vector_set_of_the_wrong_dimension_is_a_422_naming_both(slide_server):
     root = slide_server["root"]
     dim = load_checkpoint(root / "model.pt").card.descriptor_dim
-    files = {"slide_vectors": ("bad.npy", npy(np.ones((3, dim + 1), np.float32)), "x/y")}
-    response = search(slide_server["server"], {}, files)
+    files = {"slide_vectors": ("bad.npy", npy_bytes(np.ones((3, dim + 1), np.float32)), "x/y")}
+    response = post_search(slide_server["server"], {}, files)
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert str(dim + 1) in detail and str(dim) in detail
@@ -131,11 +119,11 @@ def test_a_vector_set_of_the_wrong_dimension_is_a_422_naming_both(slide_server):
 
 def test_slide_query_fields_do_not_mix_with_other_queries_or_filters(slide_server):
     ids, server = slide_server["ids"], slide_server["server"]
-    response = search(server, {"query_slide_id": ids["slide-a"], "label": "TUMOR"})
+    response = post_search(server, {"query_slide_id": ids["slide-a"], "label": "TUMOR"})
     assert response.status_code == 422 and "label" in response.json()["detail"]
-    response = search(server, {"query_slide_id": ids["slide-a"], "query_group": "x"})
+    response = post_search(server, {"query_slide_id": ids["slide-a"], "query_group": "x"})
     assert response.status_code == 422 and "query_group" in response.json()["detail"]
-    response = search(server, {"item_id": "1", "aggregation": "vote"})
+    response = post_search(server, {"item_id": "1", "aggregation": "vote"})
     assert response.status_code == 422 and "aggregation" in response.json()["detail"]
 
 
@@ -145,7 +133,7 @@ def test_a_slide_whose_items_were_all_removed_is_a_422(slide_server):
     with server.client(headers={"Authorization": f"Bearer {API_KEY}"}) as client:
         for item_id in slide_server["items"]["slide-b"]:
             assert client.delete(f"/images/{item_id}").status_code == 200
-    response = search(server, {"query_slide_id": ids["slide-b"]})
+    response = post_search(server, {"query_slide_id": ids["slide-b"]})
     assert response.status_code == 422
     assert response.json()["code"] == "empty_slide" and ids["slide-b"] in response.json()["detail"]
 

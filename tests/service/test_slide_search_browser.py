@@ -4,14 +4,9 @@ slides, and opening one shows it with its matching regions (the answer's evidenc
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
-
 import pytest
 
 from tests.service import test_slide_viewer_browser as viewer_tests
-from tests.service.conftest import LiveServer
-from tests.service.slide_index import archive_roots, build_slide_index
 from tests.service.test_slide_viewer_browser import slide_items
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -20,19 +15,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 strict_page = viewer_tests.strict_page
 
 
-@pytest.fixture(scope="module")
-def server_and_slides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    index_dir, slides = build_slide_index(tmp_path_factory.mktemp("slide-search-viewer"))
-    server = LiveServer(index_dir, index_dir.parent / "server.log", env=archive_roots(index_dir))
-    server.start()
-    try:
-        yield server, slides
-    finally:
-        server.stop()
-
-
-def test_a_ranked_slide_opens_with_its_matching_regions_outlined(server_and_slides, strict_page):
-    server, _ = server_and_slides
+def test_a_ranked_slide_opens_with_its_matching_regions_outlined(slide_pair_server, strict_page):
+    server, _ = slide_pair_server
     items = slide_items(server)
     (query_slide, other_slide) = sorted(items)
     page = strict_page
@@ -58,8 +42,8 @@ def test_a_ranked_slide_opens_with_its_matching_regions_outlined(server_and_slid
     assert not [e for e in page.console_errors if "Content Security Policy" in e]
 
 
-def test_case_ranking_from_the_viewer_lists_cases(server_and_slides, strict_page):
-    server, _ = server_and_slides
+def test_case_ranking_from_the_viewer_lists_cases(slide_pair_server, strict_page):
+    server, _ = slide_pair_server
     query_slide = sorted(slide_items(server))[0]
     page = strict_page
     page.goto(f"{server.url}/static/slide.html?id={query_slide}")

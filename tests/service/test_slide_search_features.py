@@ -4,30 +4,14 @@ an ``extra.slide_id``, and an uploaded slide is a set of the producing model's f
 
 from __future__ import annotations
 
-import io
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pytest
 
 from indexer.index.store import ArchiveIndex
-from support.live_server import LiveServer
-from tests.service.feature_index import DIM, FeatureSample, build_feature_index, require_features
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, FeatureSample]]:
-    source = require_features()
-    folder = tmp_path_factory.mktemp("slide-search-features")
-    sample = build_feature_index(folder / "index", source)
-    server = LiveServer(sample.index_dir, folder / "server.log").start()
-    try:
-        yield server, sample
-    finally:
-        server.stop()
+from tests.service.conftest import npy_bytes, post_search
+from tests.service.feature_index import DIM, FeatureSample
 
 
 def group_of(index_dir: Path, slide_id: str) -> str:
@@ -40,25 +24,14 @@ def group_of(index_dir: Path, slide_id: str) -> str:
     raise AssertionError(slide_id)
 
 
-def post(server: LiveServer, fields: dict[str, str], files: Any = None) -> Any:
-    with server.client() as client:
-        return client.post("/search", data=fields, files=files)
-
-
-def npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
-
-
 def largest_slide(sample: FeatureSample) -> str:
     return Counter(sample.slide_ids).most_common(1)[0][0]
 
 
-def test_a_feature_slide_query_ranks_other_patients_slides_with_feature_evidence(served):
-    server, sample = served
+def test_a_feature_slide_query_ranks_other_patients_slides_with_feature_evidence(feature_server):
+    server, sample = feature_server
     slide = largest_slide(sample)
-    response = post(server, {"query_slide_id": slide, "k": "5"})
+    response = post_search(server, {"query_slide_id": slide, "k": "5"})
     assert response.status_code == 200, response.text
     body = response.json()
     patient = group_of(sample.index_dir, slide)
@@ -77,31 +50,31 @@ def test_a_feature_slide_query_ranks_other_patients_slides_with_feature_evidence
     assert scores == sorted(scores, reverse=True)
 
 
-def test_an_uploaded_slide_of_feature_rows_finds_its_own_slide_first(served):
-    server, sample = served
+def test_an_uploaded_slide_of_feature_rows_finds_its_own_slide_first(feature_server):
+    server, sample = feature_server
     slide = largest_slide(sample)
     rows = sample.vectors[[name == slide for name in sample.slide_ids]]
-    files = {"slide_vectors": ("slide.npy", npy(rows), "application/octet-stream")}
-    response = post(server, {"k": "3", "aggregation": "median-min"}, files)
+    files = {"slide_vectors": ("slide.npy", npy_bytes(rows), "application/octet-stream")}
+    response = post_search(server, {"k": "3", "aggregation": "median-min"}, files)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["query"]["kind"] == "vectors" and body["query"]["excluded_group"] is None
     assert body["results"][0]["id"] == slide
 
 
-def test_a_case_query_over_features_answers_cases(served):
-    server, sample = served
+def test_a_case_query_over_features_answers_cases(feature_server):
+    server, sample = feature_server
     patient = group_of(sample.index_dir, largest_slide(sample))
-    response = post(server, {"query_group": patient, "group_by": "group", "k": "4"})
+    response = post_search(server, {"query_group": patient, "group_by": "group", "k": "4"})
     assert response.status_code == 200, response.text
     results = response.json()["results"]
     assert results and all(r["kind"] == "group" and r["id"] != patient for r in results)
 
 
-def test_an_uploaded_slide_of_descriptors_instead_of_features_is_a_422_naming_both(served):
-    server, _ = served
-    files = {"slide_vectors": ("wrong.npy", npy(np.ones((5, 64), np.float32)), "x/y")}
-    response = post(server, {}, files)
+def test_an_uploaded_slide_of_descriptors_instead_of_features_is_a_422_naming_both(feature_server):
+    server, _ = feature_server
+    files = {"slide_vectors": ("wrong.npy", npy_bytes(np.ones((5, 64), np.float32)), "x/y")}
+    response = post_search(server, {}, files)
     assert response.status_code == 422
     detail = response.json()["detail"]
     assert "64" in detail and str(DIM) in detail

@@ -14,47 +14,22 @@ from typing import Any
 import openslide
 import pytest
 
-from tests.service.conftest import LiveServer
-from tests.service.slide_index import archive_roots, build_slide_index
-from tests.service.test_page_browser import CHROMIUM, CHROMIUM_FLAGS
+from tests.service.conftest import LiveServer, chromium_context
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def server_and_slides(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    index_dir, slides = build_slide_index(tmp_path_factory.mktemp("viewer"))
-    server = LiveServer(index_dir, index_dir.parent / "server.log", env=archive_roots(index_dir))
-    server.start()
-    try:
-        yield server, slides
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def strict_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A page that keeps the server's CSP in force, and records console errors and responses."""
-    if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-viewer")),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=CHROMIUM_FLAGS,
-            viewport={"width": 1200, "height": 800},
-        )
-        try:
-            page = context.new_page()
-            page.console_errors = []
-            page.responses = []
-            page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
-            page.on("response", lambda r: page.responses.append((r.url, r.status)))
-            yield page
-        finally:
-            context.close()
+    profile = tmp_path_factory.mktemp("chromium-viewer")
+    with chromium_context(profile, {"width": 1200, "height": 800}) as context:
+        page = context.new_page()
+        page.console_errors = []
+        page.responses = []
+        page.on("console", lambda m: m.type == "error" and page.console_errors.append(m.text))
+        page.on("response", lambda r: page.responses.append((r.url, r.status)))
+        yield page
 
 
 def slide_items(server: LiveServer) -> dict[str, list[int]]:
@@ -68,8 +43,8 @@ def slide_items(server: LiveServer) -> dict[str, list[int]]:
     return found
 
 
-def test_viewer_shows_the_deep_zoom_pyramid_and_outlines_the_hits(server_and_slides, strict_page):
-    server, _ = server_and_slides
+def test_viewer_shows_the_deep_zoom_pyramid_and_outlines_the_hits(slide_pair_server, strict_page):
+    server, _ = slide_pair_server
     slide_id, items = next(iter(slide_items(server).items()))
     page = strict_page
     page.goto(f"{server.url}/static/slide.html?id={slide_id}&items={items[0]},{items[1]}")
@@ -85,17 +60,17 @@ def test_viewer_shows_the_deep_zoom_pyramid_and_outlines_the_hits(server_and_sli
     assert not [e for e in page.console_errors if "Content Security Policy" in e]
 
 
-def test_viewer_says_so_for_an_unknown_slide(server_and_slides, strict_page):
-    server, _ = server_and_slides
+def test_viewer_says_so_for_an_unknown_slide(slide_pair_server, strict_page):
+    server, _ = slide_pair_server
     strict_page.goto(f"{server.url}/static/slide.html?id=ffffffffffffffff")
     strict_page.wait_for_selector("#error:not([hidden])", timeout=15_000)
     assert "no slide with id" in strict_page.locator("#error").inner_text()
 
 
 def test_search_page_links_ranked_slides_to_the_viewer(
-    server_and_slides, strict_page, tmp_path: Path
+    slide_pair_server, strict_page, tmp_path: Path
 ):
-    server, slides = server_and_slides
+    server, slides = slide_pair_server
     region = openslide.OpenSlide(str(slides["slide-a"])).read_region((0, 0), 1, (150, 150))
     query = tmp_path / "query.png"
     buffer = io.BytesIO()
@@ -162,9 +137,9 @@ def open_viewer(server: LiveServer, page: Any, items: str = "") -> str:
 
 
 def test_clicking_the_slide_searches_with_the_tile_sized_region_centred_there(
-    server_and_slides, strict_page
+    slide_pair_server, strict_page
 ):
-    server, _ = server_and_slides
+    server, _ = slide_pair_server
     page = strict_page
     slide_id = open_viewer(server, page)
     assert "click" in page.locator("#viewer-help").inner_text()
@@ -184,9 +159,9 @@ def test_clicking_the_slide_searches_with_the_tile_sized_region_centred_there(
 
 
 def test_a_click_on_glass_says_why_and_outlines_only_the_refused_region(
-    server_and_slides, strict_page
+    slide_pair_server, strict_page
 ):
-    server, _ = server_and_slides
+    server, _ = slide_pair_server
     page = strict_page
     items = slide_items(server)[slide_a(server)][:2]
     open_viewer(server, page, items=",".join(map(str, items)))
@@ -206,9 +181,9 @@ def test_a_click_on_glass_says_why_and_outlines_only_the_refused_region(
 
 
 def test_shift_dragging_a_rectangle_searches_with_it_cut_into_the_index_tiles(
-    server_and_slides, strict_page
+    slide_pair_server, strict_page
 ):
-    server, _ = server_and_slides
+    server, _ = slide_pair_server
     page = strict_page
     open_viewer(server, page)
     start, end = image_to_page(page, 0, 0), image_to_page(page, 1200, 600)
@@ -230,9 +205,9 @@ def test_shift_dragging_a_rectangle_searches_with_it_cut_into_the_index_tiles(
 
 
 def test_the_viewer_page_says_how_to_build_the_viewer_when_it_is_missing(
-    server_and_slides, strict_page
+    slide_pair_server, strict_page
 ):
-    server, _ = server_and_slides
+    server, _ = slide_pair_server
     page = strict_page
     slide_id = next(iter(slide_items(server)))
     page.route("**/vendor/openseadragon/openseadragon.min.js", lambda r: r.fulfill(status=404))

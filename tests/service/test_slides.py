@@ -11,28 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import openslide
-import pytest
 from openslide.deepzoom import DeepZoomGenerator
 from PIL import Image
 
 from tests.indexer.index_helpers import SHARED_DATA
 from tests.service.conftest import LiveServer
-from tests.service.slide_index import CELL, archive_roots, build_slide_index
+from tests.service.slide_index import CELL
 
 
-@pytest.fixture(scope="module")
-def slide_server(tmp_path_factory):
-    index_dir, slides = build_slide_index(tmp_path_factory.mktemp("slides"))
-    server = LiveServer(index_dir, index_dir.parent / "server.log", env=archive_roots(index_dir))
-    server.start()
-    try:
-        yield server, slides
-    finally:
-        server.stop()
-
-
-def test_slide_files_outside_the_archive_roots_are_404_naming_the_setting(slide_server, tmp_path):
-    server, _ = slide_server
+def test_slide_files_outside_the_archive_roots_are_404_naming_the_setting(
+    slide_pair_server, tmp_path
+):
+    server, _ = slide_pair_server
     with server.client() as client:
         slide_id = slide_ids(client)["slide-a"]
     elsewhere = LiveServer(server.index_dir, tmp_path / "server.log").start()
@@ -67,8 +57,8 @@ def query_png(path: Path, x: int, y: int) -> bytes:
     return buffer.getvalue()
 
 
-def test_slide_metadata_gives_dimensions_mpp_vendor_levels_and_tile_count(slide_server):
-    server, _ = slide_server
+def test_slide_metadata_gives_dimensions_mpp_vendor_levels_and_tile_count(slide_pair_server):
+    server, _ = slide_pair_server
     with server.client() as client:
         ids = slide_ids(client)
         body = client.get(f"/slides/{ids['slide-a']}").json()
@@ -84,8 +74,8 @@ def test_slide_metadata_gives_dimensions_mpp_vendor_levels_and_tile_count(slide_
     assert body["source"] == "archive/TUMOR/slide-a.tif"
 
 
-def test_deep_zoom_descriptor_and_tiles_are_those_of_openslides_generator(slide_server):
-    server, slides = slide_server
+def test_deep_zoom_descriptor_and_tiles_are_those_of_openslides_generator(slide_pair_server):
+    server, slides = slide_pair_server
     reference = DeepZoomGenerator(openslide.OpenSlide(str(slides["slide-b"])), 254, 1)
     with server.client() as client:
         slide_id = slide_ids(client)["slide-b"]
@@ -107,8 +97,8 @@ def test_deep_zoom_descriptor_and_tiles_are_those_of_openslides_generator(slide_
         assert decoded.size == reference.get_tile(0, (0, 0)).size
 
 
-def test_unknown_slides_and_tiles_outside_the_pyramid_are_404(slide_server):
-    server, _ = slide_server
+def test_unknown_slides_and_tiles_outside_the_pyramid_are_404(slide_pair_server):
+    server, _ = slide_pair_server
     with server.client() as client:
         slide_id = slide_ids(client)["slide-a"]
         for path in (
@@ -139,8 +129,8 @@ def aggregate_by_hand(results: list[dict[str, Any]]) -> list[tuple[str, float, i
     return sorted(rows, key=lambda row: (-row[1], -row[2], row[0]))
 
 
-def test_search_ranks_the_slides_of_the_top_hits_and_keeps_the_tile_results(slide_server):
-    server, slides = slide_server
+def test_search_ranks_the_slides_of_the_top_hits_and_keeps_the_tile_results(slide_pair_server):
+    server, slides = slide_pair_server
     query = query_png(slides["slide-a"], 0, 0)
     with server.client() as client:
         ids = slide_ids(client)
@@ -162,8 +152,8 @@ def test_search_ranks_the_slides_of_the_top_hits_and_keeps_the_tile_results(slid
     assert first["label"] == "TUMOR" and first["url"] == f"/slides/{ids['slide-a']}"
 
 
-def test_search_filters_and_exclude_group_apply_to_slides_as_to_tiles(slide_server):
-    server, slides = slide_server
+def test_search_filters_and_exclude_group_apply_to_slides_as_to_tiles(slide_pair_server):
+    server, slides = slide_pair_server
     query = query_png(slides["slide-a"], 0, 0)
     with server.client() as client:
         ids = slide_ids(client)
@@ -195,8 +185,8 @@ def test_an_index_without_slides_answers_searches_with_no_slides_and_404_for_any
         assert client.get("/slides/0123456789abcdef.dzi").status_code == 404
 
 
-def test_more_like_this_searches_with_the_items_own_tile_re_read_from_its_slide(slide_server):
-    server, slides = slide_server
+def test_more_like_this_searches_with_the_items_own_tile_re_read_from_its_slide(slide_pair_server):
+    server, slides = slide_pair_server
     with server.client() as client:
         item = client.get("/images/5").json()
         by_item = client.post("/search", data={"item_id": "5", "k": "32"}).json()
@@ -212,8 +202,8 @@ def test_more_like_this_searches_with_the_items_own_tile_re_read_from_its_slide(
     assert 5 in [r["id"] for r in by_item["results"]]
 
 
-def test_more_like_this_needs_exactly_one_query_and_a_known_item(slide_server, live_server):
-    server, _ = slide_server
+def test_more_like_this_needs_exactly_one_query_and_a_known_item(slide_pair_server, live_server):
+    server, _ = slide_pair_server
     with server.client() as client:
         neither = client.post("/search", data={"k": "3"})
         assert neither.status_code == 422 and neither.json()["code"] == "invalid_request"

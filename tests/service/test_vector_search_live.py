@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,27 +15,13 @@ from tests.service.feature_index import (
     DIM,
     FEATURE_MODEL,
     FeatureSample,
-    build_feature_index,
-    require_features,
 )
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LiveServer, FeatureSample]]:
-    source = require_features()
-    folder = tmp_path_factory.mktemp("served-features")
-    sample = build_feature_index(folder / "index", source)
-    server = LiveServer(sample.index_dir, folder / "server.log").start()
-    try:
-        yield server, sample
-    finally:
-        server.stop()
-
-
 def test_a_served_feature_archive_is_searched_by_a_json_vector(
-    served: tuple[LiveServer, FeatureSample],
+    feature_server: tuple[LiveServer, FeatureSample],
 ) -> None:
-    server, sample = served
+    server, sample = feature_server
     with server.client() as client:
         assert client.get("/ready").json()["index_kind"] == "features"
         vector = json.dumps(sample.vectors[42].tolist())
@@ -51,9 +36,9 @@ def test_a_served_feature_archive_is_searched_by_a_json_vector(
 
 
 def test_a_served_feature_archive_answers_each_row_of_an_npy(
-    served: tuple[LiveServer, FeatureSample],
+    feature_server: tuple[LiveServer, FeatureSample],
 ) -> None:
-    server, sample = served
+    server, sample = feature_server
     rows = [0, 300, 555]
     buffer = io.BytesIO()
     np.save(buffer, sample.vectors[rows])
@@ -72,9 +57,9 @@ def test_a_served_feature_archive_answers_each_row_of_an_npy(
 
 
 def test_a_served_feature_archive_reports_its_bytes_per_item(
-    served: tuple[LiveServer, FeatureSample],
+    feature_server: tuple[LiveServer, FeatureSample],
 ) -> None:
-    server, sample = served
+    server, sample = feature_server
     with server.client() as client:
         stats = client.get("/stats").json()
     assert stats["items"] == len(sample.vectors)

@@ -64,6 +64,11 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+def index_argv(data: Path, index: Path) -> list[str]:
+    """`histosearch index` of the feature archive `data` into `index`."""
+    return ["index", "--source", "features", "--data", str(data), "--index", str(index)]
+
+
 def test_training_writes_the_feature_model_and_never_trains_on_the_named_test_patients(trained):
     out = trained["out"]
     for name in ("model.pt", "model_card.json", "config.json", "history.json", "training.png"):
@@ -85,7 +90,7 @@ def test_training_writes_the_feature_model_and_never_trains_on_the_named_test_pa
 def test_an_indexed_archive_answers_vector_queries_row_by_row(trained, tmp_path, capsys):
     index = tmp_path / "index"
     checkpoint = trained["out"] / "model.pt"
-    base = ["index", "--source", "features", "--data", str(trained["data"]), "--index", str(index)]
+    base = index_argv(trained["data"], index)
     code, printed = cli(capsys, *base, "--checkpoint", str(checkpoint), *COLUMNS, "--no-progress")
     assert code == 0 and f"rows added:               {ROWS}" in printed
     rows = np.load(trained["data"])[[10, 2500]]
@@ -131,7 +136,7 @@ def test_an_interrupted_run_resumes_without_encoding_stored_rows_again(
     trained, tmp_path, capsys, monkeypatch
 ):
     index = tmp_path / "index"
-    argv = ["index", "--source", "features", "--data", str(trained["data"]), "--index", str(index)]
+    argv = index_argv(trained["data"], index)
     argv += [
         "--checkpoint",
         str(trained["out"] / "model.pt"),
@@ -174,13 +179,7 @@ def test_a_file_of_another_dimension_is_refused_by_name_and_the_rest_indexed(
     torch.save(torch.from_numpy(vectors[20:]), folder / "c.pt")
     code, printed = cli(
         capsys,
-        "index",
-        "--source",
-        "features",
-        "--data",
-        str(folder),
-        "--index",
-        str(tmp_path / "index"),
+        *index_argv(folder, tmp_path / "index"),
         "--checkpoint",
         str(trained["out"] / "model.pt"),
         "--no-progress",
@@ -193,32 +192,14 @@ def test_a_checkpoint_for_another_foundation_models_vectors_is_refused(trained, 
     model = load_feature_checkpoint(trained["out"] / "model.pt")
     model.card = model.card.model_copy(update={"feature_model": "uni"})
     save_feature_checkpoint(model, tmp_path / "uni.pt")
-    base = [
-        "index",
-        "--source",
-        "features",
-        "--data",
-        str(trained["data"]),
-        "--index",
-        str(tmp_path / "index"),
-        *COLUMNS,
-        "--no-progress",
-    ]
+    base = [*index_argv(trained["data"], tmp_path / "index"), *COLUMNS, "--no-progress"]
     assert main([*base, "--checkpoint", str(trained["out"] / "model.pt")]) == 0
     assert main([*base, "--checkpoint", str(tmp_path / "uni.pt")]) == 2
     assert "the index holds vectors of 'hipt', that model reads vectors of 'uni'" in caplog.text
 
 
 def test_options_that_make_no_sense_for_features_are_refused_by_name(trained, tmp_path, caplog):
-    argv = [
-        "index",
-        "--source",
-        "features",
-        "--data",
-        str(trained["data"]),
-        "--index",
-        str(tmp_path / "index"),
-    ]
+    argv = index_argv(trained["data"], tmp_path / "index")
     assert main([*argv, "--tile-size", "64", "--workers", "3"]) == 2
     assert "--tile-size does not apply to --source features" in caplog.text
     assert "--workers does not apply to --source features" in caplog.text
