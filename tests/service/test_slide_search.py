@@ -143,5 +143,5 @@ def test_the_openapi_description_names_the_slide_answer(slide_server) -> None:
         schema = client.get("/openapi.json").json()
     answer = schema["paths"]["/search"]["post"]["responses"]["200"]["content"]["application/json"]
     refs = {option.get("$ref", "").rsplit("/", 1)[-1] for option in answer["schema"]["anyOf"]}
-    assert refs == {"SearchResponse", "SlideSearchResponse"}
+    assert refs == {"SearchResponse", "VectorSearchResponse", "SlideSearchResponse"}
     assert "evidence" in schema["components"]["schemas"]["RankedSlide"]["properties"]
