@@ -304,7 +304,15 @@ def test_the_openapi_description_offers_each_index_only_what_it_takes(
         one_of = openapi["components"]["schemas"][ref]["oneOf"]
         return [kind.get("required") or kind["allOf"][0]["required"] for kind in one_of]
 
-    assert kinds(client.get("/openapi.json").json()) == [["item_id"], ["vector"], ["vectors"]]
+    # A feature index takes vectors, an item id and the slide or case queries (no pixels needed).
+    assert kinds(client.get("/openapi.json").json()) == [
+        ["item_id"],
+        ["vector"],
+        ["vectors"],
+        ["query_slide_id"],
+        ["query_group"],
+        ["slide_vectors"],
+    ]
     with make_client(small_index) as image_client:
         image_kinds = kinds(image_client.get("/openapi.json").json())
     assert ["image"] in image_kinds and ["vector"] not in image_kinds
