@@ -24,6 +24,8 @@ from service.forms import JSON_TEXT, TEXT_PATTERN, StrictFormRoute
 from service.routes.images import MAX_ITEM_ID, item_fields
 from service.routes.responses import SERVER_LIMITS, UPLOAD_ERRORS, error_responses, image_parts
 from service.routes.slide_search import (
+    SLIDE_ONLY_FIELDS,
+    SLIDE_QUERY_FIELDS,
     SLIDE_QUERY_KINDS,
     SlideForm,
     answer_slide_search,
@@ -58,13 +60,13 @@ Extent = Annotated[int | None, Form(ge=1, le=2**31, description="Level-0 px (wit
 _REGION_FIELDS = ["slide_id", "x", "y", "width", "height"]
 # What a search is asked with, for the OpenAPI description: exactly one of an image, an item id,
 # and a slide region (all five fields, without the upload's mpp).
+# A slide or case query's fields and options go with none of the three (a kind of its own).
+_NOT_IMAGE = [*_REGION_FIELDS, *SLIDE_QUERY_FIELDS, *SLIDE_ONLY_FIELDS]
+_NOT_REGION = ["image", "item_id", "mpp", *SLIDE_QUERY_FIELDS, *SLIDE_ONLY_FIELDS]
 QUERY_KINDS = [
-    {"required": ["image"], "not": {"anyOf": [{"required": [f]} for f in _REGION_FIELDS]}},
-    {"required": ["item_id"], "not": {"anyOf": [{"required": [f]} for f in _REGION_FIELDS]}},
-    {
-        "required": _REGION_FIELDS,
-        "not": {"anyOf": [{"required": [f]} for f in ("image", "item_id", "mpp")]},
-    },
+    {"required": ["image"], "not": {"anyOf": [{"required": [f]} for f in _NOT_IMAGE]}},
+    {"required": ["item_id"], "not": {"anyOf": [{"required": [f]} for f in _NOT_IMAGE]}},
+    {"required": _REGION_FIELDS, "not": {"anyOf": [{"required": [f]} for f in _NOT_REGION]}},
     *SLIDE_QUERY_KINDS,
 ]
 _VECTOR_FIELDS = ["vector", "vectors"]
@@ -74,9 +76,14 @@ def query_kinds(feature_index: bool) -> list[dict[str, Any]]:
     """`QUERY_KINDS` as this index takes them: an image index takes no vector; a feature index
     (no pixels) takes a vector, rows of vectors or an item id (its stored code), and those of
     `QUERY_KINDS` that need no pixels, each alone."""
-    no_vector = {"not": _any_of(_VECTOR_FIELDS)}
+    # Uploaded vector sets (slide_vectors) are rows of a feature index's vectors too.
+    no_vector = {"not": _any_of([*_VECTOR_FIELDS, "slide_vectors"])}
     if not feature_index:
-        return [{"allOf": [kind, no_vector]} for kind in QUERY_KINDS]
+        return [
+            {"allOf": [kind, no_vector]}
+            for kind in QUERY_KINDS
+            if kind["required"] != ["slide_vectors"]
+        ]
     others = ["image", "item_id", "mpp", *_REGION_FIELDS, *_VECTOR_FIELDS]
     own = [
         {"required": [field], "not": _any_of([f for f in others if f not in (field, "mpp")])}
