@@ -58,11 +58,18 @@ def atomic_torch_save(payload: dict[str, Any], path: Path) -> None:
     atomic_write(path, lambda temporary: torch.save(payload, temporary))
 
 
-def save_checkpoint(model: SPQModel, path: Path, extra: dict[str, Any] | None = None) -> None:
-    """Save the weights with the card (as JSON-ready data) and any ``extra`` training state."""
+def save_checkpoint(
+    model: SPQModel | torch.nn.Module, path: Path, extra: dict[str, Any] | None = None
+) -> None:
+    """Save the weights with the card (as JSON-ready data) and any ``extra`` training state.
+
+    ``model``: an image `SPQModel` or a feature model (`model.feature_spq`), each with its card."""
+    card = model.card
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"{type(model).__name__} has no model card to save")
     payload: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
-        "card": model.card.model_dump(mode="json"),
+        "card": card.model_dump(mode="json"),
         "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
     }
     if extra:

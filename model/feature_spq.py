@@ -19,10 +19,9 @@ from torch import nn
 
 from model.card import ModelCard
 from model.checkpoint import (
-    CHECKPOINT_FORMAT,
     CheckpointMismatchError,
-    atomic_torch_save,
     read_checkpoint,
+    save_checkpoint,
 )
 from model.quantizer import ProductQuantizer, split_subvectors
 
@@ -103,14 +102,7 @@ def save_feature_checkpoint(
 ) -> None:
     """The weights (centring mean included) with the card, in the checkpoint format of
     `model.checkpoint` (tensors and plain data, written atomically)."""
-    payload: dict[str, Any] = {
-        "format": CHECKPOINT_FORMAT,
-        "card": model.card.model_dump(mode="json"),
-        "state_dict": {key: value.detach().cpu() for key, value in model.state_dict().items()},
-    }
-    if extra:
-        payload["extra"] = extra
-    atomic_torch_save(payload, path)
+    save_checkpoint(model, path, extra)
 
 
 def load_feature_checkpoint(path: Path, map_location: str = "cpu") -> FeatureSPQModel:
