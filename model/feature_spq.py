@@ -2,8 +2,8 @@
 
 The backbone is whoever made the vectors (its name is on the card, ``feature_model``); what
 learns is a head that maps a centred input vector to the M unit sub-vectors of the descriptor,
-and the codebooks. The views have the names and shapes of `model.spq.SPQModel`'s (``encode``,
-``quantize``, ``assign_codes``, ``codes_from_descriptors``, ``codebooks``, ``decode``), with
+and the codebooks. Both models share the views of `model.quantised_encoder.QuantisedEncoder`
+(``quantize``, ``assign_codes``, ``codes_from_descriptors``, ``codebooks``, ``decode``), with
 (N, input_dim) feature rows in place of images, so an index treats both alike: same cosine ADC,
 same codebooks.
 """
@@ -23,10 +23,10 @@ from model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from model.quantizer import ProductQuantizer, split_subvectors
+from model.quantised_encoder import QuantisedEncoder, product_quantizer, unit_descriptor
 
 
-class FeatureSPQModel(nn.Module):
+class FeatureSPQModel(QuantisedEncoder):
     """(N, input_dim) feature vectors to descriptors and PQ codes; the card's ``input_dim`` > 0.
 
     ``feature_mean`` (a buffer, saved with the weights) is the training vectors' mean: a
@@ -52,12 +52,7 @@ class FeatureSPQModel(nn.Module):
             )
         else:
             self.head = nn.Linear(card.input_dim, card.descriptor_dim, bias=False)
-        self.quantizer = ProductQuantizer(
-            card.num_codebooks,
-            card.codebook_size,
-            card.codeword_dim,
-            card.soft_quantization_scale,
-        )
+        self.quantizer = product_quantizer(card)
 
     def centred(self, features: torch.Tensor) -> torch.Tensor:
         """(N, input_dim) -> centred unit rows (the float vectors' cosine geometry)."""
@@ -69,32 +64,7 @@ class FeatureSPQModel(nn.Module):
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         """(N, input_dim) -> (N, M*d) float32, each of the M sub-vectors of unit length."""
-        raw = self.head(self.centred(features))
-        return split_subvectors(raw.float(), self.card.num_codebooks).reshape(len(features), -1)
-
-    def quantize(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, input_dim) -> (N, M*d) soft-quantised descriptor (differentiable)."""
-        return self.quantizer.soft_quantize(self.encode(features))
-
-    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training view: (descriptor, soft-quantised descriptor), both (N, M*d)."""
-        descriptors = self.encode(features)
-        return descriptors, self.quantizer.soft_quantize(descriptors)
-
-    def assign_codes(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, input_dim) -> (N, M) int64 hard codes in [0, K)."""
-        return self.codes_from_descriptors(self.encode(features))
-
-    def codes_from_descriptors(self, descriptors: torch.Tensor) -> torch.Tensor:
-        return self.quantizer.assign(descriptors)
-
-    def codebooks(self) -> torch.Tensor:
-        """(M, K, d) float32 unit-length codewords."""
-        return self.quantizer.codebooks()
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(N, M) codes -> (N, M*d) the codewords they select."""
-        return self.quantizer.decode(codes)
+        return unit_descriptor(self.head(self.centred(features)), self.card.num_codebooks)
 
 
 def save_feature_checkpoint(

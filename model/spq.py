@@ -12,16 +12,17 @@ from torch.utils.flop_counter import FlopCounterMode
 from model.backbones import ResNetTrunk, load_backbone
 from model.card import ModelCard
 from model.pooling import CombinedGlobalDescriptor, TokenDescriptor
-from model.quantizer import ProductQuantizer, split_subvectors
+from model.quantised_encoder import QuantisedEncoder, product_quantizer, unit_descriptor
 from model.stain_colour import StainColourBranch
 from model.timm_backbones import TimmTrunk, TokenFeatures
 
 
-class SPQModel(nn.Module):
+class SPQModel(QuantisedEncoder):
     """Images (N, 3, S, S), normalised as the card says, to descriptors and PQ codes.
 
-    Views: ``encode`` (continuous query descriptor), ``quantize`` (soft, for the loss),
-    ``assign_codes`` (hard, for the archive), ``codebooks``, ``decode``, ``codes_from_descriptors``.
+    ``encode`` gives the continuous query descriptor; the quantised views (``quantize`` soft for
+    the loss, ``assign_codes`` hard for the archive, ``codebooks``, ``decode``) come from
+    `model.quantised_encoder.QuantisedEncoder`.
     """
 
     def __init__(self, card: ModelCard, backbone_weights: Path | str | None = None) -> None:
@@ -72,12 +73,7 @@ class SPQModel(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(card.hidden_dim, card.descriptor_dim),
         )
-        self.quantizer = ProductQuantizer(
-            card.num_codebooks,
-            card.codebook_size,
-            card.codeword_dim,
-            card.soft_quantization_scale,
-        )
+        self.quantizer = product_quantizer(card)
         self.frozen_modules = freeze_backbone(self.trunk, card)
 
     def train(self, mode: bool = True) -> SPQModel:
@@ -145,35 +141,7 @@ class SPQModel(nn.Module):
         return self._project(self.pool_backbone_output(features))
 
     def _project(self, pooled: torch.Tensor) -> torch.Tensor:
-        raw = self.projection(pooled)
-        # Normalised in float32 even when the network ran in bfloat16 (mixed-precision training),
-        # where the sub-vectors' unit length and the soft assignment need the precision.
-        return split_subvectors(raw.float(), self.card.num_codebooks).reshape(pooled.shape[0], -1)
-
-    def quantize(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> (N, M*d) soft-quantised descriptor (differentiable)."""
-        return self.quantizer.soft_quantize(self.encode(images))
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Training view: (descriptor, soft-quantised descriptor), both (N, M*d)."""
-        descriptors = self.encode(images)
-        return descriptors, self.quantizer.soft_quantize(descriptors)
-
-    def assign_codes(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) -> (N, M) int64 hard codes in [0, K)."""
-        return self.codes_from_descriptors(self.encode(images))
-
-    def codes_from_descriptors(self, descriptors: torch.Tensor) -> torch.Tensor:
-        """(N, M*d) descriptors (from ``encode``) -> (N, M) int64 hard codes in [0, K)."""
-        return self.quantizer.assign(descriptors)
-
-    def codebooks(self) -> torch.Tensor:
-        """(M, K, d) float32 unit-length codewords."""
-        return self.quantizer.codebooks()
-
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """(N, M) codes -> (N, M*d) the codewords they select."""
-        return self.quantizer.decode(codes)
+        return unit_descriptor(self.projection(pooled), self.card.num_codebooks)
 
 
 def freeze_backbone(trunk: ResNetTrunk | TimmTrunk, card: ModelCard) -> list[nn.Module]:
