@@ -6,6 +6,10 @@ own `model.feature_encoder.FeatureEncoder` and into the one `IngestWriter`, as i
 do: a file finished by an earlier run is skipped, the same bytes under another name are a
 duplicate file, rows already stored (an interrupted run) are not encoded again, and a file is
 journalled finished once its last row is written.
+
+Rows of many files share a batch: a file's rows are not written (and committed) on their own, so
+a folder of small per-slide files costs a commit per batch, not two per file. A file with the
+same bytes as one read earlier in the same run, written or still queued, is a duplicate file too.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ import numpy as np
 from indexer.index.protocol import Index
 from indexer.ingest.features import FeatureArchive, FeatureBatch, RefusedFile, open_npy
 from indexer.ingest.sources import SourceError
-from indexer.ingest.writer import IndexingSummary, IngestWriter, PipelineConfig, seen_before
+from indexer.ingest.writer import (
+    IndexingSummary,
+    IngestWriter,
+    PipelineConfig,
+    SeenBefore,
+    seen_before,
+)
 from model.feature_encoder import FeatureEncoder
 
 log = logging.getLogger(__name__)
@@ -61,6 +71,7 @@ def index_feature_archive(
     writer = IngestWriter(index, config)
     skipping: str | None = None  # a duplicate file whose remaining batches are passed over
     started: set[str] = set()  # sources of the files read in this run
+    read_as: dict[str, str] = {}  # fingerprint -> the first source read with it in this run
     bar = _row_bar(archive, config.progress)
     try:
         for outcome in archive.batches(finished=index.journal.finished_source):
@@ -73,7 +84,12 @@ def index_feature_archive(
                 continue
             if source not in started:
                 started.add(source)
-                seen = seen_before(index.journal, [outcome.journal_key], outcome.fingerprint)
+                twin = read_as.setdefault(outcome.fingerprint, source)
+                seen = (
+                    SeenBefore(twin)
+                    if twin != source
+                    else seen_before(index.journal, [outcome.journal_key], outcome.fingerprint)
+                )
                 if seen is not None:
                     writer.skipped(source, seen)
                     skipping = source
@@ -97,15 +113,10 @@ def _write_batch(writer: IngestWriter, encoder: FeatureEncoder, batch: FeatureBa
         writer.begin(batch.journal_key, batch.fingerprint, hashes, last=batch.last), dtype=bool
     )
     if not fresh.any():
-        if batch.last:
-            writer.write_queued()
         return
     rows = np.flatnonzero(fresh)
     vectors = batch.vectors if len(rows) == len(fresh) else batch.vectors[rows]
     writer.write([batch.items[row] for row in rows], encoder.descriptors(vectors))
-    if batch.last:
-        # A file's rows are journalled before the next file is checked for duplicate bytes.
-        writer.write_queued()
 
 
 def _refused_whole(counts: IndexingSummary, started: set[str]) -> int:
