@@ -6,11 +6,16 @@ Deployments (``histosearch serve --ray auto|ADDRESS --index <sharded index>``):
   limits and page). One replica: it owns the index's id counter (``shards.json``), so that ids
   stay one sequence; it only decodes uploads and merges results, the heavy parts live below.
 - ``embedder``: the model (`indexer.index.ray_cluster.EmbeddingActor`, the actor ingest on Ray
-  uses too), as many replicas as asked for (a GPU each when the cluster has GPUs).
+  uses too), as many replicas as asked for (a GPU each when the cluster has GPUs). Only for an
+  index of images: a feature index (vectors a foundation model produced) has no pixels to embed,
+  and its queries, vectors or an item's stored code, are encoded by its feature model's head in
+  the ingress (`model.feature_encoder.FeatureEncoder`: a centring and one small matrix product,
+  cheaper than the round trip to another replica would be).
 - ``shard-000`` ... ``shard-S``: one per shard, each holding that shard's codes and SQLite file in
   its own process. One replica each: a shard has exactly one writer.
 
-A search embeds the query on an embedder replica, asks every shard for its k best (with their
+A search embeds the query on an embedder replica (or encodes a feature vector in the ingress),
+asks every shard for its k best (with their
 codes) and merges them exactly as `indexer.index.shards.ShardedIndex` does in one process: the
 ingress's index *is* a `ShardedIndex`, whose shards are clients of the shard deployments. An add
 goes to its group's shard and is acknowledged once that shard's SQLite commit returned. /stats
@@ -34,7 +39,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from indexer.index.metadata import FinishedSource
-from indexer.index.pq import FloatArray
+from indexer.index.pq import CodeArray, FloatArray
 from indexer.index.ray_cluster import EmbeddingActor, connect
 from indexer.index.records import ItemRecord, NewItem
 from indexer.index.shards import LocalShard, ShardAnswer, ShardedIndex
@@ -167,6 +172,11 @@ class ShardClient:
         record: ItemRecord | None = self._call("get", item_id)
         return record
 
+    def codes_of(self, item_ids: npt.ArrayLike) -> CodeArray:
+        """(N, M) stored codes of the given ids: "more like this" in a feature index."""
+        codes: CodeArray = self._call("codes_of", np.asarray(item_ids, dtype=np.int64))
+        return codes
+
     def thumbnail(self, item_id: int) -> bytes | None:
         thumbnail: bytes | None = self._call("thumbnail", item_id)
         return thumbnail
@@ -245,18 +255,23 @@ class HistosearchIngress:
     """The FastAPI app's replica; `serve.ingress` wraps it around `create_app`'s app."""
 
     def __init__(
-        self, embedder: DeploymentHandle[Any], shards: list[DeploymentHandle[Any]]
+        self, embedder: DeploymentHandle[Any] | None, shards: list[DeploymentHandle[Any]]
     ) -> None:
         _REPLICA_HANDLES["embedder"] = embedder
         _REPLICA_HANDLES["shards"] = shards
 
 
 def load_ray_engine(settings: Settings) -> SearchEngine:
-    """The app's start-up in the ingress replica: the sharded index over the shard deployments."""
+    """The app's start-up in the ingress replica: the sharded index over the shard deployments.
+
+    Images are embedded by the embedder deployment; a feature index has none, and its model
+    (loaded here as the plain server loads it) encodes the query vectors in this replica.
+    """
     import torch
 
     from indexer.index.store import IndexDirectoryError
-    from model import ModelCard, load_checkpoint
+    from model import ModelCard
+    from model.checkpoint import load_index_model
 
     shard_handles: list[DeploymentHandle[Any]] = _REPLICA_HANDLES["shards"]
     by_name = {f"shard-{number:03d}": handle for number, handle in enumerate(shard_handles)}
@@ -267,10 +282,12 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
     index = ShardedIndex.open(settings.index_dir, open_shard=open_shard, parallel=True)
     if index.checkpoint_path is None:
         raise IndexDirectoryError(f"{settings.index_dir} has no model.pt to embed queries with")
-    # The ingress keeps a CPU copy of the model for its card and the codebook check only.
+    # The ingress keeps a CPU copy of the model: for its card and the codebook check, and for a
+    # feature index the head that encodes query vectors.
     card = ModelCard.model_validate(index.card)
-    model = load_checkpoint(index.checkpoint_path, expected_card=card, map_location="cpu")
+    model = load_index_model(index.checkpoint_path, expected_card=card, map_location="cpu")
     index.check_model(model.codebooks().detach().cpu().numpy())
+    embedder: DeploymentHandle[Any] | None = _REPLICA_HANDLES["embedder"]
     logger.info(
         "serving %s on Ray: %d shards, %d items", settings.index_dir, len(index.shards), len(index)
     )
@@ -279,7 +296,7 @@ def load_ray_engine(settings: Settings) -> SearchEngine:
         model,
         index,
         torch.device("cpu"),
-        embed=remote_embedder(_REPLICA_HANDLES["embedder"]),
+        embed=None if embedder is None else remote_embedder(embedder),
     )
 
 
@@ -297,13 +314,15 @@ def build_application(settings: Settings, config: RayServeConfig | None = None) 
             "--shards, or serve it without --ray"
         )
     names: list[str] = list(read_shards_manifest(settings.index_dir)["shards"])
-    checkpoint = settings.index_dir / names[0] / "model.pt"
-    device = "cuda" if config.embedder_gpus else "cpu"
-    embedder = serve.deployment(
-        name="embedder",
-        num_replicas=config.embedder_replicas,
-        ray_actor_options={"num_cpus": config.embedder_cpus, "num_gpus": config.embedder_gpus},
-    )(EmbeddingActor).bind(str(checkpoint), device)
+    embedder = None
+    if not holds_features(settings.index_dir / names[0]):
+        checkpoint = settings.index_dir / names[0] / "model.pt"
+        device = "cuda" if config.embedder_gpus else "cpu"
+        embedder = serve.deployment(
+            name="embedder",
+            num_replicas=config.embedder_replicas,
+            ray_actor_options={"num_cpus": config.embedder_cpus, "num_gpus": config.embedder_gpus},
+        )(EmbeddingActor).bind(str(checkpoint), device)
     shards = [
         serve.deployment(
             name=name, num_replicas=1, ray_actor_options={"num_cpus": config.shard_cpus}
@@ -315,6 +334,19 @@ def build_application(settings: Settings, config: RayServeConfig | None = None) 
         name="histosearch", num_replicas=1, ray_actor_options={"num_cpus": config.ingress_cpus}
     )(serve.ingress(app)(HistosearchIngress))
     return ingress.bind(embedder, shards)
+
+
+def holds_features(shard: Path) -> bool:
+    """Whether an index directory holds feature vectors (its card names an input length) rather
+    than images: then there is nothing for an image embedder to do."""
+    from indexer.index.store import CARD, IndexDirectoryError
+    from model import ModelCard
+
+    try:
+        card = ModelCard.model_validate_json((shard / CARD).read_bytes())
+    except (OSError, ValueError) as error:
+        raise IndexDirectoryError(f"{shard / CARD} cannot be read: {error}") from error
+    return card.input_dim > 0
 
 
 def plan_replicas(resources: dict[str, float], embedder_replicas: int | None) -> RayServeConfig:

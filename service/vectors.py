@@ -18,11 +18,13 @@ query it; a vector that does not fit is a 422 whose code names the broken rule (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 import torch
 
+from indexer.index.pq import CodeArray
 from indexer.index.protocol import Index
 from indexer.index.query_vectors import QueryVectorError, Reason
 from indexer.index.records import ItemRecord
@@ -125,14 +127,22 @@ def stored_code_descriptor(
     return np.ascontiguousarray(decoded.cpu().numpy(), dtype=np.float32)
 
 
-def codes_holder(index: Index, item_id: int) -> ArchiveIndex:
+@runtime_checkable
+class CodeHolder(Protocol):
+    """What holds items' codes: an index, a shard opened here, or a client of a shard on Ray
+    (`service.ray_serve.ShardClient`)."""
+
+    def codes_of(self, item_ids: npt.ArrayLike) -> CodeArray: ...
+
+
+def codes_holder(index: Index, item_id: int) -> CodeHolder:
     """The index (or the shard of a sharded one) whose table holds ``item_id``'s code."""
     if isinstance(index, ArchiveIndex):
         return index
     if isinstance(index, ShardedIndex):
         number = index.shard_holding(item_id)
         shard = None if number is None else index.shards[number]
-        if isinstance(shard, ArchiveIndex):
+        if isinstance(shard, CodeHolder):
             return shard
     raise ServiceError(
         422,

@@ -6,6 +6,11 @@ own `model.feature_encoder.FeatureEncoder` and into the one `IngestWriter`, as i
 do: a file finished by an earlier run is skipped, the same bytes under another name are a
 duplicate file, rows already stored (an interrupted run) are not encoded again, and a file is
 journalled finished once its last row is written.
+
+Rows of many files share a batch: a file's rows are not encoded, written and committed on their
+own, so a folder of small per-slide files costs one forward pass and one commit per batch, not
+per file. A file with the same bytes as one read earlier in the same run, written or still
+queued, is a duplicate file too.
 """
 
 from __future__ import annotations
@@ -15,11 +20,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from indexer.index.protocol import Index
+from indexer.index.records import NewItem
 from indexer.ingest.features import FeatureArchive, FeatureBatch, RefusedFile, open_npy
 from indexer.ingest.sources import SourceError
-from indexer.ingest.writer import IndexingSummary, IngestWriter, PipelineConfig, seen_before
+from indexer.ingest.writer import (
+    IndexingSummary,
+    IngestWriter,
+    PipelineConfig,
+    SeenBefore,
+    seen_before,
+)
 from model.feature_encoder import FeatureEncoder
 
 log = logging.getLogger(__name__)
@@ -59,8 +72,10 @@ def index_feature_archive(
 ) -> FeatureIndexingSummary:
     """Encode every row of ``archive`` not yet in ``index`` and add it; see the module doc."""
     writer = IngestWriter(index, config)
+    queue = _RowQueue(writer, encoder, config.batch_size)
     skipping: str | None = None  # a duplicate file whose remaining batches are passed over
     started: set[str] = set()  # sources of the files read in this run
+    read_as: dict[str, str] = {}  # fingerprint -> the first source read with it in this run
     bar = _row_bar(archive, config.progress)
     try:
         for outcome in archive.batches(finished=index.journal.finished_source):
@@ -73,14 +88,20 @@ def index_feature_archive(
                 continue
             if source not in started:
                 started.add(source)
-                seen = seen_before(index.journal, [outcome.journal_key], outcome.fingerprint)
+                twin = read_as.setdefault(outcome.fingerprint, source)
+                seen = (
+                    SeenBefore(twin)
+                    if twin != source
+                    else seen_before(index.journal, [outcome.journal_key], outcome.fingerprint)
+                )
                 if seen is not None:
                     writer.skipped(source, seen)
                     skipping = source
                     continue
-            _write_batch(writer, encoder, outcome)
+            _queue_batch(writer, queue, outcome)
             if bar is not None:
                 bar.update(len(outcome.items))
+        queue.write()
         counts = writer.close()
     finally:
         if bar is not None:
@@ -91,21 +112,40 @@ def index_feature_archive(
     return FeatureIndexingSummary(len(archive.files), counts)
 
 
-def _write_batch(writer: IngestWriter, encoder: FeatureEncoder, batch: FeatureBatch) -> None:
+class _RowQueue:
+    """Rows of begun files waiting to be encoded and written together, a batch at a time: on
+    500 per-slide files of 18 rows, one forward pass per file took 16% of the run's CPU time."""
+
+    def __init__(self, writer: IngestWriter, encoder: FeatureEncoder, batch_size: int) -> None:
+        self._writer, self._encoder, self._batch_size = writer, encoder, batch_size
+        self._items: list[NewItem] = []
+        self._vectors: list[npt.NDArray[np.float32]] = []
+
+    def add(self, items: list[NewItem], vectors: npt.NDArray[np.float32]) -> None:
+        self._items.extend(items)
+        self._vectors.append(vectors)
+        if len(self._items) >= self._batch_size:
+            self.write()
+
+    def write(self) -> None:
+        """Encode and hand to the writer every queued row."""
+        if not self._items:
+            return
+        vectors = self._vectors[0] if len(self._vectors) == 1 else np.concatenate(self._vectors)
+        self._writer.write(self._items, self._encoder.descriptors(vectors))
+        self._items, self._vectors = [], []
+
+
+def _queue_batch(writer: IngestWriter, queue: _RowQueue, batch: FeatureBatch) -> None:
     hashes = [item.content_hash for item in batch.items]
     fresh = np.asarray(
         writer.begin(batch.journal_key, batch.fingerprint, hashes, last=batch.last), dtype=bool
     )
     if not fresh.any():
-        if batch.last:
-            writer.write_queued()
         return
     rows = np.flatnonzero(fresh)
     vectors = batch.vectors if len(rows) == len(fresh) else batch.vectors[rows]
-    writer.write([batch.items[row] for row in rows], encoder.descriptors(vectors))
-    if batch.last:
-        # A file's rows are journalled before the next file is checked for duplicate bytes.
-        writer.write_queued()
+    queue.add([batch.items[row] for row in rows], vectors)
 
 
 def _refused_whole(counts: IndexingSummary, started: set[str]) -> int:

@@ -1,6 +1,7 @@
 """The SQLite metadata store on its own: records round trip, the filter vocabulary, the journal
 of additions, removals and finished sources, and all-or-nothing writes."""
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -106,10 +107,40 @@ def test_finished_sources_are_journalled_with_their_file_hash(tmp_path: Path) ->
 def test_a_failed_insert_leaves_neither_rows_nor_terms(tmp_path: Path) -> None:
     store = MetadataStore(tmp_path / "metadata.sqlite")
     store.insert(items(1), [code(0)])
-    with pytest.raises(ValueError):
-        # Two items, one code: the second row fails after the first was written.
+    with pytest.raises(ValueError, match="2 items but 1 codes"):
         store.insert(items(2, start=5, labels=9), [code(5)])
+    with pytest.raises(sqlite3.IntegrityError):
+        # The second row takes the id of the stored one: it fails after the first was written.
+        store.insert(items(2, start=5, labels=9), [code(5), code(6)], item_ids=[7, 1])
     store = reopened(store)
     assert store.count() == 1 and store.ids_of_hashes(["hash-5"]) == {}
     assert store.term_id("label", "class-5") is None
+    store.close()
+
+
+def test_a_repeated_content_hash_in_one_insert_is_a_duplicate_of_its_first_row(
+    tmp_path: Path,
+) -> None:
+    store = MetadataStore(tmp_path / "metadata.sqlite")
+    first, second = items(2)
+    again = items(1)[0]  # the content hash of `first`, in the same call
+    result = store.insert([first, again, second], [code(0), code(9), code(1)])
+    assert result.new_ids == [1, None, 2] and result.duplicate_of == [None, 1, None]
+    # Terms are given for the rows written only, in their order.
+    assert result.term_ids["label"] == [
+        store.term_id("label", "class-0"),
+        store.term_id("label", "class-1"),
+    ]
+    assert [row.code for row in store.rows_after(0)] == [code(0), code(1)]
+    store.close()
+
+
+def test_given_ids_are_stored_and_later_ids_continue_above_them(tmp_path: Path) -> None:
+    store = MetadataStore(tmp_path / "metadata.sqlite")
+    result = store.insert(items(3), [code(i) for i in range(3)], item_ids=[4, 9, 12])
+    assert result.new_ids == [4, 9, 12] and store.last_allocated_id() == 12
+    store.delete([12])
+    store = reopened(store)
+    # As AUTOINCREMENT: above every id ever given, a removed one included.
+    assert store.insert(items(2, start=3), [code(3), code(4)]).new_ids == [13, 14]
     store.close()

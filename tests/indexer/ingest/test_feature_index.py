@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -70,4 +71,53 @@ def test_the_same_bytes_under_another_name_are_a_duplicate_file(tmp_path):
     copy = run(index, encoder, npy_archive(tmp_path / "b", rows=30, seed=2), rows_per_part=8)
     assert copy.counts.duplicate_files == 1 and copy.counts.tiles_added == 0
     assert len(index) == 30
+    index.close()
+
+
+class CountingIndex(ArchiveIndex):
+    """An index that counts its adds (each one SQLite commit)."""
+
+    adds = 0
+
+    def add(self, descriptors, records, *, item_ids=None):
+        type(self).adds += 1
+        return super().add(descriptors, records, item_ids=item_ids)
+
+
+def pt_folder(folder: Path, files: int, rows: int, copies: dict[int, int] | None = None) -> Path:
+    """``files`` per-slide ``.pt`` files of ``rows`` rows; ``copies`` maps a file number to the
+    number of the file whose bytes it repeats."""
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(3)
+    copies = copies or {}
+    for number in range(files):
+        if number not in copies:
+            torch.save(torch.randn(rows, DIM, generator=generator), folder / f"s{number:02d}.pt")
+    for number, original in copies.items():
+        shutil.copyfile(folder / f"s{original:02d}.pt", folder / f"s{number:02d}.pt")
+    return folder
+
+
+def test_rows_of_many_small_files_share_one_write_and_every_file_is_journalled(tmp_path):
+    _, encoder = feature_index(tmp_path)
+    index = CountingIndex.create(tmp_path / "counted", tmp_path / "model.pt")
+    data = pt_folder(tmp_path / "slides", files=12, rows=5)
+    summary = run(index, encoder, data, rows_per_part=100)
+    assert summary.counts.tiles_added == 60 and len(index) == 60
+    assert CountingIndex.adds == 1  # one batch of 60 rows, not one write per file
+    archive = FeatureArchive.open(data)
+    for file in archive.files:
+        assert index.journal.finished_source(archive.journal_key(file)) == file.fingerprint()
+    again = run(index, encoder, data, rows_per_part=100)
+    assert again.counts.images_finished_before == 12 and again.counts.tiles_added == 0
+    index.close()
+
+
+def test_a_file_with_the_bytes_of_one_still_queued_in_the_run_is_a_duplicate_file(tmp_path):
+    index, encoder = feature_index(tmp_path)
+    data = pt_folder(tmp_path / "slides", files=6, rows=4, copies={4: 1})
+    summary = run(index, encoder, data, rows_per_part=100)
+    assert summary.counts.duplicate_files == 1
+    assert summary.counts.tiles_added == 20 and summary.counts.tiles_duplicate == 0
+    assert len(index) == 20
     index.close()
