@@ -695,6 +695,26 @@ class ArchiveIndex:
         return self._manifest.second_stage
 
     @property
+    def quantiser(self) -> FineQuantiser | None:
+        """The second stage's trained range (None before the first rows, or without one)."""
+        return self._quantiser
+
+    def adopt_quantiser(self, quantiser: FineQuantiser) -> None:
+        """Take a range trained elsewhere before storing any row: the shards of one index
+        share one, so that their re-ranked scores compare (indexer/index/shards.py)."""
+        with self._writer:
+            if self._manifest.second_stage is None:
+                raise IndexInputError(f"the index in {self.directory} has no second stage")
+            if self._quantiser is not None:
+                if self._quantiser.fingerprint != quantiser.fingerprint:
+                    raise IndexInputError(
+                        f"the index in {self.directory} already has another trained range"
+                    )
+                return
+            self._metadata.set_properties({fine_codes.QUANTISER_PROPERTY: quantiser.to_bytes()})
+            self._quantiser = quantiser
+
+    @property
     def shortlist_factor(self) -> int:
         stage = self._manifest.second_stage
         return 1 if stage is None else stage.shortlist_factor

@@ -267,3 +267,59 @@ def test_more_like_an_item_uses_its_decoded_fine_code(filled: ArchiveIndex) -> N
     query = descriptors_near_codewords(COUNT, filled.codebooks)[41:42]
     _, ids = filled.search_arrays(query, 5, fine_queries=fine)
     assert ids[0, 0] == 42
+
+
+def sharded_two_stage(directory: Path, shards: int):
+    from indexer.index.shards import ShardedIndex
+
+    index = ShardedIndex.create_from_codebooks(
+        directory,
+        unit_codebooks(),
+        card={"backbone": "synthetic", "num_codebooks": M, "input_dim": FINE_DIM},
+        shard_count=shards,
+        second_stage=SecondStageSettings(shortlist_factor=FACTOR),
+    )
+    index.add(
+        descriptors_near_codewords(COUNT, index.codebooks), items(COUNT), fine=fine_vectors(COUNT)
+    )
+    return index
+
+
+def test_a_sharded_index_re_ranks_each_shards_shortlist_and_merges_by_fine_score(
+    tmp_path: Path, filled: ArchiveIndex
+) -> None:
+    from indexer.index.shards import ShardedIndex
+
+    queries = descriptors_near_codewords(15, filled.codebooks, seed=8)
+    fine_queries = fine_vectors(15, seed=9)
+    with sharded_two_stage(tmp_path / "one", 1) as single:
+        # One shard: the unsharded index's answers.
+        one = single.search_arrays(queries, 10, fine_queries=fine_queries)
+        assert np.array_equal(
+            one[1], filled.search_arrays(queries, 10, fine_queries=fine_queries)[1]
+        )
+    sharded = sharded_two_stage(tmp_path / "three", 3)
+    scores, ids = sharded.search_arrays(queries, 10, fine_queries=fine_queries)
+    # Brute force over the union of the shards' shortlists, with the one shared range.
+    quantiser = sharded.shards[0].quantiser
+    assert quantiser is not None
+    assert all(shard.quantiser.fingerprint == quantiser.fingerprint for shard in sharded.shards)
+    decoded = quantiser.decode(quantiser.encode(unit_rows(fine_vectors(COUNT))))
+    for row, (query, fine_query) in enumerate(zip(queries, unit_rows(fine_queries), strict=True)):
+        union = np.concatenate(
+            [shard.search_arrays(query[None], 10 * FACTOR)[1][0] for shard in sharded.shards]
+        )
+        union = np.sort(union[union >= 0])
+        union_scores = decoded[union - 1] @ fine_query
+        best = sorted(range(len(union)), key=lambda n: (-union_scores[n], union[n]))[:10]
+        assert ids[row].tolist() == union[best].tolist()
+        assert np.allclose(scores[row], union_scores[best], atol=1e-5)
+    sharded.close()
+    reopened = ShardedIndex.open(tmp_path / "three")
+    try:
+        assert np.array_equal(
+            reopened.search_arrays(queries, 10, fine_queries=fine_queries)[1], ids
+        )
+        assert reopened.stats().second_stage is not None
+    finally:
+        reopened.close()
