@@ -43,15 +43,20 @@ class SecondStageSettings:
     """What a user turns on when creating an index: the fine code's kind and the shortlist."""
 
     kind: Literal["sq8"] = SQ8
-    shortlist_factor: int = DEFAULT_SHORTLIST_FACTOR
+    # None: the default for a new index, whatever an existing one recorded.
+    shortlist_factor: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SECOND_STAGE_KINDS:
             raise ValueError(
                 f"second stage {self.kind!r} is not one of {', '.join(SECOND_STAGE_KINDS)}"
             )
-        if self.shortlist_factor < 1:
+        if self.shortlist_factor is not None and self.shortlist_factor < 1:
             raise ValueError(f"shortlist factor must be at least 1, got {self.shortlist_factor}")
+
+    @property
+    def factor(self) -> int:
+        return DEFAULT_SHORTLIST_FACTOR if self.shortlist_factor is None else self.shortlist_factor
 
 
 class FineQuantiser:

@@ -956,9 +956,7 @@ def _second_stage_record(
             "a second stage re-ranks by the vectors an index is built from, and only a feature "
             "index (a model card with input_dim) keeps them: an image index has none"
         )
-    return SecondStageRecord(
-        kind=settings.kind, dim=dim, shortlist_factor=settings.shortlist_factor
-    )
+    return SecondStageRecord(kind=settings.kind, dim=dim, shortlist_factor=settings.factor)
 
 
 def _geometry_of(card: Mapping[str, Any]) -> dict[str, Any]:

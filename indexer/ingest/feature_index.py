@@ -102,7 +102,9 @@ def _write_batch(writer: IngestWriter, encoder: FeatureEncoder, batch: FeatureBa
         return
     rows = np.flatnonzero(fresh)
     vectors = batch.vectors if len(rows) == len(fresh) else batch.vectors[rows]
-    writer.write([batch.items[row] for row in rows], encoder.descriptors(vectors))
+    # An index with a second stage keeps an 8-bit code of each centred row to re-rank by.
+    fine = encoder.centred(vectors) if writer.index.second_stage is not None else None
+    writer.write([batch.items[row] for row in rows], encoder.descriptors(vectors), fine)
     if batch.last:
         # A file's rows are journalled before the next file is checked for duplicate bytes.
         writer.write_queued()
