@@ -125,6 +125,14 @@ def stored_code_descriptor(
     return np.ascontiguousarray(decoded.cpu().numpy(), dtype=np.float32)
 
 
+def stored_fine_query(index: Index, item_id: int) -> npt.NDArray[np.float32] | None:
+    """(1, D): an item's decoded second-stage code, the fine query of "more like this" in an
+    index with a second stage (None without one). The caller has checked that the item exists."""
+    if index.second_stage is None:
+        return None
+    return codes_holder(index, item_id).fine_vectors_of([item_id])
+
+
 def codes_holder(index: Index, item_id: int) -> ArchiveIndex:
     """The index (or the shard of a sharded one) whose table holds ``item_id``'s code."""
     if isinstance(index, ArchiveIndex):
