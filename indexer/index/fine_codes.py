@@ -173,15 +173,17 @@ class FineCodes:
         atomic_write(ids_path, lambda path: _save(path, np.asarray(live_ids, dtype=np.int64)))
         return file_entry(codes_path), file_entry(ids_path)
 
-    def load_generation(self, directory: Path, snapshot: Snapshot) -> None:
-        """Memory-map the committed snapshot's fine files, checked against the manifest."""
+    def load_generation(self, directory: Path, snapshot: Snapshot, check: bool = True) -> None:
+        """Memory-map the committed snapshot's fine files, checked against the manifest (size
+        and SHA-256; ``check`` False for the files this process has just written)."""
         from indexer.index.snapshot_files import check_file
 
         if snapshot.fine is None or snapshot.fine_ids is None:
             raise SnapshotMismatchError("the snapshot has no second-stage codes")
         codes_name, ids_name = snapshot.fine_files
-        check_file(directory, codes_name, snapshot.fine)
-        check_file(directory, ids_name, snapshot.fine_ids)
+        if check:
+            check_file(directory, codes_name, snapshot.fine)
+            check_file(directory, ids_name, snapshot.fine_ids)
         try:
             codes = np.load(directory / codes_name, mmap_mode="r", allow_pickle=False)
             ids = np.load(directory / ids_name, mmap_mode="r", allow_pickle=False)
@@ -196,7 +198,8 @@ class FineCodes:
     def load_committed(self, directory: Path, snapshot: Snapshot) -> None:
         """After a flush: map the new generation, keeping the adds it does not reach."""
         recent = self._recent
-        self.load_generation(directory, snapshot)
+        # Hashing the files again would read N x D bytes once more per flush.
+        self.load_generation(directory, snapshot, check=False)
         self._recent = recent
         self.rebase(*self._snapshot, snapshot.last_item_id)
 
