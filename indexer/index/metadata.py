@@ -15,7 +15,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -168,14 +168,11 @@ class MetadataStore:
         items: Sequence[NewItem],
         codes: Sequence[bytes],
         item_ids: Sequence[int] | None = None,
-        also: Callable[[sqlite3.Connection, list[int | None]], None] | None = None,
     ) -> InsertResult:
         """Insert the items not already present (by content hash) in one durable transaction.
 
         ``item_ids`` gives each new item its id instead of AUTOINCREMENT's next one: a sharded
-        index allocates ids for all its shards (indexer/index/shards.py). ``also`` writes more
-        rows in the same transaction, given the new id per item (None for a duplicate): the
-        second stage's codes (indexer/index/fine_codes.py).
+        index allocates ids for all its shards (indexer/index/shards.py).
         """
         now = time.time()
         new_ids: list[int | None] = []
@@ -199,8 +196,6 @@ class MetadataStore:
                         duplicate_of.append(None)
                         for kind, name in zip(TERM_KINDS, _terms_of(item), strict=True):
                             term_ids[kind].append(self._ensure_term(kind, name))
-                    if also is not None:
-                        also(self._connection, new_ids)
             except BaseException:
                 self._terms = terms_before
                 raise

@@ -56,7 +56,7 @@ from indexer.index.errors import (
     SnapshotMismatchError,
     with_repair_hint,
 )
-from indexer.index.fine_codes import FineCodes, FineRows
+from indexer.index.fine_codes import FineCodes, FineStaging
 from indexer.index.locks import ReadWriteLock
 from indexer.index.manifest import MANIFEST as MANIFEST
 from indexer.index.manifest import IndexManifest, SecondStageRecord, Snapshot, read_manifest
@@ -197,6 +197,7 @@ class ArchiveIndex:
         # The optional second stage: its codes, and its quantiser once the first rows trained it.
         stage = manifest.second_stage
         self._fine = None if stage is None else FineCodes(stage.dim)
+        self._staging = None if stage is None else FineStaging(metadata)
         self._quantiser: FineQuantiser | None = None
 
     # ---- creating and opening ------------------------------------------------------------------
@@ -265,8 +266,6 @@ class ArchiveIndex:
             second_stage=None if second_stage is None else _second_stage_record(card, second_stage),
         )
         metadata = MetadataStore(directory / METADATA)
-        if second_stage is not None:
-            fine_codes.create_table(directory / METADATA)
         metadata.set_properties(
             {
                 # The SQLite schema's own version; the manifest has its own format version.
@@ -313,7 +312,6 @@ class ArchiveIndex:
         stage = self._manifest.second_stage
         if stage is None:
             return
-        fine_codes.create_table(self.directory / METADATA)
         stored = self._metadata.properties().get(fine_codes.QUANTISER_PROPERTY)
         if stored is not None:
             self._quantiser = FineQuantiser.from_bytes(stage.dim, bytes(stored))
@@ -483,10 +481,11 @@ class ArchiveIndex:
         with self._writer:
             if item_ids is not None:
                 self._check_given_ids(item_ids, len(records))
-            fine_rows = None if fine_vectors is None else FineRows(self._fine_codes(fine_vectors))
-            result = self._metadata.insert(
-                records, [row.tobytes() for row in packed], item_ids, also=fine_rows
-            )
+            fine_codes_of_add = None
+            if fine_vectors is not None and self._staging is not None:
+                fine_codes_of_add = self._fine_codes(fine_vectors)
+                self._staging.stage([record.content_hash for record in records], fine_codes_of_add)
+            result = self._metadata.insert(records, [row.tobytes() for row in packed], item_ids)
             added = np.array(
                 [i for i, new in enumerate(result.new_ids) if new is not None], dtype=np.intp
             )
@@ -497,10 +496,10 @@ class ArchiveIndex:
                     np.array([result.new_ids[i] for i in added], dtype=np.int64),
                     terms,
                 )
-                if self._fine is not None and fine_rows is not None:
+                if self._fine is not None and fine_codes_of_add is not None:
                     self._fine.append(
-                        np.array(fine_rows.ids, dtype=np.int64),
-                        fine_rows.codes[np.array(fine_rows.positions, dtype=np.intp)],
+                        np.array([result.new_ids[i] for i in added], dtype=np.int64),
+                        fine_codes_of_add[added],
                     )
             self._unsaved += len(added)
         return [
