@@ -323,3 +323,20 @@ def test_a_sharded_index_re_ranks_each_shards_shortlist_and_merges_by_fine_score
         assert reopened.stats().second_stage is not None
     finally:
         reopened.close()
+
+
+def test_each_stored_item_has_one_fine_code_in_sqlite_and_a_duplicate_adds_none(
+    filled: ArchiveIndex,
+) -> None:
+    import sqlite3
+
+    before = filled.fine_vectors_of([1, 2])
+    outcomes = filled.add(
+        descriptors_near_codewords(2, filled.codebooks), items(2), fine=fine_vectors(2, seed=50)
+    )
+    assert not any(outcome.added for outcome in outcomes)
+    assert np.array_equal(filled.fine_vectors_of([1, 2]), before)
+    filled.remove([5])
+    with sqlite3.connect(filled.directory / "metadata.sqlite") as connection:
+        ids = [row[0] for row in connection.execute("SELECT item_id FROM fine_codes")]
+    assert ids == [i for i in range(1, COUNT + 1) if i != 5]
