@@ -52,6 +52,11 @@ class FeatureEncoder(BatchedModel[FeatureSPQModel]):
         """
         return self._batched(rows, self.model.encode, self.dim, np.float32)
 
+    def centred(self, rows: npt.NDArray[np.floating]) -> FloatArray:
+        """(N, input_dim) rows -> centred unit rows: the float vectors' cosine geometry, what an
+        index's second stage quantises and re-ranks by."""
+        return self._batched(rows, self.model.centred, self.input_dim, np.float32)
+
     def codes(self, rows: npt.NDArray[np.floating]) -> npt.NDArray[np.int64]:
         """(N, input_dim) rows -> (N, M) int64 codes in [0, K), as the index would store them."""
         return self._batched(rows, self.model.assign_codes, self.card.num_codebooks, np.int64)

@@ -70,6 +70,7 @@ from service.vectors import (
     VectorQuery,
     image_refused,
     stored_code_descriptor,
+    stored_fine_query,
     vector_refused,
 )
 
@@ -332,9 +333,11 @@ class SearchEngine:
         encoder = self._feature_encoder()
         start = time.perf_counter()
         descriptors = encoder.descriptors(vectors)
+        # An index with a second stage re-ranks by the centred rows, as it stored them.
+        fine = None if self.index.second_stage is None else encoder.centred(vectors)
         encode_ms = _elapsed_ms(start)
         start = time.perf_counter()
-        found = self.index.search(descriptors, k, filters)
+        found = self.index.search(descriptors, k, filters, fine_queries=fine)
         return VectorOutcome([_ranked(hits) for hits in found], encode_ms, _elapsed_ms(start))
 
     async def _search_feature_index(
@@ -368,10 +371,16 @@ class SearchEngine:
         if stored is None:
             raise ServiceError(404, ErrorCode.NOT_FOUND, f"no item with id {item_id}")
         descriptor = stored_code_descriptor(self._feature_encoder(), self.index, item_id)
+        fine = stored_fine_query(self.index, item_id)
         embed_ms = _elapsed_ms(start)
         start = time.perf_counter()
-        hits = [hit for hit in self.index.search(descriptor, k, filters)[0] if hit.id != item_id]
-        own_score = self.index.scores_of(descriptor, [item_id])[0]
+        found = self.index.search(descriptor, k, filters, fine_queries=fine)[0]
+        hits = [hit for hit in found if hit.id != item_id]
+        own_score = (
+            self.index.scores_of(descriptor, [item_id])[0]
+            if fine is None
+            else float(np.linalg.norm(fine[0]))  # its decoded code against itself, unit query
+        )
         copy_id = None
         if own_score is not None and _passes(stored, filters):
             hits = [Hit(item_id, own_score, stored), *hits][:k]

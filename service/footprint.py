@@ -4,8 +4,10 @@ The disk side is read from the index directory itself (every shard's folder incl
 put in the part it belongs to by its name (`indexer.index.snapshot_files`, `indexer.index.store`):
 the FAISS snapshot's codes and its id and filter columns, SQLite's records (which hold every code
 again: SQLite is the source of truth), and the files that do not grow with the archive (model,
-card, manifests), reported apart. Only the first stage (`codes`) exists today; a re-ranking stage
-would be one more `Stage`.
+card, manifests), reported apart. An index with a second stage has one more `Stage`, `fine`: its
+memory-mapped snapshot files (`fine_codes`, `fine_ids`: disk, not the process's memory) and, in
+RAM, only the codes added since that snapshot; SQLite's copy of the fine codes is counted in the
+first stage's `metadata`, with every other record.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from indexer.index.shards import SHARDS_MANIFEST
 from indexer.index.store import CARD, CHECKPOINT, METADATA
 
 CODES_STAGE = "codes"
+FINE_STAGE = "fine"
+_FINE_PARTS = ("fine_codes", "fine_ids")
 _FIXED = frozenset({CHECKPOINT, CARD, MANIFEST, SHARDS_MANIFEST})
 
 
@@ -57,6 +61,10 @@ def disk_part(name: str) -> str | None:
         return None
     if name.endswith(".faiss"):
         return "codes"
+    if name.startswith("fine-ids.") and name.endswith(".npy"):
+        return "fine_ids"
+    if name.startswith("fine.") and name.endswith(".npy"):
+        return "fine_codes"
     if name.endswith(".npz"):
         return "ids"
     if name.startswith(METADATA):
@@ -65,9 +73,12 @@ def disk_part(name: str) -> str | None:
     return "other"
 
 
-def index_footprint(directory: Path, items: int, memory_bytes: int) -> Footprint:
+def index_footprint(
+    directory: Path, items: int, memory_bytes: int, fine_memory_bytes: int | None = None
+) -> Footprint:
     """Bytes per item of the index in ``directory`` holding ``items`` whose searchable table
-    takes ``memory_bytes`` (0 per item for an empty index). Blocking: walks the directory."""
+    takes ``memory_bytes`` (0 per item for an empty index), and whose second stage, where it has
+    one, holds ``fine_memory_bytes`` in RAM. Blocking: walks the directory."""
     totals: dict[str, int] = {}
     fixed = 0
     for path, size in _files(directory):
@@ -77,12 +88,23 @@ def index_footprint(directory: Path, items: int, memory_bytes: int) -> Footprint
         else:
             totals[part] = totals.get(part, 0) + size
     per_item = (lambda total: total / items) if items else (lambda total: 0.0)
-    stage = Stage(
-        CODES_STAGE,
-        ram=per_item(memory_bytes),
-        disk_parts={part: per_item(total) for part, total in sorted(totals.items())},
-    )
-    return Footprint([stage], fixed)
+    fine = {part: totals.pop(part) for part in _FINE_PARTS if part in totals}
+    stages = [
+        Stage(
+            CODES_STAGE,
+            ram=per_item(memory_bytes),
+            disk_parts={part: per_item(total) for part, total in sorted(totals.items())},
+        )
+    ]
+    if fine_memory_bytes is not None or fine:
+        stages.append(
+            Stage(
+                FINE_STAGE,
+                ram=per_item(fine_memory_bytes or 0),
+                disk_parts={part: per_item(fine.get(part, 0)) for part in _FINE_PARTS},
+            )
+        )
+    return Footprint(stages, fixed)
 
 
 def _files(directory: Path) -> Iterable[tuple[Path, int]]:

@@ -313,7 +313,15 @@ def build_application(settings: Settings, config: RayServeConfig | None = None) 
             f"{settings.index_dir} is not a sharded index: build one with histosearch index "
             "--shards, or serve it without --ray"
         )
-    names: list[str] = list(read_shards_manifest(settings.index_dir)["shards"])
+    manifest = read_shards_manifest(settings.index_dir)
+    if manifest.get("second_stage") is not None:
+        # The re-rank reads each shard's memory-mapped fine codes in the searching process.
+        raise ShardedIndexError(
+            f"{settings.index_dir} has a second stage, which is searched with its shards in one "
+            "process: serve it without --ray (histosearch serve), or build the Ray index "
+            "without --second-stage"
+        )
+    names: list[str] = list(manifest["shards"])
     embedder = None
     if not holds_features(settings.index_dir / names[0]):
         checkpoint = settings.index_dir / names[0] / "model.pt"

@@ -267,12 +267,19 @@ class ReadyResponse(_Schema):
 class StageBytes(_Schema):
     """Bytes one item takes in one stage of search, averaged over the items held."""
 
-    stage: str = Field(description="`codes`: the PQ codes every search scans.")
-    ram: float = Field(description="Process memory per item (the searchable table).")
+    stage: str = Field(
+        description="`codes`: the PQ codes every search scans; `fine`: the second stage's 8-bit "
+        "codes that re-rank the shortlist, where the index has one."
+    )
+    ram: float = Field(
+        description="Process memory per item (the searchable table; for `fine`, only the codes "
+        "added since the last snapshot: the snapshot is memory-mapped)."
+    )
     disk: float = Field(description="Disk per item: the sum of `disk_parts`.")
     disk_parts: dict[str, float] = Field(
         description="Disk per item by file: `codes` and `ids` (the FAISS snapshot), `metadata` "
-        "(SQLite: records, thumbnails and the codes again, the source of truth)."
+        "(SQLite: records, thumbnails and the codes again, the source of truth); for `fine`, "
+        "`fine_codes` and `fine_ids` (its memory-mapped snapshot)."
     )
 
 

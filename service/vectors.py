@@ -127,6 +127,22 @@ def stored_code_descriptor(
     return np.ascontiguousarray(decoded.cpu().numpy(), dtype=np.float32)
 
 
+def stored_fine_query(index: Index, item_id: int) -> npt.NDArray[np.float32] | None:
+    """(1, D): an item's decoded second-stage code, the fine query of "more like this" in an
+    index with a second stage (None without one). The caller has checked that the item exists."""
+    if index.second_stage is None:
+        return None
+    holder = codes_holder(index, item_id)
+    if not isinstance(holder, ArchiveIndex):
+        raise ServiceError(
+            422,
+            ErrorCode.INDEX_KIND_MISMATCH,
+            f"item_id {item_id}: its second-stage code cannot be read in this deployment (shards "
+            "in other processes); search with its feature vector instead",
+        )
+    return holder.fine_vectors_of([item_id])
+
+
 @runtime_checkable
 class CodeHolder(Protocol):
     """What holds items' codes: an index, a shard opened here, or a client of a shard on Ray

@@ -46,7 +46,6 @@ from indexer.evaluate.features import (
     FloatArray,
     IntArray,
     Quality,
-    ScalarQuantisedVectors,
     centre_and_normalise,
     exact_ranking,
     faiss_pq_index,
@@ -60,6 +59,7 @@ from indexer.evaluate.features import (
     rerank,
     spq_index,
 )
+from indexer.index.second_stage import FineQuantiser
 from indexer.learn.feature_training import FeatureTrainConfig, patient_split, train_on_features
 from model.feature_spq import FeatureSPQModel
 
@@ -237,7 +237,7 @@ def spq_rows(
         settings=settings,
     )
     print_row(compact)
-    fine = ScalarQuantisedVectors(unit_train)
+    fine = FineQuantiser.train(unit_train)
     reranked = rerank(unit_queries, ranked.astype(np.int64), fine.encode(unit_archive), fine)
     second = row(
         f"{name} + 2nd stage (SQ8 re-rank of {SHORTLIST})",
@@ -325,7 +325,7 @@ def scale_timings(
     second stage's re-rank, at the real archive's size and at ``--scale-items``."""
     bits = model.card.bits
     faiss_pq = faiss_pq_index(unit_train, bits, 8, rotate=False)
-    fine = ScalarQuantisedVectors(unit_train)
+    fine = FineQuantiser.train(unit_train)
     probe = centre_and_normalise(data.vectors[data.rows_of(split.test)][:100], mean)
     probe_raw = data.vectors[data.rows_of(split.test)][:100]
     timings = []
@@ -359,7 +359,7 @@ def time_one_size(
     data: FeatureArchive,
     model: FeatureSPQModel,
     faiss_pq: faiss.Index,
-    fine: ScalarQuantisedVectors,
+    fine: FineQuantiser,
     mean: FloatArray,
     probe: FloatArray,
     probe_raw: FloatArray,

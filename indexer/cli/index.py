@@ -76,7 +76,13 @@ def run_features(config: IndexConfig) -> int:
 
     try:
         device = select_device(config.device)
-        opened = open_or_create_index(config.index, config.checkpoint, device, config.shards)
+        opened = open_or_create_index(
+            config.index,
+            config.checkpoint,
+            device,
+            config.shards,
+            config.second_stage_settings(),
+        )
     except (SourceError, IndexDirectoryError, CheckpointMismatchError, ValueError) as error:
         log.error("%s", error)
         return 2

@@ -94,15 +94,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with opened:
         try:
+            fine = None
             if image is not None:
                 descriptors, names = opened.embedder().embed([image]), [str(args.image)]
             else:
-                descriptors, names = _query_descriptors(args, opened)
+                descriptors, names, fine = _query_descriptors(args, opened)
         except (IndexInputError, IndexDirectoryError, OSError) as error:
             log.error("%s", error)
             return 2
         filters = SearchFilters(args.label, args.dataset, args.exclude_group)
-        answers = opened.index.search(descriptors, args.k, filters)
+        answers = opened.index.search(descriptors, args.k, filters, fine_queries=fine)
     if args.json:
         rows = [
             {"query": name, "hits": [_hit_json(rank, hit) for rank, hit in enumerate(hits, 1)]}
@@ -117,24 +118,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _query_descriptors(args: argparse.Namespace, opened: OpenedIndex) -> tuple[Any, list[str]]:
+def _query_descriptors(args: argparse.Namespace, opened: OpenedIndex) -> tuple[Any, list[str], Any]:
     """Descriptors of --vector / --vectors (checked against the model's input length) or of
-    --item's stored code, with a name per query row."""
+    --item's stored code, with a name per query row, and the second stage's queries (None for
+    an index without one)."""
     from indexer.index.errors import IndexInputError
     from indexer.index.query_vectors import vector_from_json, vectors_from_npy
 
     if args.item is not None:
-        return _item_descriptor(opened, args.item), [f"item {args.item}"]
+        fine = opened.fine_query_of_item(args.item)
+        return _item_descriptor(opened, args.item), [f"item {args.item}"], fine
     encoder = opened.feature_encoder()
     if args.vector is not None:
         rows = vector_from_json(args.vector, encoder.input_dim)
-        return encoder.descriptors(rows), ["vector"]
+        return encoder.descriptors(rows), ["vector"], opened.fine_queries(rows)
     try:
         data = Path(args.vectors).read_bytes()
     except OSError as error:
         raise IndexInputError(f"{args.vectors}: cannot read ({error})") from None
     rows = vectors_from_npy(data, encoder.input_dim)
-    return encoder.descriptors(rows), [f"row {row}" for row in range(len(rows))]
+    names = [f"row {row}" for row in range(len(rows))]
+    return encoder.descriptors(rows), names, opened.fine_queries(rows)
 
 
 def _item_descriptor(opened: OpenedIndex, item_id: int) -> Any:

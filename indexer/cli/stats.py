@@ -48,6 +48,12 @@ def run(args: argparse.Namespace) -> int:
         f"({bits} bits, {stats.code_bytes} bytes per item)"
     )
     print(f"memory:     {stats.memory_bytes / 1e6:.2f} MB in the searchable table")
+    stage = stats.second_stage
+    if stage is not None:
+        print(
+            f"re-rank:    {stage['kind']} of {stage['dim']}-d vectors ({stage['code_bytes']} "
+            f"bytes per item on disk, memory-mapped), shortlist {stage['shortlist_factor']} x k"
+        )
     print(
         f"model:      {stats.card.get('backbone', '?')}, "
         f"codebooks {stats.codebook_fingerprint[:16]}"

@@ -30,7 +30,6 @@ from indexer.evaluate.features import (
     FloatArray,
     IntArray,
     Quality,
-    ScalarQuantisedVectors,
     centre_and_normalise,
     exact_ranking,
     faiss_pq_index,
@@ -39,6 +38,7 @@ from indexer.evaluate.features import (
     rerank,
     spq_ranking,
 )
+from indexer.index.second_stage import FineQuantiser
 from indexer.ingest.feature_table import FeatureTable, read_feature_table
 from indexer.ingest.features import FeatureColumns
 from indexer.learn.splits import SplitError, read_group_file
@@ -113,7 +113,7 @@ def evaluate_features(settings: FeatureEvaluationSettings) -> dict[str, Any]:
     float_quality = quality(truth)
     rows = [_row("float exact", None, float_quality, float_quality, 0.0)]
     fit = _sample(unit_archive, settings.fit_rows, settings.seed)
-    fine = ScalarQuantisedVectors(fit)
+    fine = FineQuantiser.train(fit)
     fine_codes = fine.encode(unit_archive)
     for bits in settings.bits:
         for rotate in (False, True):

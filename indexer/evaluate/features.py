@@ -8,7 +8,8 @@ neighbours that the method's top 10 keeps).
 
 Baselines on the same vectors: exact cosine on the centred vectors, FAISS `IndexPQ` (k-means
 codebooks) and OPQ at the same bits, LanceDB's IVF-PQ at the same code length, and the optional
-second stage: a shortlist re-ranked by 8-bit scalar-quantised vectors.
+second stage: a shortlist re-ranked by 8-bit scalar-quantised vectors, with the index's own
+quantiser and re-rank (`indexer.index.second_stage`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from indexer.index.pq import (
     pack_codes,
     unit_lookup_tables,
 )
+from indexer.index.second_stage import FineQuantiser, rerank_shortlists
 from indexer.ingest.feature_table import TCGA_COLUMNS, FeatureTable, read_feature_table
 from indexer.learn.splits import GroupSplit
 from model.feature_spq import FeatureSPQModel
@@ -175,37 +177,17 @@ def index_ranking(
     return ranked.astype(np.int64)
 
 
-class ScalarQuantisedVectors:
-    """8-bit scalar quantisation of unit vectors (FAISS `ScalarQuantizer`, QT_8bit_uniform): the
-    second stage's finer code, 1 byte per dimension, kept on disk or memory-mapped."""
-
-    def __init__(self, train: FloatArray) -> None:
-        self.quantizer = faiss.ScalarQuantizer(
-            train.shape[1], faiss.ScalarQuantizer.QT_8bit_uniform
-        )
-        self.quantizer.train(np.ascontiguousarray(train))
-
-    def encode(self, vectors: FloatArray) -> npt.NDArray[np.uint8]:
-        codes: npt.NDArray[np.uint8] = self.quantizer.compute_codes(np.ascontiguousarray(vectors))
-        return codes
-
-    def decode(self, codes: npt.NDArray[np.uint8]) -> FloatArray:
-        vectors: FloatArray = self.quantizer.decode(np.ascontiguousarray(codes))
-        return vectors
-
-
 def rerank(
     queries: FloatArray,
     shortlist: IntArray,
     fine_codes: npt.NDArray[np.uint8],
-    quantizer: ScalarQuantisedVectors,
+    quantizer: FineQuantiser,
 ) -> IntArray:
-    """Each query's shortlist (Q, S) re-ordered by inner product with the decoded fine codes."""
-    reordered = np.empty_like(shortlist)
-    for row, (query, candidates) in enumerate(zip(queries, shortlist, strict=True)):
-        decoded = quantizer.decode(fine_codes[np.sort(candidates)])
-        order = np.argsort(-(decoded @ query), kind="stable")
-        reordered[row] = np.sort(candidates)[order]
+    """Each query's shortlist (Q, S) re-ordered by inner product with the decoded fine codes:
+    the index's own second stage (`indexer.index.second_stage.rerank_shortlists`)."""
+    _, reordered = rerank_shortlists(
+        queries, shortlist, lambda ids: fine_codes[ids], quantizer, shortlist.shape[1]
+    )
     return reordered
 
 

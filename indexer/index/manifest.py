@@ -49,6 +49,16 @@ def columns_name(generation: int) -> str:
     return LEGACY_COLUMNS if generation == 0 else f"columns.{generation}.npz"
 
 
+def fine_name(generation: int) -> str:
+    """File name of a generation's second-stage codes (N x D uint8, in the order of the codes)."""
+    return f"fine.{generation}.npy"
+
+
+def fine_ids_name(generation: int) -> str:
+    """File name of the item ids of a generation's second-stage codes (N int64, increasing)."""
+    return f"fine-ids.{generation}.npy"
+
+
 class FileEntry(BaseModel):
     """Size and SHA-256 of one snapshot file, checked before it is read."""
 
@@ -69,6 +79,9 @@ class Snapshot(BaseModel):
     last_removal_seq: int = Field(ge=0)
     codes: FileEntry
     columns: FileEntry
+    # The second stage's files, in an index created with one (`indexer.index.second_stage`).
+    fine: FileEntry | None = None
+    fine_ids: FileEntry | None = None
 
     @property
     def codes_file(self) -> str:
@@ -79,8 +92,13 @@ class Snapshot(BaseModel):
         return columns_name(self.generation)
 
     @property
-    def files(self) -> tuple[str, str]:
-        return self.codes_file, self.columns_file
+    def fine_files(self) -> tuple[str, str]:
+        return fine_name(self.generation), fine_ids_name(self.generation)
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        fine = self.fine_files if self.fine is not None else ()
+        return self.codes_file, self.columns_file, *fine
 
     @model_validator(mode="before")
     @classmethod
@@ -92,6 +110,21 @@ class Snapshot(BaseModel):
             data["columns"] = data.pop(LEGACY_COLUMNS, None)
             data["generation"] = 0
         return data
+
+
+class SecondStageRecord(BaseModel):
+    """The second stage an index was created with: its fine code and how it re-ranks.
+
+    ``quantiser_sha256`` fingerprints the trained range (kept in SQLite), None until the first
+    rows trained it.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["sq8"]
+    dim: int = Field(gt=0)
+    shortlist_factor: int = Field(ge=1)
+    quantiser_sha256: Sha256 | None = None
 
 
 class IndexManifest(BaseModel):
@@ -109,6 +142,7 @@ class IndexManifest(BaseModel):
     card_sha256: Sha256
     checkpoint_sha256: Sha256 | None = None
     snapshot: Snapshot | None = None
+    second_stage: SecondStageRecord | None = None
 
     @model_validator(mode="after")
     def _code_size_fits_the_geometry(self) -> IndexManifest:
@@ -131,7 +165,13 @@ class IndexManifest(BaseModel):
         return self.model_copy(update={"snapshot": snapshot, "format_version": FORMAT_VERSION})
 
     def to_bytes(self) -> bytes:
-        payload = json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True)
+        data = self.model_dump(mode="json")
+        # An index without a second stage writes the manifest it always wrote.
+        if data["second_stage"] is None:
+            del data["second_stage"]
+        if data["snapshot"] is not None and data["snapshot"]["fine"] is None:
+            del data["snapshot"]["fine"], data["snapshot"]["fine_ids"]
+        payload = json.dumps(data, indent=2, sort_keys=True)
         return payload.encode()
 
 

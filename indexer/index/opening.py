@@ -24,9 +24,14 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import numpy.typing as npt
 import torch
 
+from indexer.index.errors import IndexInputError
+from indexer.index.pq import FloatArray
 from indexer.index.protocol import Index
+from indexer.index.second_stage import SecondStageSettings
 from indexer.index.store import MANIFEST, ArchiveIndex, IndexDirectoryError
 from model.card import ModelCard
 from model.checkpoint import load_index_model, read_card
@@ -89,6 +94,26 @@ class OpenedIndex:
             return FeatureEncoder(self.model, self.device)
         return FeatureEncoder(self.model, self.device, batch_size)
 
+    def fine_queries(self, rows: npt.NDArray[np.floating]) -> FloatArray | None:
+        """The second stage's queries of feature rows (centred, unit length, as the indexed rows
+        were), or None when the index has no second stage: the compact codes alone rank."""
+        if self.index.second_stage is None:
+            return None
+        return self.feature_encoder().centred(rows)
+
+    def fine_query_of_item(self, item_id: int) -> FloatArray | None:
+        """An item's decoded fine code as a second-stage query (None without a second stage)."""
+        if self.index.second_stage is None:
+            return None
+        from indexer.index.shards import ShardedIndex
+
+        index = self.index
+        parts = index.shards if isinstance(index, ShardedIndex) else [index]
+        for part in parts:
+            if isinstance(part, ArchiveIndex) and part.get(item_id) is not None:
+                return part.fine_vectors_of([item_id])
+        raise IndexInputError(f"no item {item_id} in {index.directory}")
+
     def close(self) -> None:
         self.index.close()
 
@@ -119,14 +144,19 @@ def open_index(directory: Path, device: torch.device) -> OpenedIndex:
 
 
 def open_or_create_index(
-    directory: Path, checkpoint: Path | None, device: torch.device, shards: int | None = None
+    directory: Path,
+    checkpoint: Path | None,
+    device: torch.device,
+    shards: int | None = None,
+    second_stage: SecondStageSettings | None = None,
 ) -> OpenedIndex:
     """Open the index in ``directory`` to encode with ``checkpoint``, creating it if none exists.
 
     An existing index must have been built with the same checkpoint (same bytes); without a
     ``checkpoint`` it is opened with its own model. A new index needs a ``checkpoint``; with
     ``shards`` it is a sharded index of that many shards (`indexer.index.shards`), and an
-    existing one must have that many.
+    existing one must have that many. ``second_stage`` is chosen when an index is created: an
+    existing index without it, or with another, is refused.
     """
     from indexer.index.shards import ShardedIndex, is_sharded, read_shards_manifest
 
@@ -139,9 +169,9 @@ def open_or_create_index(
             )
         log.info("creating index %s for model %s", directory, checkpoint)
         if shards is not None:
-            ShardedIndex.create(directory, checkpoint, shards).close()
+            ShardedIndex.create(directory, checkpoint, shards, second_stage).close()
         else:
-            ArchiveIndex.create(directory, checkpoint).close()
+            ArchiveIndex.create(directory, checkpoint, second_stage).close()
     elif shards is not None:
         held = int(read_shards_manifest(directory)["shard_count"]) if sharded else None
         if held != shards:
@@ -150,6 +180,8 @@ def open_or_create_index(
                 f"{shards}: index into a new directory to change that"
             )
     opened = open_index(directory, device)
+    if second_stage is not None:
+        _check_second_stage(opened, second_stage)
     own = opened.index.checkpoint_path
     if checkpoint is not None and own is not None and _digest(own) != _digest(checkpoint):
         opened.close()
@@ -160,6 +192,26 @@ def open_or_create_index(
             "it with this model."
         )
     return opened
+
+
+def _check_second_stage(opened: OpenedIndex, wanted: SecondStageSettings) -> None:
+    """Refuse a second stage an existing index was not created with (its items have no codes)."""
+    held = opened.index.second_stage
+    if held is not None and held.kind == wanted.kind and wanted.factor == held.shortlist_factor:
+        return
+    if held is not None and held.kind == wanted.kind and wanted.shortlist_factor is None:
+        return
+    opened.close()
+    have = (
+        "no second stage"
+        if held is None
+        else f"second stage {held.kind} with a shortlist of {held.shortlist_factor} x k"
+    )
+    raise IndexDirectoryError(
+        f"{opened.index.directory} was created with {have}, not {wanted.kind} with a shortlist "
+        f"of {wanted.factor} x k: a second stage is chosen when an index is created. "
+        "Index into a new directory to have it."
+    )
 
 
 def _feature_mismatch(index_card: ModelCard, card: ModelCard) -> str:

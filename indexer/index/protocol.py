@@ -26,6 +26,7 @@ from indexer.index.pq import FloatArray, IdArray
 from indexer.index.records import ItemRecord, NewItem
 
 if TYPE_CHECKING:
+    from indexer.index.manifest import SecondStageRecord
     from indexer.index.store import AddOutcome, Hit, IndexStats, SearchFilters
 
 __all__ = ["Index", "IndexParts", "SourceJournal"]
@@ -110,15 +111,29 @@ class Index(IndexParts, Protocol):
     directory: Path
     num_codebooks: int
 
+    @property
+    def second_stage(self) -> SecondStageRecord | None:
+        """The re-ranking stage the index was created with, if any."""
+        ...
+
     def add(
-        self, descriptors: npt.NDArray[np.floating], records: Sequence[NewItem]
+        self,
+        descriptors: npt.NDArray[np.floating],
+        records: Sequence[NewItem],
+        *,
+        fine: npt.NDArray[np.floating] | None = None,
     ) -> list[AddOutcome]:
         """Add items from their (N, D) descriptors; duplicates (by content hash) are reported
-        and not added twice. Durable when it returns."""
+        and not added twice. Durable when it returns. ``fine``: the vectors the items were
+        indexed from, which an index with a second stage requires."""
         ...
 
     def add_codes(
-        self, codes: npt.NDArray[np.integer], records: Sequence[NewItem]
+        self,
+        codes: npt.NDArray[np.integer],
+        records: Sequence[NewItem],
+        *,
+        fine: npt.NDArray[np.floating] | None = None,
     ) -> list[AddOutcome]:
         """Add items whose (N, M) codes were already assigned with the index's codebooks."""
         ...
@@ -130,12 +145,19 @@ class Index(IndexParts, Protocol):
         filters: SearchFilters | None = None,
         *,
         with_records: bool = True,
+        fine_queries: npt.NDArray[np.floating] | None = None,
     ) -> list[list[Hit]]:
-        """The k best items per query by exact ADC, best first, ties in id order."""
+        """The k best items per query by exact ADC, best first, ties in id order; with
+        ``fine_queries``, an index with a second stage re-ranks its shortlist by them."""
         ...
 
     def search_arrays(
-        self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None = None
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None = None,
+        *,
+        fine_queries: npt.NDArray[np.floating] | None = None,
     ) -> tuple[FloatArray, IdArray]:
         """`search` as (Q, k) arrays of scores and ids (padded with -inf / -1)."""
         ...

@@ -43,11 +43,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from indexer.index.errors import IndexInputError
+from indexer.index.manifest import SecondStageRecord
 from indexer.index.metadata import FinishedSource
 from indexer.index.pq import (
     CodeArray,
@@ -61,6 +63,7 @@ from indexer.index.pq import (
 )
 from indexer.index.protocol import Index, IndexParts, SourceJournal
 from indexer.index.records import ItemRecord, NewItem
+from indexer.index.second_stage import FineQuantiser, SecondStageSettings, unit_rows
 from indexer.index.store import (
     AddOutcome,
     ArchiveIndex,
@@ -189,8 +192,11 @@ class LocalShard(ArchiveIndex):
         card: Mapping[str, Any],
         card_key: Mapping[str, Any] | None,
         checkpoint_path: Path | None,
+        second_stage: SecondStageSettings | None = None,
     ) -> LocalShard:
-        shard = cls.create_from_codebooks(directory, codebooks, card, card_key, checkpoint_path)
+        shard = cls.create_from_codebooks(
+            directory, codebooks, card, card_key, checkpoint_path, second_stage
+        )
         assert isinstance(shard, LocalShard)
         return shard
 
@@ -314,7 +320,13 @@ class ShardedIndex:
     # ---- creating and opening ------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path, checkpoint_path: Path, shard_count: int) -> ShardedIndex:
+    def create(
+        cls,
+        directory: Path,
+        checkpoint_path: Path,
+        shard_count: int,
+        second_stage: SecondStageSettings | None = None,
+    ) -> ShardedIndex:
         """Start an empty sharded index for the model in ``checkpoint_path`` (copied per shard)."""
         from model.checkpoint import load_index_model
 
@@ -326,6 +338,7 @@ class ShardedIndex:
             shard_count=shard_count,
             card_key=model.card.compatibility_key(),
             checkpoint_path=Path(checkpoint_path),
+            second_stage=second_stage,
         )
 
     @classmethod
@@ -337,6 +350,7 @@ class ShardedIndex:
         shard_count: int,
         card_key: Mapping[str, Any] | None = None,
         checkpoint_path: Path | None = None,
+        second_stage: SecondStageSettings | None = None,
     ) -> ShardedIndex:
         """Start an empty sharded index from codebooks in hand (see `ArchiveIndex`'s twin)."""
         directory = Path(directory)
@@ -347,7 +361,9 @@ class ShardedIndex:
         unit = check_codebooks(codebooks)
         names = [shard_directory_name(number) for number in range(shard_count)]
         shards = [
-            LocalShard.create_shard(directory / name, unit, card, card_key, checkpoint_path)
+            LocalShard.create_shard(
+                directory / name, unit, card, card_key, checkpoint_path, second_stage
+            )
             for name in names
         ]
         first = _shard_manifest(directory / names[0])
@@ -361,6 +377,10 @@ class ShardedIndex:
             "code_size": first["code_size"],
             "next_id": 1,
         }
+        if second_stage is not None:
+            record = dict(first["second_stage"])
+            record.pop("quantiser_sha256", None)  # each shard's manifest records the range
+            manifest["second_stage"] = record
         index = cls(directory, shards, manifest)
         index._write_manifest()
         return index
@@ -416,19 +436,53 @@ class ShardedIndex:
 
     # ---- changes -------------------------------------------------------------------------------
 
+    @property
+    def second_stage(self) -> SecondStageRecord | None:
+        """The second stage every shard was created with (None: the compact codes alone)."""
+        record = self._manifest.get("second_stage")
+        return None if record is None else SecondStageRecord.model_validate(record)
+
+    def _local_shards(self) -> list[LocalShard]:
+        """The shards, when all live in this process: the second stage's shards must."""
+        local = [shard for shard in self.shards if isinstance(shard, LocalShard)]
+        if len(local) != len(self.shards):
+            raise ShardedIndexError(
+                "a second stage is searched and grown with the shards in this process; shards "
+                "served in other processes (Ray) hold none"
+            )
+        return local
+
+    def _shared_quantiser(self, unit: FloatArray) -> None:
+        """Give every shard one trained range (the first rows any shard stores train it)."""
+        shards = self._local_shards()
+        trained = next((s.quantiser for s in shards if s.quantiser is not None), None)
+        quantiser = trained or FineQuantiser.train(unit)
+        for shard in shards:
+            if shard.quantiser is None:
+                shard.adopt_quantiser(quantiser)
+
     def add(
-        self, descriptors: npt.NDArray[np.floating], records: Sequence[NewItem]
+        self,
+        descriptors: npt.NDArray[np.floating],
+        records: Sequence[NewItem],
+        *,
+        fine: npt.NDArray[np.floating] | None = None,
     ) -> list[AddOutcome]:
         """Add items from their (N, M*d) descriptors, each to its group's shard.
 
         Duplicates (same content hash in any shard, or earlier in this call) are reported with the
         id they duplicate and not added. Durable in every shard concerned when it returns.
+        ``fine``: see `ArchiveIndex.add_codes`.
         """
         array = checked_vectors(descriptors, self.descriptor_dim, "descriptors")
-        return self.add_codes(assign_codes(array, self.codebooks), records)
+        return self.add_codes(assign_codes(array, self.codebooks), records, fine=fine)
 
     def add_codes(
-        self, codes: npt.NDArray[np.integer], records: Sequence[NewItem]
+        self,
+        codes: npt.NDArray[np.integer],
+        records: Sequence[NewItem],
+        *,
+        fine: npt.NDArray[np.floating] | None = None,
     ) -> list[AddOutcome]:
         """Add items whose (N, M) codes were already assigned with the shards' codebooks."""
         code_array = np.asarray(codes)
@@ -437,6 +491,21 @@ class ShardedIndex:
                 f"expected codes of shape ({len(records)}, {self.num_codebooks}), "
                 f"got {code_array.shape}"
             )
+        stage = self.second_stage
+        if fine is not None and stage is None:
+            raise IndexInputError(
+                f"the index in {self.directory} has no second stage: it takes no fine vectors"
+            )
+        if stage is not None:
+            if fine is None:
+                raise IndexInputError(
+                    f"the index in {self.directory} has a second stage ({stage.kind}): each "
+                    f"item needs the {stage.dim}-number vector it was indexed from"
+                )
+            fine = unit_rows(checked_vectors(fine, stage.dim, "fine vectors"))
+            if len(fine) != len(records):
+                raise IndexInputError(f"{len(records)} items but {len(fine)} fine vectors")
+            self._shared_quantiser(fine)
         with self._writer, self._counting():
             outcomes, fresh = self._deduplicated(records)
             first_id = self._reserve_ids(len(fresh))
@@ -448,11 +517,19 @@ class ShardedIndex:
                 ).append(position)
             ids_of = {position: first_id + rank for rank, position in enumerate(fresh)}
             for shard_number, positions in by_shard.items():
-                written = self.shards[shard_number].add_codes(
-                    code_array[positions],
-                    [records[p] for p in positions],
-                    item_ids=[ids_of[p] for p in positions],
-                )
+                if fine is not None:
+                    written = self._local_shards()[shard_number].add_codes(
+                        code_array[positions],
+                        [records[p] for p in positions],
+                        item_ids=[ids_of[p] for p in positions],
+                        fine=fine[positions],
+                    )
+                else:
+                    written = self.shards[shard_number].add_codes(
+                        code_array[positions],
+                        [records[p] for p in positions],
+                        item_ids=[ids_of[p] for p in positions],
+                    )
                 self._count += sum(outcome.added for outcome in written)
                 if not all(outcome.added for outcome in written):
                     # Another writer stored one of these hashes meanwhile: not supported.
@@ -539,9 +616,14 @@ class ShardedIndex:
         filters: SearchFilters | None = None,
         *,
         with_records: bool = True,
+        fine_queries: npt.NDArray[np.floating] | None = None,
     ) -> list[list[Hit]]:
-        """The k best items per query over all shards, exactly as one index would rank them."""
-        scores, ids, origin = self._merged(queries, k, filters)
+        """The k best items per query over all shards, exactly as one index would rank them.
+
+        With ``fine_queries`` and a second stage, each shard re-ranks its own shortlist and the
+        shards' best are merged by their fine scores (one trained range for all shards).
+        """
+        scores, ids, origin = self._merged(queries, k, filters, fine_queries)
         records: dict[int, ItemRecord] = {}
         if with_records:
             # Only the winners' records, each from the shard that holds it.
@@ -558,14 +640,23 @@ class ShardedIndex:
         ]
 
     def search_arrays(
-        self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None = None
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None = None,
+        *,
+        fine_queries: npt.NDArray[np.floating] | None = None,
     ) -> tuple[FloatArray, IdArray]:
         """`search` as (Q, k) arrays (see `ArchiveIndex.search_arrays`), merged over shards."""
-        scores, ids, _ = self._merged(queries, k, filters)
+        scores, ids, _ = self._merged(queries, k, filters, fine_queries)
         return scores, ids
 
     def _merged(
-        self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None,
+        fine_queries: npt.NDArray[np.floating] | None = None,
     ) -> tuple[FloatArray, IdArray, npt.NDArray[np.intp]]:
         """Every shard's k best, merged.
 
@@ -574,6 +665,15 @@ class ShardedIndex:
         that never stored the excluded group sees no filter), so every search one index would
         score in numpy is scored again here, from the candidates' codes, by the numpy rule.
         """
+        if fine_queries is not None and self.second_stage is not None:
+            self._local_shards()  # refuses shards in other processes
+            parts = self._each(
+                lambda shard: cast(LocalShard, shard).search_arrays(
+                    queries, k, filters, fine_queries=fine_queries
+                ),
+                len(queries) > 1,
+            )
+            return merge_top_k([part[0] for part in parts], [part[1] for part in parts], k)
         unit = normalise_subvectors(
             checked_vectors(queries, self.descriptor_dim, "queries"), self.num_codebooks
         )
@@ -699,7 +799,18 @@ class ShardedIndex:
             tombstones=sum(part.tombstones for part in parts),
             memory_bytes=sum(part.memory_bytes for part in parts),
             card=first.card,
+            second_stage=_summed_stage([part.second_stage for part in parts]),
         )
+
+
+def _summed_stage(parts: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """The shards' second stage as one: the first shard's record, RAM and files summed."""
+    if parts[0] is None:
+        return None
+    stage = dict(parts[0])
+    stage["unsaved_ram_bytes"] = sum(part["unsaved_ram_bytes"] for part in parts if part)
+    stage["files"] = [file for part in parts if part for file in part["files"]]
+    return stage
 
 
 def _outcome(entry: AddOutcome | int | None, position: int, ids_of: dict[int, int]) -> AddOutcome:

@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 _SNAPSHOT_FILE = re.compile(
     r"^(codes\.faiss|columns\.npz|codes\.\d+\.faiss|columns\.\d+\.npz)$"
     r"|^\.(codes|columns)\.(\d+\.)?(faiss|npz)\..+$|^\.manifest\.json\..+$"
+    # The second stage's files (indexer/index/fine_codes.py) and their temporaries.
+    r"|^\.?fine(-ids)?\.\d+\.npy(\..+)?$"
 )
 
 

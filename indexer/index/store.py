@@ -38,6 +38,7 @@ from typing import Any, NamedTuple, Self
 import numpy as np
 import numpy.typing as npt
 
+from indexer.index import fine_codes
 from indexer.index.codetable import (
     ALL,
     NO_FILTER,
@@ -55,9 +56,10 @@ from indexer.index.errors import (
     SnapshotMismatchError,
     with_repair_hint,
 )
+from indexer.index.fine_codes import FineCodes, FineStaging
 from indexer.index.locks import ReadWriteLock
 from indexer.index.manifest import MANIFEST as MANIFEST
-from indexer.index.manifest import IndexManifest, Snapshot, read_manifest
+from indexer.index.manifest import IndexManifest, SecondStageRecord, Snapshot, read_manifest
 from indexer.index.metadata import TERM_KINDS, CodeRow, MetadataStore, SlideRow
 from indexer.index.pq import (
     CodeArray,
@@ -72,6 +74,12 @@ from indexer.index.pq import (
 )
 from indexer.index.protocol import SourceJournal
 from indexer.index.records import ItemRecord, NewItem
+from indexer.index.second_stage import (
+    FineQuantiser,
+    SecondStageSettings,
+    rerank_shortlists,
+    unit_rows,
+)
 from indexer.index.snapshot_files import (
     read_generation,
     remove_other_generations,
@@ -152,6 +160,8 @@ class IndexStats:
     tombstones: int
     memory_bytes: int
     card: dict[str, Any]
+    # The re-ranking stage of an index created with one (`ArchiveIndex.second_stage_stats`).
+    second_stage: dict[str, Any] | None = None
 
 
 class ArchiveIndex:
@@ -184,11 +194,21 @@ class ArchiveIndex:
         self._unsaved = 0
         # How the table was filled on open, for logs and `histosearch repair`'s report.
         self.opened_from = "a new index"
+        # The optional second stage: its codes, and its quantiser once the first rows trained it.
+        stage = manifest.second_stage
+        self._fine = None if stage is None else FineCodes(stage.dim)
+        self._staging = None if stage is None else FineStaging(metadata)
+        self._quantiser: FineQuantiser | None = None
 
     # ---- creating and opening ------------------------------------------------------------------
 
     @classmethod
-    def create(cls, directory: Path, checkpoint_path: Path) -> ArchiveIndex:
+    def create(
+        cls,
+        directory: Path,
+        checkpoint_path: Path,
+        second_stage: SecondStageSettings | None = None,
+    ) -> ArchiveIndex:
         """Start an empty index for the model in ``checkpoint_path`` (copied in as ``model.pt``)."""
         from model.checkpoint import load_index_model
 
@@ -200,6 +220,7 @@ class ArchiveIndex:
             card=model.card.model_dump(mode="json"),
             card_key=model.card.compatibility_key(),
             checkpoint_path=Path(checkpoint_path),
+            second_stage=second_stage,
         )
 
     @classmethod
@@ -210,11 +231,14 @@ class ArchiveIndex:
         card: Mapping[str, Any],
         card_key: Mapping[str, Any] | None = None,
         checkpoint_path: Path | None = None,
+        second_stage: SecondStageSettings | None = None,
     ) -> ArchiveIndex:
         """Start an empty index from codebooks (M, K, d) already in hand.
 
         Without ``checkpoint_path`` the directory has no ``model.pt``: enough for benchmarks and
-        tests on synthetic codes, not for a service that must embed queries.
+        tests on synthetic codes, not for a service that must embed queries. ``second_stage``
+        turns on re-ranking by finer codes of the card's input vectors (a feature model's
+        ``input_dim``); it is chosen here, once.
         """
         directory = Path(directory)
         if (directory / MANIFEST).exists():
@@ -239,6 +263,7 @@ class ArchiveIndex:
             checkpoint_sha256=None
             if checkpoint_path is None
             else sha256_of(directory / CHECKPOINT),
+            second_stage=None if second_stage is None else _second_stage_record(card, second_stage),
         )
         metadata = MetadataStore(directory / METADATA)
         metadata.set_properties(
@@ -270,6 +295,7 @@ class ArchiveIndex:
         try:
             codebooks = _codebooks_from_metadata(directory, metadata, manifest)
             index = cls(directory, codebooks, metadata, manifest)
+            index._load_quantiser()
             index._load_or_rebuild()
         except sqlite3.DatabaseError as error:
             metadata.close()
@@ -280,6 +306,24 @@ class ArchiveIndex:
             metadata.close()
             raise
         return index
+
+    def _load_quantiser(self) -> None:
+        """The second stage's trained range from SQLite, checked against the manifest."""
+        stage = self._manifest.second_stage
+        if stage is None:
+            return
+        stored = self._metadata.properties().get(fine_codes.QUANTISER_PROPERTY)
+        if stored is not None:
+            self._quantiser = FineQuantiser.from_bytes(stage.dim, bytes(stored))
+        found = None if self._quantiser is None else self._quantiser.fingerprint
+        if stage.quantiser_sha256 is not None and found != stage.quantiser_sha256:
+            raise IndexDirectoryError(
+                with_repair_hint(
+                    f"the second stage's quantiser in {METADATA} is not the one {MANIFEST} "
+                    "recorded",
+                    self.directory,
+                )
+            )
 
     def _load_or_rebuild(self) -> None:
         try:
@@ -300,6 +344,8 @@ class ArchiveIndex:
             rows = list(self._metadata.rows_after(0))
             codes, ids, columns = self._table_arrays(rows)
             self._table.reset(codes, ids, columns)
+            if self._fine is not None:
+                self._fine.reset(*self._fine_rows_after(0))
             self._unsaved = max(1, len(rows))
         self.opened_from = f"rebuilt from {METADATA} ({len(rows)} items): {reason}"
 
@@ -309,6 +355,12 @@ class ArchiveIndex:
             self.directory, snapshot, self.codebooks, self._manifest.code_size
         )
         self._table.reset(codes, ids, columns)
+        if self._fine is not None:
+            self._fine.load_generation(self.directory, snapshot)
+
+    def _fine_rows_after(self, last_id: int) -> tuple[IdArray, npt.NDArray[np.uint8]]:
+        assert self._fine is not None
+        return fine_codes.rows_after(self.directory / METADATA, last_id, self._fine.dim)
 
     def _table_arrays(self, rows: Sequence[CodeRow]) -> tuple[CodeArray, IdArray, Columns]:
         """Codes, ids and filter columns of SQLite rows, as the table holds them."""
@@ -337,6 +389,8 @@ class ArchiveIndex:
             )
         if rows:
             self._table.append(*self._table_arrays(rows))
+        if self._fine is not None:
+            self._fine.append(*self._fine_rows_after(snapshot.last_item_id))
         removed = self._metadata.removals_after(snapshot.last_removal_seq)
         self._table.remove(removed)
         self._unsaved = len(rows) + len(removed)
@@ -386,14 +440,17 @@ class ArchiveIndex:
         records: Sequence[NewItem],
         *,
         item_ids: Sequence[int] | None = None,
+        fine: npt.NDArray[np.floating] | None = None,
     ) -> list[AddOutcome]:
         """Add items from their (N, M*d) descriptors; codes come from the model's codebooks.
 
         Duplicates (same content hash, stored or earlier in this call) are not added again.
-        Durable when it returns. ``item_ids``: see `add_codes`.
+        Durable when it returns. ``item_ids`` and ``fine``: see `add_codes`.
         """
         array = self._checked_vectors(descriptors, "descriptors")
-        return self.add_codes(assign_codes(array, self.codebooks), records, item_ids=item_ids)
+        return self.add_codes(
+            assign_codes(array, self.codebooks), records, item_ids=item_ids, fine=fine
+        )
 
     def add_codes(
         self,
@@ -401,11 +458,14 @@ class ArchiveIndex:
         records: Sequence[NewItem],
         *,
         item_ids: Sequence[int] | None = None,
+        fine: npt.NDArray[np.floating] | None = None,
     ) -> list[AddOutcome]:
         """Add items whose (N, M) codes were already assigned with this index's codebooks.
 
         ``item_ids`` (increasing, above every id this index has held) replaces the ids SQLite
         would allocate: a sharded index allocates one id sequence over all its shards.
+        ``fine``: the (N, D) vectors the items were indexed from, required by an index with a
+        second stage (scaled to unit length and stored as its finer codes), refused otherwise.
         """
         code_array = np.asarray(codes)
         if code_array.shape != (len(records), self.num_codebooks):
@@ -417,9 +477,14 @@ class ArchiveIndex:
             raise IndexInputError(f"codes must lie in [0, {self.codebook_size})")
         small: CodeArray = code_array.astype(np.uint8)
         packed = pack_codes(small, self.codebook_size)
+        fine_vectors = self._checked_fine(fine, len(records))
         with self._writer:
             if item_ids is not None:
                 self._check_given_ids(item_ids, len(records))
+            fine_codes_of_add = None
+            if fine_vectors is not None and self._staging is not None:
+                fine_codes_of_add = self._fine_codes(fine_vectors)
+                self._staging.stage([record.content_hash for record in records], fine_codes_of_add)
             result = self._metadata.insert(records, [row.tobytes() for row in packed], item_ids)
             added = np.array(
                 [i for i, new in enumerate(result.new_ids) if new is not None], dtype=np.intp
@@ -431,11 +496,44 @@ class ArchiveIndex:
                     np.array([result.new_ids[i] for i in added], dtype=np.int64),
                     terms,
                 )
+                if self._fine is not None and fine_codes_of_add is not None:
+                    self._fine.append(
+                        np.array([result.new_ids[i] for i in added], dtype=np.int64),
+                        fine_codes_of_add[added],
+                    )
             self._unsaved += len(added)
         return [
             AddOutcome(new, duplicate)
             for new, duplicate in zip(result.new_ids, result.duplicate_of, strict=True)
         ]
+
+    def _checked_fine(self, fine: npt.NDArray[np.floating] | None, count: int) -> FloatArray | None:
+        """Unit rows of the fine vectors an add brings: required with a second stage only."""
+        stage = self._manifest.second_stage
+        if stage is None:
+            if fine is not None:
+                raise IndexInputError(
+                    f"the index in {self.directory} has no second stage: it takes no fine vectors"
+                )
+            return None
+        if fine is None:
+            raise IndexInputError(
+                f"the index in {self.directory} has a second stage ({stage.kind}): each item "
+                f"needs the {stage.dim}-number vector it was indexed from"
+            )
+        rows = checked_vectors(fine, stage.dim, "fine vectors")
+        if len(rows) != count:
+            raise IndexInputError(f"{count} items but {len(rows)} fine vectors")
+        return unit_rows(rows)
+
+    def _fine_codes(self, unit: FloatArray) -> npt.NDArray[np.uint8]:
+        """The 8-bit codes of unit rows; the first rows an index stores train its range."""
+        if self._quantiser is None:
+            quantiser = FineQuantiser.train(unit)
+            self._metadata.set_properties({fine_codes.QUANTISER_PROPERTY: quantiser.to_bytes()})
+            self._quantiser = quantiser
+            log.info("%s: second stage's range trained on %d rows", self.directory, len(unit))
+        return self._quantiser.encode(unit)
 
     def _check_given_ids(self, item_ids: Sequence[int], count: int) -> None:
         """Refuse ids the journal replay could miss (at or below an id already held)."""
@@ -448,6 +546,9 @@ class ArchiveIndex:
         """Remove items by id (unknown ids are ignored); returns how many were removed."""
         with self._writer:
             deleted = self._metadata.delete(list(item_ids))
+            if self._fine is not None:
+                # Only disk: a removed item never reaches a shortlist again.
+                fine_codes.forget(self.directory / METADATA, deleted)
             with self._lock.writing():
                 removed = self._table.remove(deleted)
                 if self._table.tombstones > _COMPACT_SHARE * max(
@@ -477,6 +578,11 @@ class ArchiveIndex:
             codes_entry, columns_entry = write_generation(
                 self.directory, generation, self.codebooks, ids, codes, columns
             )
+            fine_entry, fine_ids_entry = (
+                (None, None)
+                if self._fine is None
+                else self._fine.write_generation(self.directory, generation, ids)
+            )
             snapshot = Snapshot(
                 generation=generation,
                 items=len(ids),
@@ -484,11 +590,21 @@ class ArchiveIndex:
                 last_removal_seq=last_removal_seq,
                 codes=codes_entry,
                 columns=columns_entry,
+                fine=fine_entry,
+                fine_ids=fine_ids_entry,
             )
             manifest = self._manifest.with_snapshot(snapshot)
+            if manifest.second_stage is not None and self._quantiser is not None:
+                stage = manifest.second_stage.model_copy(
+                    update={"quantiser_sha256": self._quantiser.fingerprint}
+                )
+                manifest = manifest.model_copy(update={"second_stage": stage})
             manifest_bytes = manifest.to_bytes()
             atomic_write(self.directory / MANIFEST, lambda path: path.write_bytes(manifest_bytes))
             self._manifest = manifest
+            if self._fine is not None:
+                with self._writer, self._lock.writing():
+                    self._fine.load_committed(self.directory, snapshot)
             with self._writer:
                 self._unsaved -= unsaved_before
             remove_other_generations(self.directory, snapshot)
@@ -514,12 +630,14 @@ class ArchiveIndex:
         filters: SearchFilters | None = None,
         *,
         with_records: bool = True,
+        fine_queries: npt.NDArray[np.floating] | None = None,
     ) -> list[list[Hit]]:
         """The k best items per query by exact ADC (queries never quantised), best first.
 
-        Filtered searches still return k hits whenever k eligible items exist.
+        Filtered searches still return k hits whenever k eligible items exist. With
+        ``fine_queries`` an index with a second stage re-ranks (see `search_arrays`).
         """
-        scores, ids = self.search_arrays(queries, k, filters)
+        scores, ids = self.search_arrays(queries, k, filters, fine_queries=fine_queries)
         records = self._metadata.records(ids[ids >= 0].tolist()) if with_records else {}
         return [
             [
@@ -531,17 +649,103 @@ class ArchiveIndex:
         ]
 
     def search_arrays(
-        self, queries: npt.NDArray[np.floating], k: int, filters: SearchFilters | None = None
+        self,
+        queries: npt.NDArray[np.floating],
+        k: int,
+        filters: SearchFilters | None = None,
+        *,
+        fine_queries: npt.NDArray[np.floating] | None = None,
     ) -> tuple[FloatArray, IdArray]:
         """`search` as (Q, k) arrays of scores and ids, no result objects: for batches.
 
         Each row is best first, ties in id order; a row ends in score -inf and id -1 where fewer
-        than k items are eligible.
+        than k items are eligible. With ``fine_queries`` (Q, D), the float vectors of the
+        queries in the second stage's space, an index with a second stage takes the ADC
+        shortlist of ``shortlist_factor x k`` eligible items and returns its best k by inner
+        product with their decoded fine codes (the scores are those inner products); without
+        them, or without a second stage, the ADC ranking is the answer.
         """
         array = self._checked_vectors(queries, "queries")
+        fine = self._checked_fine_queries(fine_queries, len(array))
         with self._lock.reading():
             eligible = self._table.eligible(self._term_filter(filters))
-            return self._table.search(array, k, eligible)
+            if fine is None:
+                return self._table.search(array, k, eligible)
+            assert self._fine is not None and self._quantiser is not None
+            _, shortlists = self._table.search(array, k * self.shortlist_factor, eligible)
+            return rerank_shortlists(fine, shortlists, self._fine.codes_of, self._quantiser, k)
+
+    def _checked_fine_queries(
+        self, fine_queries: npt.NDArray[np.floating] | None, count: int
+    ) -> FloatArray | None:
+        """Unit rows of the fine queries, None when the compact codes alone rank."""
+        stage = self._manifest.second_stage
+        if fine_queries is None or stage is None:
+            return None
+        rows = checked_vectors(fine_queries, stage.dim, "fine queries")
+        if len(rows) != count:
+            raise IndexInputError(f"{count} queries but {len(rows)} fine queries")
+        # Nothing stored yet: no range trained, nothing to re-rank.
+        return None if self._quantiser is None else unit_rows(rows)
+
+    @property
+    def second_stage(self) -> SecondStageRecord | None:
+        """The second stage this index was created with (None: the compact codes alone)."""
+        return self._manifest.second_stage
+
+    @property
+    def quantiser(self) -> FineQuantiser | None:
+        """The second stage's trained range (None before the first rows, or without one)."""
+        return self._quantiser
+
+    def adopt_quantiser(self, quantiser: FineQuantiser) -> None:
+        """Take a range trained elsewhere before storing any row: the shards of one index
+        share one, so that their re-ranked scores compare (indexer/index/shards.py)."""
+        with self._writer:
+            if self._manifest.second_stage is None:
+                raise IndexInputError(f"the index in {self.directory} has no second stage")
+            if self._quantiser is not None:
+                if self._quantiser.fingerprint != quantiser.fingerprint:
+                    raise IndexInputError(
+                        f"the index in {self.directory} already has another trained range"
+                    )
+                return
+            self._metadata.set_properties({fine_codes.QUANTISER_PROPERTY: quantiser.to_bytes()})
+            self._quantiser = quantiser
+
+    @property
+    def shortlist_factor(self) -> int:
+        stage = self._manifest.second_stage
+        return 1 if stage is None else stage.shortlist_factor
+
+    def fine_vectors_of(self, item_ids: Sequence[int]) -> FloatArray:
+        """The decoded fine codes of held items, as fine queries (more like this item).
+
+        KeyError for an item not held; IndexInputError without a second stage.
+        """
+        with self._lock.reading():
+            if self._fine is None or self._quantiser is None:
+                raise IndexInputError(f"the index in {self.directory} has no second stage")
+            wanted = np.asarray(item_ids, dtype=np.int64)
+            return self._quantiser.decode(self._fine.codes_of(wanted))
+
+    def second_stage_stats(self) -> dict[str, Any] | None:
+        """Kind, bytes per item, where the codes live and the shortlist factor (`stats`)."""
+        stage = self._manifest.second_stage
+        if stage is None or self._fine is None:
+            return None
+        snapshot = self._manifest.snapshot
+        return {
+            "kind": stage.kind,
+            "dim": stage.dim,
+            "code_bytes": stage.dim,
+            "shortlist_factor": stage.shortlist_factor,
+            "quantiser_sha256": stage.quantiser_sha256,
+            "trained": self._quantiser is not None,
+            "where": "disk (memory-mapped snapshot) and SQLite; adds since the snapshot in RAM",
+            "files": [] if snapshot is None or snapshot.fine is None else list(snapshot.fine_files),
+            "unsaved_ram_bytes": self._fine.ram_bytes(),
+        }
 
     def codes_of(self, item_ids: npt.ArrayLike) -> CodeArray:
         """(N, M) codes of the given ids (a row of zeros for an id not held), so that a sharded
@@ -672,6 +876,7 @@ class ArchiveIndex:
             tombstones=tombstones,
             memory_bytes=memory,
             card=self.card,
+            second_stage=self.second_stage_stats(),
         )
 
 
@@ -738,6 +943,19 @@ def _codebooks_from_metadata(
             )
         )
     return codebooks
+
+
+def _second_stage_record(
+    card: Mapping[str, Any], settings: SecondStageSettings
+) -> SecondStageRecord:
+    """The manifest's record of a second stage over the card's input vectors."""
+    dim = card.get("input_dim")
+    if not isinstance(dim, int) or dim <= 0:
+        raise IndexInputError(
+            "a second stage re-ranks by the vectors an index is built from, and only a feature "
+            "index (a model card with input_dim) keeps them: an image index has none"
+        )
+    return SecondStageRecord(kind=settings.kind, dim=dim, shortlist_factor=settings.factor)
 
 
 def _geometry_of(card: Mapping[str, Any]) -> dict[str, Any]:

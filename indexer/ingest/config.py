@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from indexer.index.second_stage import DEFAULT_SHORTLIST_FACTOR, SecondStageSettings
 from indexer.index.tiling import DEFAULT_MIN_TISSUE, DEFAULT_TILE_SIZE, TilingConfig
 from indexer.ingest.features import DEFAULT_CHUNK_ROWS, FeatureColumns, FeatureOptions
 from indexer.ingest.slides import DEFAULT_MPP, SlideConfig
@@ -41,7 +42,13 @@ PIXEL_OPTIONS = (
     "ray",
     "ray_actors",
 )
-FEATURE_OPTIONS = ("label_column", "group_column", "slide_column")
+FEATURE_OPTIONS = (
+    "label_column",
+    "group_column",
+    "slide_column",
+    "second_stage",
+    "shortlist_factor",
+)
 DEFAULT_COLUMNS = FeatureColumns()
 
 
@@ -137,6 +144,19 @@ class IndexConfig(BaseModel):
         description="CSV column of each row's slide id",
         json_schema_extra=_section(FEATURES, cli_metavar="COLUMN"),
     )
+    second_stage: Literal["sq8"] | None = Field(
+        default=None,
+        description="a new index re-ranks its codes' shortlist by 8-bit codes of each row, kept "
+        "on disk (sq8: one byte per number of the row); chosen when the index is created",
+        json_schema_extra=_section(FEATURES),
+    )
+    shortlist_factor: int | None = Field(
+        default=None,
+        ge=1,
+        description="with --second-stage: the shortlist re-ranked is this many times k "
+        f"(default {DEFAULT_SHORTLIST_FACTOR})",
+        json_schema_extra=_section(FEATURES, cli_metavar="N"),
+    )
     batch_size: int = Field(
         default=DEFAULT_BATCH_SIZE,
         ge=1,
@@ -223,6 +243,8 @@ class IndexConfig(BaseModel):
             for name in PIXEL_OPTIONS
             if name in given
         ]
+        if self.shortlist_factor is not None and self.second_stage is None:
+            refused.append("--shortlist-factor needs --second-stage")
         if refused:
             raise ValueError("; ".join(refused))
         return self
@@ -235,6 +257,12 @@ class IndexConfig(BaseModel):
             dataset=self.dataset,
             chunk_rows=self._feature_rows(),
         )
+
+    def second_stage_settings(self) -> SecondStageSettings | None:
+        """The second stage a new index is created with (None: the compact codes alone)."""
+        if self.second_stage is None:
+            return None
+        return SecondStageSettings(self.second_stage, self.shortlist_factor)
 
     def feature_pipeline(self) -> PipelineConfig:
         """The writer's settings for feature rows: a read chunk is one write."""

@@ -132,7 +132,10 @@ class _RowQueue:
         if not self._items:
             return
         vectors = self._vectors[0] if len(self._vectors) == 1 else np.concatenate(self._vectors)
-        self._writer.write(self._items, self._encoder.descriptors(vectors))
+        # An index with a second stage keeps an 8-bit code of each centred row to re-rank by.
+        stage = self._writer.index.second_stage
+        fine = self._encoder.centred(vectors) if stage is not None else None
+        self._writer.write(self._items, self._encoder.descriptors(vectors), fine)
         self._items, self._vectors = [], []
 
 

@@ -128,6 +128,8 @@ class IngestWriter:
         self._flush_every = config.flush_every
         self._items: list[NewItem] = []
         self._vectors: list[npt.NDArray[np.float32]] = []
+        # The second stage's vectors of the queued items, when the index has one.
+        self._fine: list[npt.NDArray[np.float32]] = []
         self._waiting: dict[str, int] = {}
         self._finishing: dict[str, FinishedSource] = {}
         self._open_parts: dict[str, bool] = {}  # sources begun in parts, final part still to come
@@ -186,12 +188,20 @@ class IngestWriter:
 
     # ---- items ---------------------------------------------------------------------------------
 
-    def write(self, items: Sequence[NewItem], vectors: npt.NDArray[np.float32]) -> None:
-        """Queue items of begun sources with their (N, D) descriptors; full batches are written."""
-        if len(items) != len(vectors):
+    def write(
+        self,
+        items: Sequence[NewItem],
+        vectors: npt.NDArray[np.float32],
+        fine: npt.NDArray[np.float32] | None = None,
+    ) -> None:
+        """Queue items of begun sources with their (N, D) descriptors (and, for an index with a
+        second stage, the vectors it re-ranks by); full batches are written."""
+        if len(items) != len(vectors) or (fine is not None and len(fine) != len(items)):
             raise ValueError(f"{len(items)} items but {len(vectors)} descriptors")
         self._items.extend(items)
         self._vectors.extend(np.asarray(vectors, dtype=np.float32))
+        if fine is not None:
+            self._fine.extend(np.asarray(fine, dtype=np.float32))
         while len(self._items) >= self._batch_size:
             self._write_batch(self._batch_size)
 
@@ -213,7 +223,8 @@ class IngestWriter:
     def _write_batch(self, size: int) -> None:
         items, self._items = self._items[:size], self._items[size:]
         vectors, self._vectors = self._vectors[:size], self._vectors[size:]
-        outcomes = self.index.add(np.stack(vectors), items)
+        fine, self._fine = self._fine[:size], self._fine[size:]
+        outcomes = self.index.add(np.stack(vectors), items, fine=np.stack(fine) if fine else None)
         added = sum(outcome.added for outcome in outcomes)
         self.summary.tiles_added += added
         self.summary.tiles_duplicate += len(items) - added

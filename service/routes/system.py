@@ -81,7 +81,12 @@ async def stats(engine: EngineDep, settings: SettingsDep, client: ClientDep) -> 
     index_stats = await engine.offload(engine.index.stats, client=client)
     footprint = await engine.offload(
         lambda: index_footprint(
-            engine.index.directory, index_stats.items, index_stats.memory_bytes
+            engine.index.directory,
+            index_stats.items,
+            index_stats.memory_bytes,
+            None
+            if index_stats.second_stage is None
+            else index_stats.second_stage["unsaved_ram_bytes"],
         ),
         client=client,
     )

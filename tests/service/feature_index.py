@@ -17,6 +17,7 @@ import numpy.typing as npt
 import pytest
 import torch
 
+from indexer.index.second_stage import SecondStageSettings
 from indexer.index.store import ArchiveIndex
 from indexer.ingest.features import FeatureArchive, FeatureBatch, FeatureOptions
 from model.card import ModelCard
@@ -74,8 +75,14 @@ def write_slice(source: Path, folder: Path, rows: int = ROWS) -> Path:
     return target
 
 
-def build_feature_index(directory: Path, source: Path, rows: int = ROWS) -> FeatureSample:
-    """Index the slice with a seeded feature model; the directory holds its ``model.pt``."""
+def build_feature_index(
+    directory: Path,
+    source: Path,
+    rows: int = ROWS,
+    second_stage: SecondStageSettings | None = None,
+) -> FeatureSample:
+    """Index the slice with a seeded feature model; the directory holds its ``model.pt``. With
+    ``second_stage``, the index re-ranks by 8-bit codes of the centred rows."""
     matrix = write_slice(source, directory.parent / "archive", rows)
     torch.manual_seed(7)
     model = FeatureSPQModel(feature_card()).eval()
@@ -83,12 +90,13 @@ def build_feature_index(directory: Path, source: Path, rows: int = ROWS) -> Feat
     model.feature_mean.copy_(torch.from_numpy(vectors.mean(axis=0)))
     checkpoint = directory.parent / "feature-model.pt"
     save_feature_checkpoint(model, checkpoint)
-    index = ArchiveIndex.create(directory, checkpoint)
+    index = ArchiveIndex.create(directory, checkpoint, second_stage)
     encoder = FeatureEncoder(model, torch.device("cpu"))
     slide_ids: list[str] = []
     with index:
         for batch in FeatureArchive.open(matrix, FeatureOptions(dim=DIM)).batches():
             assert isinstance(batch, FeatureBatch), batch
-            index.add(encoder.descriptors(batch.vectors), batch.items)
+            fine = None if second_stage is None else encoder.centred(batch.vectors)
+            index.add(encoder.descriptors(batch.vectors), batch.items, fine=fine)
             slide_ids += [str(item.extra["slide_id"]) for item in batch.items]
     return FeatureSample(directory, vectors, slide_ids)

@@ -55,3 +55,19 @@ def test_stats_report_bytes_per_item_in_ram_and_on_disk(index_copy: Path) -> Non
     assert stage["disk"] == pytest.approx(sum(stage["disk_parts"].values()), abs=0.05)
     assert per_item["disk"] > per_item["ram"]
     assert stats["index_kind"] == "images" and stats["feature_dim"] is None
+
+
+def test_a_second_stages_files_are_its_own_stage(tmp_path: Path) -> None:
+    assert disk_part("fine.3.npy") == "fine_codes"
+    assert disk_part("fine-ids.3.npy") == "fine_ids"
+    directory = tmp_path / "index"
+    directory.mkdir()
+    (directory / "fine.1.npy").write_bytes(b"x" * 1920)
+    (directory / "fine-ids.1.npy").write_bytes(b"x" * 80)
+    (directory / "codes.1.faiss").write_bytes(b"x" * 40)
+    footprint = index_footprint(directory, items=10, memory_bytes=500, fine_memory_bytes=30)
+    codes, fine = footprint.stages
+    assert (codes.name, codes.ram, codes.disk_parts) == ("codes", 50, {"codes": 4})
+    assert (fine.name, fine.ram) == ("fine", 3)
+    assert fine.disk_parts == {"fine_codes": 192, "fine_ids": 8}
+    assert footprint.ram == 53 and footprint.disk == 204

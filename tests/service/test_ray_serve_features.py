@@ -158,3 +158,18 @@ def test_ready_on_ray_says_the_index_holds_features_and_counts_every_shard(
     plain = served.plain.get("/ready").json()
     assert ready.json()["items"] == plain["items"] == len(served.sample.vectors)
     assert ready.json()["index_kind"] == plain["index_kind"] == "features"
+
+
+def test_a_sharded_index_with_a_second_stage_is_refused_by_ray_serve_before_it_deploys(
+    tmp_path: Path,
+) -> None:
+    from indexer.index.second_stage import SecondStageSettings
+    from indexer.index.shards import ShardedIndexError
+    from service.ray_serve import build_application
+
+    sample = build_feature_index(tmp_path / "single", require_features())
+    target = tmp_path / "staged"
+    ShardedIndex.create(target, sample.index_dir / "model.pt", 2, SecondStageSettings()).close()
+    settings = Settings(index_dir=target, api_key=SecretStr(API_KEY), device="cpu")
+    with pytest.raises(ShardedIndexError, match="second stage.*without --ray"):
+        build_application(settings)

@@ -18,6 +18,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from indexer.index.opening import open_index
+from indexer.index.second_stage import SecondStageSettings
 from indexer.index.store import ArchiveIndex
 from service.app import create_app
 from service.engine import SearchEngine
@@ -357,3 +358,56 @@ def test_vector_searches_count_against_the_clients_limit_like_any_search(
         engine.close()
     assert refused.status_code == 429 and refused.code == "too_many_requests"
     assert rows == 2
+
+
+# --- an index with a second stage -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_stage(tmp_path_factory: pytest.TempPathFactory) -> FeatureSample:
+    source = require_features()
+    return build_feature_index(
+        tmp_path_factory.mktemp("two-stage") / "index",
+        source,
+        second_stage=SecondStageSettings(shortlist_factor=20),
+    )
+
+
+def test_with_a_second_stage_vectors_are_ranked_by_the_cosine_of_the_centred_rows(
+    two_stage: FeatureSample,
+) -> None:
+    rows = [3, 250]
+    mean = two_stage.vectors.mean(axis=0)
+    unit = two_stage.vectors - mean
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    with feature_client(two_stage) as test_client:
+        answer = by_vectors(test_client, npy(two_stage.vectors[rows]), k=5).json()
+        stats = test_client.get("/stats").json()
+    for row, part in zip(rows, answer["queries"], strict=True):
+        hits = part["results"]
+        assert hits[0]["feature"]["row"] == row
+        # Scores are the decoded 8-bit codes' inner products with the unit query: cosines
+        # within the quantisation's error.
+        exact = unit[[hit["feature"]["row"] for hit in hits]] @ unit[row]
+        assert np.allclose([hit["score"] for hit in hits], exact, atol=0.02)
+    stages = {stage["stage"]: stage for stage in stats["bytes_per_item"]["stages"]}
+    assert set(stages) == {"codes", "fine"}
+    # 192 bytes of codes and 8 of ids per item on disk, memory-mapped: no RAM after a snapshot.
+    assert stages["fine"]["disk_parts"]["fine_codes"] == pytest.approx(192, abs=1)
+    assert stages["fine"]["disk_parts"]["fine_ids"] == pytest.approx(8, abs=1)
+    assert stages["fine"]["ram"] == 0
+    assert stats["bytes_per_item"]["ram"] == pytest.approx(stages["codes"]["ram"])
+
+
+def test_with_a_second_stage_an_item_id_searches_with_its_decoded_fine_code(
+    two_stage: FeatureSample,
+) -> None:
+    (item_id,) = own_item_ids(two_stage, [40])
+    with feature_client(two_stage) as test_client:
+        hits = test_client.post("/search", data={"item_id": str(item_id), "k": "5"}).json()
+    assert hits["results"][0]["id"] == item_id and hits["results"][0]["exact_copy"] is True
+    assert hits["results"][0]["score"] == pytest.approx(1.0, abs=0.02)
+    assert all(
+        first["score"] >= second["score"]
+        for first, second in zip(hits["results"], hits["results"][1:], strict=False)
+    )

@@ -250,3 +250,50 @@ def test_evaluation_refuses_test_patients_the_model_trained_on(trained, tmp_path
     argv += ["--data", str(trained["data"]), *COLUMNS, "--test-groups", trained_on, "--bits", "64"]
     assert main(argv) == 2
     assert f"was trained on test groups ['{trained_on}']" in capsys.readouterr().err
+
+
+def test_a_second_stage_is_chosen_when_the_index_is_created_and_re_ranks_vector_queries(
+    trained, tmp_path, capsys, caplog
+):
+    index = tmp_path / "two-stage"
+    checkpoint = trained["out"] / "model.pt"
+    base = index_argv(trained["data"], index)
+    stage = ["--second-stage", "sq8", "--shortlist-factor", "3"]
+    code, printed = cli(
+        capsys, *base, "--checkpoint", str(checkpoint), *COLUMNS, *stage, "--no-progress"
+    )
+    assert code == 0 and f"rows added:               {ROWS}" in printed
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["second_stage"]["kind"] == "sq8"
+    assert manifest["second_stage"]["shortlist_factor"] == 3
+    assert manifest["second_stage"]["dim"] == 192
+    rows = np.load(trained["data"])[[10, 2500]]
+    np.save(tmp_path / "queries.npy", rows)
+    search = ["search", "--index", str(index), "-k", "3", "--json"]
+    code, printed = cli(capsys, *search, "--vectors", str(tmp_path / "queries.npy"))
+    answers = json.loads(printed)
+    assert code == 0
+    # The re-rank scores are cosines of the centred rows: the row itself scores about 1.
+    assert [answer["hits"][0]["extra"]["row"] for answer in answers] == [10, 2500]
+    assert all(abs(answer["hits"][0]["score"] - 1.0) < 0.01 for answer in answers)
+    code, printed = cli(capsys, *search, "--item", str(answers[0]["hits"][0]["id"]))
+    assert code == 0 and json.loads(printed)[0]["hits"][0]["extra"]["row"] == 10
+    code, printed = cli(capsys, "stats", "--index", str(index))
+    assert code == 0 and "re-rank:    sq8 of 192-d vectors (192 bytes per item" in printed
+    # Resuming without the option keeps the stage; another factor is refused.
+    code, printed = cli(capsys, *base, *COLUMNS, "--second-stage", "sq8", "--no-progress")
+    assert code == 0 and "finished in earlier runs: 1" in printed
+    assert cli(capsys, *base, *COLUMNS, *stage[:2], "--shortlist-factor", "5")[0] == 2
+    assert "a second stage is chosen when an index is created" in caplog.text
+
+
+def test_a_second_stage_cannot_be_turned_on_for_an_index_created_without_one(
+    trained, tmp_path, capsys, caplog
+):
+    index = tmp_path / "plain"
+    checkpoint = trained["out"] / "model.pt"
+    base = index_argv(trained["data"], index)
+    assert cli(capsys, *base, "--checkpoint", str(checkpoint), *COLUMNS, "--no-progress")[0] == 0
+    assert cli(capsys, *base, *COLUMNS, "--second-stage", "sq8", "--no-progress")[0] == 2
+    assert "was created with no second stage" in caplog.text
+    assert not list(index.glob("fine*"))

@@ -7,7 +7,6 @@ import pytest
 
 from indexer.evaluate.features import (
     FeatureArchive,
-    ScalarQuantisedVectors,
     cell_and_code_ranking,
     cell_of,
     centre_and_normalise,
@@ -21,6 +20,7 @@ from indexer.evaluate.features import (
     rerank,
     spq_ranking,
 )
+from indexer.index.second_stage import FineQuantiser
 from indexer.learn.feature_training import patient_split
 from model.card import ModelCard
 from model.feature_spq import FeatureSPQModel
@@ -77,7 +77,7 @@ def test_a_shortlist_reranked_by_8_bit_vectors_keeps_nearly_every_float_neighbou
     archive, queries = unit[100:], unit[:100]
     truth = exact_ranking(queries, archive, 10)
     coarse = index_ranking(faiss_pq_index(archive, 16, 4, rotate=False), archive, queries, 100)
-    fine = ScalarQuantisedVectors(archive)
+    fine = FineQuantiser.train(archive)
     reranked = rerank(queries, coarse, fine.encode(archive), fine)
     labels = data.labels[100:]
     before = ranking_quality(coarse, data.labels[:100], labels, truth).float_recall_at_10

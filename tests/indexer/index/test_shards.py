@@ -305,8 +305,8 @@ class ReplyLostShard(LocalShard):
 
     fail_next_add = False
 
-    def add_codes(self, codes, records, *, item_ids=None):
-        outcomes = super().add_codes(codes, records, item_ids=item_ids)
+    def add_codes(self, codes, records, *, item_ids=None, fine=None):
+        outcomes = super().add_codes(codes, records, item_ids=item_ids, fine=fine)
         if ReplyLostShard.fail_next_add:
             ReplyLostShard.fail_next_add = False
             raise ConnectionError("the shard's reply was lost after its commit")

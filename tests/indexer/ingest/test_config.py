@@ -28,3 +28,15 @@ def test_pixel_options_are_refused_for_features_by_name() -> None:
 def test_feature_columns_are_refused_for_images_by_name() -> None:
     with pytest.raises(ValidationError, match="--group-column applies to --source features only"):
         IndexConfig.model_validate({"data": "tiles", "index": "var/x", "group_column": "p"})
+
+
+def test_a_second_stage_is_a_feature_option_and_its_shortlist_factor_needs_it() -> None:
+    features = {"data": "rows.npy", "index": "var/x", "source": "features"}
+    config = IndexConfig.model_validate({**features, "second_stage": "sq8"})
+    settings = config.second_stage_settings()
+    assert settings is not None and (settings.kind, settings.factor) == ("sq8", 10)
+    assert IndexConfig.model_validate(features).second_stage_settings() is None
+    with pytest.raises(ValidationError, match="--shortlist-factor needs --second-stage"):
+        IndexConfig.model_validate({**features, "shortlist_factor": 30})
+    with pytest.raises(ValidationError, match="--second-stage applies to --source features only"):
+        IndexConfig.model_validate({"data": "tiles", "index": "var/x", "second_stage": "sq8"})
