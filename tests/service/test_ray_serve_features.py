@@ -171,5 +171,5 @@ def test_a_sharded_index_with_a_second_stage_is_refused_by_ray_serve_before_it_d
     target = tmp_path / "staged"
     ShardedIndex.create(target, sample.index_dir / "model.pt", 2, SecondStageSettings()).close()
     settings = Settings(index_dir=target, api_key=SecretStr(API_KEY), device="cpu")
-    with pytest.raises(ShardedIndexError, match="second stage.*without --ray"):
+    with pytest.raises(ShardedIndexError, match=r"second stage.*without --ray"):
         build_application(settings)
