@@ -79,9 +79,9 @@ class CountingIndex(ArchiveIndex):
 
     adds = 0
 
-    def add(self, descriptors, records, *, item_ids=None):
+    def add(self, descriptors, records, *, item_ids=None, fine=None):
         type(self).adds += 1
-        return super().add(descriptors, records, item_ids=item_ids)
+        return super().add(descriptors, records, item_ids=item_ids, fine=fine)
 
 
 def pt_folder(folder: Path, files: int, rows: int, copies: dict[int, int] | None = None) -> Path:
