@@ -377,8 +377,8 @@ def training_item_slides(features: SlideFeatures, split: PatientSplit) -> list[s
 def spq_source(config: FeatureTrainConfig, slides: Sequence[str]) -> CodeSource:
     """SPQ on features (`indexer.learn.feature_training.train_on_features`, the code of
     ``histosearch train --source features``) trained on the training items, whose slides
-    ``slides`` names row by row; slide means then take the items' codec (``means_own=False``),
-    as an index codes them with its one codebook."""
+    ``slides`` names row by row. Call `train_codes` with ``means_own=False``: slide means are
+    coded by the same model, as an index holds one codebook."""
 
     def train(training: FloatArray) -> Codec:
         from indexer.learn.feature_training import train_on_features
