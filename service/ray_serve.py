@@ -38,7 +38,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from indexer.index.metadata import FinishedSource
+from indexer.index.metadata import FinishedSource, SlideRow
 from indexer.index.pq import CodeArray, FloatArray
 from indexer.index.ray_cluster import EmbeddingActor, connect
 from indexer.index.records import ItemRecord, NewItem
@@ -186,6 +186,15 @@ class ShardClient:
     ) -> list[float | None]:
         scores: list[float | None] = self._call("scores_of", query, list(item_ids))
         return scores
+
+    def slide_rows(self) -> list[SlideRow]:
+        """Every item's slide, group and code: slide and case search reads each shard's."""
+        rows: list[SlideRow] = self._call("slide_rows")
+        return rows
+
+    def content_state(self) -> tuple[int, ...]:
+        state: tuple[int, ...] = self._call("content_state")
+        return state
 
     def known_hashes(self, hashes: Sequence[str]) -> dict[str, int]:
         known: dict[str, int] = self._call("known_hashes", list(hashes))

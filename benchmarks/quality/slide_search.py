@@ -1,7 +1,8 @@
 """Slide and case search benchmark on real features: tcga-hipt-regions-192d.
 
     nice -n 10 python -m benchmarks.quality.slide_search [--threads 2] [--validation-patients 400]
-        [--test-patients N] [--opq] [--skip-latency] [--skip-quality] [--data DIR] [--out FILE]
+        [--test-patients N] [--opq] [--spq] [--spq-train-patients N] [--skip-latency]
+        [--skip-quality] [--data DIR] [--out FILE]
 
 The committed results/slide_search.json ran ``--threads 1 --validation-patients 150
 --test-patients 400`` (a seeded third of the test patients; the machine was shared by others),
@@ -19,7 +20,15 @@ Tasks: the cancer type (25 classes), and the subtype within BRCA (IDC/ILC), kidn
 Levels: a slide as query, slides as answers; a case (all slides of a patient) as query, cases as
 answers. Sources: exact float cosine, and codes of 32 / 64 / 128 bits of the code family that
 scored best at 64 bits on validation (FAISS PQ with 8-bit sub-quantisers, or 4-bit FastScan; OPQ
-rotations too with ``--opq``); slide means get their own codebook of the same size.
+rotations too with ``--opq``); slide means get their own codebook of the same size. With
+``--spq``, the sources are exact float and the product's own codes instead: the feature model of
+``histosearch train --source features`` (`indexer.learn.feature_training`, 8-bit codewords, the
+settings chosen per code length in `benchmarks.quality.features`) trained on the training
+patients' items (``--spq-train-patients`` of them, seeded), each slide's mean vector coded by
+the same model (an index derives its slide means from the items' codes instead); at 64 bits
+also with coded queries (a query by slide id searches with its items' stored codes). Results:
+``benchmarks/results/slide_search_spq.json`` (``--spq-bits`` and ``--spq-skip-float`` split the
+work between runs on the same split).
 
 Latency (one query at a time, best of the median over queries, ``--threads`` FAISS threads):
 a slide query of 24 items against the 147k items / 7,437 slides; the same against 10^6 items
@@ -44,6 +53,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 
 from benchmarks.common import RESULTS, shared_data_root, write_result
 from indexer.evaluate.slide_level import (
@@ -54,8 +64,10 @@ from indexer.evaluate.slide_level import (
     PatientSplit,
     PreparedArchive,
     SlideFeatures,
+    SPQCodec,
     TrainedCodes,
     Variant,
+    centre_and_normalise,
     choose_variants,
     evaluate_part,
     faiss_pq_source,
@@ -64,7 +76,9 @@ from indexer.evaluate.slide_level import (
     load_labelled_slides,
     patient_split,
     prepare_archive,
+    spq_source,
     train_codes,
+    training_item_slides,
 )
 from indexer.index.pq import FloatArray
 from indexer.index.slide_search import (
@@ -77,12 +91,16 @@ from indexer.index.slide_search import (
 
 DATA = shared_data_root() / "tcga-hipt-regions-192d"
 RESULT = RESULTS / "slide_search.json"
+SPQ_RESULT = RESULTS / "slide_search_spq.json"
 SEED = 0
 VALIDATION_FRACTION, TEST_FRACTION = 0.15, 0.2
 ITEM_KS, RESCORES = (25, 50, 100), (0, 32)
 BITS = (32, 64, 128)
 NOISE = 0.03
 SCALE_ITEMS = 1_000_000
+LATENCY_SOURCES = ("float", "pq64", "pq64-fastscan", "spq64")
+# Options the command line of the results spells by hand (flags, lists).
+FLAGS = {"data", "out", "skip_latency", "skip_quality", "opq", "spq", "spq_bits", "spq_skip_float"}
 
 
 def subset(groups: frozenset[str], count: int | None, seed: int) -> frozenset[str]:
@@ -196,29 +214,112 @@ def quality(
     sources: dict[str, CodeSource] = {"float": float_source}
     for bits in BITS:
         sources[family_name(opq, nbits, bits)] = pq_source(bits, opq, nbits)
-    tasks = {"cancer_type": features} | {
-        f"subtype_{organ.lower()}": labelled.subtype_task(organ, subtypes)
-        for organ, subtypes in SUBTYPE_TASKS.items()
-    }
     report: dict[str, Any] = {"family_on_validation": family, "sources": {}}
     trained_by_source: dict[str, TrainedCodes] = dict(trained64)
     for name, source in sources.items():
         started = time.perf_counter()
         trained = trained64.get(name) or train_codes(features, split, source)
         trained_by_source[name] = trained
-        chosen, validation_table = validate(features, trained, validation)
-        entry: dict[str, Any] = {
-            "codec": trained.items.name,
-            "bits": trained.items.bits,
-            "validation": validation_table,
-            "chosen_on_validation": {a.value: v.name for a, v in chosen.items()},
-            "test": {},
-        }
-        for task, task_features in tasks.items():
-            entry["test"][task] = held_out_figures(task_features, trained, chosen, test)
-            print_task(name, task, entry["test"][task])
+        entry = source_figures(name, trained, labelled, validation, test)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         report["sources"][name] = entry
+    return report, trained_by_source
+
+
+def task_features(labelled: LabelledSlides) -> dict[str, SlideFeatures]:
+    """The cancer type, and each organ's subtypes over its own slides."""
+    return {"cancer_type": labelled.features} | {
+        f"subtype_{organ.lower()}": labelled.subtype_task(organ, subtypes)
+        for organ, subtypes in SUBTYPE_TASKS.items()
+    }
+
+
+def source_figures(
+    name: str,
+    trained: TrainedCodes,
+    labelled: LabelledSlides,
+    validation: frozenset[str],
+    test: frozenset[str],
+) -> dict[str, Any]:
+    """Knobs chosen on validation patients, then every task's test figures with them."""
+    chosen, validation_table = validate(labelled.features, trained, validation)
+    entry: dict[str, Any] = {
+        "codec": trained.items.name,
+        "bits": trained.items.bits,
+        "validation": validation_table,
+        "chosen_on_validation": {a.value: v.name for a, v in chosen.items()},
+        "test": {},
+    }
+    for task, features in task_features(labelled).items():
+        entry["test"][task] = held_out_figures(features, trained, chosen, test)
+        print_task(name, task, entry["test"][task])
+    return entry
+
+
+def spq_split_of(split: PatientSplit, train_patients: int | None) -> PatientSplit:
+    """The split SPQ trains on: ``train_patients`` of the training patients (seeded), or all."""
+    return replace(split, train=subset(split.train, train_patients, SEED))
+
+
+def train_spq(features: SlideFeatures, spq_split: PatientSplit, bits: int) -> TrainedCodes:
+    """The feature model of ``histosearch train --source features`` at ``bits`` (the settings
+    chosen per code length on validation patients in `benchmarks.quality.features`)."""
+    from benchmarks.quality.features import CHOSEN
+    from indexer.learn.feature_training import FeatureTrainConfig
+
+    settings = {**CHOSEN[bits], "threads": torch.get_num_threads(), "feature_model": "hipt"}
+    config = FeatureTrainConfig(bits=bits, **settings)
+    slides = training_item_slides(features, spq_split)
+    return train_codes(features, spq_split, spq_source(config, slides), means_own=False)
+
+
+def spq_quality(
+    labelled: LabelledSlides,
+    split: PatientSplit,
+    validation: frozenset[str],
+    test: frozenset[str],
+    train_patients: int | None,
+    save: Callable[[dict[str, Any]], None] = lambda report: None,
+    bits_asked: Sequence[int] = BITS,
+    with_float: bool = True,
+) -> tuple[dict[str, Any], dict[str, TrainedCodes]]:
+    """Float vectors beside the feature model's own SPQ codes, trained on training patients
+    only (``train_patients`` of them, seeded, when given), 64 bits first; ``save`` gets the
+    report after each source. At 64 bits the same codes are also searched with coded queries,
+    as a query by slide id is (its items are stored codes)."""
+    features = labelled.features
+    spq_split = spq_split_of(split, train_patients)
+    report: dict[str, Any] = {
+        "spq_training_patients": len(spq_split.train),
+        "spq_training_items": len(training_item_slides(features, spq_split)),
+        "sources": {},
+    }
+    trained_by_source: dict[str, TrainedCodes] = {}
+    if with_float:
+        started = time.perf_counter()
+        float_codes = train_codes(features, split, float_source)
+        trained_by_source["float"] = float_codes
+        figures = source_figures("float", float_codes, labelled, validation, test)
+        report["sources"]["float"] = figures | {"seconds": round(time.perf_counter() - started, 1)}
+        save(report)
+    for bits in sorted(bits_asked, key=lambda bits: bits != 64):
+        started = time.perf_counter()
+        trained = train_spq(features, spq_split, bits)
+        train_seconds = time.perf_counter() - started
+        assert isinstance(trained.items, SPQCodec)
+        variants = {f"spq{bits}": trained}
+        trained_by_source[f"spq{bits}"] = trained
+        if bits == 64:
+            coded = SPQCodec(trained.items.model, query_codes=True)
+            variants[f"spq{bits}-coded-queries"] = TrainedCodes(trained.centre, coded, coded)
+        for name, codes in variants.items():
+            started = time.perf_counter()
+            entry = source_figures(name, codes, labelled, validation, test)
+            entry["train_s"] = round(train_seconds, 1)
+            entry["settings"] = trained.items.model.card.training
+            entry["seconds"] = round(time.perf_counter() - started, 1)
+            report["sources"][name] = entry
+            save(report)
     return report, trained_by_source
 
 
@@ -243,7 +344,9 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
     coded = sources[code64]["test"]["cancer_type"]["slide"]
     best_code = max(coded, key=lambda a: coded[a]["mv5"])
     best_float = max(float_slide, key=lambda a: float_slide[a]["mv5"])
+    best_set = max((a for a in coded if a != "mean"), key=lambda a: coded[a]["mv5"])
     return {
+        "codes_64_source": code64,
         "float_mean_mv5_baseline": baseline,
         "codes_64_best": {"aggregation": best_code, "mv5": coded[best_code]["mv5"]},
         "codes_64_ratio_to_baseline": coded[best_code]["mv5"] / baseline,
@@ -251,6 +354,9 @@ def targets(report: dict[str, Any]) -> dict[str, Any]:
         "codes_64_best_above_baseline": coded[best_code]["mv5"] > baseline,
         "float_best": {"aggregation": best_float, "mv5": float_slide[best_float]["mv5"]},
         "float_best_above_baseline": float_slide[best_float]["mv5"] > baseline,
+        "codes_64_mean_mv5": coded["mean"]["mv5"],
+        "codes_64_best_set_to_set": {"aggregation": best_set, "mv5": coded[best_set]["mv5"]},
+        "codes_64_set_to_set_beats_mean": coded[best_set]["mv5"] > coded["mean"]["mv5"],
     }
 
 
@@ -312,10 +418,10 @@ def resampled(unit: FloatArray, count: int, seed: int) -> FloatArray:
     return noisy
 
 
-def scaled_features(archive: PreparedArchive, count: int) -> SlideFeatures:
+def scaled_features(unit_items: FloatArray, count: int) -> SlideFeatures:
     """``count`` resampled items in synthetic slides of 24, one patient each (already unit, so
     the centre of `TrainedCodes` must be zero for them)."""
-    vectors = resampled(archive.unit_items, count, seed=1)
+    vectors = resampled(unit_items, count, seed=1)
     slides = count // 24 + (count % 24 > 0)
     item_slide = np.arange(count, dtype=np.int64) // 24
     means = np.zeros((slides, vectors.shape[1]), dtype=np.float32)
@@ -340,29 +446,37 @@ def latency(
 ) -> dict[str, Any]:
     features = labelled.features
     report: dict[str, Any] = {}
-    # The two search structures (8-bit IndexPQ, 4-bit FastScan); OPQ only adds a 192 x 192
-    # rotation of the queries, which these timings leave out.
-    for name in ("float", "pq64", "pq64-fastscan"):
+    # The search structures: exact float, 8-bit IndexPQ (FAISS PQ, or the feature model's SPQ
+    # codes, the product's own), 4-bit FastScan; OPQ only adds a 192 x 192 rotation of the
+    # queries, which these timings leave out.
+    for name in LATENCY_SOURCES:
+        if name not in trained_by_source:
+            continue
         archive = prepare_archive(features, trained_by_source[name], SlideSearchSettings())
         queries = held_out_queries(archive, test, 30)
         report[f"{name}_147k_items_7k_slides_ms"] = query_latencies(archive, queries, repeats)
         print(f"latency {name} 147k items: {report[f'{name}_147k_items_7k_slides_ms']}", flush=True)
-        if name != "float":
-            key = f"{name}_mosaic_10000_tiles_ms"
-            report[key] = mosaic_latency(archive, queries[0], repeats)
-            print(f"latency {name} mosaic 10,000 tiles: {report[key]}", flush=True)
-            if name != "pq64-fastscan":
-                continue  # 10^6 items: the FastScan codes only (the 8-bit scan is ~10x slower)
-            big = scaled_features(archive, scale_items)
-            zero = np.zeros(big.vectors.shape[1], dtype=np.float32)
-            scaled = prepare_archive(
-                big, replace(trained_by_source[name], centre=zero), SlideSearchSettings()
-            )
-            key = f"{name}_{scale_items}_items_{len(big.slide_ids)}_slides_ms"
-            report[key] = query_latencies(scaled, queries[:10], repeats)
-            print(f"latency {name} {scale_items} items: {report[key]}", flush=True)
-            del scaled, big
+        if name == "float":
+            continue
+        key = f"{name}_mosaic_10000_tiles_ms"
+        report[key] = mosaic_latency(archive, queries[0], repeats)
+        print(f"latency {name} mosaic 10,000 tiles: {report[key]}", flush=True)
+        del archive
+        big = scaled_features(prepare_archive_units(features, trained_by_source[name]), scale_items)
+        zero = np.zeros(big.vectors.shape[1], dtype=np.float32)
+        scaled = prepare_archive(
+            big, replace(trained_by_source[name], centre=zero), SlideSearchSettings()
+        )
+        key = f"{name}_{scale_items}_items_{len(big.slide_ids)}_slides_ms"
+        report[key] = query_latencies(scaled, queries[:10], repeats)
+        print(f"latency {name} {scale_items} items: {report[key]}", flush=True)
+        del scaled, big
     return report
+
+
+def prepare_archive_units(features: SlideFeatures, trained: TrainedCodes) -> FloatArray:
+    """The archive's items, centred and L2-normalised as every source sees them."""
+    return centre_and_normalise(features.vectors, trained.centre)
 
 
 def mosaic_latency(archive: PreparedArchive, query: SlideQuery, repeats: int) -> dict[str, float]:
@@ -394,10 +508,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--opq", action="store_true", help="also try OPQ (slow to train)")
-    parser.add_argument("--skip-quality", action="store_true", help="latency only (PQ codes)")
+    parser.add_argument("--skip-quality", action="store_true", help="latency only")
     parser.add_argument("--scale-items", type=int, default=SCALE_ITEMS)
+    parser.add_argument(
+        "--spq",
+        action="store_true",
+        help="float vectors and the feature model's SPQ codes (32/64/128 bits; latency: 64) "
+        f"instead of FAISS PQ families; default --out {SPQ_RESULT.relative_to(RESULTS.parent)}",
+    )
+    parser.add_argument(
+        "--spq-train-patients", type=int, default=None, help="SPQ trains on N training patients"
+    )
+    parser.add_argument("--spq-bits", type=int, nargs="+", choices=BITS, default=list(BITS))
+    parser.add_argument(
+        "--spq-skip-float",
+        action="store_true",
+        help="with --spq: no float source (its figures come from another run on the same split)",
+    )
     args = parser.parse_args(argv)
     faiss.omp_set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
+    if args.spq and args.out == RESULT:
+        args.out = SPQ_RESULT
     started = time.perf_counter()
     labelled = load_labelled_slides(args.data)
     split = patient_split(labelled.features.slide_groups, VALIDATION_FRACTION, TEST_FRACTION, SEED)
@@ -408,11 +540,14 @@ def main(argv: Sequence[str] | None = None) -> None:
         + " ".join(
             f"--{k.replace('_', '-')} {v}"
             for k, v in vars(args).items()
-            if k not in {"data", "out", "skip_latency", "skip_quality", "opq"}
+            if k not in FLAGS and v is not None
         )
+        + (f" --spq-bits {' '.join(map(str, args.spq_bits))}" if args.spq else "")
+        + (" --spq-skip-float" if args.spq_skip_float else "")
         + (" --skip-latency" if args.skip_latency else "")
         + (" --skip-quality" if args.skip_quality else "")
-        + (" --opq" if args.opq else ""),
+        + (" --opq" if args.opq else "")
+        + (" --spq" if args.spq else ""),
         "data": "tcga-hipt-regions-192d",
         "split": {
             "seed": SEED,
@@ -437,12 +572,34 @@ def main(argv: Sequence[str] | None = None) -> None:
             "pq64": train_codes(labelled.features, split, pq_source(64, opq=False)),
             "pq64-fastscan": train_codes(labelled.features, split, pq_source(64, False, 4)),
         }
+        if args.spq:
+            spq_split = spq_split_of(split, args.spq_train_patients)
+            trained["spq64"] = train_spq(labelled.features, spq_split, 64)
+    elif args.spq:
+
+        def save(partial: dict[str, Any]) -> None:
+            write(args.out, report | {"quality": partial, "partial": True})
+
+        quality_report, trained = spq_quality(
+            labelled,
+            split,
+            validation,
+            test,
+            args.spq_train_patients,
+            save,
+            args.spq_bits,
+            not args.spq_skip_float,
+        )
     else:
         families = FAMILIES + (OPQ_FAMILIES if args.opq else ())
         quality_report, trained = quality(labelled, split, validation, test, families)
+    if not args.skip_quality:
         report["quality"] = quality_report
-        report["targets"] = targets(quality_report)
-        print(json.dumps(report["targets"], indent=2))
+        if "float" in quality_report["sources"] and any(
+            "64" in name for name in quality_report["sources"]
+        ):
+            report["targets"] = targets(quality_report)
+        print(json.dumps(report.get("targets"), indent=2))
         write(args.out, report)  # the quality figures survive a failed latency run
     if not args.skip_latency:
         report["latency"] = latency(labelled, trained, test, args.repeats, args.scale_items)

@@ -98,25 +98,35 @@ def run_slide_search(args: argparse.Namespace) -> int:
                 for target in answer.ranked
                 for item in target.evidence
             }
+            labels = [slides.target_label(t.target, request.group_by) for t in answer.ranked]
     except (IndexDirectoryError, IndexInputError, LookupError, ValueError) as error:
         log.error("%s", error)
         return 2
     if args.json:
-        print(json.dumps(_answer_json(request, answer, records), indent=2))
+        print(json.dumps(_answer_json(request, answer, records, labels), indent=2))
         return 0
     what = args.slide if args.slide is not None else f"group {args.group}"
     print(
         f"query {what}: {answer.query_items} items ({answer.mosaic_items} searched), "
         f"{request.aggregation.value}, left out: {answer.excluded_group or 'nothing'}"
     )
-    print(f"{'rank':>4}  {'score':>8}  {request.group_by:<24} {'group':<18} evidence (item ids)")
-    for rank, target in enumerate(answer.ranked, start=1):
+    width = max([len("label"), *(len(label or "-") for label in labels)])
+    print(
+        f"{'rank':>4}  {'score':>8}  {request.group_by:<24} {'group':<18} {'label':<{width}}  "
+        "evidence (item ids)"
+    )
+    for rank, (target, label) in enumerate(zip(answer.ranked, labels, strict=True), start=1):
         evidence = ", ".join(str(item.item_id) for item in target.evidence)
-        print(f"{rank:>4}  {target.score:8.4f}  {target.target:<24} {target.group:<18} {evidence}")
+        print(
+            f"{rank:>4}  {target.score:8.4f}  {target.target:<24} {target.group:<18} "
+            f"{label or '-':<{width}}  {evidence}"
+        )
     return 0
 
 
-def _answer_json(request: Any, answer: Any, records: dict[int, Any]) -> dict[str, Any]:
+def _answer_json(
+    request: Any, answer: Any, records: dict[int, Any], labels: list[str | None]
+) -> dict[str, Any]:
     def evidence(item: Any) -> dict[str, Any]:
         record = records.get(item.item_id)
         return {
@@ -143,10 +153,11 @@ def _answer_json(request: Any, answer: Any, records: dict[int, Any]) -> dict[str
                 "rank": rank,
                 "id": target.target,
                 "group": target.group,
+                "label": label,
                 "score": target.score,
                 "evidence": [evidence(item) for item in target.evidence],
             }
-            for rank, target in enumerate(answer.ranked, start=1)
+            for rank, (target, label) in enumerate(zip(answer.ranked, labels, strict=True), 1)
         ],
     }
 

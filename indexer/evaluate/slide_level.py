@@ -23,13 +23,13 @@ import csv
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import faiss
 import numpy as np
 import numpy.typing as npt
 
-from indexer.index.pq import FloatArray, IdArray
+from indexer.index.pq import FloatArray, IdArray, decode
 from indexer.index.slide_search import (
     Aggregation,
     GroupBy,
@@ -40,6 +40,10 @@ from indexer.index.slide_search import (
     SlideSearchSettings,
     select_mosaic,
 )
+
+if TYPE_CHECKING:
+    from indexer.learn.feature_config import FeatureTrainConfig
+    from model.feature_spq import FeatureSPQModel
 
 SUBTYPE_TASKS: dict[str, tuple[str, ...]] = {
     # HIPT's subtyping tasks: IDC vs ILC (the other BRCA codes have 1-21 slides each).
@@ -164,7 +168,7 @@ class Codec(Protocol):
     def hold(self, vectors: FloatArray) -> CodeSearch: ...
 
 
-# Training vectors -> a codec trained on them (FAISS PQ here; SPQ codebooks later).
+# Training vectors -> a codec trained on them (FAISS PQ, or the feature model's SPQ).
 CodeSource = Callable[[FloatArray], Codec]
 
 
@@ -297,6 +301,93 @@ def _pq_index(dim: int, sub_quantisers: int, nbits: int, opq: bool) -> faiss.Ind
     rotation.niter = 10
     # FAISS's Python wrapper keeps the rotation and the quantiser alive with the index.
     return faiss.IndexPreTransform(rotation, quantiser)
+
+
+@dataclass
+class _SPQSearch:
+    """The product's own search of a feature archive: each held vector is the feature model's
+    code (`indexer.evaluate.features.model_codes`), a query is the head's descriptor, and the
+    score is the inner-product ADC over the model's codewords (FAISS `IndexPQ`, as an index
+    searches). ``query_codes`` quantises the queries too: what a query by slide id meets, whose
+    items are the index's stored codes, decoded."""
+
+    model: FeatureSPQModel
+    index: faiss.IndexPQ
+    codes: npt.NDArray[np.uint8]
+    codebooks: FloatArray
+    query_codes: bool
+
+    def search(self, queries: FloatArray, k: int) -> tuple[FloatArray, IdArray]:
+        scores, rows = self.index.search(self._queries(queries), k)
+        return scores.astype(np.float32), rows.astype(np.int64)
+
+    def scores(self, queries: FloatArray, rows: IdArray) -> FloatArray:
+        found: FloatArray = self._queries(queries) @ self._decoded(self.codes[rows]).T
+        return found
+
+    def _queries(self, queries: FloatArray) -> FloatArray:
+        from indexer.evaluate.features import model_codes, model_descriptors
+
+        array = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.query_codes:
+            return self._decoded(model_codes(self.model, array))
+        return np.ascontiguousarray(model_descriptors(self.model, array))
+
+    def _decoded(self, codes: npt.NDArray[np.uint8]) -> FloatArray:
+        return decode(codes.astype(np.int64), self.codebooks)
+
+
+@dataclass(frozen=True)
+class SPQCodec:
+    """A trained feature model (`model.feature_spq.FeatureSPQModel`) as a code source."""
+
+    model: FeatureSPQModel
+    query_codes: bool = False
+
+    @property
+    def name(self) -> str:
+        size = self.model.card.codebook_size.bit_length() - 1
+        coded = ", coded queries" if self.query_codes else ""
+        return f"SPQ{self.model.card.num_codebooks}x{size}{coded}"
+
+    @property
+    def bits(self) -> int | None:
+        return int(self.model.card.num_codebooks * (self.model.card.codebook_size.bit_length() - 1))
+
+    def hold(self, vectors: FloatArray) -> CodeSearch:
+        from indexer.evaluate.features import model_codes, spq_index
+
+        codes = model_codes(self.model, np.ascontiguousarray(vectors, dtype=np.float32))
+        codebooks = self.model.codebooks().detach().numpy().astype(np.float32)
+        return _SPQSearch(
+            self.model, spq_index(self.model, codes), codes, codebooks, self.query_codes
+        )
+
+
+def training_item_slides(features: SlideFeatures, split: PatientSplit) -> list[str]:
+    """The slide of each training item, in the order `train_codes` hands the items to a source
+    (a feature model's ``slide`` signal pairs items of one slide)."""
+    return [
+        features.slide_ids[s]
+        for s in features.item_slide
+        if features.slide_groups[s] in split.train
+    ]
+
+
+def spq_source(config: FeatureTrainConfig, slides: Sequence[str]) -> CodeSource:
+    """SPQ on features (`indexer.learn.feature_training.train_on_features`, the code of
+    ``histosearch train --source features``) trained on the training items, whose slides
+    ``slides`` names row by row. Call `train_codes` with ``means_own=False``: slide means are
+    coded by the same model, as an index holds one codebook."""
+
+    def train(training: FloatArray) -> Codec:
+        from indexer.learn.feature_training import train_on_features
+
+        if len(training) != len(slides):
+            raise ValueError(f"{len(training)} training vectors but {len(slides)} slide names")
+        return SPQCodec(train_on_features(training, slides, config).model)
+
+    return train
 
 
 # ---- leave one patient out ---------------------------------------------------------------------

@@ -48,7 +48,6 @@ from indexer.index.records import ItemRecord
 from indexer.index.slide_search import (
     DEFAULT_MOSAIC,
     Aggregation,
-    Evidence,
     GroupBy,
     IntArray,
     RankedTarget,
@@ -58,6 +57,7 @@ from indexer.index.slide_search import (
     SlideSearchSettings,
     case_query,
     index_item_search,
+    scored_evidence,
     slide_query,
     vector_set_query,
 )
@@ -171,6 +171,21 @@ class IndexSlides:
         codes = self.codes[self.rows_of(item_ids)]
         selected = self.codebooks[np.arange(codes.shape[1])[None, :], codes.astype(np.intp)]
         return np.ascontiguousarray(selected.reshape(len(codes), -1), dtype=np.float32)
+
+    def target_label(self, target: str, group_by: GroupBy) -> str | None:
+        """The label of a ranked slide (its items' most frequent), or of a case (its slides'
+        most frequent; ties to the smallest); None when its items carry none."""
+        catalog = self.catalog
+        if not self.labels:
+            return None
+        if group_by == "slide":
+            label: str | None = self.labels[catalog.slide_position(target)]
+            return label
+        members = catalog.slides_of_group(target).tolist()
+        own: list[str] = [name for name in (self.labels[s] for s in members) if name is not None]
+        if not own:
+            return None
+        return min(set(own), key=lambda name: (-own.count(name), name))
 
     def mean_of(self, slides: IntArray) -> FloatArray:
         found: FloatArray = self.means[np.asarray(slides, dtype=np.int64)]
@@ -366,18 +381,12 @@ def _scored_evidence(
     slides: IndexSlides, query: SlideQuery, target: RankedTarget, count: int, group_by: GroupBy
 ) -> RankedTarget:
     catalog = slides.catalog
-    if group_by == "slide":
-        members = np.array([catalog.slide_position(target.target)])
-    else:
-        members = catalog.slides_of_group(target.target)
-    ids = catalog.items_of_slides(members)
-    if len(ids) == 0:
-        return target
-    scores = slides.item_scores(query.vectors, ids)
-    best_query = np.argmax(scores, axis=0)
-    best_score = scores[best_query, np.arange(len(ids))]
-    order = np.lexsort((ids, -best_score))[:count]
-    evidence = tuple(
-        Evidence(int(best_query[i]), int(ids[i]), float(best_score[i])) for i in order.tolist()
+    position = (
+        catalog.slide_position(target.target)
+        if group_by == "slide"
+        else catalog.group_position(target.target)
+    )
+    evidence = scored_evidence(
+        catalog, slides.item_scores, query.vectors, position, group_by, count
     )
     return RankedTarget(target.target, target.group, target.score, evidence)

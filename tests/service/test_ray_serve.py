@@ -89,6 +89,28 @@ def test_search_on_ray_shards_ranks_as_one_process_with_one_index(deployed):
             assert np.allclose([h["score"] for h in hits], [s for _, s in expected], atol=1e-4)
 
 
+def test_slide_and_case_queries_on_ray_shards_rank_as_one_process(deployed):
+    from indexer.index.slide_archive import IndexSlides, SlideSearchRequest, search_slides
+
+    slides = IndexSlides.of_index(deployed.reference)
+    catalog = slides.catalog
+    slide_id = catalog.slide_ids[int(catalog.slides_of_group(GROUP)[0])]
+    for form, request in (
+        ({"query_slide_id": slide_id}, SlideSearchRequest(slide_id=slide_id)),
+        (
+            {"query_group": GROUP, "group_by": "group"},
+            SlideSearchRequest(group=GROUP, group_by="group"),
+        ),
+    ):
+        response = httpx.post(f"{deployed.url}/search", data={**form, "k": "5"}, timeout=120)
+        assert response.status_code == 200, response.text
+        found = response.json()["results"]
+        expected = search_slides(slides, deployed.reference, request, 5).ranked
+        assert [result["id"] for result in found] == [target.target for target in expected]
+        assert np.allclose([r["score"] for r in found], [t.score for t in expected], atol=1e-4)
+        assert all(result["group"] != GROUP for result in found)
+
+
 def test_ready_and_stats_count_every_shard(deployed):
     ready = httpx.get(f"{deployed.url}/ready", timeout=30)
     assert ready.status_code == 200 and ready.json()["items"] == 240

@@ -56,6 +56,24 @@ def test_search_prints_a_table_of_ranked_slides(slide_index_dir, capsys):
     assert len(lines) == 4
 
 
+def test_slide_and_case_answers_carry_the_label_of_their_items(slide_index_dir, capsys):
+    # Items of slide-s carry class-(s % 3); a patient's two slides share that label.
+    argv = ["search", "--index", str(slide_index_dir), "--slide", "slide-03", "-k", "4", "--json"]
+    for result in run_json(argv, capsys)["results"]:
+        assert result["label"] == f"class-{int(result['id'][-2:]) % 3}"
+    argv = ["search", "--index", str(slide_index_dir), "--group", "patient-2"]
+    argv += ["--group-by", "group", "--json"]
+    for result in run_json(argv, capsys)["results"]:
+        assert result["label"] == f"class-{int(result['id'][-1]) % 3}"
+    argv = ["search", "--index", str(slide_index_dir), "--group", "patient-2", "--group-by"]
+    assert main([*argv, "group", "-k", "3"]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()[1:]
+    assert header.split()[:5] == ["rank", "score", "group", "group", "label"]
+    for row in rows:
+        _, _, case, _, label, *_ = row.split()
+        assert label == f"class-{int(case[-1]) % 3}"
+
+
 def test_an_unknown_slide_or_an_image_with_a_slide_is_refused(slide_index_dir, caplog, tmp_path):
     caplog.set_level(logging.ERROR)
     assert main(["search", "--index", str(slide_index_dir), "--slide", "slide-99"]) == 2

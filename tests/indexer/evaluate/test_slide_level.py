@@ -7,14 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from indexer.evaluate.slide_level import (
     EvaluationSettings,
     ExcludingSearch,
     FloatCodec,
     SlideFeatures,
+    SPQCodec,
     Variant,
     average_precision,
+    centre_and_normalise,
     choose_variants,
     evaluate_part,
     faiss_pq_source,
@@ -26,9 +29,13 @@ from indexer.evaluate.slide_level import (
     majority_vote,
     patient_split,
     prepare_archive,
+    spq_source,
     train_codes,
+    training_item_slides,
 )
+from indexer.index.pq import decode
 from indexer.index.slide_search import Aggregation, SlideSearchSettings
+from indexer.learn.feature_config import FeatureTrainConfig
 
 CLASSES, PATIENTS, DIMENSION = 3, 60, 16
 
@@ -207,3 +214,87 @@ def test_labelled_slides_load_from_feature_files_and_keep_a_subtype_task(tmp_pat
     assert lung.slide_ids == ("s1", "s2") and lung.slide_labels == ("LUAD", "LUSC")
     assert lung.item_slide.tolist() == [0, 0, 1]
     assert len(lung.vectors) == 3 and lung.slide_means.shape == (2, 4)
+
+
+def small_spq_config(**changes: object) -> FeatureTrainConfig:
+    """16-d features, 32-bit codes of 16-word codebooks; a few quick steps."""
+    settings: dict[str, object] = {
+        "bits": 32,
+        "codebook_size": 16,
+        "signal": "slide",
+        "epochs": 1,
+        "batch_size": 64,
+        "kmeans_iterations": 5,
+        "opq_init": False,
+        "threads": 1,
+        "feature_model": "synthetic",
+    }
+    return FeatureTrainConfig.model_validate(settings | changes)
+
+
+def test_training_item_slides_name_the_items_train_codes_hands_to_a_source():
+    features = seeded_features()
+    split = patient_split(features.slide_groups, 0.2, 0.3, seed=0)
+    handed: list[int] = []
+
+    def counting_source(training: np.ndarray) -> FloatCodec:
+        handed.append(len(training))
+        return FloatCodec()
+
+    train_codes(features, split, counting_source, means_own=False)
+    slides = training_item_slides(features, split)
+    assert handed == [len(slides)]
+    assert {name.split("-")[0] for name in slides} == set(split.train)
+    assert slides == sorted(slides)  # each slide's items together, as the slide signal pairs them
+
+
+@pytest.mark.parametrize("query_codes", [False, True])
+def test_spq_codes_rank_by_the_models_adc_and_coded_queries_by_their_own_codes(query_codes):
+    features = seeded_features(noise=3.0)
+    split = patient_split(features.slide_groups, 0.2, 0.3, seed=0)
+    source = spq_source(small_spq_config(), training_item_slides(features, split))
+    trained = train_codes(features, split, source, means_own=False)
+    assert isinstance(trained.items, SPQCodec)
+    model = trained.items.model
+    codec = SPQCodec(model, query_codes=query_codes)
+    assert codec.bits == 32 and codec.name.startswith("SPQ8x4")
+    unit = centre_and_normalise(features.vectors, trained.centre)
+    held = codec.hold(unit)
+    queries = unit[:5]
+    codebooks = model.codebooks().detach().numpy()
+    with torch.no_grad():
+        codes = model.assign_codes(torch.from_numpy(unit)).numpy()
+        query_side = (
+            decode(model.assign_codes(torch.from_numpy(queries)).numpy(), codebooks)
+            if query_codes
+            else model.encode(torch.from_numpy(queries)).numpy()
+        )
+    reference = query_side @ decode(codes, codebooks).T
+    scores, rows = held.search(queries, 10)
+    np.testing.assert_allclose(scores, np.take_along_axis(reference, rows, axis=1), atol=1e-4)
+    np.testing.assert_allclose(scores[:, 0], reference.max(axis=1), atol=1e-4)
+    np.testing.assert_allclose(held.scores(queries, rows[0]), reference[:, rows[0]], atol=1e-4)
+
+
+def test_spq_codes_serve_the_slide_evaluation_close_to_floats():
+    features = seeded_features(noise=3.0, seed=3)
+    split = patient_split(features.slide_groups, 0.2, 0.3, seed=0)
+    source = spq_source(small_spq_config(), training_item_slides(features, split))
+    trained = train_codes(features, split, source, means_own=False)
+    settings = EvaluationSettings()
+    floats = prepare_archive(
+        features, train_codes(features, split, float_source), SlideSearchSettings()
+    )
+    coded = prepare_archive(features, trained, SlideSearchSettings())
+    exact = evaluate_part(floats, split.test, settings)
+    found = evaluate_part(coded, split.test, settings)
+    assert {variant.aggregation for variant in found} == set(Aggregation)
+    for variant, metrics in found.items():
+        assert metrics.queries == exact[variant].queries
+        assert metrics.mv5 >= exact[variant].mv5 - 0.2
+
+
+def test_an_spq_source_refuses_slide_names_that_do_not_fit_its_training_rows():
+    source = spq_source(small_spq_config(), ["s0"] * 3)
+    with pytest.raises(ValueError, match="4 training vectors but 3 slide names"):
+        source(np.ones((4, DIMENSION), dtype=np.float32))

@@ -232,6 +232,31 @@ def test_evidence_items_belong_to_their_slide_best_first():
         assert len({e.item_id for e in result.evidence}) == len(result.evidence)
 
 
+def test_mean_queries_scan_no_items_and_show_each_slides_best_items_as_evidence():
+    vectors, slides, groups, ids = seeded_archive(10)
+    searcher = searcher_over(vectors, slides, groups, ids, evidence=2)
+    scanned: list[int] = []
+
+    def counting_search(queries, k, exclude_group):
+        scanned.append(len(queries))
+        return searcher.item_search(queries, k, exclude_group)
+
+    counted = dataclasses.replace(searcher, item_search=counting_search)
+    query = query_of(vectors, slides, "slide-03", groups)
+    found = counted.search(query, 4, Aggregation.MEAN)
+    assert scanned == []
+    assert [r.target for r in found] == [
+        r.target for r in searcher.search(query, 4, Aggregation.MEAN)
+    ]
+    unit_query, unit_items = unit(query.vectors), unit(vectors)
+    for result in found:
+        own = np.flatnonzero([s == result.target for s in slides])
+        best = (unit_query @ unit_items[own].T).max(axis=0)
+        expected = ids[own[np.argsort(-best, kind="stable")[:2]]]
+        assert [e.item_id for e in result.evidence] == expected.tolist()
+        assert [e.score for e in result.evidence] == pytest.approx(sorted(best)[::-1][:2])
+
+
 def test_mosaic_keeps_small_sets_whole_and_bounds_large_ones():
     rng = np.random.default_rng(0)
     assert select_mosaic(rng.standard_normal((7, 8)), 10).tolist() == list(range(7))
