@@ -7,7 +7,7 @@ serves that index on Ray Serve), wait for `service-ray`'s health check, search w
 over HTTP, then `docker compose down -v`.
 
 It adds a second build (the `ray` image) and a cluster to the plain deployment test's ten minutes:
-about 25 minutes more on the 2-core test machine, so it runs only with HISTOSEARCH_CI_DOCKER_RAY=1
+21 minutes more on the 2-core test machine, so it runs only with HISTOSEARCH_CI_DOCKER_RAY=1
 (`.ci/run` passes the environment on). Each step's time goes to var/deploy/timings-ray.json.
 """
 
