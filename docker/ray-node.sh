@@ -5,11 +5,15 @@
 #   RAY_HEAD_ADDRESS=host:port and no arguments - a worker node: join and keep it up
 #   RAY_HEAD_ADDRESS=host:port and arguments    - join, then `histosearch <arguments>`
 # Ray keeps objects in /dev/shm: give the containers shm_size (compose does), Docker's 64 MB is too
-# little for batches of tiles.
+# little for batches of tiles. Its object store is sized to fit there (RAY_OBJECT_STORE_BYTES,
+# default 80% of /dev/shm): Ray's own default, 30% of the host's memory, is larger than a 2 GB
+# /dev/shm on a 24 GB host, and Ray then falls back to /tmp, on disk, warning that this is slow.
 set -euo pipefail
 
 : "${RAY_NODE_CPUS:=$(nproc)}"
-options=(--num-cpus "$RAY_NODE_CPUS" --disable-usage-stats)
+: "${RAY_OBJECT_STORE_BYTES:=$(($(df -B1 --output=size /dev/shm | tail -n 1) * 4 / 5))}"
+options=(--num-cpus "$RAY_NODE_CPUS" --object-store-memory "$RAY_OBJECT_STORE_BYTES"
+    --disable-usage-stats)
 if [ -z "${RAY_HEAD_ADDRESS:-}" ]; then
     exec ray start --head --port 6379 --include-dashboard false "${options[@]}" --block
 fi

@@ -40,7 +40,7 @@ from PIL import Image
 
 from indexer.index.metadata import FinishedSource, SlideRow
 from indexer.index.pq import CodeArray, FloatArray
-from indexer.index.ray_cluster import EmbeddingActor, connect
+from indexer.index.ray_cluster import EmbeddingActor, cluster_node_cpus, connect
 from indexer.index.records import ItemRecord, NewItem
 from indexer.index.shards import LocalShard, ShardAnswer, ShardedIndex
 from indexer.index.store import AddOutcome, IndexStats, SearchFilters
@@ -60,6 +60,11 @@ _REPLICA_HANDLES: dict[str, Any] = {}
 # Seconds a client is told to wait before repeating a request that a lost shard replica refused
 # (Serve starts another replica, which reopens the shard's files).
 SHARD_RETRY_AFTER_S = 2
+# CPUs of a shard or ingress replica on a cluster without GPUs: fractions fit a small machine.
+SMALL_REPLICA_CPUS = 0.25
+# CPUs an embedder leaves free on its node for shard and ingress replicas: on 2-CPU nodes an
+# embedder of 2 CPUs fits only a node with nothing else on it.
+SMALL_REPLICAS_ROOM = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,14 +371,27 @@ def holds_features(shard: Path) -> bool:
     return card.input_dim > 0
 
 
-def plan_replicas(resources: dict[str, float], embedder_replicas: int | None) -> RayServeConfig:
-    """Replica resources for a cluster: a GPU per embedder where there are GPUs."""
+def plan_replicas(
+    resources: dict[str, float], embedder_replicas: int | None, node_cpus: Sequence[float] = ()
+) -> RayServeConfig:
+    """Replica resources for a cluster with these total resources (`ray.cluster_resources`) and
+    these CPUs on each node (`cluster_node_cpus`; one node of all the CPUs when not given): a GPU
+    per embedder where there are GPUs.
+
+    An embedder must fit on one node: sized from the cluster's total alone, 2 embedders on five
+    2-CPU nodes (`docker compose --profile ray up --scale ray-worker=3`) ask for 2.5 CPUs each,
+    which no node holds: Ray keeps such a request pending for ever, and the service never gets
+    ready.
+    """
     gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
     if gpus:
         return RayServeConfig(embedder_replicas or gpus, 1.0, 1.0)
     replicas = embedder_replicas or max(1, int(cpus // 4))
-    # Small machines: fractions, so that ingress, shards and embedders all fit.
-    return RayServeConfig(replicas, max(0.25, min(4.0, cpus / (2 * replicas))), 0.0, 0.25, 0.25)
+    largest_node = max(node_cpus, default=cpus)
+    # Small machines: fractions, so that ingress, shards and embedders all fit; on the largest
+    # node, room for the small replicas beside an embedder.
+    share = max(0.25, min(4.0, cpus / (2 * replicas), largest_node - SMALL_REPLICAS_ROOM))
+    return RayServeConfig(replicas, share, 0.0, SMALL_REPLICA_CPUS, SMALL_REPLICA_CPUS)
 
 
 # ---- running it ----------------------------------------------------------------------------------
@@ -388,7 +406,7 @@ def serve_on_ray(
 
     connect(address)
     resources: dict[str, float] = ray.cluster_resources()  # type: ignore[no-untyped-call]
-    config = plan_replicas(resources, embedders)
+    config = plan_replicas(resources, embedders, cluster_node_cpus())
     serve.start(http_options={"host": host, "port": port})
     try:
         serve.run(build_application(settings, config), name="histosearch", route_prefix="/")

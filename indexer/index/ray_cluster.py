@@ -20,7 +20,7 @@ from PIL import Image
 
 from model.errors import HistosearchError
 
-__all__ = ["CONNECT_TIMEOUT_S", "EmbeddingActor", "RayClusterError", "connect"]
+__all__ = ["CONNECT_TIMEOUT_S", "EmbeddingActor", "RayClusterError", "cluster_node_cpus", "connect"]
 
 # Seconds to wait for a named cluster's port to answer before giving up on it.
 CONNECT_TIMEOUT_S = 5.0
@@ -46,6 +46,18 @@ def connect(address: str) -> None:
         ray.init(address=address, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as error:
         raise RayClusterError(f"cannot join the Ray cluster at {address}: {error}") from error
+
+
+def cluster_node_cpus() -> list[float]:
+    """The CPUs of each live node of the connected cluster: what one actor or replica can hold
+    at most (the cluster's total is spread over nodes that may each be small)."""
+    import ray
+
+    return [
+        float(node["Resources"].get("CPU", 0.0))
+        for node in ray.nodes()  # type: ignore[no-untyped-call]
+        if node.get("Alive")
+    ]
 
 
 def _check_reachable(address: str) -> None:

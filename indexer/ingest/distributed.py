@@ -44,7 +44,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from indexer.index.protocol import Index
-from indexer.index.ray_cluster import EmbeddingActor, connect
+from indexer.index.ray_cluster import EmbeddingActor, cluster_node_cpus, connect
 from indexer.index.records import NewItem
 from indexer.index.tiling import TilingConfig
 from indexer.ingest.archive_root import ArchiveRoot, journal_key
@@ -148,17 +148,6 @@ def _actors_that_fit(nodes: Sequence[float], share: float, cpus: float) -> int:
     while fits > 1 and fits * share > cpus - TILING_TASK_CPUS:
         fits -= 1
     return max(1, fits)
-
-
-def cluster_node_cpus() -> list[float]:
-    """The CPUs of each live node of the connected cluster."""
-    import ray
-
-    return [
-        float(node["Resources"].get("CPU", 0.0))
-        for node in ray.nodes()  # type: ignore[no-untyped-call]
-        if node.get("Alive")
-    ]
 
 
 # ---- stage 1-3 on the cluster: one image in, one row per tile out --------------------------------

@@ -19,12 +19,9 @@ import io
 import json
 import secrets
 import shutil
-import socket
 import statistics
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +40,19 @@ from tests.deploy.engine import (
     run,
     torch_arguments,
 )
+from tests.deploy.stack import (
+    DEMO_TILE,
+    Stack,
+    cleanup,
+    demo_tile,
+    free_port,
+    job_seconds,
+    search,
+    settings,
+    wait_healthy,
+    write_env,
+    write_timings,
+)
 
 # Bounded so that CI (90 minutes for everything) ends even when a step hangs.
 pytestmark = [pytest.mark.deploy, pytest.mark.timeout(3600)]
@@ -50,116 +60,14 @@ pytestmark = [pytest.mark.deploy, pytest.mark.timeout(3600)]
 PROJECT = "histosearch-deploy-test"
 IMAGE = "histosearch-deploy-test"
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
-DEMO_TILE = "01_TUMOR"
 TIMINGS = ROOT / "var" / "deploy" / "timings.json"
-
-
-@dataclass
-class Stack:
-    """A running compose project and what the test measured on the way."""
-
-    compose: list[str]
-    directory: Path
-    url: str
-    api_key: str
-    torch_build: str
-    timings: dict[str, Any] = field(default_factory=dict)
-
-    def __call__(
-        self, *arguments: str, timeout: float = 600, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
-        command = [*self.compose, "-p", PROJECT, *arguments]
-        return run(command, timeout=timeout, cwd=self.directory, check=check)
-
-    def container(self, service: str) -> dict[str, Any]:
-        """`docker inspect` of the service's container, running or exited."""
-        ids = self("ps", "-a", "-q", service, timeout=60).stdout.split()
-        assert ids, f"no container for {service}"
-        inspected: list[dict[str, Any]] = json.loads(
-            run(["docker", "inspect", ids[0]], timeout=60).stdout
-        )
-        return inspected[0]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def _write_env(directory: Path, settings: dict[str, str]) -> None:
-    """The project's .env, as the README has the user write it (plus this test's settings)."""
-    lines = [f"{name}={value}" for name, value in settings.items()]
-    (directory / ".env").write_text("\n".join(lines) + "\n")
-
-
-def _settings(port: int, api_key: str, bases: BaseImages, torch: dict[str, str]) -> dict[str, str]:
-    return {
-        "HISTOSEARCH_API_KEY": api_key,
-        # Not 8000: the configured port must reach the service, its health check and the mapping.
-        "HISTOSEARCH_PORT": str(port),
-        "HISTOSEARCH_PUBLISHED_PORT": str(port),
-        "HISTOSEARCH_IMAGE": IMAGE,
-        # A short demo training: the deployment is under test here, not the model.
-        "HISTOSEARCH_TRAIN_EPOCHS": "2",
-        "HISTOSEARCH_TRAIN_MINUTES": "2",
-        # RUN steps on the host's network: engines without a bridge to the outside need it.
-        "HISTOSEARCH_BUILD_NETWORK": "host",
-        **bases.arguments,
-        **torch,
-    }
-
-
-def _wait_healthy(stack: Stack, timeout: float = 600) -> float:
-    """Seconds until the service container's health check passes."""
-    started = time.monotonic()
-    status = "unknown"
-    while time.monotonic() - started < timeout:
-        state = stack.container("service")["State"]
-        status = state.get("Health", {}).get("Status", "none")
-        if status == "healthy":
-            return time.monotonic() - started
-        assert state["Status"] in ("created", "running", "restarting"), state
-        time.sleep(2)
-    raise AssertionError(f"the service is {status} after {timeout:.0f} s")
-
-
-def _job_seconds(stack: Stack, service: str) -> float:
-    """How long a job container ran, from the engine's own timestamps; asserts it succeeded."""
-    state = stack.container(service)["State"]
-    assert state["Status"] == "exited" and state["ExitCode"] == 0, state
-    started, finished = (_timestamp(state[key]) for key in ("StartedAt", "FinishedAt"))
-    return finished - started
-
-
-def _timestamp(value: str) -> float:
-    from datetime import datetime
-
-    # Docker writes nanoseconds; Python reads microseconds.
-    head, _, tail = value.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(tail + '000000')[:6]}+00:00").timestamp()
 
 
 def _up(stack: Stack) -> dict[str, float]:
     started = time.monotonic()
     stack("up", "-d", timeout=1800)
     up = time.monotonic() - started
-    return {"up_returned_s": up, "healthy_after_up_s": up + _wait_healthy(stack)}
-
-
-def _cleanup(stack: Stack | None, bases: BaseImages | None) -> None:
-    """Whatever happened: the stack's logs to var/deploy/, then down -v, our images, stand-ins."""
-    if stack is not None:
-        log = stack("logs", "--no-color", timeout=120, check=False).stdout
-        (TIMINGS.parent / "compose.log").write_text(log)
-        stack("down", "-v", "--remove-orphans", timeout=600, check=False)
-        run(["docker", "image", "rm", f"{IMAGE}:cpu"], timeout=300, check=False)
-    # The classic builder keeps each builder stage as an untagged image (GBs): only ours go.
-    run(["docker", "image", "prune", "-f", "--filter", "label=io.histosearch.stage=builder"],
-        timeout=600, check=False)  # fmt: skip
-    for image in bases.made if bases else []:
-        run(["docker", "image", "rm", image], timeout=300, check=False)
+    return {"up_returned_s": up, "healthy_after_up_s": up + wait_healthy(stack)}
 
 
 @pytest.fixture(scope="module")
@@ -184,36 +92,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         torch = torch_arguments()
         if HOST_CA_BUNDLE.is_file():
             shutil.copy(HOST_CA_BUNDLE, directory / "docker" / "build-ca" / "host.crt")
-        port, api_key = _free_port(), secrets.token_hex(32)
-        _write_env(directory, _settings(port, api_key, bases, torch))
+        port, api_key = free_port(), secrets.token_hex(32)
+        write_env(directory, settings(port, api_key, IMAGE, bases, torch))
         running = Stack(
-            compose, directory, f"http://127.0.0.1:{port}", api_key,
+            compose, PROJECT, directory, f"http://127.0.0.1:{port}", api_key,
             torch.get("TORCH_BUILD", "cpu"), timings,
         )  # fmt: skip
         started = time.monotonic()
         running("build", "indexer", timeout=2400)
         timings["build_s"] = round(time.monotonic() - started, 1)
         timings["first_up"] = _up(running)
-        timings["indexer_job_s"] = _job_seconds(running, "indexer")
-        timings["slides_job_s"] = _job_seconds(running, "indexer-slides")
+        timings["indexer_job_s"] = job_seconds(running, "indexer")
+        timings["slides_job_s"] = job_seconds(running, "indexer-slides")
         yield running
     finally:
-        _write_timings(timings)
-        _cleanup(running, bases)
-
-
-def _write_timings(timings: dict[str, Any]) -> None:
-    TIMINGS.parent.mkdir(parents=True, exist_ok=True)
-    TIMINGS.write_text(json.dumps(timings, indent=2, default=str) + "\n")
-
-
-def _demo_tile() -> Path:
-    return sorted((ROOT / "demo" / "archive" / DEMO_TILE).glob("*.jpg"))[0]
-
-
-def _search(stack: Stack, image: bytes, name: str) -> httpx.Response:
-    files = {"image": (name, image, "image/jpeg")}
-    return httpx.post(f"{stack.url}/search", files=files, data={"k": "5"}, timeout=120)
+        write_timings(TIMINGS, timings)
+        cleanup(running, bases, TIMINGS.parent / "compose.log", [f"{IMAGE}:cpu"])
 
 
 def test_the_image_is_labelled_with_the_torch_build_it_holds(stack):
@@ -250,11 +144,11 @@ def test_only_the_service_is_health_checked_and_on_the_configured_port(stack):
 
 
 def test_a_demo_tile_searched_over_http_finds_itself_first(stack):
-    tile = _demo_tile()
+    tile = demo_tile()
     latencies = []
     for _ in range(5):
         started = time.monotonic()
-        response = _search(stack, tile.read_bytes(), tile.name)
+        response = search(stack.url, tile.read_bytes(), tile.name)
         latencies.append(time.monotonic() - started)
         assert response.status_code == 200, response.text
     first = response.json()["results"][0]
@@ -268,7 +162,7 @@ def test_a_demo_tile_searched_over_http_finds_itself_first(stack):
 
 def test_an_image_added_with_the_key_from_env_is_found_after_a_restart(stack):
     mirrored = io.BytesIO()
-    ImageOps.mirror(Image.open(_demo_tile())).save(mirrored, format="JPEG", quality=95)
+    ImageOps.mirror(Image.open(demo_tile())).save(mirrored, format="JPEG", quality=95)
     files = {"images": ("mirrored.jpg", mirrored.getvalue(), "image/jpeg")}
     fields = {"label": "ADDED", "group": "deploy-test"}
     refused = httpx.post(f"{stack.url}/index", files=files, data=fields, timeout=120)
@@ -279,13 +173,13 @@ def test_an_image_added_with_the_key_from_env_is_found_after_a_restart(stack):
     item_id = added.json()["items"][0]["id"]
 
     stack("restart", "service", timeout=600)
-    stack.timings["service_restart_healthy_s"] = _wait_healthy(stack)
+    stack.timings["service_restart_healthy_s"] = wait_healthy(stack)
     assert httpx.get(f"{stack.url}/images/{item_id}", timeout=30).json()["label"] == "ADDED"
 
     stack("down", timeout=600)  # the containers go, the data volume stays
     stack.timings["second_up"] = _up(stack)
     assert "reusing model" in stack("logs", "--no-color", "indexer", timeout=120).stdout
-    found = _search(stack, mirrored.getvalue(), "mirrored.jpg").json()["results"][0]
+    found = search(stack.url, mirrored.getvalue(), "mirrored.jpg").json()["results"][0]
     assert found["id"] == item_id and found["exact_copy"]
 
 

@@ -198,3 +198,21 @@ def test_serve_on_an_unreachable_ray_cluster_fails_fast_naming_it(tmp_path, capl
     sharded.close()
     assert main(["serve", "--index", str(tmp_path / "index"), "--ray", "127.0.0.1:9"]) == 2
     assert "no Ray cluster answers at 127.0.0.1:9" in caplog.text
+
+
+def test_replicas_of_a_machine_without_gpus_share_its_cpus():
+    from service.ray_serve import RayServeConfig, plan_replicas
+
+    assert plan_replicas({"CPU": 2.0}, None) == RayServeConfig(1, 1.0, 0.0, 0.25, 0.25)
+    assert plan_replicas({"CPU": 16.0}, None).embedder_cpus == 2.0
+    assert plan_replicas({"CPU": 32.0, "GPU": 4.0}, None) == RayServeConfig(4, 1.0, 1.0)
+
+
+def test_each_embedder_fits_on_one_node_beside_the_small_replicas():
+    from service.ray_serve import plan_replicas
+
+    # `docker compose --profile ray up --scale ray-worker=3`: head, workers, service, 2 CPUs each.
+    five_small_nodes = plan_replicas({"CPU": 10.0}, None, [2.0] * 5)
+    assert five_small_nodes.embedder_replicas == 2
+    assert five_small_nodes.embedder_cpus + five_small_nodes.shard_cpus <= 2.0
+    assert plan_replicas({"CPU": 10.0}, None, [8.0, 2.0]).embedder_cpus == 2.5
