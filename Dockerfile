@@ -36,12 +36,9 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 ARG BUILD_CA_CERTIFICATES=docker/build-ca
 COPY ${BUILD_CA_CERTIFICATES} /tmp/build-ca/
-COPY docker/with-build-ca docker/check_torch_build.py docker/constraints.txt docker/
+COPY docker/with-build-ca docker/check_torch_build.py docker/constraints.txt docker/requirements.py \
+     docker/
 COPY pyproject.toml README.md ./
-COPY model model
-COPY indexer indexer
-COPY service service
-COPY --from=viewer /src/service/static/vendor service/static/vendor
 # The CPU wheel index keeps the image free of the multi-GB CUDA libraries; every version is pinned
 # by the constraints file (torch==2.14.1 matches the CPU build 2.14.1+cpu). Where that index cannot
 # be reached pip takes PyPI's CUDA build instead: the check after the install then stops the
@@ -51,10 +48,19 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_BUILD=cpu
 # HISTOSEARCH_EXTRAS=",ray" adds the Ray extra (the compose `ray` profile builds it so).
 ARG HISTOSEARCH_EXTRAS=""
+# The packages first, in a layer that only pyproject.toml and the constraints decide: a change of
+# code reuses it and rebuilds in seconds, not the minutes of installing torch and the rest again.
 # hadolint ignore=DL3013
-RUN docker/with-build-ca pip install --constraint docker/constraints.txt \
-        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} ".[cpu${HISTOSEARCH_EXTRAS}]" \
+RUN python docker/requirements.py pyproject.toml "cpu${HISTOSEARCH_EXTRAS}" > /tmp/requirements.txt \
+    && docker/with-build-ca pip install --constraint docker/constraints.txt \
+        ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} --requirement /tmp/requirements.txt \
     && python docker/check_torch_build.py "$TORCH_BUILD" "$TORCH_INDEX_URL"
+COPY model model
+COPY indexer indexer
+COPY service service
+COPY --from=viewer /src/service/static/vendor service/static/vendor
+# hadolint ignore=DL3013
+RUN docker/with-build-ca pip install --no-deps --constraint docker/constraints.txt .
 
 # ---------------------------------------------------------------- the image (the default target)
 FROM ${PYTHON_IMAGE} AS cpu
