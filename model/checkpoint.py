@@ -110,6 +110,17 @@ def _disagreements(expected: ModelCard, found: ModelCard) -> list[str]:
     ]
 
 
+def load_weights(model: torch.nn.Module, state_dict: dict[str, Any], path: Path) -> None:
+    """Load a checkpoint's weights strictly; weights that do not fit the architecture the card
+    names are a `CheckpointMismatchError` naming ``path``."""
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise CheckpointMismatchError(
+            f"{path}: weights do not fit the card's architecture: {error}"
+        ) from None
+
+
 def load_checkpoint(
     path: Path,
     expected_card: ModelCard | None = None,
@@ -127,12 +138,7 @@ def load_checkpoint(
         if problems:
             raise CheckpointMismatchError(f"{path}: model card mismatch; " + "; ".join(problems))
     model = SPQModel(card)
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as error:
-        raise CheckpointMismatchError(
-            f"{path}: weights do not fit the card's architecture: {error}"
-        ) from None
+    load_weights(model, payload["state_dict"], path)
     actual_parameters = count_parameters(model)
     if card.parameter_count and card.parameter_count != actual_parameters:
         raise CheckpointMismatchError(

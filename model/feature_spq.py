@@ -20,6 +20,7 @@ from torch import nn
 from model.card import ModelCard
 from model.checkpoint import (
     CheckpointMismatchError,
+    load_weights,
     read_checkpoint,
     save_checkpoint,
 )
@@ -83,10 +84,5 @@ def load_feature_checkpoint(path: Path, map_location: str = "cpu") -> FeatureSPQ
     if card.input_dim <= 0:
         raise CheckpointMismatchError(f"{path} holds an image model, not a feature model")
     model = FeatureSPQModel(card)
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as error:
-        raise CheckpointMismatchError(
-            f"{path}: weights do not fit the card's architecture: {error}"
-        ) from None
+    load_weights(model, payload["state_dict"], path)
     return model.to(map_location).eval()

@@ -43,9 +43,10 @@ from benchmarks.indexer.index_scale import (
     seeded_codebooks,
     seeded_codes,
     seeded_queries,
+    synthetic_records,
 )
 from indexer.index.shards import ShardedIndex
-from indexer.index.store import ArchiveIndex, NewItem
+from indexer.index.store import ArchiveIndex
 from indexer.index.tiling import TilingConfig
 from indexer.ingest.pipeline import PipelineConfig, index_archive
 from indexer.ingest.sources import ArchiveImage, load_folder
@@ -70,19 +71,6 @@ START_IMAGES = 8
 def load_average() -> float:
     """The 1-minute load average (other work on this shared machine)."""
     return os.getloadavg()[0]
-
-
-def synthetic_records(start: int, stop: int) -> list[NewItem]:
-    return [
-        NewItem(
-            source=f"slide-{i // 100}.svs",
-            content_hash=str(i),
-            label=f"class-{i % 8}",
-            group=f"patient-{i % 1000}",
-            dataset="archive",
-        )
-        for i in range(start, stop)
-    ]
 
 
 def fill(index: ArchiveIndex | ShardedIndex, count: int) -> float:

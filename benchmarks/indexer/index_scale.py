@@ -51,6 +51,20 @@ M, K, D_SUB = 8, 16, 16
 ADD_CHUNK = 100_000
 
 
+def synthetic_records(start: int, stop: int) -> list[NewItem]:
+    """Items ``start`` to ``stop``: 100 tiles a slide, 8 labels, 1000 patients."""
+    return [
+        NewItem(
+            source=f"slide-{i // 100}.svs",
+            content_hash=str(i),
+            label=f"class-{i % 8}",
+            group=f"patient-{i % 1000}",
+            dataset="archive",
+        )
+        for i in range(start, stop)
+    ]
+
+
 def seeded_codebooks() -> FloatArray:
     rng = np.random.default_rng(0)
     codebooks = rng.standard_normal((M, K, D_SUB)).astype(np.float32)
@@ -78,17 +92,7 @@ def build_index(directory: Path, count: int) -> float:
     )
     for start in range(0, count, ADD_CHUNK):
         stop = min(count, start + ADD_CHUNK)
-        records = [
-            NewItem(
-                source=f"slide-{i // 100}.svs",
-                content_hash=str(i),
-                label=f"class-{i % 8}",
-                group=f"patient-{i % 1000}",
-                dataset="archive",
-            )
-            for i in range(start, stop)
-        ]
-        index.add_codes(codes[start:stop], records)
+        index.add_codes(codes[start:stop], synthetic_records(start, stop))
     index.close()
     return time.perf_counter() - started
 
