@@ -1,8 +1,8 @@
 """Where an index's second-stage codes live: SQLite (durable per add), snapshot files, and RAM.
 
-- SQLite: table ``fine_codes (item_id, code)`` in ``metadata.sqlite``, written in the same
-  transaction as the item (`FineStaging`), so an acknowledged add keeps its fine code through a
-  crash; the trained range is the property ``fine_quantiser``.
+- SQLite: table ``fine_codes (item_id, code)`` in ``metadata.sqlite``, written and deleted in
+  the same transaction as the item (`MetadataStore.insert` and ``delete``), so an acknowledged
+  add keeps its fine code through a crash; the trained range is the property ``fine_quantiser``.
 - Snapshot: ``fine.<gen>.npy`` (N x D uint8) and ``fine-ids.<gen>.npy`` (N int64, increasing),
   written with the codes' snapshot and committed by the same manifest; opened with
   ``np.load(mmap_mode="r")``, so they cost disk and page cache, not the process's RAM.
@@ -16,7 +16,6 @@ them on a shortlist, so their fine codes are never read.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,55 +23,12 @@ import numpy.typing as npt
 
 from indexer.index.errors import SnapshotMismatchError
 from indexer.index.manifest import FileEntry, Snapshot, fine_ids_name, fine_name
-from indexer.index.metadata import MetadataStore
 from indexer.index.second_stage import FineCodeArray, IdArray
 from model.atomic import atomic_write
 
 QUANTISER_PROPERTY = "fine_quantiser"
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS main.fine_codes (item_id INTEGER PRIMARY KEY, code BLOB NOT NULL)"
-)
-_STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS pending_fine (content_hash TEXT PRIMARY KEY, code BLOB NOT "
-    "NULL)"
-)
-# Unqualified names inside a trigger: `fine_codes` is main's, `pending_fine` temp's.
-_TRIGGER = (
-    "CREATE TEMP TRIGGER IF NOT EXISTS fine_code_with_item AFTER INSERT ON main.items BEGIN "
-    "INSERT INTO fine_codes (item_id, code) SELECT NEW.id, code FROM pending_fine "
-    "WHERE content_hash = NEW.content_hash; END"
-)
 # Rows copied per step when a snapshot file is written (bounds the float of a 10^7-item copy).
 _COPY_CHUNK = 1 << 20
-
-
-class FineStaging:
-    """Writes each add's fine codes in the transaction that inserts its items.
-
-    The codes are staged by content hash in a TEMP table of the store's own connection, and a
-    TEMP trigger on ``items`` copies an item's staged code into ``fine_codes`` as SQLite inserts
-    the item: both rows commit (or roll back) together, whatever way `MetadataStore.insert`
-    writes its rows, and an index without a second stage has no trigger at all.
-    """
-
-    def __init__(self, metadata: MetadataStore) -> None:
-        # The store keeps its connection to itself; the staging shares it (and its lock) because
-        # a TEMP trigger fires only for inserts on the connection that created it.
-        self._connection = metadata._connection
-        self._mutex = metadata._mutex
-        with self._mutex:
-            self._connection.execute(_SCHEMA)
-            self._connection.execute(_STAGING)
-            self._connection.execute(_TRIGGER)
-
-    def stage(self, hashes: Sequence[str], codes: FineCodeArray) -> None:
-        """The codes the next insert's items (by content hash) are stored with."""
-        with self._mutex:
-            self._connection.execute("DELETE FROM temp.pending_fine")
-            self._connection.executemany(
-                "INSERT OR REPLACE INTO temp.pending_fine (content_hash, code) VALUES (?, ?)",
-                [(digest, code.tobytes()) for digest, code in zip(hashes, codes, strict=True)],
-            )
 
 
 def rows_after(database: Path, last_id: int, dim: int) -> tuple[IdArray, FineCodeArray]:
@@ -86,16 +42,6 @@ def rows_after(database: Path, last_id: int, dim: int) -> tuple[IdArray, FineCod
     ids = np.array([row[0] for row in rows], dtype=np.int64)
     codes = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.uint8).reshape(-1, dim)
     return ids, codes.copy()
-
-
-def forget(database: Path, item_ids: Sequence[int]) -> None:
-    """Drop the fine codes of removed items (their items rows are gone already)."""
-    if not item_ids:
-        return
-    with _connect(database) as connection:
-        connection.executemany(
-            "DELETE FROM fine_codes WHERE item_id = ?", [(int(i),) for i in item_ids]
-        )
 
 
 def _connect(database: Path) -> sqlite3.Connection:

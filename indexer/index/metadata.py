@@ -51,6 +51,7 @@ CREATE TABLE IF NOT EXISTS sources (
     skipped INTEGER NOT NULL, finished_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sources_by_hash ON sources (file_hash);
+CREATE TABLE IF NOT EXISTS fine_codes (item_id INTEGER PRIMARY KEY, code BLOB NOT NULL);
 """
 
 # Columns added after the first release, with their type: opening an older database adds them.
@@ -176,13 +177,16 @@ class MetadataStore:
         items: Sequence[NewItem],
         codes: Sequence[bytes],
         item_ids: Sequence[int] | None = None,
+        fine_codes: Sequence[bytes] | None = None,
     ) -> InsertResult:
         """Insert the items not already present (by content hash) in one durable transaction.
 
         ``item_ids`` gives each new item its id instead of AUTOINCREMENT's next one: a sharded
-        index allocates ids for all its shards (indexer/index/shards.py).
+        index allocates ids for all its shards (indexer/index/shards.py). ``fine_codes``: each
+        item's second-stage code (`indexer.index.fine_codes`), stored in the same transaction,
+        so an acknowledged add keeps it through a crash.
         """
-        if len(items) != len(codes):
+        if len(items) != len(codes) or (fine_codes is not None and len(fine_codes) != len(items)):
             raise ValueError(f"{len(items)} items but {len(codes)} codes")
         now = time.time()
         with self._mutex:
@@ -198,6 +202,11 @@ class MetadataStore:
                     self._connection.executemany(
                         _INSERT_ITEM, _item_rows(items, codes, new_ids, fresh, now)
                     )
+                    if fine_codes is not None:
+                        self._connection.executemany(
+                            "INSERT INTO fine_codes (item_id, code) VALUES (?, ?)",
+                            [(new_ids[n], fine_codes[n]) for n in fresh],
+                        )
                     term_ids = self._term_ids_of([items[n] for n in fresh])
             except BaseException:
                 self._terms = terms_before
@@ -262,6 +271,9 @@ class MetadataStore:
             for chunk in _chunks(present):
                 marks = ",".join("?" * len(chunk))
                 self._connection.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+                self._connection.execute(
+                    f"DELETE FROM fine_codes WHERE item_id IN ({marks})", chunk
+                )
             self._connection.executemany(
                 "INSERT INTO removals (item_id, removed_at) VALUES (?, ?)",
                 [(item_id, now) for item_id in present],

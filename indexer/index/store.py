@@ -56,7 +56,7 @@ from indexer.index.errors import (
     SnapshotMismatchError,
     with_repair_hint,
 )
-from indexer.index.fine_codes import FineCodes, FineStaging
+from indexer.index.fine_codes import FineCodes
 from indexer.index.locks import ReadWriteLock
 from indexer.index.manifest import MANIFEST as MANIFEST
 from indexer.index.manifest import IndexManifest, SecondStageRecord, Snapshot, read_manifest
@@ -197,7 +197,6 @@ class ArchiveIndex:
         # The optional second stage: its codes, and its quantiser once the first rows trained it.
         stage = manifest.second_stage
         self._fine = None if stage is None else FineCodes(stage.dim)
-        self._staging = None if stage is None else FineStaging(metadata)
         self._quantiser: FineQuantiser | None = None
 
     # ---- creating and opening ------------------------------------------------------------------
@@ -481,11 +480,13 @@ class ArchiveIndex:
         with self._writer:
             if item_ids is not None:
                 self._check_given_ids(item_ids, len(records))
-            fine_codes_of_add = None
-            if fine_vectors is not None and self._staging is not None:
-                fine_codes_of_add = self._fine_codes(fine_vectors)
-                self._staging.stage([record.content_hash for record in records], fine_codes_of_add)
-            result = self._metadata.insert(records, [row.tobytes() for row in packed], item_ids)
+            fine_codes_of_add = None if fine_vectors is None else self._fine_codes(fine_vectors)
+            result = self._metadata.insert(
+                records,
+                [row.tobytes() for row in packed],
+                item_ids,
+                None if fine_codes_of_add is None else [row.tobytes() for row in fine_codes_of_add],
+            )
             added = np.array(
                 [i for i, new in enumerate(result.new_ids) if new is not None], dtype=np.intp
             )
@@ -545,10 +546,8 @@ class ArchiveIndex:
     def remove(self, item_ids: Sequence[int]) -> int:
         """Remove items by id (unknown ids are ignored); returns how many were removed."""
         with self._writer:
+            # Its fine code goes with the item's row; a removed item never reaches a shortlist.
             deleted = self._metadata.delete(list(item_ids))
-            if self._fine is not None:
-                # Only disk: a removed item never reaches a shortlist again.
-                fine_codes.forget(self.directory / METADATA, deleted)
             with self._lock.writing():
                 removed = self._table.remove(deleted)
                 if self._table.tombstones > _COMPACT_SHARE * max(
