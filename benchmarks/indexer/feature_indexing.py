@@ -7,12 +7,13 @@ embeddings, 192-d float16) with ``regions.csv``. The goal is 100,000 rows per se
 Stages, each timed alone (wall and CPU seconds; the machine is shared, so CPU seconds say what the
 code costs and wall seconds what a user waited):
 
-- ``read``: `indexer.ingest.features.FeatureArchive` batches (fingerprint, float32, checks, one
-  item per row with its content hash);
+- ``read``: `indexer.ingest.features.FeatureArchive` batches (fingerprint, float32, checks, the
+  rows' columns);
 - ``encode``: `model.feature_encoder.FeatureEncoder` descriptors of every row (the feature
   model: centring, linear head; weights do not change the cost);
 - ``end to end``: `indexer.ingest.feature_index.index_feature_archive` into a new index
-  (reading, encoding, the ingest writer's SQLite rows, codes and journal, the final snapshot);
+  (reading, encoding, the ingest writer's SQLite row blocks, codes and journal, the final
+  snapshot);
 - ``end to end h5 per slide`` / ``pt per slide``: the same into a new index from the first
   ``--slides`` slides of the same rows written one file per slide in the CLAM layout
   (`benchmarks.indexer.feature_reading.write_slides`; 18 rows a slide on average, so these
@@ -59,7 +60,7 @@ def main() -> None:
 
     def read() -> int:
         return sum(
-            len(batch.items)
+            len(batch.rows)
             for batch in FeatureArchive.open(data, options).batches()
             if isinstance(batch, FeatureBatch)
         )

@@ -64,7 +64,7 @@ def read_rows(data: Path, options: FeatureOptions) -> tuple[int, int, float, flo
     rows = refused = 0
     for outcome in FeatureArchive.open(data, options).batches():
         if isinstance(outcome, FeatureBatch):
-            rows += len(outcome.items)
+            rows += len(outcome.rows)
         else:
             refused += 1
     return rows, refused, time.perf_counter() - wall, time.process_time() - cpu

@@ -1,8 +1,10 @@
 """Where an index's second-stage codes live: SQLite (durable per add), snapshot files, and RAM.
 
-- SQLite: table ``fine_codes (item_id, code)`` in ``metadata.sqlite``, written and deleted in
-  the same transaction as the item (`MetadataStore.insert` and ``delete``), so an acknowledged
-  add keeps its fine code through a crash; the trained range is the property ``fine_quantiser``.
+- SQLite: table ``fine_codes (item_id, code)`` in ``metadata.sqlite`` (a feature row block
+  holds its rows' codes in its own record), written and deleted in the same transaction as the
+  item (`MetadataStore.insert`, ``insert_rows`` and ``delete``), so an acknowledged add keeps its
+  fine code through a crash; ``MetadataStore.fine_codes_after`` reads them back; the trained
+  range is the property ``fine_quantiser``.
 - Snapshot: ``fine.<gen>.npy`` (N x D uint8) and ``fine-ids.<gen>.npy`` (N int64, increasing),
   written with the codes' snapshot and committed by the same manifest; opened with
   ``np.load(mmap_mode="r")``, so they cost disk and page cache, not the process's RAM.
@@ -15,7 +17,6 @@ them on a shortlist, so their fine codes are never read.
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -29,27 +30,6 @@ from model.atomic import atomic_write
 QUANTISER_PROPERTY = "fine_quantiser"
 # Rows copied per step when a snapshot file is written (bounds the float of a 10^7-item copy).
 _COPY_CHUNK = 1 << 20
-
-
-def rows_after(database: Path, last_id: int, dim: int) -> tuple[IdArray, FineCodeArray]:
-    """Fine codes of the live items with ids above ``last_id``, in id order."""
-    with _connect(database) as connection:
-        rows = connection.execute(
-            "SELECT f.item_id, f.code FROM fine_codes f JOIN items i ON i.id = f.item_id "
-            "WHERE f.item_id > ? ORDER BY f.item_id",
-            (last_id,),
-        ).fetchall()
-    ids = np.array([row[0] for row in rows], dtype=np.int64)
-    codes = np.frombuffer(b"".join(row[1] for row in rows), dtype=np.uint8).reshape(-1, dim)
-    return ids, codes.copy()
-
-
-def _connect(database: Path) -> sqlite3.Connection:
-    # A connection of its own: `MetadataStore` keeps its connection to itself. WAL (set by the
-    # store) lets it read while the store writes; `with` commits or rolls back one transaction.
-    connection = sqlite3.connect(database, timeout=30)
-    connection.execute("PRAGMA synchronous=FULL")
-    return connection
 
 
 class FineCodes:

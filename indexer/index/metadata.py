@@ -1,5 +1,10 @@
 """SQLite metadata of an archive index: the source of truth for every item and its code.
 
+Items come in two shapes that every read returns alike: a row of ``items`` per item (images,
+tiles, anything added one by one), and the row blocks of feature archives, one record per
+stretch of a file's rows (`indexer.index.block_table`; why: `indexer.index.row_blocks`). Both
+take their ids from the one AUTOINCREMENT sequence of ``items``.
+
 Every item row holds its packed PQ code, so an add is durable once its transaction commits
 (WAL journal, ``synchronous=FULL``) even if the FAISS snapshot on disk is older. Removals are
 journalled in their own table so that they too can be replayed onto an older snapshot.
@@ -15,13 +20,20 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+
+from indexer.index import block_table
+from indexer.index.block_table import Block, BlockTable
 from indexer.index.errors import IndexDirectoryError, IndexInputError, with_repair_hint
 from indexer.index.records import ItemRecord, NewItem
+from indexer.index.row_blocks import FeatureRows
 
 TERM_KINDS = ("label", "dataset", "group")
 
@@ -107,6 +119,14 @@ class CodeRow:
 SlideRow = tuple[int, bytes, str | None, str | None, str | None, str, str | None]
 
 
+@dataclass(frozen=True, slots=True)
+class RowsResult:
+    """The ids given to each block's rows, and the vocabulary ids of every row, blocks in order."""
+
+    ids: list[npt.NDArray[np.int64]]
+    term_ids: dict[str, list[int]]
+
+
 class MetadataStore:
     """The ``metadata.sqlite`` file of an index directory."""
 
@@ -120,6 +140,8 @@ class MetadataStore:
             # FULL: a commit that returned survives power loss: what "acknowledged" means.
             self._connection.execute("PRAGMA synchronous=FULL")
             self._connection.executescript(_SCHEMA)
+            self._connection.executescript(block_table.SCHEMA)
+            self._blocks = BlockTable(self._connection)
             self._add_missing_columns()
             self._terms = self._load_terms()
         except sqlite3.DatabaseError as error:
@@ -248,25 +270,83 @@ class MetadataStore:
             "SELECT seq FROM sqlite_sequence WHERE name = 'items'"
         ).fetchone()
         largest = self._connection.execute("SELECT MAX(id) FROM items").fetchone()[0]
-        return max(0 if sequence is None else int(sequence[0]), int(largest or 0)) + 1
+        in_blocks = self._blocks.largest_id()
+        return max(0 if sequence is None else int(sequence[0]), int(largest or 0), in_blocks) + 1
 
     def _term_ids_of(self, items: Sequence[NewItem]) -> dict[str, list[int]]:
         """Vocabulary ids of each item's label, dataset and group, new names stored once each."""
-        names = {
-            "label": [item.label for item in items],
-            "dataset": [item.dataset for item in items],
-            "group": [item.group for item in items],
-        }
+        return self._term_ids_of_names(
+            {
+                "label": [item.label for item in items],
+                "dataset": [item.dataset for item in items],
+                "group": [item.group for item in items],
+            }
+        )
+
+    def _term_ids_of_names(self, names: dict[str, list[str | None]]) -> dict[str, list[int]]:
         term_ids: dict[str, list[int]] = {}
         for kind in TERM_KINDS:
             ids = {name: self._ensure_term(kind, name) for name in dict.fromkeys(names[kind])}
-            term_ids[kind] = [ids[name] for name in names[kind]]
+            term_ids[kind] = list(map(ids.__getitem__, names[kind]))
         return term_ids
+
+    def insert_rows(
+        self,
+        blocks: Sequence[FeatureRows],
+        codes: Sequence[bytes],
+        fine_codes: Sequence[bytes] | None = None,
+    ) -> RowsResult:
+        """Store feature rows a block per record, in one durable transaction; ids follow the
+        items' sequence. ``codes``: each block's packed codes, one after another; ``fine_codes``:
+        each block's second-stage codes likewise. Rows are not looked up by content: a caller
+        leaves out the rows it already stored (`stored_rows`)."""
+        if len(codes) != len(blocks) or (fine_codes is not None and len(fine_codes) != len(blocks)):
+            raise ValueError(f"{len(blocks)} blocks but {len(codes)} code blocks")
+        now = time.time()
+        with self._mutex:
+            terms_before = dict(self._terms)
+            try:
+                with self._transaction():
+                    first = self._next_autoincrement_id()
+                    ids: list[npt.NDArray[np.int64]] = []
+                    for block in blocks:
+                        ids.append(np.arange(first, first + len(block), dtype=np.int64))
+                        first += len(block)
+                    self._blocks.insert(blocks, ids, codes, fine_codes, now)
+                    self._advance_sequence(first - 1)
+                    term_ids = self._term_ids_of_names(
+                        {
+                            "label": [label for block in blocks for label in block.labels],
+                            "dataset": [name for b in blocks for name in [b.dataset] * len(b)],
+                            "group": [group for block in blocks for group in block.groups],
+                        }
+                    )
+            except BaseException:
+                self._terms = terms_before
+                raise
+        return RowsResult(ids, term_ids)
+
+    def _advance_sequence(self, last_id: int) -> None:
+        """Make AUTOINCREMENT's sequence reach ``last_id``: block rows use its ids too."""
+        updated = self._connection.execute(
+            "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'items'", (last_id,)
+        ).rowcount
+        if not updated:
+            self._connection.execute(
+                "INSERT INTO sqlite_sequence (name, seq) VALUES ('items', ?)", (last_id,)
+            )
+
+    def stored_rows(self, journal_key: str) -> set[int]:
+        """Row numbers of the file ``journal_key`` stored as feature rows (live ones)."""
+        with self._mutex:
+            return self._blocks.stored_rows(journal_key)
 
     def delete(self, item_ids: Sequence[int]) -> list[int]:
         """Delete the given items and journal the removals; returns the ids actually deleted."""
         now = time.time()
         with self._mutex, self._transaction():
+            in_blocks = self._blocks.present(item_ids)
+            self._blocks.remove(in_blocks)
             present = self._present_ids(item_ids)
             for chunk in _chunks(present):
                 marks = ",".join("?" * len(chunk))
@@ -274,6 +354,7 @@ class MetadataStore:
                 self._connection.execute(
                     f"DELETE FROM fine_codes WHERE item_id IN ({marks})", chunk
                 )
+            present = sorted(present + in_blocks)
             self._connection.executemany(
                 "INSERT INTO removals (item_id, removed_at) VALUES (?, ?)",
                 [(item_id, now) for item_id in present],
@@ -315,17 +396,19 @@ class MetadataStore:
             return self._ids_of_hashes(hashes)
 
     def count(self) -> int:
-        with self._mutex:
-            return int(self._connection.execute("SELECT COUNT(*) FROM items").fetchone()[0])
+        return self.count_and_id_sum()[0]
 
     def counts_by(self, column: str) -> dict[str | None, int]:
         if column not in ("label", "dataset", "grp"):
             raise IndexInputError(f"cannot count by {column!r}")
         with self._mutex:
             rows = self._connection.execute(
-                f"SELECT {column}, COUNT(*) FROM items GROUP BY {column} ORDER BY {column}"
+                f"SELECT {column}, COUNT(*) FROM items GROUP BY {column}"
             )
-            return {name: int(count) for name, count in rows}
+            counts: Counter[str | None] = Counter({name: int(count) for name, count in rows})
+            for block, live in self._blocks.after(0):
+                counts.update(_block_column(block.rows, column, live))
+        return dict(sorted(counts.items(), key=lambda entry: (entry[0] is not None, entry[0])))
 
     def count_and_id_sum(self) -> tuple[int, int]:
         """How many items there are and the sum of their ids: a cheap fingerprint of the id set."""
@@ -333,7 +416,8 @@ class MetadataStore:
             count, total = self._connection.execute(
                 "SELECT COUNT(*), COALESCE(SUM(id), 0) FROM items"
             ).fetchone()
-        return int(count), int(total)
+            in_blocks, block_sum = self._blocks.count_and_id_sum()
+        return int(count) + in_blocks, int(total) + block_sum
 
     def slide_rows(self) -> list[SlideRow]:
         """(id, packed code, group, ``extra.slide_id``, archive, source, label) of every item, in
@@ -343,10 +427,12 @@ class MetadataStore:
                 "SELECT id, code, grp, json_extract(extra, '$.slide_id'), archive, source, label "
                 "FROM items ORDER BY id"
             ).fetchall()
-        return [
-            (int(a), bytes(b), c, d if isinstance(d, str) else None, e, f, g)
-            for a, b, c, d, e, f, g in rows
-        ]
+            found: list[SlideRow] = [
+                (int(a), bytes(b), c, d if isinstance(d, str) else None, e, f, g)
+                for a, b, c, d, e, f, g in rows
+            ]
+            found.extend(_block_slide_rows(self._blocks.after(0)))
+        return _in_id_order(found, bool(rows) and len(found) > len(rows))
 
     def last_allocated_id(self) -> int:
         """The largest id SQLite ever gave an item (deleted ones included); 0 before the first."""
@@ -365,11 +451,33 @@ class MetadataStore:
     def rows_after(self, last_id: int) -> Iterator[CodeRow]:
         """Items added after the snapshot that held ids up to ``last_id``, in id order."""
         with self._mutex:
+            rows = [
+                CodeRow(*row)
+                for row in self._connection.execute(
+                    "SELECT id, code, label, grp, dataset FROM items WHERE id > ? ORDER BY id",
+                    (last_id,),
+                )
+            ]
+            in_blocks = list(_block_code_rows(self._blocks.after(last_id)))
+        return iter(_in_id_order(rows + in_blocks, bool(rows and in_blocks)))
+
+    def fine_codes_after(self, last_id: int, dim: int) -> tuple[IdArray, npt.NDArray[np.uint8]]:
+        """Second-stage codes of the live items with ids above ``last_id``, in id order."""
+        with self._mutex:
             rows = self._connection.execute(
-                "SELECT id, code, label, grp, dataset FROM items WHERE id > ? ORDER BY id",
+                "SELECT f.item_id, f.code FROM fine_codes f JOIN items i ON i.id = f.item_id "
+                "WHERE f.item_id > ? ORDER BY f.item_id",
                 (last_id,),
             ).fetchall()
-        return (CodeRow(*row) for row in rows)
+            parts = [
+                (block.ids[live], _fine_of(block.fine, dim)[live])
+                for block, live in self._blocks.after(last_id)
+            ]
+        ids = [np.array([row[0] for row in rows], dtype=np.int64)] + [p[0] for p in parts]
+        codes = [_fine_of(b"".join(row[1] for row in rows), dim)] + [p[1] for p in parts]
+        all_ids, all_codes = np.concatenate(ids), np.concatenate(codes)
+        order = np.argsort(all_ids, kind="stable")
+        return all_ids[order], np.ascontiguousarray(all_codes[order])
 
     def removals_after(self, seq: int) -> list[int]:
         with self._mutex:
@@ -388,6 +496,8 @@ class MetadataStore:
                     f"SELECT {_RECORD_COLUMNS} FROM items WHERE id IN ({marks})", chunk
                 )
                 found.update((row[0], _record_from_row(row, None)) for row in rows)
+            for item_id, (block, position) in self._blocks.locate(item_ids):
+                found[item_id] = block.rows.record(position, item_id, block.added_at)
         return found
 
     def record(self, item_id: int) -> ItemRecord | None:
@@ -395,6 +505,11 @@ class MetadataStore:
             row = self._connection.execute(
                 f"SELECT {_RECORD_COLUMNS}, thumbnail FROM items WHERE id = ?", (item_id,)
             ).fetchone()
+            if row is None:
+                located = list(self._blocks.locate([item_id]))
+                if located:
+                    ((_, (block, position)),) = located
+                    return block.rows.record(position, item_id, block.added_at)
         return None if row is None else _record_from_row(row[:-1], row[-1])
 
     def thumbnail(self, item_id: int) -> bytes | None:
@@ -484,6 +599,59 @@ def _item_rows(
         )
         for n, item in ((n, items[n]) for n in fresh)
     ]
+
+
+IdArray = npt.NDArray[np.int64]
+_Positions = npt.NDArray[np.intp]
+
+
+def _block_column(rows: FeatureRows, column: str, live: _Positions) -> list[str | None]:
+    """The values of an ``items`` column (label, dataset, grp) for a block's live rows."""
+    if column == "dataset":
+        return [rows.dataset] * len(live)
+    values: Sequence[str | None] = rows.labels if column == "label" else rows.groups
+    return [values[n] for n in live.tolist()]
+
+
+def _block_code_rows(blocks: Iterable[tuple[Block, _Positions]]) -> Iterator[CodeRow]:
+    for block, live in blocks:
+        size = len(block.codes) // len(block.ids)
+        rows = block.rows
+        for n in live.tolist():
+            code = block.codes[n * size : (n + 1) * size]
+            yield CodeRow(int(block.ids[n]), code, rows.labels[n], rows.groups[n], rows.dataset)
+
+
+def _block_slide_rows(blocks: Iterable[tuple[Block, _Positions]]) -> Iterator[SlideRow]:
+    for block, live in blocks:
+        size = len(block.codes) // len(block.ids)
+        rows = block.rows
+        for n in live.tolist():
+            code = block.codes[n * size : (n + 1) * size]
+            yield (
+                int(block.ids[n]),
+                code,
+                rows.groups[n],
+                rows.slide_ids[n],
+                rows.archive,
+                rows.source,
+                rows.labels[n],
+            )
+
+
+def _fine_of(codes: bytes | None, dim: int) -> npt.NDArray[np.uint8]:
+    if not codes:
+        return np.zeros((0, dim), dtype=np.uint8)
+    return np.frombuffer(codes, dtype=np.uint8).reshape(-1, dim)
+
+
+def _in_id_order(rows: list[Any], mixed: bool) -> list[Any]:
+    """Rows of items and of blocks (each already in id order) merged by id, when both exist."""
+    return (
+        sorted(rows, key=lambda row: row[0] if isinstance(row, tuple) else row.id)
+        if mixed
+        else rows
+    )
 
 
 def _chunks(values: list[Any]) -> Iterator[list[Any]]:

@@ -24,6 +24,7 @@ import numpy.typing as npt
 from indexer.index.metadata import FinishedSource
 from indexer.index.pq import FloatArray, IdArray
 from indexer.index.records import ItemRecord, NewItem
+from indexer.index.row_blocks import FeatureRows
 
 if TYPE_CHECKING:
     from indexer.index.manifest import SecondStageRecord
@@ -136,6 +137,22 @@ class Index(IndexParts, Protocol):
         fine: npt.NDArray[np.floating] | None = None,
     ) -> list[AddOutcome]:
         """Add items whose (N, M) codes were already assigned with the index's codebooks."""
+        ...
+
+    def add_rows(
+        self,
+        descriptors: npt.NDArray[np.floating],
+        blocks: Sequence[FeatureRows],
+        *,
+        fine: npt.NDArray[np.floating] | None = None,
+    ) -> list[IdArray]:
+        """Add the rows of feature files (`indexer.index.row_blocks`) from their descriptors,
+        the blocks' rows one after another; the ids each block's rows were given. Rows are not
+        deduplicated by content: leave out those `stored_rows` finds."""
+        ...
+
+    def stored_rows(self, block: FeatureRows) -> npt.NDArray[np.bool_]:
+        """Per row of ``block``, whether the index stores that row of its file already."""
         ...
 
     def search(

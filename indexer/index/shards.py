@@ -63,6 +63,7 @@ from indexer.index.pq import (
 )
 from indexer.index.protocol import Index, IndexParts, SourceJournal
 from indexer.index.records import ItemRecord, NewItem
+from indexer.index.row_blocks import FeatureRows
 from indexer.index.second_stage import FineQuantiser, SecondStageSettings, unit_rows
 from indexer.index.store import (
     AddOutcome,
@@ -537,6 +538,30 @@ class ShardedIndex:
                         f"shard {shard_number} already held an item this index had not seen"
                     )
             return [_outcome(entry, position, ids_of) for position, entry in enumerate(outcomes)]
+
+    def add_rows(
+        self,
+        descriptors: npt.NDArray[np.floating],
+        blocks: Sequence[FeatureRows],
+        *,
+        fine: npt.NDArray[np.floating] | None = None,
+    ) -> list[IdArray]:
+        """Add feature rows as items, each to its group's shard: a block is one file's stretch
+        of rows, and the shards of a group need not be the same. Each row's content hash is its
+        file and row number, so `stored_rows` finds it again."""
+        items = [item for block in blocks for item in block.items()]
+        outcomes = iter(self.add(descriptors, items, fine=fine))
+        ids: list[IdArray] = []
+        for block in blocks:
+            taken = [next(outcomes) for _ in range(len(block))]
+            ids.append(np.array([o.id for o in taken if o.id is not None], dtype=np.int64))
+        return ids
+
+    def stored_rows(self, block: FeatureRows) -> npt.NDArray[np.bool_]:
+        """Per row of ``block``, whether a shard stores its file's row already."""
+        hashes = block.content_hashes()
+        stored = self.known_hashes(hashes)
+        return np.array([content_hash in stored for content_hash in hashes], dtype=bool)
 
     def _deduplicated(
         self, records: Sequence[NewItem]

@@ -25,6 +25,7 @@ codebooks other than the ones the manifest recorded.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -74,6 +75,7 @@ from indexer.index.pq import (
 )
 from indexer.index.protocol import SourceJournal
 from indexer.index.records import ItemRecord, NewItem
+from indexer.index.row_blocks import FeatureRows
 from indexer.index.second_stage import (
     FineQuantiser,
     SecondStageSettings,
@@ -359,7 +361,7 @@ class ArchiveIndex:
 
     def _fine_rows_after(self, last_id: int) -> tuple[IdArray, npt.NDArray[np.uint8]]:
         assert self._fine is not None
-        return fine_codes.rows_after(self.directory / METADATA, last_id, self._fine.dim)
+        return self._metadata.fine_codes_after(last_id, self._fine.dim)
 
     def _table_arrays(self, rows: Sequence[CodeRow]) -> tuple[CodeArray, IdArray, Columns]:
         """Codes, ids and filter columns of SQLite rows, as the table holds them."""
@@ -490,23 +492,72 @@ class ArchiveIndex:
             added = np.array(
                 [i for i, new in enumerate(result.new_ids) if new is not None], dtype=np.intp
             )
-            terms = Columns(*(np.array(result.term_ids[k], dtype=np.int32) for k in TERM_KINDS))
-            with self._lock.writing():
-                self._table.append(
-                    small[added],
-                    np.array([result.new_ids[i] for i in added], dtype=np.int64),
-                    terms,
-                )
-                if self._fine is not None and fine_codes_of_add is not None:
-                    self._fine.append(
-                        np.array([result.new_ids[i] for i in added], dtype=np.int64),
-                        fine_codes_of_add[added],
-                    )
-            self._unsaved += len(added)
+            self._append(
+                small[added],
+                np.array([result.new_ids[i] for i in added], dtype=np.int64),
+                result.term_ids,
+                None if fine_codes_of_add is None else fine_codes_of_add[added],
+            )
         return [
             AddOutcome(new, duplicate)
             for new, duplicate in zip(result.new_ids, result.duplicate_of, strict=True)
         ]
+
+    def add_rows(
+        self,
+        descriptors: npt.NDArray[np.floating],
+        blocks: Sequence[FeatureRows],
+        *,
+        fine: npt.NDArray[np.floating] | None = None,
+    ) -> list[IdArray]:
+        """Add feature rows from their (N, M*d) descriptors, the rows of ``blocks`` one after
+        another, each block stored as one record (`indexer.index.row_blocks`). Durable when it
+        returns; the ids given to each block's rows. A block longer than
+        `indexer.index.row_blocks.MAX_BLOCK_ROWS` is stored in parts. Rows are not looked up by
+        content: leave out those `stored_rows` says are stored. ``fine``: see `add_codes`.
+        """
+        parts = [part for block in blocks for part in block.parts()]
+        count = sum(len(part) for part in parts)
+        array = self._checked_vectors(descriptors, "descriptors")
+        if len(array) != count:
+            raise IndexInputError(f"{count} feature rows but {len(array)} descriptors")
+        small: CodeArray = assign_codes(array, self.codebooks).astype(np.uint8)
+        packed = pack_codes(small, self.codebook_size)
+        fine_vectors = self._checked_fine(fine, count)
+        spans = _spans(parts)
+        with self._writer:
+            fine_codes_of_add = None if fine_vectors is None else self._fine_codes(fine_vectors)
+            result = self._metadata.insert_rows(
+                parts,
+                [packed[start:stop].tobytes() for start, stop in spans],
+                None
+                if fine_codes_of_add is None
+                else [fine_codes_of_add[start:stop].tobytes() for start, stop in spans],
+            )
+            ids = np.concatenate(result.ids) if result.ids else np.zeros(0, dtype=np.int64)
+            self._append(small, ids, result.term_ids, fine_codes_of_add, packed)
+        return [ids[start:stop] for start, stop in _spans(blocks)]
+
+    def stored_rows(self, block: FeatureRows) -> npt.NDArray[np.bool_]:
+        """Per row of ``block``, whether its file's row is stored already (a resumed run)."""
+        stored = self._metadata.stored_rows(block.journal_key)
+        return np.isin(block.rows, np.fromiter(stored, dtype=np.int64, count=len(stored)))
+
+    def _append(
+        self,
+        codes: CodeArray,
+        ids: IdArray,
+        term_ids: Mapping[str, Sequence[int]],
+        fine_codes_of_add: npt.NDArray[np.uint8] | None,
+        packed: CodeArray | None = None,
+    ) -> None:
+        """Put items just stored in SQLite into the searchable table (caller holds the writer)."""
+        terms = Columns(*(np.array(term_ids[kind], dtype=np.int32) for kind in TERM_KINDS))
+        with self._lock.writing():
+            self._table.append(codes, ids, terms, packed)
+            if self._fine is not None and fine_codes_of_add is not None:
+                self._fine.append(ids, fine_codes_of_add)
+        self._unsaved += len(ids)
 
     def _checked_fine(self, fine: npt.NDArray[np.floating] | None, count: int) -> FloatArray | None:
         """Unit rows of the fine vectors an add brings: required with a second stage only."""
@@ -967,6 +1018,12 @@ def _geometry_of(card: Mapping[str, Any]) -> dict[str, Any]:
         "code_version",
     )
     return {key: card[key] for key in keys if key in card}
+
+
+def _spans(blocks: Sequence[FeatureRows]) -> list[tuple[int, int]]:
+    """(start, stop) of each block's rows in the rows of all of them, one after another."""
+    bounds = np.cumsum([0, *(len(block) for block in blocks)]).tolist()
+    return list(itertools.pairwise(bounds))
 
 
 def checked_vectors(vectors: npt.NDArray[np.floating], dim: int, what: str) -> FloatArray:

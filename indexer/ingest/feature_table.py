@@ -99,11 +99,10 @@ def read_feature_table(
             continue
         taken = _take(batch, None if limit is None else limit - len(slides))
         vectors.append(batch.vectors[:taken])
-        for item in batch.items[:taken]:
-            slide = str(item.extra.get("slide_id", item.source))
-            slides.append(slide)
-            groups.append(item.group or slide)
-            labels.append(item.label or "")
+        rows = batch.rows
+        slides.extend(rows.slide_ids[:taken])
+        groups.extend(rows.groups[:taken])
+        labels.extend(label or "" for label in rows.labels[:taken])
         if limit is not None and len(slides) >= limit:
             break
     if not slides:
@@ -119,4 +118,4 @@ def read_feature_table(
 
 
 def _take(batch: FeatureBatch, room: int | None) -> int:
-    return len(batch.items) if room is None else max(0, min(room, len(batch.items)))
+    return len(batch.rows) if room is None else max(0, min(room, len(batch.rows)))

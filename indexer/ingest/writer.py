@@ -36,6 +36,7 @@ import numpy.typing as npt
 from indexer.index.metadata import FinishedSource
 from indexer.index.protocol import Index, SourceJournal
 from indexer.index.records import NewItem
+from indexer.index.row_blocks import FeatureRows
 from indexer.index.tiling import TilingConfig
 from indexer.ingest.archive_root import journal_key
 
@@ -170,21 +171,36 @@ class IngestWriter:
         """
         stored = self.index.known_hashes(list(hashes))
         fresh = [content_hash not in stored for content_hash in hashes]
+        self._register(source, file_hash, len(hashes), sum(fresh), background, last)
+        return fresh
+
+    def begin_rows(
+        self, source: str, file_hash: str, block: FeatureRows, *, last: bool = True
+    ) -> npt.NDArray[np.bool_]:
+        """`begin` for a stretch of a feature file's rows (written with `write_rows`): per row,
+        whether it still needs writing. The index knows a file's stored rows by their numbers
+        (`indexer.index.row_blocks`), not by content."""
+        fresh = ~self.index.stored_rows(block)
+        self._register(source, file_hash, len(block), int(fresh.sum()), 0, last)
+        return fresh
+
+    def _register(
+        self, source: str, file_hash: str, items: int, fresh: int, background: int, last: bool
+    ) -> None:
         self.summary.tiles_background += background
-        self.summary.tiles_already_indexed += len(hashes) - sum(fresh)
+        self.summary.tiles_already_indexed += items - fresh
         earlier = self._finishing.get(source) if source in self._open_parts else None
         hold = (0 if last else 1) - (1 if self._open_parts.pop(source, False) else 0)
         if not last:
             self._open_parts[source] = True
-        self._waiting[source] = self._waiting.get(source, 0) + sum(fresh) + hold
-        items, skipped = len(hashes), background
+        self._waiting[source] = self._waiting.get(source, 0) + fresh + hold
+        skipped = background
         if earlier is not None:
             items, skipped = items + earlier.items, skipped + earlier.skipped
         self._finishing[source] = FinishedSource(source, file_hash, items, skipped)
         # Sources that need no writing are journalled in batches, not one commit each.
         if sum(count == 0 for count in self._waiting.values()) >= self._batch_size:
             self._journal_finished()
-        return fresh
 
     # ---- items ---------------------------------------------------------------------------------
 
@@ -204,6 +220,24 @@ class IngestWriter:
             self._fine.extend(np.asarray(fine, dtype=np.float32))
         while len(self._items) >= self._batch_size:
             self._write_batch(self._batch_size)
+
+    def write_rows(
+        self,
+        blocks: Sequence[FeatureRows],
+        descriptors: npt.NDArray[np.float32],
+        fine: npt.NDArray[np.float32] | None = None,
+    ) -> None:
+        """Write rows of begun feature files now, a block per file stretch, in one transaction
+        (the caller batches them), with their descriptors and, for an index with a second
+        stage, the vectors it re-ranks by; journal the files this finishes."""
+        ids = self.index.add_rows(descriptors, blocks, fine=fine)
+        added = sum(len(block_ids) for block_ids in ids)
+        self.summary.tiles_added += added
+        self.summary.tiles_duplicate += sum(len(block) for block in blocks) - added
+        for block in blocks:
+            self._waiting[block.journal_key] -= len(block)
+        self._journal_finished()
+        self._count_toward_flush(added)
 
     def write_queued(self) -> None:
         """Write what is queued now, short batch included, and journal the finished sources: a
@@ -232,6 +266,9 @@ class IngestWriter:
             self._waiting[journal_key(item.archive, item.source)] -= 1
         # One journal commit per written batch, not per source.
         self._journal_finished()
+        self._count_toward_flush(added)
+
+    def _count_toward_flush(self, added: int) -> None:
         self._since_flush += added
         if self._since_flush >= self._flush_every:
             self.index.flush()

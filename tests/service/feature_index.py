@@ -97,6 +97,6 @@ def build_feature_index(
         for batch in FeatureArchive.open(matrix, FeatureOptions(dim=DIM)).batches():
             assert isinstance(batch, FeatureBatch), batch
             fine = None if second_stage is None else encoder.centred(batch.vectors)
-            index.add(encoder.descriptors(batch.vectors), batch.items, fine=fine)
-            slide_ids += [str(item.extra["slide_id"]) for item in batch.items]
+            index.add_rows(encoder.descriptors(batch.vectors), [batch.rows], fine=fine)
+            slide_ids += batch.rows.slide_ids
     return FeatureSample(directory, vectors, slide_ids)

@@ -53,7 +53,7 @@ def sharded_copy(sample: FeatureSample, target: Path) -> None:
     with ShardedIndex.create(target, checkpoint, SHARDS) as sharded:
         for batch in archive.batches():
             assert isinstance(batch, FeatureBatch), batch
-            sharded.add(encoder.descriptors(batch.vectors), batch.items)
+            sharded.add_rows(encoder.descriptors(batch.vectors), [batch.rows])
     with ArchiveIndex.open(sample.index_dir) as single, ShardedIndex.open(target) as copy:
         assert len(copy) == len(single) == len(sample.vectors)
 

@@ -4,6 +4,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from indexer.index.pq import adc_scores, assign_codes, lookup_tables
+from indexer.index.row_blocks import MAX_BLOCK_ROWS, FeatureRows
 from indexer.index.store import ArchiveIndex, Hit, IndexDirectoryError, SearchFilters
 from tests.indexer.index_helpers import (
     descriptors_near_codewords,
@@ -344,3 +346,74 @@ def test_a_database_damaged_past_its_header_is_refused_naming_the_repair_command
     with pytest.raises(IndexDirectoryError, match=re.escape("metadata.sqlite")) as refused:
         ArchiveIndex.open(saved)
     assert "histosearch repair" in str(refused.value)
+
+
+def feature_blocks(count: int, per_file: int) -> list[FeatureRows]:
+    return [
+        FeatureRows(
+            source=f"slide-{start // per_file}.h5",
+            archive="features",
+            dataset="features",
+            rows=np.arange(min(per_file, count - start), dtype=np.int64),
+            slide_ids=[f"slide-{start // per_file}"] * min(per_file, count - start),
+            labels=[f"class-{start // per_file % 3}"] * min(per_file, count - start),
+            groups=[f"patient-{start // per_file % 7}"] * min(per_file, count - start),
+        )
+        for start in range(0, count, per_file)
+    ]
+
+
+def test_feature_rows_stored_as_blocks_search_and_read_as_items_would(tmp_path):
+    blocks = feature_blocks(600, per_file=45)
+    as_items = [item for block in blocks for item in block.items()]
+    with new_index(tmp_path / "rows") as by_rows, new_index(tmp_path / "items") as by_items:
+        vectors = descriptors_near_codewords(600, by_rows.codebooks)
+        ids = by_rows.add_rows(vectors, blocks)
+        by_items.add(vectors, as_items)
+        assert np.concatenate(ids).tolist() == list(range(1, 601))
+
+        filters = SearchFilters(label="class-1", exclude_group="patient-2")
+        for chosen in (None, filters):
+            found = by_rows.search(vectors[:6], 9, chosen)
+            expected = by_items.search(vectors[:6], 9, chosen)
+            assert [[(h.id, h.score) for h in hits] for hits in found] == [
+                [(h.id, h.score) for h in hits] for hits in expected
+            ]
+            for hits_rows, hits_items in zip(found, expected, strict=True):
+                for a, b in zip(hits_rows, hits_items, strict=True):
+                    assert a.record is not None and b.record is not None
+                    assert replace(a.record, added_at=0) == replace(b.record, added_at=0)
+        assert by_rows.stats().labels == by_items.stats().labels
+        assert by_rows.slide_rows() == by_items.slide_rows()
+
+
+def test_unflushed_feature_rows_and_their_removal_are_replayed_after_a_crash(tmp_path):
+    index = new_index(tmp_path / "index")
+    vectors = descriptors_near_codewords(300, index.codebooks)
+    blocks = feature_blocks(300, per_file=40)
+    index.add_rows(vectors[:200], blocks[:5])
+    index.flush()
+    index.add_rows(vectors[200:], blocks[5:])
+    index.remove([3, 250])
+    expected = index.search(vectors[:5], 8)
+    index._metadata.close()  # the process dies: no flush, no close
+    with ArchiveIndex.open(tmp_path / "index") as reopened:
+        assert len(reopened) == 298
+        assert reopened.search(vectors[:5], 8) == expected
+        # Ids 3 and 250 were rows 2 of slide-0 and 9 of slide-6: a resumed run writes them again.
+        assert np.flatnonzero(~reopened.stored_rows(blocks[0])).tolist() == [2]
+        assert np.flatnonzero(~reopened.stored_rows(blocks[6])).tolist() == [9]
+        assert reopened.stored_rows(blocks[7]).all()
+
+
+def test_a_long_stretch_of_rows_is_stored_in_bounded_blocks(tmp_path):
+    with new_index(tmp_path / "index") as index:
+        (block,) = feature_blocks(2 * MAX_BLOCK_ROWS + 5, per_file=2 * MAX_BLOCK_ROWS + 5)
+        vectors = descriptors_near_codewords(len(block), index.codebooks)
+        (ids,) = index.add_rows(vectors, [block])
+        assert ids.tolist() == list(range(1, len(block) + 1))
+        record = index.get(MAX_BLOCK_ROWS + 1)
+        assert record is not None and record.extra["row"] == MAX_BLOCK_ROWS
+    with sqlite3.connect(tmp_path / "index" / "metadata.sqlite") as database:
+        sizes = database.execute("SELECT length(ids) / 8 FROM row_blocks ORDER BY first_id")
+        assert [size for (size,) in sizes] == [MAX_BLOCK_ROWS, MAX_BLOCK_ROWS, 5]

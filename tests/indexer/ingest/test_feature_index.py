@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import shutil
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from indexer.index.store import ArchiveIndex
-from indexer.ingest.feature_index import index_feature_archive
+from indexer.ingest.feature_index import index_feature_archive, read_ahead
 from indexer.ingest.features import FeatureArchive, FeatureOptions
 from indexer.ingest.writer import PipelineConfig
 from model.card import ModelCard
@@ -79,9 +84,9 @@ class CountingIndex(ArchiveIndex):
 
     adds = 0
 
-    def add(self, descriptors, records, *, item_ids=None, fine=None):
+    def add_rows(self, descriptors, blocks, *, fine=None):
         type(self).adds += 1
-        return super().add(descriptors, records, item_ids=item_ids, fine=fine)
+        return super().add_rows(descriptors, blocks, fine=fine)
 
 
 def pt_folder(folder: Path, files: int, rows: int, copies: dict[int, int] | None = None) -> Path:
@@ -121,3 +126,34 @@ def test_a_file_with_the_bytes_of_one_still_queued_in_the_run_is_a_duplicate_fil
     assert summary.counts.tiles_added == 20 and summary.counts.tiles_duplicate == 0
     assert len(index) == 20
     index.close()
+
+
+def test_reading_ahead_keeps_the_order_and_raises_the_reader_s_error():
+    assert list(read_ahead(iter(range(50)))) == list(range(50))
+
+    def failing() -> Iterator[int]:
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for value in read_ahead(failing()):
+            got.append(value)
+    assert got == [1]
+
+
+def test_a_consumer_that_stops_early_stops_the_reader():
+    produced = []
+
+    def endless() -> Iterator[int]:
+        for number in itertools.count():
+            produced.append(number)
+            yield number
+
+    reader = read_ahead(endless(), depth=2)
+    assert next(reader) == 0
+    reader.close()
+    stopped_at = len(produced)
+    time.sleep(0.3)
+    assert len(produced) == stopped_at <= 4
+    assert "feature-reader" not in [thread.name for thread in threading.enumerate()]

@@ -22,7 +22,6 @@ from indexer.ingest.features import (
     FeatureOptions,
     RefusedFile,
     detect_layout,
-    vector_hash,
 )
 from indexer.ingest.sources import SourceError
 from tests.indexer.index_helpers import DIM, SHARED_DATA, new_index
@@ -84,13 +83,13 @@ def test_h5_files_with_coords_give_rows_with_their_patch_in_level0_pixels(tmp_pa
     np.testing.assert_array_equal(batch.vectors, matrix)
     assert batch.vectors.dtype == np.float32
     assert batch.last
-    third = batch.items[2]
+    third = batch.rows.items()[2]
     assert third.source == "slide-a.h5"
     assert third.archive == "h5_files"
     assert third.group == "slide-a"
     assert third.tile == (512, 1024, 512, 512)
     assert third.extra == {"slide_id": "slide-a", "row": 2, "x": 512, "y": 1024, "patch_size": 256}
-    assert third.content_hash == vector_hash(matrix[2])
+    assert third.content_hash == "features:h5_files/slide-a.h5#2"
 
 
 def test_h5_files_without_coords_give_rows_without_a_place(tmp_path: Path) -> None:
@@ -100,8 +99,8 @@ def test_h5_files_without_coords_give_rows_without_a_place(tmp_path: Path) -> No
     (batch,), _ = read_all(FeatureArchive.open(tmp_path))
 
     np.testing.assert_array_equal(batch.vectors, matrix.astype(np.float32))
-    assert [item.tile for item in batch.items] == [None] * 4
-    assert batch.items[3].extra == {"slide_id": "slide-b", "row": 3}
+    assert [item.tile for item in batch.rows.items()] == [None] * 4
+    assert batch.rows.items()[3].extra == {"slide_id": "slide-b", "row": 3}
 
 
 def test_coords_without_a_known_level0_size_are_kept_as_metadata_only(tmp_path: Path) -> None:
@@ -109,8 +108,8 @@ def test_coords_without_a_known_level0_size_are_kept_as_metadata_only(tmp_path: 
 
     (batch,), _ = read_all(FeatureArchive.open(tmp_path))
 
-    assert batch.items[1].tile is None
-    assert (batch.items[1].extra["x"], batch.items[1].extra["y"]) == (3, 4)
+    assert batch.rows.items()[1].tile is None
+    assert (batch.rows.items()[1].extra["x"], batch.rows.items()[1].extra["y"]) == (3, 4)
 
 
 def test_pt_files_are_read_with_labels_and_groups_from_the_manifest(tmp_path: Path) -> None:
@@ -129,8 +128,8 @@ def test_pt_files_are_read_with_labels_and_groups_from_the_manifest(tmp_path: Pa
 
     assert archive.layout == "pt"
     assert refused == []
-    assert [len(batch.items) for batch in batches] == [2, 3, 1]
-    first, second, third = (batch.items[0] for batch in batches)
+    assert [len(batch.rows) for batch in batches] == [2, 3, 1]
+    first, second, third = (batch.rows.items()[0] for batch in batches)
     assert (first.label, first.group, first.extra["site"]) == ("LUAD", "patient-x", "A")
     assert (second.label, second.group) == ("LUSC", "patient-x")
     assert (third.label, third.group) == (None, "slide-3")
@@ -146,7 +145,7 @@ def test_a_manifest_may_name_columns_of_its_own(tmp_path: Path) -> None:
 
     (batch,), _ = read_all(FeatureArchive.open(tmp_path, FeatureOptions(columns=columns)))
 
-    assert (batch.items[0].label, batch.items[0].group) == ("BRCA", "p1")
+    assert (batch.rows.items()[0].label, batch.rows.items()[0].group) == ("BRCA", "p1")
 
 
 def npy_archive(tmp_path: Path, matrix: np.ndarray) -> Path:
@@ -171,12 +170,12 @@ def test_an_npy_matrix_streams_in_chunks_with_the_rows_of_its_csv(tmp_path: Path
 
     assert archive.layout == "npy"
     assert refused == []
-    assert [len(batch.items) for batch in batches] == [3, 3, 1]
+    assert [len(batch.rows) for batch in batches] == [3, 3, 1]
     assert [batch.last for batch in batches] == [False, False, True]
     np.testing.assert_array_equal(
         np.concatenate([batch.vectors for batch in batches]), matrix.astype(np.float32)
     )
-    row5 = batches[1].items[2]
+    row5 = batches[1].rows.items()[2]
     assert (row5.source, row5.label, row5.group) == ("regions.npy", "type-1", "patient-0")
     assert row5.extra == {"subtype": "sub", "slide_id": "slide-1", "row": 5}
     assert archive.dim == D
@@ -193,14 +192,14 @@ def test_the_shared_hipt_regions_read_with_cancer_type_and_patient_columns() -> 
     np.testing.assert_array_equal(first.vectors, expected)
     with (data.with_suffix(".csv")).open(newline="") as handle:
         lines = list(csv.DictReader(handle))[:1000]
-    assert [item.label for item in first.items] == [line["cancer_type"] for line in lines]
-    assert [item.group for item in first.items] == [line["patient_id"] for line in lines]
-    assert first.items[7].extra == {
+    assert [item.label for item in first.rows.items()] == [line["cancer_type"] for line in lines]
+    assert [item.group for item in first.rows.items()] == [line["patient_id"] for line in lines]
+    assert first.rows.items()[7].extra == {
         "subtype": lines[7]["subtype"],
         "slide_id": lines[7]["slide_id"],
         "row": 7,
     }
-    assert (first.items[0].source, first.items[0].archive) == (
+    assert (first.rows.items()[0].source, first.rows.items()[0].archive) == (
         "regions.npy",
         "tcga-hipt-regions-192d",
     )
@@ -236,6 +235,26 @@ def test_an_npy_csv_line_with_a_missing_field_is_refused_naming_the_line(tmp_pat
     assert str(refused.error) == "regions.csv:3: 2 fields, the header has 4"
 
 
+def test_a_quoted_csv_with_windows_line_ends_reads_as_its_plain_twin(tmp_path: Path) -> None:
+    for folder in ("plain", "quoted"):
+        (tmp_path / folder).mkdir()
+    plain = npy_archive(tmp_path / "plain", features(4, seed=10))
+    quoted = npy_archive(tmp_path / "quoted", features(4, seed=10))
+    header = "slide_id,patient_id,cancer_type,subtype"
+    lines = [f'slide-{i // 3},patient-{i // 6},type-{i % 2},"sub, quoted"' for i in range(4)]
+    (tmp_path / "quoted" / "regions.csv").write_bytes("\r\n".join([header, *lines, ""]).encode())
+    options = FeatureOptions(columns=SHARED_COLUMNS)
+
+    ((plain_batch,), _), ((quoted_batch,), _) = (
+        read_all(FeatureArchive.open(path, options)) for path in (plain, quoted)
+    )
+
+    plain_rows, quoted_rows = plain_batch.rows, quoted_batch.rows
+    assert quoted_rows.slide_ids == plain_rows.slide_ids == ["slide-0"] * 3 + ["slide-1"]
+    assert (quoted_rows.groups, quoted_rows.labels) == (plain_rows.groups, plain_rows.labels)
+    assert quoted_rows.columns == {"subtype": ["sub, quoted"] * 4}
+
+
 def test_nan_rows_of_an_npy_matrix_are_refused_by_row_and_the_others_indexed(
     tmp_path: Path,
 ) -> None:
@@ -250,7 +269,7 @@ def test_nan_rows_of_an_npy_matrix_are_refused_by_row_and_the_others_indexed(
 
     assert refused.error.rows == (1, 4)
     assert "regions.npy: 2 of 6 rows hold NaN or Inf (rows 1, 4)" in str(refused.error)
-    assert [item.extra["row"] for item in batches[0].items] == [0, 2, 3, 5]
+    assert [item.extra["row"] for item in batches[0].rows.items()] == [0, 2, 3, 5]
     np.testing.assert_array_equal(batches[0].vectors, matrix[[0, 2, 3, 5]])
 
 
@@ -388,11 +407,13 @@ def test_an_npy_without_its_csv_is_refused(tmp_path: Path) -> None:
 
 
 def write_to(index: ArchiveIndex, batch: FeatureBatch) -> None:
-    """What the index writer does with a batch: add its rows, journal its file when done."""
-    index.add(batch.vectors, batch.items)
+    """What the index writer does with a batch: add the rows not stored yet, journal its file
+    when done."""
+    fresh = np.flatnonzero(~index.stored_rows(batch.rows))
+    index.add_rows(batch.vectors[fresh], [batch.rows.take(fresh)])
     if batch.last:
         index.journal.mark_sources_finished(
-            [FinishedSource(batch.journal_key, batch.fingerprint, len(batch.items), 0)]
+            [FinishedSource(batch.journal_key, batch.fingerprint, len(batch.rows), 0)]
         )
 
 
@@ -412,7 +433,7 @@ def test_an_interrupted_run_resumes_without_rereading_or_duplicating_finished_fi
     # the third slide's rows were added but the run died before journalling it
     third = next(first_run)
     assert isinstance(third, FeatureBatch)
-    index.add(third.vectors, third.items)
+    index.add_rows(third.vectors, [third.rows])
     index.close()
 
     index = ArchiveIndex.open(tmp_path / "index")
@@ -442,7 +463,7 @@ def test_a_rewritten_file_is_read_again(tmp_path: Path) -> None:
     write_h5(tmp_path / "a.h5", features(3, seed=41))
     (again,), _ = read_all(FeatureArchive.open(tmp_path), finished=journal.get)
 
-    assert len(again.items) == 3
+    assert len(again.rows) == 3
 
 
 def test_vectors_of_another_dimension_than_an_existing_index_are_refused(tmp_path: Path) -> None:
@@ -473,4 +494,4 @@ def test_an_npy_archive_whose_csv_changed_is_read_again(tmp_path: Path) -> None:
     csv_path.write_text(csv_path.read_text().replace("type-1", "type-9"))
     (again,), _ = read_all(FeatureArchive.open(path, options), finished=journal.get)
 
-    assert [item.label for item in again.items] == ["type-0", "type-9"]
+    assert [item.label for item in again.rows.items()] == ["type-0", "type-9"]

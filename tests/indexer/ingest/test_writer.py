@@ -9,9 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from indexer.index.protocol import Index
 from indexer.index.records import NewItem
+from indexer.index.row_blocks import FeatureRows
 from indexer.index.shards import ShardedIndex
 from indexer.ingest.writer import (
     IngestWriter,
@@ -138,3 +140,44 @@ def test_one_config_holds_the_runs_defaults():
     assert config.pipeline() == PipelineConfig()
     assert config.slide_config() == SlideConfig()
     assert SlideConfig().tiling == PipelineConfig().tiling
+
+
+def slide_block(slide: str, rows: int) -> FeatureRows:
+    return FeatureRows(
+        source=f"{slide}.h5",
+        archive="features",
+        dataset="features",
+        rows=np.arange(rows, dtype=np.int64),
+        slide_ids=[slide] * rows,
+        labels=["tumour"] * rows,
+        groups=[slide] * rows,
+    )
+
+
+@pytest.mark.parametrize("shards", [None, 3])
+def test_a_feature_file_cut_short_resumes_with_only_its_missing_rows(tmp_path, shards):
+    if shards is None:
+        index: Index = new_index(tmp_path / "index")
+    else:
+        index = ShardedIndex.create_from_codebooks(
+            tmp_path / "sharded", unit_codebooks(), card={}, shard_count=shards
+        )
+    with index:
+        vectors = descriptors_near_codewords(10, index.codebooks)
+        block = slide_block("slide-a", 10)
+        writer = IngestWriter(index, CONFIG)
+        writer.begin_rows("features/slide-a.h5", "hash-a", block.take(np.arange(6)), last=False)
+        writer.write_rows([block.take(np.arange(6))], vectors[:6])  # then the run dies
+        assert len(index) == 6 and index.journal.finished_source("features/slide-a.h5") is None
+
+        resumed = IngestWriter(index, CONFIG)
+        fresh = resumed.begin_rows("features/slide-a.h5", "hash-a", block)
+        assert fresh.tolist() == [False] * 6 + [True] * 4
+        rest = np.flatnonzero(fresh)
+        resumed.write_rows([block.take(rest)], vectors[rest])
+        summary = resumed.close()
+
+        assert (summary.tiles_already_indexed, summary.tiles_added, len(index)) == (6, 4, 10)
+        assert index.journal.finished_source("features/slide-a.h5") == "hash-a"
+        (hit, *_) = index.search(vectors[8:9], 1)[0]
+        assert hit.record is not None and hit.record.extra == {"slide_id": "slide-a", "row": 8}
