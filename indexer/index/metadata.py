@@ -431,7 +431,7 @@ class MetadataStore:
                 (int(a), bytes(b), c, d if isinstance(d, str) else None, e, f, g)
                 for a, b, c, d, e, f, g in rows
             ]
-            found.extend(_block_slide_rows(self._blocks.after(0)))
+            found.extend(_block_slide_rows(self._blocks.after(0, codes=True)))
         return _in_id_order(found, bool(rows) and len(found) > len(rows))
 
     def last_allocated_id(self) -> int:
@@ -458,7 +458,7 @@ class MetadataStore:
                     (last_id,),
                 )
             ]
-            in_blocks = list(_block_code_rows(self._blocks.after(last_id)))
+            in_blocks = list(_block_code_rows(self._blocks.after(last_id, codes=True)))
         return iter(_in_id_order(rows + in_blocks, bool(rows and in_blocks)))
 
     def fine_codes_after(self, last_id: int, dim: int) -> tuple[IdArray, npt.NDArray[np.uint8]]:
@@ -471,7 +471,7 @@ class MetadataStore:
             ).fetchall()
             parts = [
                 (block.ids[live], _fine_of(block.fine, dim)[live])
-                for block, live in self._blocks.after(last_id)
+                for block, live in self._blocks.after(last_id, fine=True)
             ]
         ids = [np.array([row[0] for row in rows], dtype=np.int64)] + [p[0] for p in parts]
         codes = [_fine_of(b"".join(row[1] for row in rows), dim)] + [p[1] for p in parts]
@@ -609,33 +609,41 @@ def _block_column(rows: FeatureRows, column: str, live: _Positions) -> list[str 
     """The values of an ``items`` column (label, dataset, grp) for a block's live rows."""
     if column == "dataset":
         return [rows.dataset] * len(live)
-    values: Sequence[str | None] = rows.labels if column == "label" else rows.groups
+    # Expanded once: a stored block's columns are runs, looked up row by row by bisection.
+    values = list(rows.labels if column == "label" else rows.groups)
     return [values[n] for n in live.tolist()]
 
 
 def _block_code_rows(blocks: Iterable[tuple[Block, _Positions]]) -> Iterator[CodeRow]:
     for block, live in blocks:
+        assert block.codes is not None  # read with its codes
         size = len(block.codes) // len(block.ids)
-        rows = block.rows
+        labels, groups, dataset = (
+            list(block.rows.labels),
+            list(block.rows.groups),
+            block.rows.dataset,
+        )
         for n in live.tolist():
             code = block.codes[n * size : (n + 1) * size]
-            yield CodeRow(int(block.ids[n]), code, rows.labels[n], rows.groups[n], rows.dataset)
+            yield CodeRow(int(block.ids[n]), code, labels[n], groups[n], dataset)
 
 
 def _block_slide_rows(blocks: Iterable[tuple[Block, _Positions]]) -> Iterator[SlideRow]:
     for block, live in blocks:
+        assert block.codes is not None  # read with its codes
         size = len(block.codes) // len(block.ids)
         rows = block.rows
+        groups, slides, labels = list(rows.groups), list(rows.slide_ids), list(rows.labels)
         for n in live.tolist():
             code = block.codes[n * size : (n + 1) * size]
             yield (
                 int(block.ids[n]),
                 code,
-                rows.groups[n],
-                rows.slide_ids[n],
+                groups[n],
+                slides[n],
                 rows.archive,
                 rows.source,
-                rows.labels[n],
+                labels[n],
             )
 
 

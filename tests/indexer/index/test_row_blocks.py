@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from indexer.index.row_blocks import FeatureRows, decode_block, encode_block, row_key
+from indexer.index.row_blocks import (
+    FeatureRows,
+    RunColumn,
+    decode_block,
+    encode_block,
+    row_key,
+)
 
 
 def slide_rows(coords: bool = True) -> FeatureRows:
@@ -101,3 +107,14 @@ def test_a_long_stretch_is_cut_into_parts_that_keep_every_row() -> None:
     assert [label for part in parts for label in part.labels] == block.labels
     assert [part.extra(0) for part in parts] == [block.extra(0), block.extra(2), block.extra(4)]
     assert block.parts(max_rows=5) == [block]
+
+
+def test_a_column_read_back_as_runs_answers_like_the_list_it_was() -> None:
+    values = ["a", "a", None, "b", "b", "b"]
+    column: RunColumn[str | None] = RunColumn([["a", 2], [None, 1], ["b", 3]])
+
+    assert len(column) == 6 and list(column) == values and column == values
+    assert [column[n] for n in range(6)] == values and column[-1] == "b"
+    assert column[1:4] == values[1:4]
+    with pytest.raises(IndexError):
+        column[6]

@@ -415,5 +415,5 @@ def test_a_long_stretch_of_rows_is_stored_in_bounded_blocks(tmp_path):
         record = index.get(MAX_BLOCK_ROWS + 1)
         assert record is not None and record.extra["row"] == MAX_BLOCK_ROWS
     with sqlite3.connect(tmp_path / "index" / "metadata.sqlite") as database:
-        sizes = database.execute("SELECT length(ids) / 8 FROM row_blocks ORDER BY first_id")
+        sizes = database.execute("SELECT last_id - first_id + 1 FROM row_blocks ORDER BY first_id")
         assert [size for (size,) in sizes] == [MAX_BLOCK_ROWS, MAX_BLOCK_ROWS, 5]
