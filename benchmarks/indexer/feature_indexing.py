@@ -42,7 +42,8 @@ from indexer.ingest.feature_index import index_feature_archive
 from indexer.ingest.feature_table import TCGA_COLUMNS
 from indexer.ingest.features import FeatureArchive, FeatureBatch, FeatureOptions
 from indexer.ingest.writer import PipelineConfig
-from model.card import ModelCard
+from indexer.learn.feature_config import FeatureTrainConfig
+from indexer.learn.feature_training import feature_card
 from model.feature_encoder import FeatureEncoder
 from model.feature_spq import FeatureSPQModel, save_feature_checkpoint
 
@@ -127,17 +128,13 @@ def per_slide_folders(data: Path, folder: Path, slides: int) -> dict[str, Path]:
     return folders
 
 
-def feature_model() -> FeatureSPQModel:
-    """A 64-bit feature model for 192-d rows (16 sub-spaces of 12, K=16), as trained by default."""
+def feature_model(codebook_size: int = 256) -> FeatureSPQModel:
+    """The feature model `histosearch train --source features` makes by default for 192-d rows
+    (`indexer.learn.feature_config`: 64 bits, 8 codebooks of 256 codewords, a linear head), with
+    random weights: the cost of indexing does not depend on them."""
     torch.manual_seed(0)
-    card = ModelCard(
-        backbone="features:hipt",
-        num_codebooks=16,
-        codebook_size=16,
-        codeword_dim=12,
-        input_dim=192,
-        feature_model="hipt",
-    )
+    config = FeatureTrainConfig(feature_model="hipt", codebook_size=codebook_size)
+    card = feature_card(config, input_dim=192)
     return FeatureSPQModel(card).eval()
 
 

@@ -8,15 +8,17 @@ does (`ArchiveIndex.add_rows` of the feature model's descriptors and centred row
 blocks in SQLite, then one snapshot with the memory-mapped finer codes) of ``--items`` rows: the
 147,503 real HIPT vectors of ``tcga-hipt-regions-192d`` resampled with Gaussian noise of 10% of
 each dimension's spread (a synthetic archive with the real distribution). The feature model is
-the default 64-bit one (16 codebooks of 16 codewords) with random weights: a query's cost does
-not depend on them.
+the one `histosearch train --source features` makes by default (64 bits: 8 codebooks of 256
+codewords; ``--codebook-size 16`` gives 16 of 16), with random weights: a query's cost does not
+depend on them.
 
 Then, single thread, the median of ``--queries`` queries (real held-out rows), the methods
 taking turns query by query:
 
-- ``faiss``: FAISS's own search over the same codes with the structure the index keeps
-  (`IndexRefine` of `IndexPQFastScan` by a flat `IndexPQ`, the same re-rank margin), k = 10;
-- ``faiss_flat``: FAISS's exact flat `IndexPQ` scan of the same codes, for reference;
+- ``faiss``: FAISS's own search over the same codes with the structure the index keeps: the
+  flat `IndexPQ` for 8-bit codewords (K=256, the default), or `IndexRefine` of
+  `IndexPQFastScan` by a flat `IndexPQ` with the same re-rank margin for 4-bit ones (K=16,
+  where ``faiss_flat`` gives the exact flat scan for reference);
 - ``index_ids_only``: `ArchiveIndex.search` of the compact codes, ids and scores only (what
   FAISS's search gives);
 - ``index``: the same with the hits' records read from SQLite (what a user gets);
@@ -59,7 +61,7 @@ def main() -> None:
     vectors = np.load(arguments.data / "regions.npy").astype(np.float32)
     generator = np.random.default_rng(0)
     queries = vectors[generator.choice(len(vectors), arguments.queries, replace=False)]
-    model = feature_model()
+    model = feature_model(arguments.codebook_size)
     model.feature_mean.copy_(torch.from_numpy(vectors.mean(axis=0)))
     encoder = FeatureEncoder(model, torch.device("cpu"))
     with tempfile.TemporaryDirectory(dir=arguments.folder) as folder:
@@ -75,6 +77,7 @@ def main() -> None:
                 "items": len(index),
                 "source": "tcga-hipt-regions-192d resampled with 10% noise",
                 "bits": model.card.bits,
+                "codebook_size": model.card.codebook_size,
                 "shortlist": index.shortlist_factor * K,
                 "k": K,
                 "threads": 1,
@@ -136,23 +139,33 @@ def timings(index: ArchiveIndex, encoder: FeatureEncoder, queries: np.ndarray) -
     descriptors = encoder.descriptors(queries)
     centred = encoder.centred(queries)
     unit = normalise_subvectors(descriptors, index.num_codebooks)
-    packed = pack_codes(index.codes_of(np.arange(1, len(index) + 1)), index.codebook_size)
-    flat = flat_pq_index(index.codebooks, packed)
-    refine = faiss.IndexRefine(scan_index(index.codebooks, packed), flat)
-    params = faiss.IndexRefineSearchParameters()
-    params.k_factor = (K + 1 + RERANK_MARGIN + 0.5) / (K + 1)
-    searches: dict[str, Callable[[int], object]] = {
-        "faiss": lambda n: refine.search(unit[n : n + 1], K + 1, params=params),
+    searches = faiss_searches(index, unit)
+    searches |= {
         "index_ids_only": lambda n: index.search(descriptors[n : n + 1], K, with_records=False),
         "index": lambda n: index.search(descriptors[n : n + 1], K),
         "index_two_stage": lambda n: index.search(
             descriptors[n : n + 1], K, fine_queries=centred[n : n + 1]
         ),
-        "faiss_flat": lambda n: flat.search(unit[n : n + 1], K),
     }
     for search in searches.values():  # page in the snapshot and warm the caches
         search(0)
     return median_ms(searches, len(queries))
+
+
+def faiss_searches(index: ArchiveIndex, unit: np.ndarray) -> dict[str, Callable[[int], object]]:
+    """FAISS's own search over the index's codes, built as the index builds its own."""
+    packed = pack_codes(index.codes_of(np.arange(1, len(index) + 1)), index.codebook_size)
+    flat = flat_pq_index(index.codebooks, packed)
+    scan = scan_index(index.codebooks, packed)
+    if isinstance(scan, faiss.IndexPQ):  # K=256: the flat IndexPQ is what the index keeps
+        return {"faiss": lambda n: flat.search(unit[n : n + 1], K + 1)}
+    refine = faiss.IndexRefine(scan, flat)  # K=16: FastScan re-ranked by the flat IndexPQ
+    params = faiss.IndexRefineSearchParameters()
+    params.k_factor = (K + 1 + RERANK_MARGIN + 0.5) / (K + 1)
+    return {
+        "faiss": lambda n: refine.search(unit[n : n + 1], K + 1, params=params),
+        "faiss_flat": lambda n: flat.search(unit[n : n + 1], K),
+    }
 
 
 def median_ms(searches: dict[str, Callable[[int], object]], count: int) -> dict[str, float]:
@@ -170,6 +183,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--items", type=int, default=10_000_000)
     parser.add_argument("--shortlist-factor", type=int, default=10)
     parser.add_argument("--queries", type=int, default=50)
+    parser.add_argument("--codebook-size", type=int, choices=(16, 256), default=256)
     parser.add_argument("--data", type=Path, default=shared_data_root() / "tcga-hipt-regions-192d")
     parser.add_argument("--folder", type=Path, default=None, help="where the index is written")
     parser.add_argument("--out", type=Path, default=RESULTS / "two_stage_search.json")
