@@ -69,8 +69,9 @@ class Block:
     fine: bytes | None = None
 
     def position_of(self, item_id: int) -> int | None:
-        position = int(np.searchsorted(self.ids, item_id))
-        return position if position < len(self.ids) and self.ids[position] == item_id else None
+        """Where ``item_id`` is among the block's rows (its ids run without a gap)."""
+        position = item_id - self.first_id
+        return position if 0 <= position < len(self.ids) else None
 
 
 class BlockTable:

@@ -16,15 +16,16 @@ short, and SQLite's own locking then only has to deal with other processes.
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -427,12 +428,12 @@ class MetadataStore:
                 "SELECT id, code, grp, json_extract(extra, '$.slide_id'), archive, source, label "
                 "FROM items ORDER BY id"
             ).fetchall()
-            found: list[SlideRow] = [
+            items: list[SlideRow] = [
                 (int(a), bytes(b), c, d if isinstance(d, str) else None, e, f, g)
                 for a, b, c, d, e, f, g in rows
             ]
-            found.extend(_block_slide_rows(self._blocks.after(0, codes=True)))
-        return _in_id_order(found, bool(rows) and len(found) > len(rows))
+            in_blocks = list(_block_slide_rows(self._blocks.after(0, codes=True)))
+        return _merged_by_id(items, in_blocks, lambda row: row[0])
 
     def last_allocated_id(self) -> int:
         """The largest id SQLite ever gave an item (deleted ones included); 0 before the first."""
@@ -459,7 +460,7 @@ class MetadataStore:
                 )
             ]
             in_blocks = list(_block_code_rows(self._blocks.after(last_id, codes=True)))
-        return iter(_in_id_order(rows + in_blocks, bool(rows and in_blocks)))
+        return iter(_merged_by_id(rows, in_blocks, lambda row: row.id))
 
     def fine_codes_after(self, last_id: int, dim: int) -> tuple[IdArray, npt.NDArray[np.uint8]]:
         """Second-stage codes of the live items with ids above ``last_id``, in id order."""
@@ -603,6 +604,7 @@ def _item_rows(
 
 IdArray = npt.NDArray[np.int64]
 _Positions = npt.NDArray[np.intp]
+_Row = TypeVar("_Row")
 
 
 def _block_column(rows: FeatureRows, column: str, live: _Positions) -> list[str | None]:
@@ -653,13 +655,13 @@ def _fine_of(codes: bytes | None, dim: int) -> npt.NDArray[np.uint8]:
     return np.frombuffer(codes, dtype=np.uint8).reshape(-1, dim)
 
 
-def _in_id_order(rows: list[Any], mixed: bool) -> list[Any]:
-    """Rows of items and of blocks (each already in id order) merged by id, when both exist."""
-    return (
-        sorted(rows, key=lambda row: row[0] if isinstance(row, tuple) else row.id)
-        if mixed
-        else rows
-    )
+def _merged_by_id(
+    items: list[_Row], blocks: list[_Row], id_of: Callable[[_Row], int]
+) -> list[_Row]:
+    """Rows of ``items`` and of row blocks, each already in id order, as one list in id order."""
+    if not items or not blocks:
+        return items or blocks
+    return list(heapq.merge(items, blocks, key=id_of))
 
 
 def _chunks(values: list[Any]) -> Iterator[list[Any]]:
